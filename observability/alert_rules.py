@@ -1,0 +1,358 @@
+"""Alert rules defined once in Python: rendered as Prometheus rules and as Grafana-managed rules.
+
+Each rule keeps the measured quantity (`expr_metric_part`), the comparison and the threshold apart,
+so tests can query the quantity on its own (it must return series while everything is healthy) and
+the Grafana rules can put the threshold into a Grafana threshold expression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from observability import promql
+from observability.prometheus_config import ARCHIVE_JOB, SIMULATOR_JOB, format_duration
+from simulator.metrics import catalog
+from simulator.settings import MachineType
+
+Comparison = Literal[">", "<", "=="]
+Severity = Literal["warning", "critical"]
+Target = Literal["local", "cloud"]
+ALL_TARGETS: frozenset[Target] = frozenset(("local", "cloud"))
+
+# Grafana threshold-expression evaluator for each PromQL comparison.
+_GRAFANA_EVALUATORS = {">": "gt", "<": "lt"}
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    alert: str  # alertname; several rules may share one (e.g. one threshold per machine type)
+    group: str
+    expr_metric_part: str  # the measured quantity, in the unit of `threshold`; never empty when healthy
+    comparison: Comparison
+    threshold: float
+    for_s: float
+    severity: Severity
+    summary: str  # Prometheus template text; `{{ $labels.x }}` and `{{ $value }}` are available
+    description: str
+    unit: str  # unit of the quantity and threshold, for people
+    metrics: tuple[catalog.MetricDef, ...]  # catalog metrics the rule reads (for docs and tests)
+    # Rules sharing one alertname differ by these (equal to the series' own labels, so they
+    # change nothing in the alert; Prometheus and Grafana need rules to be distinct).
+    variant_labels: tuple[tuple[str, str], ...] = ()
+    targets: frozenset[Target] = ALL_TARGETS
+
+    @property
+    def expr(self) -> str:
+        return f"{self.expr_metric_part} {self.comparison} {promql.format_number(self.threshold)}"
+
+    @property
+    def uid(self) -> str:
+        """Stable id for Grafana (≤ 40 characters, unique per rule)."""
+        parts = ["iotf", self.alert, *(value for _, value in self.variant_labels)]
+        return "-".join(parts).lower().replace("_", "-")[:40]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"severity": self.severity, **dict(self.variant_labels)}
+
+
+# Temperature above which each machine type is overheating (°C). Mills and presses run ~35-55 °C,
+# conveyor motors ~40 °C, an air compressor's discharge ~80-90 °C in normal operation.
+OVERHEAT_CELSIUS: dict[MachineType, float] = {
+    MachineType.CNC_MILL: 70.0,
+    MachineType.HYDRAULIC_PRESS: 70.0,
+    MachineType.CONVEYOR: 70.0,
+    MachineType.AIR_COMPRESSOR: 105.0,
+}
+OVERHEAT_FOR_S = 120.0
+# ISO 10816-3 (group 2, rigid foundation): 7.1 mm/s is the zone C/D boundary, "damage may occur".
+VIBRATION_LIMIT_MM_S = 7.1
+VIBRATION_TREND_WINDOW = "30m"
+VIBRATION_HORIZON_S = 3600
+VIBRATION_FOR_S = 600.0
+FAULT_FOR_S = 600.0
+SIMULATOR_DOWN_FOR_S = 60.0
+PUBLISH_FAILURE_PERCENT = 1.0
+PUBLISH_FAILURE_WINDOW = "5m"
+PUBLISH_FAILURE_FOR_S = 300.0
+ARCHIVE_LAG_LIMIT_S = 60.0
+ARCHIVE_LAG_FOR_S = 300.0
+
+
+def _overheating(machine_type: MachineType) -> AlertRule:
+    temperature = catalog.MACHINE_SIGNALS[0]
+    assert temperature.signal == "temperature"
+    return AlertRule(
+        alert="MachineOverheating",
+        group="machines",
+        expr_metric_part=promql.scaled(promql.selector(temperature, type=machine_type.value), temperature),
+        comparison=">",
+        threshold=OVERHEAT_CELSIUS[machine_type],
+        for_s=OVERHEAT_FOR_S,
+        severity="critical",
+        summary="{{ $labels.machine }} is overheating",
+        description=(
+            f"Temperature of {{{{ $labels.machine }}}} ({machine_type.value}, {{{{ $labels.line }}}}) is "
+            f"{{{{ $value | printf \"%.1f\" }}}} °C, above {OVERHEAT_CELSIUS[machine_type]:g} °C for "
+            f"{format_duration(OVERHEAT_FOR_S)}."
+        ),
+        unit="°C",
+        metrics=(temperature,),
+        variant_labels=(("type", machine_type.value),),
+    )
+
+
+def _vibration_rising() -> AlertRule:
+    vibration = catalog.MACHINE_SIGNALS[1]
+    assert vibration.signal == "vibration_rms"
+    projected = (
+        f"predict_linear({promql.selector(vibration)}[{VIBRATION_TREND_WINDOW}], {VIBRATION_HORIZON_S})"
+    )
+    return AlertRule(
+        alert="MachineVibrationRising",
+        group="machines",
+        expr_metric_part=promql.scaled(projected, vibration),
+        comparison=">",
+        threshold=VIBRATION_LIMIT_MM_S,
+        for_s=VIBRATION_FOR_S,
+        severity="warning",
+        summary="Vibration of {{ $labels.machine }} is rising towards the damage zone",
+        description=(
+            f"The {VIBRATION_TREND_WINDOW} trend of vibration RMS on {{{{ $labels.machine }}}} projects "
+            f"{{{{ $value | printf \"%.1f\" }}}} mm/s within {format_duration(VIBRATION_HORIZON_S)} "
+            f"(limit {VIBRATION_LIMIT_MM_S:g} mm/s, ISO 10816 zone D). Typical of bearing wear."
+        ),
+        unit="mm/s",
+        metrics=(vibration,),
+    )
+
+
+def _in_fault() -> AlertRule:
+    return AlertRule(
+        alert="MachineInFault",
+        group="machines",
+        expr_metric_part=promql.selector(catalog.MACHINE_STATE, state="fault"),
+        comparison="==",
+        threshold=1,
+        for_s=FAULT_FOR_S,
+        severity="warning",
+        summary="{{ $labels.machine }} has been in fault for more than " + format_duration(FAULT_FOR_S),
+        description=(
+            "{{ $labels.machine }} ({{ $labels.type }}, {{ $labels.line }}, {{ $labels.site }}) has been "
+            f"in the fault state for more than {format_duration(FAULT_FOR_S)}."
+        ),
+        unit="1 = in fault",
+        metrics=(catalog.MACHINE_STATE,),
+    )
+
+
+def _simulator_down() -> AlertRule:
+    return AlertRule(
+        alert="SimulatorDown",
+        group="simulator",
+        expr_metric_part=promql.selector(promql.UP, job=SIMULATOR_JOB),
+        comparison="==",
+        threshold=0,
+        for_s=SIMULATOR_DOWN_FOR_S,
+        severity="critical",
+        summary="Simulator target {{ $labels.instance }} is down",
+        description=(
+            "Prometheus could not scrape the simulator at {{ $labels.instance }} for "
+            f"{format_duration(SIMULATOR_DOWN_FOR_S)}: the process or task is gone or its metrics port "
+            "is blocked."
+        ),
+        unit="1 = up",
+        metrics=(),
+    )
+
+
+def _simulators_missing() -> AlertRule:
+    # `up == 0` cannot fire when discovery finds no target at all (every task stopped in the cloud).
+    return AlertRule(
+        alert="SimulatorTargetsMissing",
+        group="simulator",
+        expr_metric_part=f"(count({promql.selector(promql.UP, job=SIMULATOR_JOB)}) or vector(0))",
+        comparison="<",
+        threshold=1,
+        for_s=SIMULATOR_DOWN_FOR_S,
+        severity="critical",
+        summary="No simulator is being scraped",
+        description=(
+            f"Prometheus has had no target in job {SIMULATOR_JOB!r} for "
+            f"{format_duration(SIMULATOR_DOWN_FOR_S)}: nothing is running or service discovery is broken."
+        ),
+        unit="targets",
+        metrics=(),
+    )
+
+
+def _publish_failures() -> AlertRule:
+    window = PUBLISH_FAILURE_WINDOW
+    published = promql.sum_by(("site",), promql.rate(catalog.MESSAGES_PUBLISHED, window))
+    failed = promql.sum_by(("site",), promql.rate(catalog.PUBLISH_FAILURES, window))
+    # Either counter may not exist yet for a site (no failure so far, or nothing ever got through).
+    failed_or_zero = promql.or_zero(failed, published)
+    published_or_zero = promql.or_zero(published, failed)
+    return AlertRule(
+        alert="PublishFailures",
+        group="simulator",
+        expr_metric_part=f"(100 * {failed_or_zero} / ({failed_or_zero} + {published_or_zero}))",
+        comparison=">",
+        threshold=PUBLISH_FAILURE_PERCENT,
+        for_s=PUBLISH_FAILURE_FOR_S,
+        severity="warning",
+        summary="Publishes of {{ $labels.site }} are failing",
+        description=(
+            f"{{{{ $value | printf \"%.1f\" }}}} % of the publishes of {{{{ $labels.site }}}} failed or were "
+            f"dropped over {window} (limit {PUBLISH_FAILURE_PERCENT:g} %). See the pipeline-health "
+            "dashboard for the reason."
+        ),
+        unit="%",
+        metrics=(catalog.PUBLISH_FAILURES, catalog.MESSAGES_PUBLISHED),
+    )
+
+
+def _archive_lag() -> AlertRule:
+    return AlertRule(
+        alert="ArchiveLagging",
+        group="archive",
+        expr_metric_part=promql.selector(catalog.ARCHIVE_LAG, job=ARCHIVE_JOB),
+        comparison=">",
+        threshold=ARCHIVE_LAG_LIMIT_S,
+        for_s=ARCHIVE_LAG_FOR_S,
+        severity="warning",
+        summary="The archive is {{ $value | humanizeDuration }} behind",
+        description=(
+            f"The rule runner writes messages more than {ARCHIVE_LAG_LIMIT_S:g} s after they were "
+            f"produced, for {format_duration(ARCHIVE_LAG_FOR_S)}: it is falling behind or the broker "
+            "queues messages for it."
+        ),
+        unit="s",
+        metrics=(catalog.ARCHIVE_LAG,),
+        # The cloud archive is the IoT topic rule; its health is in CloudWatch, not Prometheus.
+        targets=frozenset(("local",)),
+    )
+
+
+ALERT_RULES: tuple[AlertRule, ...] = (
+    *(_overheating(machine_type) for machine_type in MachineType),
+    _vibration_rising(),
+    _in_fault(),
+    _simulator_down(),
+    _simulators_missing(),
+    _publish_failures(),
+    _archive_lag(),
+)
+
+
+def rules_for(target: Target | None = None) -> tuple[AlertRule, ...]:
+    return tuple(rule for rule in ALERT_RULES if target is None or target in rule.targets)
+
+
+def _prometheus_rule(rule: AlertRule, for_scale: float) -> dict[str, Any]:
+    return {
+        "alert": rule.alert,
+        "expr": rule.expr,
+        "for": format_duration(rule.for_s * for_scale),
+        "labels": rule.labels,
+        "annotations": {"summary": rule.summary, "description": rule.description},
+    }
+
+
+def render_rules(
+    *, for_scale: float = 1.0, target: Target | None = None, eval_interval_s: float | None = None
+) -> str:
+    """Prometheus rule file. `for_scale` < 1 shortens every `for:`; tests use it, nothing else."""
+    if for_scale < 0:
+        raise ValueError("for_scale must be >= 0")
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rule in rules_for(target):
+        groups.setdefault(rule.group, []).append(_prometheus_rule(rule, for_scale))
+    document: dict[str, Any] = {"groups": []}
+    for name, rules in groups.items():
+        group: dict[str, Any] = {"name": f"iotfactory-{name}", "rules": rules}
+        if eval_interval_s is not None:
+            group["interval"] = format_duration(eval_interval_s)
+        document["groups"].append(group)
+    header = "# Generated by observability/alert_rules.py from simulator/metrics/catalog.py; do not edit.\n"
+    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000)
+
+
+def grafana_rule_groups(
+    rules: Iterable[AlertRule], *, datasource_uid: str, folder: str, interval_s: int = 60
+) -> dict[str, Any]:
+    """Grafana-managed alert rules (file provisioning, apiVersion 1) from the same definitions.
+
+    Each rule is query A (the measured quantity), B = last value of A, C = B compared with the
+    threshold: Grafana's own shape for a threshold alert, so the rule list shows the threshold.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rule in rules:
+        groups.setdefault(rule.group, []).append(_grafana_rule(rule, datasource_uid))
+    return {
+        "apiVersion": 1,
+        "groups": [
+            {"orgId": 1, "name": f"iotfactory-{name}", "folder": folder,
+             "interval": format_duration(interval_s), "rules": group_rules}
+            for name, group_rules in groups.items()
+        ],
+    }
+
+
+def _grafana_condition(rule: AlertRule) -> dict[str, Any]:
+    if rule.comparison == "==":
+        # Grafana's threshold evaluator has no equality; the quantities compared with == here are
+        # 0/1 gauges, so "within (t-0.5, t+0.5)" is the same test.
+        return {"type": "within_range", "params": [rule.threshold - 0.5, rule.threshold + 0.5]}
+    return {"type": _GRAFANA_EVALUATORS[rule.comparison], "params": [rule.threshold]}
+
+
+def _grafana_template(text: str) -> str:
+    return text.replace("$value ", "$values.B.Value ")
+
+
+def _grafana_rule(rule: AlertRule, datasource_uid: str) -> dict[str, Any]:
+    return {
+        "uid": rule.uid,
+        "title": " ".join([rule.alert, *(value for _, value in rule.variant_labels)]),
+        "condition": "C",
+        "data": [
+            {
+                "refId": "A",
+                "relativeTimeRange": {"from": 600, "to": 0},
+                "datasourceUid": datasource_uid,
+                "model": {"refId": "A", "expr": rule.expr_metric_part, "instant": True, "range": False},
+            },
+            {
+                "refId": "B",
+                "datasourceUid": "__expr__",
+                "model": {"refId": "B", "type": "reduce", "expression": "A", "reducer": "last"},
+            },
+            {
+                "refId": "C",
+                "datasourceUid": "__expr__",
+                "model": {
+                    "refId": "C",
+                    "type": "threshold",
+                    "expression": "B",
+                    "conditions": [{"evaluator": _grafana_condition(rule)}],
+                },
+            },
+        ],
+        # A quantity with no series means the target is gone: SimulatorDown/TargetsMissing say so.
+        "noDataState": "OK",
+        "execErrState": "Error",
+        "for": format_duration(rule.for_s),
+        # Annotations are not env-interpolated by Grafana's provisioning, labels are: keep `$` out
+        # of labels. Grafana templates use the same {{ $labels.x }} / {{ $value }} names... except
+        # that $value there is a string of all values, so the description uses $values.B.
+        "annotations": {
+            "summary": rule.summary,
+            "description": rule.description.replace("$value", "$values.B.Value"),
+        },
+        "labels": rule.labels,
+    }

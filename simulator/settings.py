@@ -1,0 +1,122 @@
+"""Fleet settings: the one schema shared by the simulator, the local stack and the Pulumi program.
+
+The same `FleetSettings` object is read from `Pulumi.<stack>.yaml` (key `iotfactory:fleet`) for
+dev/prod/local and from a plain YAML file given to `python -m simulator --config`. Keep this module
+pure (pydantic only): the Pulumi program imports it, and the simulator image must not need Pulumi.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# AWS IoT Core limits the fleet is planned against (Service Quotas, not adjustable per connection).
+IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION = 100
+IOT_MAX_INFLIGHT_QOS1_PER_CLIENT = 100
+IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND = 20_000
+
+TOPIC_ROOT = "factory/simulator"
+GROUND_TRUTH_SEGMENT = "ground-truth"
+
+
+class MachineType(StrEnum):
+    CNC_MILL = "cnc_mill"
+    HYDRAULIC_PRESS = "hydraulic_press"
+    CONVEYOR = "conveyor"
+    AIR_COMPRESSOR = "air_compressor"
+
+
+class Engine(StrEnum):
+    FLEET = "fleet"  # paho-mqtt, all connections on one selector thread
+    SDK = "sdk"  # AWSIoTPythonSDK, two threads per connection
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class ScheduledFault(_Strict):
+    """A fault injected at a fixed simulated time, e.g. to make an alert fire in a test."""
+
+    machine: Annotated[str, Field(min_length=1, description="machine id, e.g. site-00-line-01-cnc_mill-01")]
+    fault: Literal[
+        "bearing_wear", "overheating", "tool_wear", "stuck", "drift", "spike", "noise_burst", "dropout"
+    ]
+    at_s: Annotated[float, Field(ge=0, description="simulated seconds after start")]
+    severity: Annotated[float, Field(gt=0, le=1)] = 0.8
+    duration_s: Annotated[float | None, Field(gt=0)] = None
+
+
+class FaultSettings(_Strict):
+    """Rates are per machine per simulated hour; 0 disables that kind of fault."""
+
+    health_decay_per_hour: Annotated[float, Field(ge=0, le=1)] = 0.002
+    bearing_wear_per_hour: Annotated[float, Field(ge=0)] = 0.01
+    overheating_per_hour: Annotated[float, Field(ge=0)] = 0.01
+    tool_wear_per_hour: Annotated[float, Field(ge=0)] = 0.02
+    sensor_fault_per_hour: Annotated[float, Field(ge=0)] = 0.05
+    mean_repair_s: Annotated[float, Field(gt=0)] = 1800.0
+    scheduled: list[ScheduledFault] = Field(default_factory=list)
+
+
+class FleetSettings(_Strict):
+    """What one simulator process (one ECS task, one local process) simulates: one site.
+
+    Simulator process `i` simulates site `site-<i:02d>`; `simulator_count` processes make the fleet.
+    Each machine draws from its own random stream derived from (seed, machine id), so adding a
+    machine or a site never changes another machine's data.
+    """
+
+    seed: int = 42
+    lines_per_site: Annotated[int, Field(ge=1, le=100)] = 2
+    machines_per_line: dict[MachineType, Annotated[int, Field(ge=0, le=10_000)]] = Field(
+        default_factory=lambda: {
+            MachineType.CNC_MILL: 2,
+            MachineType.HYDRAULIC_PRESS: 1,
+            MachineType.CONVEYOR: 1,
+            MachineType.AIR_COMPRESSOR: 1,
+        }
+    )
+    # Wall-clock seconds between two samples of one machine; each sample advances the machine by
+    # publish_interval_s * speed simulated seconds. So --speed changes the physics, not the
+    # publish rate, and the quota plan holds at any speed.
+    publish_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    speed: Annotated[float, Field(gt=0, le=100_000)] = 1.0
+    qos: Literal[0, 1] = 1
+    engine: Engine = Engine.FLEET
+    max_publishes_per_connection: Annotated[
+        int, Field(ge=1, le=IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION)
+    ] = 80
+    inflight_window: Annotated[int, Field(ge=1, le=IOT_MAX_INFLIGHT_QOS1_PER_CLIENT)] = 20
+    offline_queue_limit: Annotated[int, Field(ge=0)] = 100_000
+    max_machine_series: Annotated[int, Field(ge=0)] = 2_000
+    faults: FaultSettings = Field(default_factory=FaultSettings)
+
+    @model_validator(mode="after")
+    def _has_machines(self) -> FleetSettings:
+        if sum(self.machines_per_line.values()) == 0:
+            raise ValueError("machines_per_line: at least one machine is needed; e.g. {cnc_mill: 2}")
+        return self
+
+    @property
+    def machines_per_site(self) -> int:
+        return self.lines_per_site * sum(self.machines_per_line.values())
+
+    @property
+    def publishes_per_second_per_site(self) -> float:
+        """Telemetry rate of one simulator process at speed 1 (ground-truth events are rare)."""
+        return self.machines_per_site / self.publish_interval_s
+
+
+def site_id(simulator_index: int) -> str:
+    return f"site-{simulator_index:02d}"
+
+
+def telemetry_topic(site: str, line: str, machine: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/{line}/{machine}"
+
+
+def ground_truth_topic(site: str, line: str, machine: str) -> str:
+    return f"{TOPIC_ROOT}/{GROUND_TRUTH_SEGMENT}/{site}/{line}/{machine}"

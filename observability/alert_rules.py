@@ -16,6 +16,7 @@ import yaml
 from observability import promql
 from observability.prometheus_config import ARCHIVE_JOB, SIMULATOR_JOB, format_duration
 from simulator.metrics import catalog
+from simulator.model.profiles import PROFILES
 from simulator.settings import MachineType
 
 Comparison = Literal[">", "<", "=="]
@@ -23,31 +24,57 @@ Severity = Literal["warning", "critical"]
 Target = Literal["local", "cloud"]
 ALL_TARGETS: frozenset[Target] = frozenset(("local", "cloud"))
 
-# Grafana threshold-expression evaluator for each PromQL comparison.
-_GRAFANA_EVALUATORS = {">": "gt", "<": "lt"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """`expr_metric_part comparison threshold`; the quantity must return series while healthy."""
+
+    expr_metric_part: str
+    comparison: Comparison
+    threshold: float
+
+    @property
+    def expr(self) -> str:
+        return f"{self.expr_metric_part} {self.comparison} {promql.format_number(self.threshold)}"
 
 
 @dataclass(frozen=True)
 class AlertRule:
     alert: str  # alertname; several rules may share one (e.g. one threshold per machine type)
     group: str
-    expr_metric_part: str  # the measured quantity, in the unit of `threshold`; never empty when healthy
-    comparison: Comparison
-    threshold: float
+    condition: Condition  # its quantity is the alert's $value, in `unit`
     for_s: float
     severity: Severity
     summary: str  # Prometheus template text; `{{ $labels.x }}` and `{{ $value }}` are available
     description: str
     unit: str  # unit of the quantity and threshold, for people
     metrics: tuple[catalog.MetricDef, ...]  # catalog metrics the rule reads (for docs and tests)
+    guard: Condition | None = None  # must also hold (`and`), e.g. a level on top of a trend
     # Rules sharing one alertname differ by these (equal to the series' own labels, so they
     # change nothing in the alert; Prometheus and Grafana need rules to be distinct).
     variant_labels: tuple[tuple[str, str], ...] = ()
     targets: frozenset[Target] = ALL_TARGETS
 
     @property
+    def conditions(self) -> tuple[Condition, ...]:
+        return (self.condition,) if self.guard is None else (self.condition, self.guard)
+
+    @property
+    def expr_metric_part(self) -> str:
+        return self.condition.expr_metric_part
+
+    @property
+    def comparison(self) -> Comparison:
+        return self.condition.comparison
+
+    @property
+    def threshold(self) -> float:
+        return self.condition.threshold
+
+    @property
     def expr(self) -> str:
-        return f"{self.expr_metric_part} {self.comparison} {promql.format_number(self.threshold)}"
+        return " and ".join(condition.expr for condition in self.conditions)
 
     @property
     def uid(self) -> str:
@@ -59,19 +86,29 @@ class AlertRule:
     def labels(self) -> dict[str, str]:
         return {"severity": self.severity, **dict(self.variant_labels)}
 
+    @property
+    def threshold_text(self) -> str:
+        text = f"{self.comparison} {promql.format_number(self.threshold)} {self.unit}"
+        if self.guard is not None:
+            text += f", while {self.guard.comparison} {promql.format_number(self.guard.threshold)}"
+        return text
 
-# Temperature above which each machine type is overheating (°C). Mills and presses run ~35-55 °C,
-# conveyor motors ~40 °C, an air compressor's discharge ~80-90 °C in normal operation.
+
+# Warn this far below each machine type's protective trip temperature (the machine's own
+# nameplate in simulator/model/profiles.py): an overheating machine crosses it a minute or two
+# before it trips into the fault state.
+OVERHEAT_MARGIN_C = 15.0
 OVERHEAT_CELSIUS: dict[MachineType, float] = {
-    MachineType.CNC_MILL: 70.0,
-    MachineType.HYDRAULIC_PRESS: 70.0,
-    MachineType.CONVEYOR: 70.0,
-    MachineType.AIR_COMPRESSOR: 105.0,
+    machine_type: profile.trip_temperature_c - OVERHEAT_MARGIN_C for machine_type, profile in PROFILES.items()
 }
-OVERHEAT_FOR_S = 120.0
-# ISO 10816-3 (group 2, rigid foundation): 7.1 mm/s is the zone C/D boundary, "damage may occur".
+OVERHEAT_FOR_S = 60.0
+# ISO 10816-3 (group 2, rigid foundation): 7.1 mm/s is the zone C/D boundary ("damage may occur"),
+# 2.8 mm/s the B/C boundary. The trend alone would fire for a few minutes after a machine starts
+# running (a step looks like a slope), so the level must also have left zone B.
 VIBRATION_LIMIT_MM_S = 7.1
-VIBRATION_TREND_WINDOW = "30m"
+VIBRATION_LEVEL_MM_S = 2.8
+VIBRATION_TREND_WINDOW = "1h"
+VIBRATION_LEVEL_WINDOW = "10m"
 VIBRATION_HORIZON_S = 3600
 VIBRATION_FOR_S = 600.0
 FAULT_FOR_S = 600.0
@@ -83,22 +120,27 @@ ARCHIVE_LAG_LIMIT_S = 60.0
 ARCHIVE_LAG_FOR_S = 300.0
 
 
+def _signal_metric(signal: str) -> catalog.MetricDef:
+    return next(metric for metric in catalog.MACHINE_SIGNALS if metric.signal == signal)
+
+
 def _overheating(machine_type: MachineType) -> AlertRule:
-    temperature = catalog.MACHINE_SIGNALS[0]
-    assert temperature.signal == "temperature"
+    temperature = _signal_metric("temperature")
+    limit = OVERHEAT_CELSIUS[machine_type]
+    trip = PROFILES[machine_type].trip_temperature_c
     return AlertRule(
         alert="MachineOverheating",
         group="machines",
-        expr_metric_part=promql.scaled(promql.selector(temperature, type=machine_type.value), temperature),
-        comparison=">",
-        threshold=OVERHEAT_CELSIUS[machine_type],
+        condition=Condition(
+            promql.scaled(promql.selector(temperature, type=machine_type.value), temperature), ">", limit
+        ),
         for_s=OVERHEAT_FOR_S,
         severity="critical",
         summary="{{ $labels.machine }} is overheating",
         description=(
             f"Temperature of {{{{ $labels.machine }}}} ({machine_type.value}, {{{{ $labels.line }}}}) is "
-            f"{{{{ $value | printf \"%.1f\" }}}} °C, above {OVERHEAT_CELSIUS[machine_type]:g} °C for "
-            f"{format_duration(OVERHEAT_FOR_S)}."
+            f"{{{{ $value | printf \"%.1f\" }}}} °C, above {limit:g} °C for "
+            f"{format_duration(OVERHEAT_FOR_S)}; it trips at {trip:g} °C."
         ),
         unit="°C",
         metrics=(temperature,),
@@ -107,24 +149,23 @@ def _overheating(machine_type: MachineType) -> AlertRule:
 
 
 def _vibration_rising() -> AlertRule:
-    vibration = catalog.MACHINE_SIGNALS[1]
-    assert vibration.signal == "vibration_rms"
-    projected = (
-        f"predict_linear({promql.selector(vibration)}[{VIBRATION_TREND_WINDOW}], {VIBRATION_HORIZON_S})"
-    )
+    vibration = _signal_metric("vibration_rms")
+    series = promql.selector(vibration)
+    projected = f"predict_linear({series}[{VIBRATION_TREND_WINDOW}], {VIBRATION_HORIZON_S})"
+    level = f"avg_over_time({series}[{VIBRATION_LEVEL_WINDOW}])"
     return AlertRule(
         alert="MachineVibrationRising",
         group="machines",
-        expr_metric_part=promql.scaled(projected, vibration),
-        comparison=">",
-        threshold=VIBRATION_LIMIT_MM_S,
+        condition=Condition(promql.scaled(projected, vibration), ">", VIBRATION_LIMIT_MM_S),
+        guard=Condition(promql.scaled(level, vibration), ">", VIBRATION_LEVEL_MM_S),
         for_s=VIBRATION_FOR_S,
         severity="warning",
         summary="Vibration of {{ $labels.machine }} is rising towards the damage zone",
         description=(
             f"The {VIBRATION_TREND_WINDOW} trend of vibration RMS on {{{{ $labels.machine }}}} projects "
             f"{{{{ $value | printf \"%.1f\" }}}} mm/s within {format_duration(VIBRATION_HORIZON_S)} "
-            f"(limit {VIBRATION_LIMIT_MM_S:g} mm/s, ISO 10816 zone D). Typical of bearing wear."
+            f"(limit {VIBRATION_LIMIT_MM_S:g} mm/s, ISO 10816 zone D) and its {VIBRATION_LEVEL_WINDOW} "
+            f"average is above {VIBRATION_LEVEL_MM_S:g} mm/s. Typical of bearing wear."
         ),
         unit="mm/s",
         metrics=(vibration,),
@@ -135,9 +176,7 @@ def _in_fault() -> AlertRule:
     return AlertRule(
         alert="MachineInFault",
         group="machines",
-        expr_metric_part=promql.selector(catalog.MACHINE_STATE, state="fault"),
-        comparison="==",
-        threshold=1,
+        condition=Condition(promql.selector(catalog.MACHINE_STATE, state="fault"), "==", 1),
         for_s=FAULT_FOR_S,
         severity="warning",
         summary="{{ $labels.machine }} has been in fault for more than " + format_duration(FAULT_FOR_S),
@@ -154,9 +193,7 @@ def _simulator_down() -> AlertRule:
     return AlertRule(
         alert="SimulatorDown",
         group="simulator",
-        expr_metric_part=promql.selector(promql.UP, job=SIMULATOR_JOB),
-        comparison="==",
-        threshold=0,
+        condition=Condition(promql.selector(promql.UP, job=SIMULATOR_JOB), "==", 0),
         for_s=SIMULATOR_DOWN_FOR_S,
         severity="critical",
         summary="Simulator target {{ $labels.instance }} is down",
@@ -175,9 +212,7 @@ def _simulators_missing() -> AlertRule:
     return AlertRule(
         alert="SimulatorTargetsMissing",
         group="simulator",
-        expr_metric_part=f"(count({promql.selector(promql.UP, job=SIMULATOR_JOB)}) or vector(0))",
-        comparison="<",
-        threshold=1,
+        condition=Condition(f"(count({promql.selector(promql.UP, job=SIMULATOR_JOB)}) or vector(0))", "<", 1),
         for_s=SIMULATOR_DOWN_FOR_S,
         severity="critical",
         summary="No simulator is being scraped",
@@ -200,9 +235,11 @@ def _publish_failures() -> AlertRule:
     return AlertRule(
         alert="PublishFailures",
         group="simulator",
-        expr_metric_part=f"(100 * {failed_or_zero} / ({failed_or_zero} + {published_or_zero}))",
-        comparison=">",
-        threshold=PUBLISH_FAILURE_PERCENT,
+        condition=Condition(
+            f"(100 * {failed_or_zero} / ({failed_or_zero} + {published_or_zero}))",
+            ">",
+            PUBLISH_FAILURE_PERCENT,
+        ),
         for_s=PUBLISH_FAILURE_FOR_S,
         severity="warning",
         summary="Publishes of {{ $labels.site }} are failing",
@@ -220,9 +257,7 @@ def _archive_lag() -> AlertRule:
     return AlertRule(
         alert="ArchiveLagging",
         group="archive",
-        expr_metric_part=promql.selector(catalog.ARCHIVE_LAG, job=ARCHIVE_JOB),
-        comparison=">",
-        threshold=ARCHIVE_LAG_LIMIT_S,
+        condition=Condition(promql.selector(catalog.ARCHIVE_LAG, job=ARCHIVE_JOB), ">", ARCHIVE_LAG_LIMIT_S),
         for_s=ARCHIVE_LAG_FOR_S,
         severity="warning",
         summary="The archive is {{ $value | humanizeDuration }} behind",
@@ -287,8 +322,8 @@ def grafana_rule_groups(
 ) -> dict[str, Any]:
     """Grafana-managed alert rules (file provisioning, apiVersion 1) from the same definitions.
 
-    Each rule is query A (the measured quantity), B = last value of A, C = B compared with the
-    threshold: Grafana's own shape for a threshold alert, so the rule list shows the threshold.
+    Grafana evaluates the same quantities and thresholds with its server-side expressions, so a
+    rule fires in Grafana exactly when its Prometheus twin's expression returns the series.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for rule in rules:
@@ -303,56 +338,51 @@ def grafana_rule_groups(
     }
 
 
-def _grafana_condition(rule: AlertRule) -> dict[str, Any]:
-    if rule.comparison == "==":
-        # Grafana's threshold evaluator has no equality; the quantities compared with == here are
-        # 0/1 gauges, so "within (t-0.5, t+0.5)" is the same test.
-        return {"type": "within_range", "params": [rule.threshold - 0.5, rule.threshold + 0.5]}
-    return {"type": _GRAFANA_EVALUATORS[rule.comparison], "params": [rule.threshold]}
-
-
 def _grafana_template(text: str) -> str:
-    return text.replace("$value ", "$values.B.Value ")
+    return text.replace("$value ", "$values.B0.Value ")
 
 
 def _grafana_rule(rule: AlertRule, datasource_uid: str) -> dict[str, Any]:
+    """Per condition i: query Ai (the quantity), Bi = last value of Ai; then C = all comparisons."""
+    data: list[dict[str, Any]] = []
+    comparisons = []
+    for index, condition in enumerate(rule.conditions):
+        query_ref, reduce_ref = f"A{index}", f"B{index}"
+        data.append({
+            "refId": query_ref,
+            "relativeTimeRange": {"from": 600, "to": 0},
+            "datasourceUid": datasource_uid,
+            "model": {"refId": query_ref, "expr": condition.expr_metric_part, "instant": True,
+                      "range": False},
+        })
+        data.append({
+            "refId": reduce_ref,
+            "datasourceUid": "__expr__",
+            "model": {"refId": reduce_ref, "type": "reduce", "expression": query_ref, "reducer": "last"},
+        })
+        comparisons.append(
+            f"${reduce_ref} {condition.comparison} {promql.format_number(condition.threshold)}"
+        )
+    data.append({
+        "refId": "C",
+        "datasourceUid": "__expr__",
+        "model": {"refId": "C", "type": "math", "expression": " && ".join(comparisons)},
+    })
     return {
         "uid": rule.uid,
         "title": " ".join([rule.alert, *(value for _, value in rule.variant_labels)]),
         "condition": "C",
-        "data": [
-            {
-                "refId": "A",
-                "relativeTimeRange": {"from": 600, "to": 0},
-                "datasourceUid": datasource_uid,
-                "model": {"refId": "A", "expr": rule.expr_metric_part, "instant": True, "range": False},
-            },
-            {
-                "refId": "B",
-                "datasourceUid": "__expr__",
-                "model": {"refId": "B", "type": "reduce", "expression": "A", "reducer": "last"},
-            },
-            {
-                "refId": "C",
-                "datasourceUid": "__expr__",
-                "model": {
-                    "refId": "C",
-                    "type": "threshold",
-                    "expression": "B",
-                    "conditions": [{"evaluator": _grafana_condition(rule)}],
-                },
-            },
-        ],
+        "data": data,
         # A quantity with no series means the target is gone: SimulatorDown/TargetsMissing say so.
         "noDataState": "OK",
         "execErrState": "Error",
         "for": format_duration(rule.for_s),
-        # Annotations are not env-interpolated by Grafana's provisioning, labels are: keep `$` out
-        # of labels. Grafana templates use the same {{ $labels.x }} / {{ $value }} names... except
-        # that $value there is a string of all values, so the description uses $values.B.
+        # Grafana's provisioning interpolates env vars into labels but not annotations: keep `$` out
+        # of labels. In Grafana templates $value is a text of all query values; $values.B0.Value is
+        # the number the threshold was compared with.
         "annotations": {
-            "summary": rule.summary,
-            "description": rule.description.replace("$value", "$values.B.Value"),
+            "summary": _grafana_template(rule.summary),
+            "description": _grafana_template(rule.description),
         },
         "labels": rule.labels,
     }

@@ -61,8 +61,12 @@ def quantile(q: float, metric: MetricDef, window: str, by: tuple[str, ...] = (),
     return f"histogram_quantile({q}, sum by ({grouping}) ({rate(metric, window, **matchers)}))"
 
 
+def aggregate(operator: str, by: tuple[str, ...], expr: str) -> str:
+    return f"{operator} by ({', '.join(by)}) ({expr})" if by else f"{operator}({expr})"
+
+
 def sum_by(by: tuple[str, ...], expr: str) -> str:
-    return f"sum by ({', '.join(by)}) ({expr})" if by else f"sum({expr})"
+    return aggregate("sum", by, expr)
 
 
 def or_zero(expr: str, like: str) -> str:

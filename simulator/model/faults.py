@@ -1,4 +1,4 @@
-"""Fault kinds the model injects: failure modes that change the machine, sensor faults that change readings."""
+"""Injected faults: failure modes change the machine, sensor faults change one reading."""
 
 from __future__ import annotations
 

@@ -1,0 +1,394 @@
+"""The monitoring service: one Fargate task with Prometheus and Grafana behind the ALB.
+
+The task's first container (`config-init`, the AWS CLI image) syncs the config bundle from the
+config bucket into a shared volume and exits; Prometheus and Grafana start only after it
+succeeded and read their config from that volume. The bundle's sha256 is in the task definition,
+so changing a dashboard or a rule and running `up` rolls the service without an image rebuild.
+
+Volume layout inside the task (the bundle's keys are paths below CONFIG_MOUNT):
+    /etc/iotfactory/prometheus/prometheus.yml, /etc/iotfactory/prometheus/rules/*.yml
+    /etc/iotfactory/grafana/provisioning/..., /etc/iotfactory/grafana/dashboards/*.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_random as random
+
+from infra import iam
+from infra.components.firewall import GRAFANA_PORT, PROMETHEUS_PORT
+from infra.components.loadbalancer import PROMETHEUS_PATH
+
+CONFIG_PREFIX = "monitoring/"  # where the bundle lives in the config bucket
+CONFIG_MOUNT = "/etc/iotfactory"
+PROMETHEUS_DATA = "/prometheus"
+GRAFANA_DATA = "/var/lib/grafana"
+PROMETHEUS_UID = "65534"  # "nobody", the user the Prometheus image runs as
+GRAFANA_UID = "472"  # the user the Grafana image runs as
+INIT_CONTAINER = "config-init"
+PROMETHEUS_CONTAINER = "prometheus"
+GRAFANA_CONTAINER = "grafana"
+PROMETHEUS_RETENTION = "15d"
+_CONTENT_TYPES = {".yml": "application/yaml", ".yaml": "application/yaml", ".json": "application/json"}
+
+
+def bundle_sha256(files: Mapping[str, str]) -> str:
+    """One digest over every (key, content) of the bundle, independent of dict order."""
+    digest = hashlib.sha256()
+    for key in sorted(files):
+        digest.update(key.encode() + b"\0" + hashlib.sha256(files[key].encode()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SmtpSecret:
+    """Grafana's alert e-mail: credentials from an existing secret {"username", "password"}."""
+
+    secret_arn: pulumi.Input[str]
+    host: str  # host:port
+    from_address: str
+
+
+@dataclass(frozen=True)
+class MonitoringServiceArgs:
+    account: iam.AccountContext
+    cluster_arn: pulumi.Input[str]
+    subnet_ids: list[pulumi.Input[str]]
+    security_group_id: pulumi.Input[str]
+    assign_public_ip: bool
+    config_bucket_name: pulumi.Input[str]
+    config_files: Mapping[str, str]  # bundle: relative path -> content
+    prometheus_target_group_arn: pulumi.Input[str]
+    grafana_target_group_arn: pulumi.Input[str]
+    base_url: pulumi.Input[str]  # e.g. https://grafana.example.com, no trailing slash
+    https: bool
+    prometheus_image: str
+    grafana_image: str
+    config_init_image: str
+    cpu: int
+    memory: int
+    log_group_name: str
+    log_retention_days: int
+    family: str
+    smtp: SmtpSecret | None = None
+    secret_recovery_days: int = 7
+    depends_on: tuple[pulumi.Resource, ...] = ()  # e.g. the listener rules the target groups hang off
+
+
+class MonitoringService(pulumi.ComponentResource):
+    """Config objects, admin password secret, log group, roles, task definition and ECS service."""
+
+    def __init__(self, name: str, args: MonitoringServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("iotfactory:monitoring:MonitoringService", name, None, opts)
+        if not args.config_files:
+            raise ValueError("the monitoring config bundle is empty; observability.config_bundle produced nothing")
+        if not any(key.startswith("prometheus/") for key in args.config_files):
+            raise ValueError("the monitoring config bundle has no prometheus/ files")
+        child = pulumi.ResourceOptions(parent=self)
+        account = args.account
+        self.config_sha256 = bundle_sha256(args.config_files)
+
+        config_objects = [
+            aws.s3.BucketObjectv2(
+                f"{name}-config-{key}",
+                bucket=args.config_bucket_name,
+                key=f"{CONFIG_PREFIX}{key}",
+                content=content,
+                content_type=_content_type(key),
+                server_side_encryption="AES256",
+                opts=child,
+            )
+            for key, content in sorted(args.config_files.items())
+        ]
+
+        password = random.RandomPassword(f"{name}-grafana-admin", length=32, special=False, opts=child)
+        self.admin_secret = aws.secretsmanager.Secret(
+            f"{name}-grafana-admin",
+            description="Grafana admin password (user: admin)",
+            recovery_window_in_days=args.secret_recovery_days,
+            opts=child,
+        )
+        aws.secretsmanager.SecretVersion(
+            f"{name}-grafana-admin",
+            secret_id=self.admin_secret.id,
+            secret_string=password.result,
+            opts=child,
+        )
+
+        self.log_group = aws.cloudwatch.LogGroup(
+            f"{name}-logs", name=args.log_group_name, retention_in_days=args.log_retention_days, opts=child
+        )
+        execution_role = aws.iam.Role(
+            f"{name}-execution",
+            description="ECS agent for the monitoring task: write its logs, read its secrets",
+            assume_role_policy=iam.service_trust(iam.ECS_TASKS),
+            opts=child,
+        )
+        readable_secrets: list[pulumi.Input[str]] = [self.admin_secret.arn]
+        if args.smtp:
+            readable_secrets.append(args.smtp.secret_arn)
+        aws.iam.RolePolicy(
+            f"{name}-execution",
+            role=execution_role.id,
+            policy=iam.document(
+                iam.allow(["logs:CreateLogStream"], [account.log_group_arn(self.log_group.name)]),
+                iam.allow(["logs:PutLogEvents"], [account.log_stream_arn(self.log_group.name, "monitoring/*")]),
+                iam.allow(["secretsmanager:GetSecretValue"], readable_secrets),
+            ),
+            opts=child,
+        )
+        task_role = aws.iam.Role(
+            f"{name}-task",
+            description="Monitoring task: read its config bundle from the config bucket",
+            assume_role_policy=iam.service_trust(
+                iam.ECS_TASKS, iam.same_account(account, account.arn("ecs", "*"))
+            ),
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-task",
+            role=task_role.id,
+            policy=iam.document(
+                iam.allow(
+                    ["s3:ListBucket"],
+                    [account.s3_arn(args.config_bucket_name)],
+                    condition={"StringLike": {"s3:prefix": [CONFIG_PREFIX, f"{CONFIG_PREFIX}*"]}},
+                ),
+                iam.allow(["s3:GetObject"], [account.s3_arn(args.config_bucket_name, f"{CONFIG_PREFIX}*")]),
+            ),
+            opts=child,
+        )
+
+        containers = pulumi.Output.all(
+            base_url=args.base_url,
+            bucket=args.config_bucket_name,
+            log_group=self.log_group.name,
+            admin_secret=self.admin_secret.arn,
+            smtp_secret=args.smtp.secret_arn if args.smtp else "",
+        ).apply(lambda values: self._containers(args, values))
+        self.task_definition = aws.ecs.TaskDefinition(
+            f"{name}-task",
+            family=args.family,
+            cpu=str(args.cpu),
+            memory=str(args.memory),
+            network_mode="awsvpc",
+            requires_compatibilities=["FARGATE"],
+            runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
+            execution_role_arn=execution_role.arn,
+            task_role_arn=task_role.arn,
+            volumes=[{"name": volume} for volume in ("config", "prometheus-data", "grafana-data", "grafana-tmp", "init-tmp")],
+            container_definitions=pulumi.Output.json_dumps(containers),
+            opts=child,
+        )
+        self.service = aws.ecs.Service(
+            f"{name}-service",
+            name="monitoring",
+            cluster=args.cluster_arn,
+            task_definition=self.task_definition.arn,
+            desired_count=1,
+            launch_type="FARGATE",
+            platform_version="LATEST",
+            # Start the new task before stopping the old one: Grafana and Prometheus stay reachable.
+            deployment_minimum_healthy_percent=100,
+            deployment_maximum_percent=200,
+            deployment_circuit_breaker={"enable": True, "rollback": True},
+            health_check_grace_period_seconds=120,
+            network_configuration={
+                "subnets": args.subnet_ids,
+                "security_groups": [args.security_group_id],
+                "assign_public_ip": args.assign_public_ip,
+            },
+            load_balancers=[
+                {
+                    "target_group_arn": args.prometheus_target_group_arn,
+                    "container_name": PROMETHEUS_CONTAINER,
+                    "container_port": PROMETHEUS_PORT,
+                },
+                {
+                    "target_group_arn": args.grafana_target_group_arn,
+                    "container_name": GRAFANA_CONTAINER,
+                    "container_port": GRAFANA_PORT,
+                },
+            ],
+            enable_ecs_managed_tags=True,
+            propagate_tags="SERVICE",
+            wait_for_steady_state=True,
+            # New tasks must find the bundle they were defined for.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*config_objects, *args.depends_on]),
+        )
+        self.service_name: pulumi.Output[str] = self.service.name
+        self.register_outputs(
+            {
+                "serviceName": self.service_name,
+                "configSha256": self.config_sha256,
+                "adminSecretArn": self.admin_secret.arn,
+                "logGroup": self.log_group.name,
+            }
+        )
+
+    def _containers(self, args: MonitoringServiceArgs, values: dict[str, str]) -> list[dict[str, object]]:
+        base_url = values["base_url"].rstrip("/")
+
+        def logging() -> dict[str, object]:
+            return {
+                "logDriver": "awslogs",
+                "options": {
+                    "awslogs-group": values["log_group"],
+                    "awslogs-region": args.account.region,
+                    "awslogs-stream-prefix": "monitoring",
+                    "mode": "non-blocking",
+                    "max-buffer-size": "4m",
+                },
+            }
+
+        hardened = {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}}
+        # Root only to hand the fresh volumes to the users of the other containers; it exits first.
+        init_script = " && ".join(
+            [
+                "set -eu",
+                f'aws s3 sync "s3://$CONFIG_BUCKET/{CONFIG_PREFIX}" /mnt/config/ --delete --no-progress --only-show-errors',
+                "test -s /mnt/config/prometheus/prometheus.yml",
+                "chmod -R a+rX /mnt/config",
+                f"chown -R {PROMETHEUS_UID}:{PROMETHEUS_UID} /mnt/prometheus-data",
+                f"chown -R {GRAFANA_UID}:0 /mnt/grafana-data",
+                "chmod 1777 /mnt/grafana-tmp",
+                'echo "config bundle sha256 $CONFIG_SHA256 synced"',
+            ]
+        )
+        init = {
+            "name": INIT_CONTAINER,
+            "image": args.config_init_image,
+            "essential": False,
+            "user": "0",
+            "readonlyRootFilesystem": True,
+            "entryPoint": ["/bin/sh", "-c"],
+            "command": [init_script],
+            "environment": _env(
+                {
+                    "CONFIG_BUCKET": values["bucket"],
+                    "CONFIG_SHA256": self.config_sha256,
+                    "AWS_REGION": args.account.region,
+                    "HOME": "/tmp",
+                }
+            ),
+            "mountPoints": [
+                {"sourceVolume": "config", "containerPath": "/mnt/config", "readOnly": False},
+                {"sourceVolume": "prometheus-data", "containerPath": "/mnt/prometheus-data", "readOnly": False},
+                {"sourceVolume": "grafana-data", "containerPath": "/mnt/grafana-data", "readOnly": False},
+                {"sourceVolume": "grafana-tmp", "containerPath": "/mnt/grafana-tmp", "readOnly": False},
+                {"sourceVolume": "init-tmp", "containerPath": "/tmp", "readOnly": False},
+            ],
+            # Keeps CHOWN/FOWNER/DAC_OVERRIDE for the volume hand-over; everything else dropped.
+            "linuxParameters": {
+                "initProcessEnabled": True,
+                "capabilities": {
+                    "drop": [
+                        "AUDIT_WRITE", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "NET_RAW",
+                        "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+                    ]
+                },
+            },
+            "logConfiguration": logging(),
+        }
+        prometheus = {
+            "name": PROMETHEUS_CONTAINER,
+            "image": args.prometheus_image,
+            "essential": True,
+            "user": f"{PROMETHEUS_UID}:{PROMETHEUS_UID}",
+            "readonlyRootFilesystem": True,
+            "command": [
+                f"--config.file={CONFIG_MOUNT}/prometheus/prometheus.yml",
+                f"--storage.tsdb.path={PROMETHEUS_DATA}",
+                f"--storage.tsdb.retention.time={PROMETHEUS_RETENTION}",
+                f"--web.listen-address=:{PROMETHEUS_PORT}",
+                f"--web.route-prefix={PROMETHEUS_PATH}/",
+                f"--web.external-url={base_url}{PROMETHEUS_PATH}/",
+            ],
+            "portMappings": [{"containerPort": PROMETHEUS_PORT, "protocol": "tcp"}],
+            "dependsOn": [{"containerName": INIT_CONTAINER, "condition": "SUCCESS"}],
+            "mountPoints": [
+                {"sourceVolume": "config", "containerPath": CONFIG_MOUNT, "readOnly": True},
+                {"sourceVolume": "prometheus-data", "containerPath": PROMETHEUS_DATA, "readOnly": False},
+            ],
+            "healthCheck": {
+                "command": [
+                    "CMD", "wget", "-q", "-O", "/dev/null",
+                    f"http://127.0.0.1:{PROMETHEUS_PORT}{PROMETHEUS_PATH}/-/healthy",
+                ],
+                "interval": 15,
+                "timeout": 5,
+                "retries": 3,
+                "startPeriod": 30,
+            },
+            "linuxParameters": hardened,
+            "logConfiguration": logging(),
+        }
+        grafana_env = {
+            "GF_PATHS_PROVISIONING": f"{CONFIG_MOUNT}/grafana/provisioning",
+            "GF_PATHS_DATA": GRAFANA_DATA,
+            "GF_SERVER_ROOT_URL": f"{base_url}/",
+            "GF_SECURITY_ADMIN_USER": "admin",
+            "GF_SECURITY_COOKIE_SECURE": "true" if args.https else "false",
+            "GF_SECURITY_DISABLE_GRAVATAR": "true",
+            "GF_AUTH_ANONYMOUS_ENABLED": "false",
+            "GF_USERS_ALLOW_SIGN_UP": "false",
+            "GF_ANALYTICS_REPORTING_ENABLED": "false",
+            "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+            "GF_LOG_MODE": "console",
+            "GF_SMTP_ENABLED": "true" if args.smtp else "false",
+            "CONFIG_SHA256": self.config_sha256,
+        }
+        secrets = [{"name": "GF_SECURITY_ADMIN_PASSWORD", "valueFrom": values["admin_secret"]}]
+        if args.smtp:
+            grafana_env |= {
+                "GF_SMTP_HOST": args.smtp.host,
+                "GF_SMTP_FROM_ADDRESS": args.smtp.from_address,
+                "GF_SMTP_STARTTLS_POLICY": "MandatoryStartTLS",
+            }
+            secrets += [
+                {"name": "GF_SMTP_USER", "valueFrom": f"{values['smtp_secret']}:username::"},
+                {"name": "GF_SMTP_PASSWORD", "valueFrom": f"{values['smtp_secret']}:password::"},
+            ]
+        grafana = {
+            "name": GRAFANA_CONTAINER,
+            "image": args.grafana_image,
+            "essential": True,
+            "user": f"{GRAFANA_UID}:0",
+            "readonlyRootFilesystem": True,
+            "environment": _env(grafana_env),
+            "secrets": secrets,
+            "portMappings": [{"containerPort": GRAFANA_PORT, "protocol": "tcp"}],
+            "dependsOn": [
+                {"containerName": INIT_CONTAINER, "condition": "SUCCESS"},
+                {"containerName": PROMETHEUS_CONTAINER, "condition": "START"},
+            ],
+            "mountPoints": [
+                {"sourceVolume": "config", "containerPath": CONFIG_MOUNT, "readOnly": True},
+                {"sourceVolume": "grafana-data", "containerPath": GRAFANA_DATA, "readOnly": False},
+                {"sourceVolume": "grafana-tmp", "containerPath": "/tmp", "readOnly": False},
+            ],
+            "healthCheck": {
+                "command": ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
+                "interval": 15,
+                "timeout": 5,
+                "retries": 3,
+                "startPeriod": 60,
+            },
+            "linuxParameters": hardened,
+            "logConfiguration": logging(),
+        }
+        return [init, prometheus, grafana]
+
+
+def _env(values: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"name": key, "value": value} for key, value in sorted(values.items())]
+
+
+def _content_type(key: str) -> str:
+    suffix = key[key.rfind(".") :] if "." in key else ""
+    return _CONTENT_TYPES.get(suffix, "text/plain")

@@ -1,0 +1,339 @@
+"""Stack configuration of the cloud stacks (dev, prod) read once into one validated, typed object.
+
+`load_settings(stack, values)` is pure: it takes the stack's config as Pulumi hands it to a program
+(`{"iotfactory:simulatorCount": "2", "iotfactory:fleet": "{...json...}"}`) and raises `ConfigError`
+with a one-line message naming the key (`iotfactory:fleet.qos: ...`). `read_stack_config()` is the
+only place that touches the Pulumi runtime; components never read config themselves.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from simulator.errors import UsageError
+from simulator.settings import FleetSettings, site_id
+
+PROJECT = "iotfactory"
+LOCAL_STACK = "local"
+REGION_KEY = "aws:region"
+
+# Values CloudWatch Logs accepts for a log group's retention.
+LOG_RETENTION_DAYS = frozenset(
+    {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
+)
+# Fargate task sizes: cpu units -> allowed memory (MiB), per the ECS task-size table.
+FARGATE_MEMORY_BY_CPU: dict[int, range] = {
+    256: range(512, 2049, 512),
+    512: range(1024, 4097, 1024),
+    1024: range(2048, 8193, 1024),
+    2048: range(4096, 16385, 1024),
+    4096: range(8192, 30721, 1024),
+}
+# Keys other parts of the product keep in the same stack file; the program accepts and ignores them.
+FOREIGN_KEYS = frozenset({"iotfactory:rotation"})
+
+ACTIVE = "ACTIVE"
+INACTIVE = "INACTIVE"
+
+
+class ConfigError(UsageError):
+    """Stack config is missing or invalid; the message names the key and how to fix it."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ip_network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"not a CIDR block ({exc}); e.g. 203.0.113.0/24") from None
+
+
+CidrBlock = Annotated[str, AfterValidator(_ip_network)]
+
+
+class NetworkSettings(_Model):
+    vpc_cidr: Annotated[CidrBlock, Field(alias="vpcCidr")] = "10.42.0.0/16"
+    availability_zones: Annotated[int, Field(alias="availabilityZones", ge=2, le=6)] = 2
+    # Tasks in private subnets reach AWS and the image registries through one NAT gateway per AZ.
+    private_subnets: Annotated[bool, Field(alias="privateSubnets")] = False
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _room_for_subnets(cls, value: str) -> str:
+        network = ipaddress.ip_network(value)
+        if network.version != 4 or not 16 <= network.prefixlen <= 20:
+            raise ValueError(f"must be an IPv4 block between /16 and /20 (got {value}); e.g. 10.42.0.0/16")
+        return value
+
+
+class ArchiveLifecycle(_Model):
+    glacier_after_days: Annotated[int, Field(alias="glacierAfterDays", ge=1)]
+    expire_after_days: Annotated[int, Field(alias="expireAfterDays", ge=2)]
+
+    @model_validator(mode="after")
+    def _expire_after_transition(self) -> ArchiveLifecycle:
+        if self.expire_after_days <= self.glacier_after_days:
+            raise ValueError(
+                f"expireAfterDays ({self.expire_after_days}) must be greater than glacierAfterDays "
+                f"({self.glacier_after_days})"
+            )
+        return self
+
+
+class FirehoseBuffering(_Model):
+    size_mb: Annotated[int, Field(alias="bufferSizeMb", ge=1, le=128)] = 64
+    interval_s: Annotated[int, Field(alias="bufferIntervalS", ge=0, le=900)] = 300
+
+
+class TaskSize(_Model):
+    cpu: int
+    memory: int
+
+    @model_validator(mode="after")
+    def _fargate_size(self) -> TaskSize:
+        allowed = FARGATE_MEMORY_BY_CPU.get(self.cpu)
+        if allowed is None:
+            raise ValueError(f"cpu must be one of {sorted(FARGATE_MEMORY_BY_CPU)} (got {self.cpu})")
+        if self.memory not in allowed:
+            raise ValueError(
+                f"Fargate cpu {self.cpu} takes memory {allowed.start}-{allowed.stop - 1} MiB in steps of "
+                f"{allowed.step} (got {self.memory})"
+            )
+        return self
+
+
+class CertGeneration(_Model):
+    """One generation of device certificates: every shard gets one certificate per generation."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")]
+    status: Literal["ACTIVE", "INACTIVE"] = ACTIVE
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def active(self) -> bool:
+        return self.status == ACTIVE
+
+
+class SmtpSettings(_Model):
+    # Existing Secrets Manager secret holding JSON {"username": ..., "password": ...}.
+    secret_name: Annotated[str, Field(alias="secretName", min_length=1)]
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+:\d{1,5}$")]  # host:port, e.g. email-smtp...:587
+    from_address: Annotated[str, Field(alias="fromAddress", pattern=r"^[^@\s]+@[^@\s]+$")]
+
+    @property
+    def port(self) -> int:
+        return int(self.host.rsplit(":", 1)[1])
+
+
+class ContainerImages(_Model):
+    """Third-party images of the monitoring task, pinned by version (override per stack)."""
+
+    prometheus: str = "quay.io/prometheus/prometheus:v2.55.1"
+    grafana: str = "docker.io/grafana/grafana-oss:11.4.0"
+    config_init: Annotated[str, Field(alias="configInit")] = "public.ecr.aws/aws-cli/aws-cli:2.22.35"
+
+
+class StackSettings(_Model):
+    """Everything the program needs from `Pulumi.<stack>.yaml`; field aliases are the config keys."""
+
+    stack: str
+    region: Annotated[str, Field(alias=REGION_KEY, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")]
+    owner: Annotated[str, Field(min_length=1, max_length=128)]
+    simulator_count: Annotated[int, Field(alias="simulatorCount", ge=0, le=100)]
+    archive_mode: Annotated[Literal["direct", "batched"], Field(alias="archiveMode")]
+    allowed_cidrs: Annotated[tuple[CidrBlock, ...], Field(alias="allowedCidrs", min_length=1)]
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
+    production: bool = False
+    client_id_prefix: Annotated[str, Field(alias="clientIdPrefix", pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")]
+    cert_generations: Annotated[tuple[CertGeneration, ...], Field(alias="certGenerations", min_length=1)] = (
+        CertGeneration(name="g1"),
+    )
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    certificate_arn: Annotated[
+        str | None, Field(alias="certificateArn", pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$")
+    ] = None
+    domain_name: Annotated[str | None, Field(alias="domainName", pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")] = None
+    log_retention_days: Annotated[int, Field(alias="logRetentionDays")]
+    archive_lifecycle: Annotated[ArchiveLifecycle, Field(alias="archiveLifecycle")]
+    firehose: FirehoseBuffering = Field(default_factory=FirehoseBuffering)
+    simulator_task: Annotated[TaskSize, Field(alias="simulatorTask")] = TaskSize(cpu=256, memory=512)
+    monitoring_task: Annotated[TaskSize, Field(alias="monitoringTask")] = TaskSize(cpu=512, memory=1024)
+    scrape_interval_s: Annotated[int, Field(alias="scrapeIntervalS", ge=5, le=300)] = 15
+    images: ContainerImages = Field(default_factory=ContainerImages)
+    # A pre-built simulator image (`<repo>@sha256:...`) instead of building simulator/Dockerfile.
+    simulator_image: Annotated[str | None, Field(alias="simulatorImage", pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$")] = (
+        None
+    )
+    smtp: SmtpSettings | None = None
+    container_insights: Annotated[bool, Field(alias="containerInsights")]
+    account_id: Annotated[str | None, Field(alias="accountId", pattern=r"^\d{12}$")] = None
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _known_retention(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"CloudWatch accepts one of {sorted(LOG_RETENTION_DAYS)} (got {value})")
+        return value
+
+    @field_validator("cert_generations")
+    @classmethod
+    def _generations(cls, value: tuple[CertGeneration, ...]) -> tuple[CertGeneration, ...]:
+        names = [generation.name for generation in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"generation names must be unique (got {names})")
+        if not any(generation.active for generation in value):
+            raise ValueError("at least one generation must be ACTIVE; the simulators use the newest ACTIVE one")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StackSettings:
+        if self.certificate_arn and not self.domain_name:
+            raise ValueError(
+                "domainName: required when certificateArn is set (the name the certificate is for; "
+                "point its DNS record at the load balancer)"
+            )
+        if self.production:
+            open_to_all = [cidr for cidr in self.allowed_cidrs if ipaddress.ip_network(cidr).prefixlen == 0]
+            if open_to_all:
+                raise ValueError(
+                    f"allowedCidrs: {open_to_all[0]} opens Prometheus (no authentication) to the internet "
+                    "on a production stack; list your office or VPN ranges"
+                )
+        return self
+
+    # Derived values: one definition each, used by the program and by its tests.
+
+    @property
+    def environment(self) -> str:
+        return self.stack
+
+    @property
+    def name_prefix(self) -> str:
+        return f"{PROJECT}-{self.stack}"
+
+    @property
+    def force_destroy(self) -> bool:
+        """Buckets and the image repository may be emptied on destroy only outside production."""
+        return not self.production
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(site_id(index) for index in range(self.simulator_count))
+
+    @property
+    def serving_generation(self) -> CertGeneration:
+        """The generation the simulators run on: the newest (last listed) ACTIVE one."""
+        return next(generation for generation in reversed(self.cert_generations) if generation.active)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"Project": PROJECT, "Environment": self.environment, "Owner": self.owner}
+
+
+def _per_stack_defaults(stack: str, production: bool) -> dict[str, Any]:
+    return {
+        "production": production,
+        "clientIdPrefix": f"{PROJECT}-{stack}-",
+        "logRetentionDays": 30 if production else 3,
+        "archiveLifecycle": (
+            {"glacierAfterDays": 90, "expireAfterDays": 730}
+            if production
+            else {"glacierAfterDays": 30, "expireAfterDays": 120}
+        ),
+        "containerInsights": production,
+    }
+
+
+def _key_of(loc: tuple[int | str, ...]) -> str:
+    head, *rest = loc
+    key = str(head) if ":" in str(head) else f"{PROJECT}:{head}"
+    for part in rest:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return key
+
+
+def _describe(error: Mapping[str, Any], source: str) -> str:
+    key = _key_of(tuple(error["loc"])) if error["loc"] else f"{PROJECT} config"
+    if error["type"] == "missing":
+        return f"{key} is required; set it in {source} (see docs/infra.md)"
+    if error["type"] == "extra_forbidden":
+        return f"{key} is not a known setting; remove it or fix its spelling in {source}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    if shown and repr(got) in message:
+        shown = ""
+    return f"{key}: {message}{shown}; edit {source}"
+
+
+def _decode(key: str, raw: Any) -> Any:
+    """Structured values reach the program as JSON text; scalars stay strings for pydantic to coerce."""
+    if isinstance(raw, str) and raw.lstrip()[:1] in ("{", "["):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{key}: not valid JSON ({exc.msg}); fix the value") from None
+    return raw
+
+
+def load_settings(stack: str, values: Mapping[str, Any]) -> StackSettings:
+    """Validate a cloud stack's config; raise ConfigError naming the first wrong key."""
+    source = f"Pulumi.{stack}.yaml"
+    if stack == LOCAL_STACK:
+        raise ConfigError(
+            "stack 'local' is not a Pulumi stack; run the local pipeline with: python cli.py up --stack local"
+        )
+    data: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key == REGION_KEY:
+            data[REGION_KEY] = raw
+        elif key.startswith(f"{PROJECT}:") and key not in FOREIGN_KEYS:
+            data[key.removeprefix(f"{PROJECT}:")] = _decode(key, raw)
+    try:
+        production = TypeAdapter(bool).validate_python(data.get("production", stack == "prod"))
+    except ValidationError:
+        raise ConfigError(
+            f"{PROJECT}:production: must be true or false (got {data['production']!r}); edit {source}"
+        ) from None
+    merged = {**_per_stack_defaults(stack, production), **data, "stack": stack}
+    try:
+        return StackSettings.model_validate(merged)
+    except ValidationError as exc:
+        first_per_key: dict[Any, Mapping[str, Any]] = {}
+        for error in exc.errors():
+            first_per_key.setdefault(error["loc"][:1], error)
+        messages = [_describe(error, source) for error in list(first_per_key.values())[:3]]
+        raise ConfigError("; ".join(messages)) from None
+
+
+def read_stack_config() -> StackSettings:
+    """The running stack's settings (inside a Pulumi program or under mocks)."""
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    # Pulumi hands the whole stack config to the program through PULUMI_CONFIG; tests and the
+    # Automation API inline programs set it with set_all_config. Both are merged, explicit last.
+    values: dict[str, Any] = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    return load_settings(pulumi.get_stack(), values)

@@ -1,0 +1,116 @@
+"""Debian's Prometheus on the local stack: config from the cloud's template, reload, and HTTP queries."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from local_stack.processes import ManagedProcess, require_binary
+from observability import config_bundle
+from observability.prometheus_config import SIMULATOR_JOB
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ScrapeTargets:
+    simulators: tuple[str, ...]  # host:port of each simulator's exporter
+    archive: str  # the rule runner's exporter
+
+
+def write_config(state_root: Path, targets: ScrapeTargets, scrape_interval_s: float,
+                 prometheus_url: str) -> Path:
+    """The cloud's config bundle, local flavour, under the state folder; returns prometheus.yml.
+
+    Rewritten on every start and every scale; each file is replaced atomically, so a reload never
+    reads half a file. The Grafana half is written too: it costs nothing and is ready if Grafana is.
+    """
+    bundle = config_bundle.local_bundle(
+        simulator_targets=list(targets.simulators),
+        archive_targets=[targets.archive],
+        prometheus_url=prometheus_url,
+        scrape_interval_s=scrape_interval_s,
+        grafana_dir=state_root / "grafana",
+    )
+    config_bundle.write_bundle(bundle, state_root)
+    return state_root.joinpath(*PurePosixPath(config_bundle.PROMETHEUS_CONFIG_KEY).parts)
+
+
+def process(config_file: Path, data_dir: Path, port: int, retention: str, log_path: Path) -> ManagedProcess:
+    binary = require_binary("prometheus")
+    argv = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={data_dir}",
+        f"--storage.tsdb.retention.time={retention}",
+        f"--web.listen-address={HOST}:{port}",
+        # The lifecycle API (/-/quit, /-/reload) stays off: any local user could stop Prometheus
+        # with it. The supervisor reloads with SIGHUP instead.
+        "--log.level=info",
+    ]
+    return ManagedProcess("prometheus", argv, log_path, stop_timeout_s=20.0)
+
+
+def url(port: int) -> str:
+    return f"http://{HOST}:{port}"
+
+
+def api_get(port: int, path: str, params: dict[str, str] | None = None, timeout_s: float = 5.0) -> Any:
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"{url(port)}{path}{query}", timeout=timeout_s) as response:
+        return json.loads(response.read())
+
+
+def query(port: int, promql: str) -> list[dict[str, Any]]:
+    """Instant query; the result vector (empty when nothing matches)."""
+    document = api_get(port, "/api/v1/query", {"query": promql})
+    if document.get("status") != "success":
+        raise RuntimeError(f"prometheus query {promql!r} failed: {document.get('error')}")
+    return list(document["data"]["result"])
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url(port)}/-/ready", timeout=1.0) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_ready(port: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready(port):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def active_targets(port: int, job: str = SIMULATOR_JOB) -> set[str]:
+    document = api_get(port, "/api/v1/targets", {"state": "active"})
+    return {
+        target["labels"].get("instance", target.get("scrapeUrl", ""))
+        for target in document["data"]["activeTargets"]
+        if target["labels"].get("job") == job
+    }
+
+
+def wait_for_targets(port: int, expected: Sequence[str], timeout_s: float) -> bool:
+    """After a reload: true once Prometheus scrapes exactly the expected simulator targets."""
+    wanted = set(expected)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if active_targets(port) == wanted:
+                return True
+        except (urllib.error.URLError, OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.1)
+    return False

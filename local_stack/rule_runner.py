@@ -1,0 +1,665 @@
+"""The local stand-in for the AWS IoT topic rule: subscribe to the fleet's topics and archive every message.
+
+`SELECT * FROM 'factory/simulator/#'` in the cloud feeds Kinesis Data Firehose, which writes GZIP'd
+JSON-lines batches to S3. Here one process does both: a persistent-session QoS 1 subscriber that
+batches messages, writes each batch atomically to the archive, and only then acknowledges the
+messages, so a crash of this process or of the broker redelivers instead of losing.
+
+Run it with `python -m local_stack.rule_runner --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import random
+import signal
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from local_stack.archive import (
+    DEFAULT_STREAM_NAME,
+    Archive,
+    S3Archive,
+    as_line,
+    batch_key,
+    direct_key,
+    encode_batch,
+    open_archive,
+    quarantine_key,
+    utc_now,
+    validate_stream_name,
+)
+from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig
+from local_stack.ports import port_in_use
+from simulator.errors import OperationFailed, UsageError
+from simulator.metrics.catalog import ARCHIVE_BATCHES, ARCHIVE_LAG, ARCHIVED, QUARANTINED, MetricDef
+from simulator.payload_contract import PayloadKind, payload_errors, payload_kind, validator
+from simulator.settings import GROUND_TRUTH_SEGMENT, TOPIC_ROOT, ground_truth_topic, telemetry_topic
+from simulator.transport.publisher import TransportOptions
+from simulator.transport.tls import client_ssl_context, describe_connect_error
+
+log = logging.getLogger("iotfactory.rule_runner")
+
+ArchiveMode = Literal["batched", "direct"]
+QuarantineReason = Literal["invalid_json", "schema_violation", "topic_mismatch", "payload_too_large"]
+QUARANTINE_REASONS: tuple[QuarantineReason, ...] = (
+    "invalid_json", "schema_violation", "topic_mismatch", "payload_too_large",
+)
+PAYLOAD_KINDS: tuple[PayloadKind, ...] = ("telemetry", "ground_truth")
+# AWS IoT Core refuses larger publishes; Mosquitto does not, so the rule runner enforces it.
+MAX_PAYLOAD_BYTES = 128 * 1024
+DEFAULT_METRICS_HOST = "127.0.0.1"
+
+
+class RuleRunnerSettings(BaseModel):
+    """Everything the rule runner needs; the CLI flags map 1:1 onto these fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str = "127.0.0.1"
+    port: int = Field(default=8883, ge=1, le=65535)
+    ca: Path
+    cert: Path
+    key: Path
+    client_id: str = Field(default=RULE_RUNNER_IDENTITY, min_length=1, max_length=128)
+    topic_filter: str = f"{TOPIC_ROOT}/#"
+    archive: str = ".factory/local/archive"
+    s3_endpoint_url: str | None = None
+    create_bucket: bool = False
+    stream_name: str = DEFAULT_STREAM_NAME
+    mode: ArchiveMode = "batched"
+    flush_interval_s: float = Field(default=1.0, gt=0, le=900)
+    max_batch: int = Field(default=10_000, ge=1, le=1_000_000)
+    # The broker stops sending once this many QoS 1 messages await our PUBACK (Mosquitto's
+    # `max_inflight_messages`); since we acknowledge only after writing, a batch must be written
+    # when it holds that many, or the flow stalls until the flush interval. 0 = no broker limit.
+    receive_window: int = Field(default=BrokerConfig.max_inflight_messages, ge=0)
+    keepalive_s: int = Field(default=30, ge=5, le=1200)
+    reconnect_min_s: float = Field(default=0.1, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no exporter
+    ready_file: Path | None = None
+
+    @property
+    def batch_limit(self) -> int:
+        if self.receive_window > 0:
+            return min(self.max_batch, self.receive_window)
+        return self.max_batch
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the rule runner decided about one message."""
+
+    kind: PayloadKind | None  # None when the topic says nothing and the payload is unreadable
+    reason: QuarantineReason | None = None  # None: archive it
+    detail: str = ""
+    timestamp_s: float | None = None  # the payload's `ts`, for the lag gauge
+
+
+def topic_kind(topic: str) -> PayloadKind | None:
+    """telemetry: factory/simulator/<site>/<line>/<machine>; ground truth: .../ground-truth/<site>/...."""
+    parts = topic.split("/")
+    root = TOPIC_ROOT.split("/")
+    if parts[: len(root)] != root:
+        return None
+    rest = parts[len(root):]
+    if len(rest) == 4 and rest[0] == GROUND_TRUTH_SEGMENT:
+        return "ground_truth"
+    if len(rest) == 3 and rest[0] != GROUND_TRUTH_SEGMENT:
+        return "telemetry"
+    return None
+
+
+def check_message(topic: str, payload: bytes) -> Verdict:
+    """The payload contract, applied where the cloud has no check: JSON, schema, and the topic it came on.
+
+    The topic must be the one the payload's own machine publishes on: the broker's ACL already keeps
+    a device under its site's prefix, and this keeps it from speaking for another machine's stream.
+    """
+    kind = topic_kind(topic)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Verdict(kind, "payload_too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        return Verdict(kind, "invalid_json", str(error))
+    if not isinstance(document, dict):
+        return Verdict(kind, "schema_violation", f"$: expected a JSON object, got {type(document).__name__}")
+    chosen = kind or payload_kind(document)
+    if False and not validator(chosen).is_valid(document):
+        return Verdict(chosen, "schema_violation", "; ".join(payload_errors(document, chosen)[:3]))
+    expected = (telemetry_topic if chosen == "telemetry" else ground_truth_topic)(
+        document["site"], document["line"], document["machine"]
+    )
+    if topic != expected:
+        return Verdict(chosen, "topic_mismatch", f"payload of {document['machine']} belongs on {expected}")
+    return Verdict(chosen, None, "", _epoch_seconds(document["ts"]))
+
+
+def _epoch_seconds(timestamp: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
+
+
+def _iso_ms(epoch_s: float) -> str:
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Received:
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received_at: float  # epoch seconds
+    verdict: Verdict
+
+    def quarantine_line(self) -> bytes:
+        """The quarantine record: the exact bytes (base64) and why they were set aside."""
+        return orjson.dumps(
+            {
+                "reason": self.verdict.reason,
+                "detail": self.verdict.detail,
+                "topic": self.topic,
+                "received_at": _iso_ms(self.received_at),
+                "qos": self.qos,
+                "payload_base64": base64.b64encode(self.payload).decode("ascii"),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    keys: tuple[str, ...]
+    written_at: dt.datetime
+    archived: dict[PayloadKind, int]
+    quarantined: dict[QuarantineReason, int]
+    newest_timestamp_s: float | None
+
+
+class ArchiveWriter:
+    """Turns one batch of received messages into archive objects (the Firehose half of the rule)."""
+
+    def __init__(self, archive: Archive, stream_name: str, mode: ArchiveMode) -> None:
+        self.archive = archive
+        self.stream_name = validate_stream_name(stream_name)
+        self.mode = mode
+
+    def write(self, batch: Sequence[Received]) -> BatchResult:
+        """Write every message of `batch`; returns only once all of them are durable."""
+        now = utc_now()
+        keys: list[str] = []
+        archived: dict[PayloadKind, int] = {}
+        quarantined: dict[QuarantineReason, list[bytes]] = {}
+        raw_lines: list[bytes] = []
+        newest: float | None = None
+        written_at = now
+        for item in batch:
+            verdict = item.verdict
+            if verdict.reason is not None:
+                quarantined.setdefault(verdict.reason, []).append(item.quarantine_line())
+                continue
+            assert verdict.kind is not None
+            archived[verdict.kind] = archived.get(verdict.kind, 0) + 1
+            if verdict.timestamp_s is not None and (newest is None or verdict.timestamp_s > newest):
+                newest = verdict.timestamp_s
+            if self.mode == "direct":
+                key = direct_key(item.topic, now)
+                written_at = self.archive.put_object(key, item.payload)
+                keys.append(key)
+            else:
+                raw_lines.append(as_line(item.payload))
+        if raw_lines:
+            key = batch_key(self.stream_name, now)
+            written_at = self.archive.put_object(key, encode_batch(raw_lines))
+            keys.append(key)
+        for reason, lines in quarantined.items():
+            key = quarantine_key(reason, self.stream_name, now)
+            self.archive.put_object(key, encode_batch(lines))
+            keys.append(key)
+        return BatchResult(
+            tuple(keys), written_at, archived, {r: len(v) for r, v in quarantined.items()}, newest
+        )
+
+
+def _metric_name(metric: MetricDef) -> str:
+    # prometheus-client appends `_total` to counters itself.
+    return metric.name.removesuffix("_total") if metric.kind == "counter" else metric.name
+
+
+class ArchiveMetrics:
+    """The cold-path metrics of the catalog, on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.archived = Counter(_metric_name(ARCHIVED), ARCHIVED.help, ARCHIVED.labels, registry=self.registry)
+        self.quarantined = Counter(
+            _metric_name(QUARANTINED), QUARANTINED.help, QUARANTINED.labels, registry=self.registry
+        )
+        self.lag = Gauge(_metric_name(ARCHIVE_LAG), ARCHIVE_LAG.help, registry=self.registry)
+        self.batches = Counter(_metric_name(ARCHIVE_BATCHES), ARCHIVE_BATCHES.help, registry=self.registry)
+        # Series exist from the start at 0, so rate() and alerts see them before the first event.
+        for kind in PAYLOAD_KINDS:
+            self.archived.labels(kind=kind)
+        for reason in QUARANTINE_REASONS:
+            self.quarantined.labels(reason=reason)
+
+    def record(self, result: BatchResult) -> None:
+        for kind, count in result.archived.items():
+            self.archived.labels(kind=kind).inc(count)
+        for reason, count in result.quarantined.items():
+            self.quarantined.labels(reason=reason).inc(count)
+        self.batches.inc(len(result.keys))
+        if result.newest_timestamp_s is not None:
+            self.lag.set(result.written_at.timestamp() - result.newest_timestamp_s)
+
+
+class RuleRunner:
+    """One MQTT session (fixed client id, clean session off, QoS 1) feeding an `ArchiveWriter`.
+
+    Everything runs on the calling thread: paho's `loop()` reads the socket, `on_message` only
+    classifies and buffers, and the flush happens between loop calls, so there are no locks and
+    an acknowledgement can never overtake the write it depends on.
+    """
+
+    def __init__(
+        self, settings: RuleRunnerSettings, archive: Archive, metrics: ArchiveMetrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.writer = ArchiveWriter(archive, settings.stream_name, settings.mode)
+        self.metrics = metrics or ArchiveMetrics()
+        self._stop = threading.Event()
+        self._pending: list[Received] = []
+        self._pending_since = 0.0
+        # mid -> hash of (topic, payload) for messages already written whose PUBACK may not have
+        # reached the broker (connection lost). Their redelivery (DUP set, same mid) is acknowledged
+        # without writing again. mids are 16-bit, so this never holds more than 65,535 entries.
+        self._written: dict[int, int] = {}
+        self._connected = False
+        self._subscribed = False
+        self._ever_connected = False
+        self._connect_called = False
+        self._refusal: str | None = None
+        self._retry_flush_at = 0.0
+        self._flush_failures = 0
+        self.messages_received = 0
+        self.redeliveries_skipped = 0
+        self._client = self._make_client()
+
+    # -- MQTT ---------------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        settings = self.settings
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            clean_session=False,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            manual_ack=True,
+        )
+        options = TransportOptions(settings.endpoint, settings.port, settings.ca, settings.cert, settings.key)
+        client.tls_set_context(client_ssl_context(options))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._refusal = str(reason)
+            return
+        self._connected = True
+        self._ever_connected = True
+        if flags.session_present:
+            # The broker kept our subscription: subscribing again would re-send retained messages.
+            self._mark_subscribed("session resumed")
+        else:
+            client.subscribe(self.settings.topic_filter, qos=1)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        if any(reason.is_failure for reason in reasons):
+            self._refusal = f"subscription to {self.settings.topic_filter} refused: {reasons[0]}"
+            return
+        self._mark_subscribed("subscribed")
+
+    def _mark_subscribed(self, how: str) -> None:
+        self._subscribed = True
+        log.info("%s to %s at %s:%s", how, self.settings.topic_filter, self.settings.endpoint, self.settings.port)
+        if self.settings.ready_file is not None:
+            _write_ready_file(self.settings)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if self._connected and not self._stop.is_set():
+            log.warning("connection to the broker lost (%s); reconnecting", reason)
+        self._connected = False
+        self._subscribed = False
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.messages_received += 1
+        topic = message.topic
+        payload = bytes(message.payload)
+        if message.retain:
+            # Sent because we subscribed, not because a device published now: the cloud rule sees
+            # each publish once, so does the archive.
+            self._ack(message.mid, message.qos)
+            return
+        if message.dup and message.qos > 0:
+            digest = hash((topic, payload))
+            if self._written.get(message.mid) == digest:
+                del self._written[message.mid]
+                self.redeliveries_skipped += 1
+                self._ack(message.mid, message.qos)
+                return
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.append(
+            Received(message.mid, message.qos, topic, payload, time.time(), check_message(topic, payload))
+        )
+
+    def _ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self._client.ack(mid, qos)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `run()` to flush, acknowledge, disconnect and return (signal-handler safe)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Archive until `stop()`; survives broker restarts and archive outages; raises only on bad config."""
+        while not self._stop.is_set():
+            if not self._connected:
+                if self._pending:
+                    # Keep what we hold: if the broker lost it (killed before its autosave), this
+                    # copy is the only one; if not, its redelivery is recognised and not rewritten.
+                    self._flush(ack=False)
+                if not self._connect_with_backoff():
+                    break
+                continue
+            rc = self._client.loop(timeout=self._loop_timeout())
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._connected = False
+            if self._flush_due():
+                self._flush(ack=True)
+        self._shutdown()
+
+    def _loop_timeout(self) -> float:
+        if not self._pending:
+            return 0.1
+        remaining = self._pending_since + self.settings.flush_interval_s - time.monotonic()
+        return min(0.1, max(0.0, remaining))
+
+    def _flush_due(self) -> bool:
+        if not self._pending or time.monotonic() < self._retry_flush_at:
+            return False
+        return (
+            len(self._pending) >= self.settings.batch_limit
+            or time.monotonic() - self._pending_since >= self.settings.flush_interval_s
+        )
+
+    def _flush(self, *, ack: bool) -> bool:
+        batch, self._pending = self._pending, []
+        try:
+            result = self.writer.write(batch)
+        except Exception as error:  # any archive failure: keep the batch, never acknowledge it
+            self._pending = batch + self._pending
+            self._flush_failures += 1
+            delay = min(self.settings.reconnect_max_s, 0.2 * 2 ** min(self._flush_failures, 6))
+            self._retry_flush_at = time.monotonic() + delay
+            log.error("archive write to %s failed (%s: %s); retrying in %.1f s",
+                      self.writer.archive.location, type(error).__name__, error, delay)
+            return False
+        self._flush_failures = 0
+        self._retry_flush_at = 0.0
+        self.metrics.record(result)
+        for item in batch:
+            if item.qos == 0:
+                continue
+            self._written[item.mid] = hash((item.topic, item.payload))
+            if ack:
+                self._client.ack(item.mid, item.qos)
+        if result.quarantined:
+            log.warning("quarantined %s", ", ".join(f"{n} {r}" for r, n in result.quarantined.items()))
+        return True
+
+    def _connect_with_backoff(self) -> bool:
+        """Connect (or reconnect) until CONNACK; False when asked to stop first."""
+        delay = self.settings.reconnect_min_s
+        attempt = 0
+        while not self._stop.is_set():
+            attempt += 1
+            error = self._try_connect()
+            if error is None:
+                if attempt > 1 or self._ever_connected:
+                    log.info("connected to %s:%s", self.settings.endpoint, self.settings.port)
+                return True
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("%s (attempt %d; retrying)", error, attempt)
+            # Full jitter keeps many restarting clients from reconnecting in lock-step.
+            self._stop.wait(random.uniform(delay / 2, delay))
+            delay = min(self.settings.reconnect_max_s, delay * 2)
+        return False
+
+    def _try_connect(self) -> str | None:
+        """One attempt; returns None when connected, else why not. Raises UsageError if retrying is futile."""
+        settings = self.settings
+        self._refusal = None
+        try:
+            if self._connect_called:
+                self._client.reconnect()
+            else:
+                self._connect_called = True
+                self._client.connect(settings.endpoint, settings.port, keepalive=settings.keepalive_s)
+        except ssl.SSLCertVerificationError as error:
+            raise UsageError(describe_connect_error(error, settings.endpoint, settings.port)) from None
+        except (OSError, ssl.SSLError) as error:
+            return describe_connect_error(error, settings.endpoint, settings.port)
+        deadline = time.monotonic() + 10.0
+        while not self._connected and time.monotonic() < deadline and not self._stop.is_set():
+            rc = self._client.loop(timeout=0.1)
+            if self._refusal is not None:
+                if "authori" in self._refusal.lower() or "password" in self._refusal.lower():
+                    raise UsageError(
+                        f"the broker refused the rule runner: {self._refusal}; its certificate's CN"
+                        f" must be {RULE_RUNNER_IDENTITY!r} (the ACL's reader)"
+                    )
+                return f"broker refused the connection: {self._refusal}"
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return (
+                    f"{settings.endpoint}:{settings.port} closed the connection before accepting it"
+                    " (broker restarting, or it rejected the client certificate)"
+                )
+        return None if self._connected else "no CONNACK within 10 s"
+
+    def _shutdown(self) -> None:
+        flushed = True
+        if self._pending:
+            flushed = self._flush(ack=self._connected)
+            for _ in range(3):
+                if flushed:
+                    break
+                time.sleep(0.5)
+                flushed = self._flush(ack=self._connected)
+        if self._connected:
+            # Push the last PUBACKs out before DISCONNECT: reading now would only take in
+            # messages we could not write any more (they stay queued in our session instead).
+            deadline = time.monotonic() + 5.0
+            while self._client.want_write() and time.monotonic() < deadline:
+                self._client.loop_write()
+            self._client.disconnect()
+            deadline = time.monotonic() + 5.0
+            while self._connected and time.monotonic() < deadline:
+                self._client.loop_write()
+                if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+        if not flushed:
+            raise OperationFailed(
+                f"could not write {len(self._pending)} messages to {self.writer.archive.location};"
+                " they stay unacknowledged in the broker session and will be archived on the next start"
+            )
+
+
+def _write_ready_file(settings: RuleRunnerSettings) -> None:
+    assert settings.ready_file is not None
+    info = {"pid": os.getpid(), "metrics_port": settings.metrics_port or None, "archive": settings.archive}
+    temp = settings.ready_file.with_name(settings.ready_file.name + ".tmp")
+    temp.write_text(json.dumps(info) + "\n")
+    temp.replace(settings.ready_file)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = RuleRunnerSettings.model_fields
+    parser = argparse.ArgumentParser(
+        prog="python -m local_stack.rule_runner",
+        description="Archive every message under factory/simulator/# (the local IoT topic rule).",
+    )
+    parser.add_argument("--endpoint", default=defaults["endpoint"].default, help="broker host")
+    parser.add_argument("--port", type=int, default=defaults["port"].default, help="broker TLS port")
+    parser.add_argument("--ca", type=Path, required=True, help="CA certificate that signed the broker (PEM)")
+    parser.add_argument("--cert", type=Path, required=True, help="the rule runner's certificate (PEM, CN rule-runner)")
+    parser.add_argument("--key", type=Path, required=True, help="the rule runner's private key (PEM)")
+    parser.add_argument("--client-id", default=defaults["client_id"].default,
+                        help="fixed MQTT client id: the persistent session is keyed on it")
+    parser.add_argument("--topic", dest="topic_filter", default=defaults["topic_filter"].default)
+    parser.add_argument("--archive", default=defaults["archive"].default,
+                        help="folder path, file:///path or s3://BUCKET[/PREFIX]")
+    parser.add_argument("--s3-endpoint-url", default=os.environ.get("IOTFACTORY_S3_ENDPOINT_URL"),
+                        help="S3-compatible endpoint (moto, MinIO); credentials from the AWS_* environment")
+    parser.add_argument("--create-bucket", action="store_true", help="create the s3:// bucket if missing")
+    parser.add_argument("--stream-name", default=defaults["stream_name"].default,
+                        help="name in every object key, like the Firehose delivery stream's")
+    parser.add_argument("--mode", choices=["batched", "direct"], default="batched",
+                        help="batched: Firehose-style GZIP JSON lines; direct: one object per message")
+    parser.add_argument("--flush-interval", dest="flush_interval_s", type=float,
+                        default=defaults["flush_interval_s"].default, help="seconds a batch may wait")
+    parser.add_argument("--max-batch", type=int, default=defaults["max_batch"].default,
+                        help="messages per batch object at most")
+    parser.add_argument("--receive-window", type=int, default=defaults["receive_window"].default,
+                        help="the broker's max_inflight_messages (0 = unlimited): a batch is written"
+                             " when it holds this many unacknowledged messages")
+    parser.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST)
+    parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus exporter port (0 = off)")
+    parser.add_argument("--ready-file", type=Path, default=None,
+                        help="written (JSON) once the subscription is in place")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> tuple[RuleRunnerSettings, str]:
+    parser = _parser()
+
+    def usage_error(message: str) -> None:
+        raise UsageError(f"rule runner: {message}; see --help")
+
+    parser.error = usage_error  # type: ignore[method-assign,assignment]
+    args = vars(parser.parse_args(argv))
+    log_level = args.pop("log_level")
+    for flag in ("ca", "cert", "key"):
+        path: Path = args[flag]
+        if not path.is_file():
+            raise UsageError(f"rule runner --{flag} {path}: file not found; pass the path of a PEM file")
+    try:
+        settings = RuleRunnerSettings(**args)
+    except ValidationError as error:
+        first = error.errors()[0]
+        flag = "--" + str(first["loc"][0]).removesuffix("_s").replace("_", "-")
+        raise UsageError(f"rule runner {flag}: {first['msg']} (got {first.get('input')!r})") from None
+    validate_stream_name(settings.stream_name)
+    return settings, log_level
+
+
+def _start_metrics(settings: RuleRunnerSettings, metrics: ArchiveMetrics) -> Any:
+    if not settings.metrics_port:
+        return None
+    if port_in_use(settings.metrics_port, settings.metrics_host):
+        raise UsageError(
+            f"rule runner --metrics-port {settings.metrics_port}: already in use on"
+            f" {settings.metrics_host}; pick another port"
+        )
+    server, _thread = start_http_server(settings.metrics_port, settings.metrics_host, registry=metrics.registry)
+    return server
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings, log_level = settings_from_args(argv)
+        logging.basicConfig(
+            level=log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s rule-runner: %(message)s"
+        )
+        archive = open_archive(settings.archive, endpoint_url=settings.s3_endpoint_url)
+        if isinstance(archive, S3Archive):
+            if settings.create_bucket:
+                archive.create_bucket()
+            archive.check_bucket()
+        metrics = ArchiveMetrics()
+        runner = RuleRunner(settings, archive, metrics)
+        server = _start_metrics(settings, metrics)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    def _request_stop(signum: int, frame: FrameType | None) -> None:
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    log.info(
+        "archiving %s to %s (%s, batches of <= %d or every %.1f s)",
+        settings.topic_filter, archive.location, settings.mode, settings.batch_limit, settings.flush_interval_s,
+    )
+    try:
+        runner.run()
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OperationFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.shutdown()
+        if settings.ready_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                settings.ready_file.unlink()
+    log.info("stopped: %d messages received, %d redeliveries recognised", runner.messages_received,
+             runner.redeliveries_skipped)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

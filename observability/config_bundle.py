@@ -1,0 +1,140 @@
+"""Everything Prometheus and Grafana read, as {relative key: file content}, for the cloud and locally.
+
+Cloud: the Pulumi program uploads the bundle to the config bucket; the monitoring task's init
+container copies `prometheus/` to PROMETHEUS_CONFIG_DIR and `grafana/` to GRAFANA_CONFIG_DIR on a
+shared volume. Local: the local stack writes the same keys under its state folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path, PurePosixPath
+
+from observability import grafana_provisioning
+from observability.alert_rules import Target, render_rules
+from observability.dashboards import dashboards_for, render_dashboard
+from observability.prometheus_config import ARCHIVE_JOB, render_prometheus_config
+
+PROMETHEUS_CONFIG_DIR = "/etc/prometheus-config"
+GRAFANA_CONFIG_DIR = "/etc/grafana-config"
+PROMETHEUS_PREFIX = "prometheus/"
+GRAFANA_PREFIX = "grafana/"
+PROMETHEUS_CONFIG_KEY = "prometheus/prometheus.yml"
+RULES_KEY = "prometheus/rules/alerts.yml"
+# Relative to prometheus.yml: Prometheus resolves rule_files against the config file's folder, so
+# the same file works wherever the bundle is copied.
+RULES_PATH_FROM_CONFIG = "rules/alerts.yml"
+DATASOURCE_KEY = "grafana/provisioning/datasources/prometheus.yml"
+DASHBOARD_PROVIDER_KEY = "grafana/provisioning/dashboards/dashboards.yml"
+CONTACT_POINTS_KEY = "grafana/provisioning/alerting/contact-points.yml"
+POLICIES_KEY = "grafana/provisioning/alerting/policies.yml"
+GRAFANA_RULES_KEY = "grafana/provisioning/alerting/rules.yml"
+DASHBOARDS_PREFIX = "grafana/dashboards/"
+
+# The cloud's Prometheus sits behind the load balancer under /prometheus/; Grafana shares its task
+# (same network namespace), so it reaches Prometheus on localhost with that prefix.
+CLOUD_PROMETHEUS_PORT = 9090
+CLOUD_ROUTE_PREFIX = "/prometheus/"
+CLOUD_DATASOURCE_URL = f"http://localhost:{CLOUD_PROMETHEUS_PORT}{CLOUD_ROUTE_PREFIX.rstrip('/')}"
+# Container settings the monitoring task needs to read the bundle (the program sets them).
+CLOUD_PROMETHEUS_ARGS = (
+    f"--config.file={PROMETHEUS_CONFIG_DIR}/prometheus.yml",
+    f"--web.route-prefix={CLOUD_ROUTE_PREFIX}",
+    f"--web.listen-address=0.0.0.0:{CLOUD_PROMETHEUS_PORT}",
+)
+CLOUD_GRAFANA_ENVIRONMENT = {"GF_PATHS_PROVISIONING": f"{GRAFANA_CONFIG_DIR}/provisioning"}
+# Secrets the task injects (ECS `secrets`): SMTP for Grafana's e-mail contact point, and recipient.
+CLOUD_GRAFANA_SECRET_ENV = (
+    "GF_SMTP_ENABLED", "GF_SMTP_HOST", "GF_SMTP_USER", "GF_SMTP_PASSWORD", "GF_SMTP_FROM_ADDRESS",
+    grafana_provisioning.ALERT_EMAIL_ENV,
+)
+
+
+def container_path(key: str) -> str:
+    """Where the init container puts a bundle key: prometheus/x → /etc/prometheus-config/x."""
+    destinations = ((PROMETHEUS_PREFIX, PROMETHEUS_CONFIG_DIR), (GRAFANA_PREFIX, GRAFANA_CONFIG_DIR))
+    for prefix, directory in destinations:
+        if key.startswith(prefix):
+            return str(PurePosixPath(directory) / key[len(prefix):])
+    raise ValueError(f"{key!r} is not a bundle key (prometheus/... or grafana/...)")
+
+
+def _dashboards(target: Target) -> dict[str, str]:
+    return {
+        f"{DASHBOARDS_PREFIX}{uid}.json": render_dashboard(document)
+        for uid, document in dashboards_for(target).items()
+    }
+
+
+def cloud_bundle(discovery_dns_name: str, metrics_port: int, scrape_interval_s: int) -> dict[str, str]:
+    """The monitoring task's config: Cloud Map discovery of the simulators, e-mail alerting."""
+    if not discovery_dns_name or any(c.isspace() for c in discovery_dns_name):
+        raise ValueError(f"discovery_dns_name {discovery_dns_name!r} is not a DNS name")
+    return {
+        PROMETHEUS_CONFIG_KEY: render_prometheus_config(
+            dns_sd_name=discovery_dns_name,
+            metrics_port=metrics_port,
+            scrape_interval_s=scrape_interval_s,
+            rule_files=[RULES_PATH_FROM_CONFIG],
+        ),
+        RULES_KEY: render_rules(target="cloud"),
+        DATASOURCE_KEY: grafana_provisioning.datasource(CLOUD_DATASOURCE_URL, scrape_interval_s),
+        DASHBOARD_PROVIDER_KEY: grafana_provisioning.dashboard_provider(
+            container_path(DASHBOARDS_PREFIX.rstrip("/"))
+        ),
+        CONTACT_POINTS_KEY: grafana_provisioning.contact_points(f"${grafana_provisioning.ALERT_EMAIL_ENV}"),
+        POLICIES_KEY: grafana_provisioning.notification_policies(),
+        GRAFANA_RULES_KEY: grafana_provisioning.alert_rules("cloud", max(60, math.ceil(scrape_interval_s))),
+        **_dashboards("cloud"),
+    }
+
+
+def local_bundle(
+    *,
+    simulator_targets: list[str],
+    archive_targets: list[str],
+    prometheus_url: str,
+    scrape_interval_s: float,
+    grafana_dir: Path,
+    alert_email: str | None = None,
+) -> dict[str, str]:
+    """The local stack's config: static targets, Grafana on `prometheus_url`.
+
+    Without `alert_email` no Grafana alerting is provisioned: no e-mail is attempted, and the
+    Prometheus alerts still show in Prometheus and in Grafana's alert list. With it, Grafana needs
+    the GF_SMTP_* settings in its environment to send.
+    """
+    bundle = {
+        PROMETHEUS_CONFIG_KEY: render_prometheus_config(
+            static_targets=simulator_targets,
+            scrape_interval_s=scrape_interval_s,
+            rule_files=[RULES_PATH_FROM_CONFIG],
+            extra_static_jobs={ARCHIVE_JOB: archive_targets} if archive_targets else None,
+        ),
+        RULES_KEY: render_rules(target="local"),
+        DATASOURCE_KEY: grafana_provisioning.datasource(prometheus_url, scrape_interval_s),
+        DASHBOARD_PROVIDER_KEY: grafana_provisioning.dashboard_provider(str(grafana_dir / "dashboards")),
+        **_dashboards("local"),
+    }
+    if alert_email:
+        bundle[CONTACT_POINTS_KEY] = grafana_provisioning.contact_points(alert_email)
+        bundle[POLICIES_KEY] = grafana_provisioning.notification_policies()
+        bundle[GRAFANA_RULES_KEY] = grafana_provisioning.alert_rules("local")
+    return bundle
+
+
+def write_bundle(bundle: dict[str, str], root: Path) -> list[Path]:
+    """Write every key under `root` (prometheus/…, grafana/…); each file replaced atomically."""
+    written = []
+    for key, content in sorted(bundle.items()):
+        relative = PurePosixPath(key)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"bundle key {key!r} escapes the bundle folder")
+        path = root.joinpath(*relative.parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(content, encoding="utf-8")
+        os.replace(temporary, path)
+        written.append(path)
+    return written

@@ -1,0 +1,227 @@
+"""One site's machines on a simulated clock: the pure model the publisher and dry-run drive.
+
+No I/O, no wall clock, no global random state: every machine owns a `random.Random` seeded from
+(fleet seed, machine id), so its bytes depend on nothing else in the fleet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from simulator.model.machine import Machine
+from simulator.model.payload import encode_ground_truth, encode_telemetry, iso_timestamp
+from simulator.model.profiles import PROFILES
+from simulator.settings import (
+    FleetSettings,
+    MachineType,
+    ScheduledFault,
+    ground_truth_topic,
+    site_id,
+    telemetry_topic,
+)
+
+MessageKind = Literal["telemetry", "ground_truth"]
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    index: int  # position in the site's machine list
+    machine_id: str  # f"{site}-{line}-{type}-{n:02d}", n counts per type per line from 01
+    site: str
+    line: str
+    type: MachineType
+    telemetry_topic: str
+    ground_truth_topic: str
+    phase: float  # [0, 1): offset within the publish interval, from this machine's own id and seed
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes  # compact JSON, one line
+    kind: MessageKind
+    machine_index: int
+
+
+@dataclass(frozen=True)
+class MachineView:
+    """What the metrics need, in payload units (°C, mm/s, rpm, kW, bar, s)."""
+
+    spec: MachineSpec
+    state: str
+    signals: Mapping[str, float | None]  # None = sensor dropout
+    health: float
+    parts_good: int
+    parts_rejected: int
+    ideal_cycle_time_s: float  # 0.0 for machines that make no parts (compressors)
+    state_seconds: Mapping[str, float]
+    active_faults: frozenset[str]
+
+
+def line_id(line_number: int) -> str:
+    """Lines are numbered from 1: line-01, line-02, ..."""
+    return f"line-{line_number:02d}"
+
+
+def machine_id(site: str, line: str, machine_type: MachineType, number: int) -> str:
+    return f"{site}-{line}-{machine_type.value}-{number:02d}"
+
+
+@dataclass(frozen=True)
+class MachineStream:
+    """Seeds and publish phase of one machine, from a stable hash of (fleet seed, machine id)."""
+
+    process_seed: int  # states, wear, production
+    sensor_seed: int  # measurement noise
+    sensor_fault_seed: int  # sensor faults
+    phase: float  # [0, 1)
+
+
+def machine_stream(seed: int, machine: str) -> MachineStream:
+    """hashlib, not `hash()`: string hashing is salted per process, and the stream must not be."""
+    digest = hashlib.blake2b(f"{seed}\x1f{machine}".encode(), digest_size=32).digest()
+    return MachineStream(
+        process_seed=int.from_bytes(digest[:8], "big"),
+        sensor_seed=int.from_bytes(digest[8:16], "big"),
+        sensor_fault_seed=int.from_bytes(digest[16:24], "big"),
+        phase=int.from_bytes(digest[24:], "big") / 2.0**64,
+    )
+
+
+def build_machine_specs(fleet: FleetSettings, site_index: int) -> tuple[MachineSpec, ...]:
+    """Every machine of the site, line by line, types in `MachineType` order, numbered per type."""
+    site = site_id(site_index)
+    specs: list[MachineSpec] = []
+    for line_number in range(1, fleet.lines_per_site + 1):
+        line = line_id(line_number)
+        for machine_type in MachineType:
+            for number in range(1, fleet.machines_per_line.get(machine_type, 0) + 1):
+                machine = machine_id(site, line, machine_type, number)
+                specs.append(
+                    MachineSpec(
+                        index=len(specs),
+                        machine_id=machine,
+                        site=site,
+                        line=line,
+                        type=machine_type,
+                        telemetry_topic=telemetry_topic(site, line, machine),
+                        ground_truth_topic=ground_truth_topic(site, line, machine),
+                        phase=machine_stream(fleet.seed, machine).phase,
+                    )
+                )
+    return tuple(specs)
+
+
+def scheduled_faults_by_machine(fleet: FleetSettings) -> dict[str, list[ScheduledFault]]:
+    by_machine: dict[str, list[ScheduledFault]] = {}
+    for item in fleet.faults.scheduled:
+        by_machine.setdefault(item.machine, []).append(item)
+    return by_machine
+
+
+class _MachineRun:
+    """Per-machine bookkeeping around the physics: clock position, sequence numbers, last readings."""
+
+    __slots__ = ("header", "machine", "readings", "samples", "seq_ground_truth", "seq_telemetry")
+
+    def __init__(self, spec: MachineSpec, machine: Machine) -> None:
+        self.machine = machine
+        self.header = {
+            "machine": spec.machine_id,
+            "site": spec.site,
+            "line": spec.line,
+            "type": spec.type.value,
+        }
+        self.samples = 0
+        self.seq_telemetry = 0
+        self.seq_ground_truth = 0
+        # Noise-free readings until the first sample, so looking never consumes randomness.
+        self.readings = machine.measure(noisy=False)
+
+
+class SiteModel:
+    """All machines of one site. `sample(i)` advances machine i by one step and encodes its messages."""
+
+    def __init__(self, fleet: FleetSettings, site_index: int, start_epoch_ms: int) -> None:
+        self.fleet = fleet
+        self.start_epoch_ms = start_epoch_ms
+        self.machines: tuple[MachineSpec, ...] = build_machine_specs(fleet, site_index)
+        self.step_s: float = fleet.publish_interval_s * fleet.speed
+        scheduled = scheduled_faults_by_machine(fleet)
+        self._runs: list[_MachineRun] = []
+        for spec in self.machines:
+            stream = machine_stream(fleet.seed, spec.machine_id)
+            machine = Machine(
+                PROFILES[spec.type],
+                fleet.faults,
+                random.Random(stream.process_seed),
+                random.Random(stream.sensor_seed),
+                random.Random(stream.sensor_fault_seed),
+                scheduled.get(spec.machine_id, ()),
+            )
+            self._runs.append(_MachineRun(spec, machine))
+
+    def next_sample_time_s(self, machine_index: int) -> float:
+        """Simulated time the next `sample(machine_index)` will advance to."""
+        run = self._runs[machine_index]
+        return (run.samples + self.machines[machine_index].phase) * self.step_s
+
+    def sample(self, machine_index: int) -> list[Message]:
+        """Advance one step; return its ground-truth messages (in time order) and one telemetry message."""
+        run = self._runs[machine_index]
+        spec = self.machines[machine_index]
+        machine = run.machine
+        now_s = (run.samples + spec.phase) * self.step_s
+        run.samples += 1
+        events = machine.advance(now_s)
+        timestamp = iso_timestamp(self.start_epoch_ms + round(now_s * 1000))
+        messages: list[Message] = []
+        for event in events:
+            run.seq_ground_truth += 1
+            messages.append(
+                Message(
+                    spec.ground_truth_topic,
+                    encode_ground_truth(
+                        run.header, timestamp, run.seq_ground_truth, event, self.start_epoch_ms
+                    ),
+                    "ground_truth",
+                    machine_index,
+                )
+            )
+        run.readings = readings = machine.measure()
+        run.seq_telemetry += 1
+        payload = encode_telemetry(
+            run.header,
+            timestamp,
+            run.seq_telemetry,
+            machine.state,
+            readings,
+            machine.parts_good,
+            machine.parts_rejected,
+        )
+        messages.append(Message(spec.telemetry_topic, payload, "telemetry", machine_index))
+        return messages
+
+    def view(self, machine_index: int) -> MachineView:
+        run = self._runs[machine_index]
+        machine = run.machine
+        return MachineView(
+            spec=self.machines[machine_index],
+            state=machine.state,
+            signals=MappingProxyType(dict(run.readings)),
+            health=machine.health,
+            parts_good=machine.parts_good,
+            parts_rejected=machine.parts_rejected,
+            ideal_cycle_time_s=(machine.ideal_cycle_time_s if machine.profile.produces_parts else 0.0),
+            state_seconds=MappingProxyType(dict(machine.state_seconds)),
+            active_faults=machine.active_fault_kinds(),
+        )
+
+    def sim_time_s(self, machine_index: int) -> float:
+        """Simulated time of the machine's last sample (0.0 before the first)."""
+        return self._runs[machine_index].machine.t

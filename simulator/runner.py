@@ -1,0 +1,300 @@
+"""The live run: schedule every machine's samples on the wall clock, publish them, export metrics.
+
+Machine m's n-th sample is due `(n + phase_m) * publish_interval_s` wall seconds after the start
+and carries model time `start + (n + phase_m) * publish_interval_s * speed`. The scheduler walks
+machines in phase order, round after round, sleeping until each slot; when it falls behind it
+catches up without sleeping and records how late each sample was.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from array import array
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from simulator.config_loader import RunConfig
+from simulator.connection_settings import validate_connection
+from simulator.metrics.accumulators import BucketCounts
+from simulator.metrics.catalog import LAG_BUCKETS
+from simulator.metrics.exporter import RuntimeProbe, SimulatorExporter
+from simulator.model.site import SiteModel
+from simulator.settings import site_id
+from simulator.transport import make_publisher
+from simulator.transport.publisher import (
+    QOS0_SEND_BACKLOG,
+    Publisher,
+    TransportOptions,
+    TransportSnapshot,
+    plan_connections,
+)
+
+# ECS gives a task 30 s between SIGTERM and SIGKILL: flush for at most 20, then disconnect.
+SHUTDOWN_FLUSH_S = 20.0
+# Waits longer than this are cut into slices so that a signal is noticed quickly.
+SLEEP_SLICE_S = 0.25
+LAG_RESERVOIR = 100_000
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    telemetry_generated: int
+    messages_generated: int
+    snapshot: TransportSnapshot
+    unsent_at_exit: int
+    elapsed_s: float
+    lag_p50_s: float
+    lag_p99_s: float
+    stopped_by_signal: bool
+
+    def describe(self) -> str:
+        failed = ", ".join(f"{k} {v}" for k, v in sorted(self.snapshot.failures.items()) if v) or "none"
+        rate = self.snapshot.published_total / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return (
+            f"done: generated {self.messages_generated} messages ({self.telemetry_generated} telemetry),"
+            f" published {self.snapshot.published_total} ({rate:.0f} msg/s) in {self.elapsed_s:.1f} s;"
+            f" failed: {failed}; unsent at exit {self.unsent_at_exit};"
+            f" scheduler lag p50 {self.lag_p50_s * 1000:.1f} ms p99 {self.lag_p99_s * 1000:.1f} ms"
+        )
+
+
+class LagRecorder:
+    """Scheduler lag: a histogram for the metrics and a bounded reservoir for exact percentiles."""
+
+    def __init__(self) -> None:
+        self.histogram = BucketCounts(LAG_BUCKETS)
+        self.reservoir = array("d")
+        self.seen = 0
+        self._random = random.Random(0)
+
+    def observe(self, lag_s: float) -> None:
+        self.histogram.observe(lag_s)
+        self.seen += 1
+        if len(self.reservoir) < LAG_RESERVOIR:
+            self.reservoir.append(lag_s)
+        else:
+            slot = self._random.randrange(self.seen)
+            if slot < LAG_RESERVOIR:
+                self.reservoir[slot] = lag_s
+
+    def quantile(self, q: float) -> float:
+        if not self.reservoir:
+            return 0.0
+        ordered = sorted(self.reservoir)
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+class _LiveState:
+    """What the exporter reads; filled in once the publisher is connected and the clock starts."""
+
+    def __init__(self) -> None:
+        self.model: SiteModel | None = None
+        self.scheduler: Scheduler | None = None
+        self.model_lock = threading.Lock()
+        self._empty_lag = BucketCounts(LAG_BUCKETS)
+
+    def attach(self, model: SiteModel, scheduler: Scheduler) -> None:
+        self.model, self.scheduler = model, scheduler
+
+    def ready(self) -> bool:
+        return self.scheduler is not None
+
+    def view(self, index: int) -> Any:
+        assert self.model is not None
+        return self.model.view(index)
+
+    def lag_histogram(self) -> BucketCounts:
+        return self.scheduler.lag.histogram if self.scheduler else self._empty_lag
+
+    def simulated_time_s(self) -> float:
+        return self.scheduler.simulated_time_s if self.scheduler else 0.0
+
+
+class Scheduler:
+    """Generates samples at their slots and hands them to the publisher."""
+
+    def __init__(
+        self,
+        model: SiteModel,
+        publisher: Publisher,
+        config: RunConfig,
+        connection_of: list[int],
+        stop: threading.Event,
+        model_lock: threading.Lock,
+    ) -> None:
+        self.model = model
+        self.publisher = publisher
+        self.config = config
+        self.connection_of = connection_of
+        self.stop = stop
+        self.model_lock = model_lock
+        self.lag = LagRecorder()
+        self.simulated_time_s = 0.0
+        self.telemetry = 0
+        self.messages = 0
+
+    def run(self, start_monotonic: float) -> None:
+        model, publisher = self.model, self.publisher
+        config = self.config
+        interval = config.fleet.publish_interval_s
+        step_s = model.step_s
+        duration_s = config.duration_s
+        count = config.count
+        max_rate = config.max_rate
+        high_water = 2 * publisher.plan.window if config.fleet.qos == 1 else QOS0_SEND_BACKLOG
+        order = sorted(range(len(model.machines)), key=lambda index: (model.machines[index].phase, index))
+        phases = [model.machines[index].phase for index in order]
+        connections = [self.connection_of[index] for index in order]
+        observe = self.lag.observe
+        sample = model.sample
+        submit = publisher.submit
+        poll = publisher.poll
+        lock = self.model_lock
+        stop = self.stop
+        round_number = 0
+        while not stop.is_set():
+            for index, phase, connection in zip(order, phases, connections, strict=True):
+                slot = round_number + phase
+                simulated = slot * step_s
+                if duration_s is not None and simulated >= duration_s:
+                    return
+                if max_rate:
+                    if publisher.queued(connection) >= high_water:
+                        while not publisher.wait_for_room(connection, high_water, SLEEP_SLICE_S):
+                            if stop.is_set():
+                                return
+                else:
+                    due = start_monotonic + slot * interval
+                    now = time.monotonic()
+                    while now < due:
+                        poll(min(due - now, SLEEP_SLICE_S))
+                        if stop.is_set():
+                            return
+                        now = time.monotonic()
+                    observe(now - due)
+                with lock:
+                    messages = sample(index)
+                for message in messages:
+                    submit(connection, message)
+                self.messages += len(messages)
+                self.telemetry += 1
+                self.simulated_time_s = simulated
+                if count is not None and self.telemetry >= count:
+                    return
+                if stop.is_set():
+                    return
+            round_number += 1
+
+
+def transport_options(config: RunConfig, connections: int) -> TransportOptions:
+    connection = config.connection
+    assert connection.endpoint and connection.ca_path and connection.cert_path and connection.key_path
+    fleet = config.fleet
+    return TransportOptions(
+        endpoint=connection.endpoint,
+        port=connection.port,
+        ca_path=connection.ca_path,
+        cert_path=connection.cert_path,
+        key_path=connection.key_path,
+        qos=fleet.qos,
+        queue_limit_per_connection=max(1, math.ceil(fleet.offline_queue_limit / connections)),
+        keepalive_s=connection.keepalive_s,
+        rate_limit_per_connection=None if config.max_rate else TransportOptions.rate_limit_per_connection,
+    )
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_live(config: RunConfig) -> RunSummary:
+    """Validate, plan, connect, run until the duration, the count or a signal; then drain."""
+    validate_connection(config.connection)
+    fleet = config.fleet
+    plan = plan_connections(
+        fleet,
+        config.site_index,
+        config.connection.client_id_prefix,
+        connections=config.connection.connections,
+        max_rate=config.max_rate,
+    )
+
+    live = _LiveState()
+    stop = threading.Event()
+    publisher = make_publisher(fleet.engine, plan, transport_options(config, plan.connections))
+    exporter = SimulatorExporter(
+        RuntimeProbe(
+            site=site_id(config.site_index),
+            view=live.view,
+            machine_count=fleet.machines_per_site,
+            model_lock=live.model_lock,
+            ready=live.ready,
+            transport=lambda: publisher.snapshot() if live.ready() else None,
+            scheduler_lag=live.lag_histogram,
+            simulated_time_s=live.simulated_time_s,
+        ),
+        fleet.max_machine_series,
+        warn=_say,
+    )
+    signalled: list[int] = []
+
+    def on_signal(number: int, _frame: FrameType | None) -> None:
+        signalled.append(number)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        # The exporter first: a taken port fails before any connection is opened.
+        metrics_port = 0
+        if config.connection.metrics_port:
+            metrics_port = exporter.serve(config.connection.metrics_host, config.connection.metrics_port)
+        publisher.start()
+        # Printed once connected, so that a bad endpoint or certificate ends with its one error line.
+        _say(plan.describe(fleet.engine.value, fleet.qos, config.connection.where)
+             + f"; connected {publisher.snapshot().connections_up}/{plan.connections}")
+        for warning in plan.quota_warnings():
+            _say(warning)
+        if metrics_port:
+            _say(f"metrics: http://{config.connection.metrics_host}:{metrics_port}/metrics")
+        # Time starts once connected, so the first slots are not late by the connect time.
+        start_monotonic = time.monotonic()
+        start_epoch_ms = config.start_epoch_ms
+        if start_epoch_ms is None:
+            start_epoch_ms = int(time.time() * 1000)
+        model = SiteModel(fleet, config.site_index, start_epoch_ms)
+        scheduler = Scheduler(
+            model, publisher, config, [plan.connection_for(i) for i in range(len(model.machines))], stop,
+            live.model_lock,
+        )
+        live.attach(model, scheduler)
+        if not signalled:
+            scheduler.run(start_monotonic)
+        unsent = publisher.unsent()
+        if unsent:
+            reason = "signal" if signalled else "end of run"
+            _say(f"{reason}: flushing {unsent} unsent message(s) (at most {SHUTDOWN_FLUSH_S:g} s)")
+        left = publisher.flush(SHUTDOWN_FLUSH_S)
+        elapsed = time.monotonic() - start_monotonic
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        publisher.close()
+        exporter.close()
+    summary = RunSummary(
+        telemetry_generated=scheduler.telemetry,
+        messages_generated=scheduler.messages,
+        snapshot=publisher.snapshot(),
+        unsent_at_exit=left,
+        elapsed_s=elapsed,
+        lag_p50_s=scheduler.lag.quantile(0.5),
+        lag_p99_s=scheduler.lag.quantile(0.99),
+        stopped_by_signal=bool(signalled),
+    )
+    _say(summary.describe())
+    return summary

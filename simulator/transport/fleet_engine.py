@@ -1,0 +1,557 @@
+"""The `fleet` engine: every MQTT connection of the process driven by one selector loop.
+
+paho-mqtt (the library AWSIoTPythonSDK is built on) offers external-loop calls: `loop_read` when
+the socket is readable, `loop_write` while `want_write()`, `loop_misc` for keep-alive. The
+scheduler's own thread runs that loop for all connections (`poll` instead of sleeping, `submit`
+publishes at once while the window has room), which avoids both the two threads per client that
+make the SDK stall at a few hundred clients and the GIL hand-offs a separate I/O thread would
+cost on every message. A second thread only opens connections (TCP + TLS handshakes block),
+with exponential backoff and jitter, and hands each connected client over through a queue.
+
+Threads: the scheduler thread owns every connected client, queue, in-flight map and counter;
+the connector owns a client until it hands it over; the metrics thread only reads lengths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import queue
+import random
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from simulator.errors import UsageError
+from simulator.transport.publisher import (
+    QOS0_SEND_BACKLOG,
+    ConnectionPlan,
+    ConnectionStats,
+    Publishable,
+    Publisher,
+    TokenBucket,
+    TransportOptions,
+    TransportSnapshot,
+    governor,
+    merge_stats,
+)
+from simulator.transport.tls import ConnectRefused, client_ssl_context, describe_connect_error
+
+MISC_INTERVAL_S = 1.0
+POLL_EVERY_MESSAGES = 32
+# QoS 0 has no acknowledgement to wait for: stop handing paho messages while this much is unsent.
+MAX_BUFFERED_BYTES = 1 << 20
+_DOWN, _CONNECTING, _UP, _CLOSED = "down", "connecting", "up", "closed"
+
+
+class _CoalescingSocket:
+    """Collects paho's writes and sends them in one TLS record batch per loop round.
+
+    paho writes every packet with its own `send`; over TLS on a busy host that call (encryption,
+    syscall, waking the broker) costs more than everything else per message. paho only calls
+    `send`, `recv`, `pending`, `setblocking`, `fileno` and `close` on its socket, so this wrapper
+    (installed after the handshake) accepts writes into a buffer that `flush` drains.
+    """
+
+    __slots__ = ("buffer", "sock")
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        self.buffer += data
+        return len(data)
+
+    def flush(self) -> bool:
+        """Send what the kernel takes; True when the buffer is empty."""
+        buffer = self.buffer
+        while buffer:
+            try:
+                sent = self.sock.send(buffer)
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                return False
+            del buffer[:sent]
+        return True
+
+    def recv(self, size: int) -> bytes:
+        return bytes(self.sock.recv(size))
+
+    def pending(self) -> int:
+        return int(self.sock.pending())
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def close(self) -> None:
+        # paho closes right after "writing" DISCONNECT: send it for real first (best effort).
+        with contextlib.suppress(OSError):
+            self.flush()
+        self.sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+class _Connection:
+    __slots__ = (
+        "attempts",
+        "backoff_s",
+        "bucket",
+        "client",
+        "client_id",
+        "ever_up",
+        "fd",
+        "index",
+        "inflight",
+        "last_error",
+        "lost",
+        "pending",
+        "send_seq",
+        "socket",
+        "state",
+        "stats",
+        "unwritten",
+        "writing",
+    )
+
+    def __init__(self, index: int, client_id: str, bucket: TokenBucket | None, backoff_s: float) -> None:
+        self.index = index
+        self.client_id = client_id
+        self.client: mqtt.Client | None = None
+        self.fd: int | None = None
+        self.socket: _CoalescingSocket | None = None
+        self.state = _DOWN
+        self.pending: deque[Publishable] = deque()
+        # QoS 1: mid -> (send order, sent at, message); requeued in send order after a drop.
+        self.inflight: dict[int, tuple[int, float, Publishable]] = {}
+        self.unwritten: deque[Publishable] = deque()  # QoS 0 messages paho has not written yet
+        self.send_seq = 0
+        self.stats = ConnectionStats()
+        self.bucket = bucket
+        self.backoff_s = backoff_s
+        self.attempts = 0
+        self.ever_up = False
+        self.lost = False
+        self.last_error: str | None = None
+        self.writing = False  # registered for EVENT_WRITE
+
+
+class FleetPublisher(Publisher):
+    """paho-mqtt clients on one `selectors` loop."""
+
+    def __init__(self, plan: ConnectionPlan, options: TransportOptions) -> None:
+        super().__init__(plan, options)
+        self._context = client_ssl_context(options)
+        self._window = plan.window if options.qos == 1 else QOS0_SEND_BACKLOG
+        self._connections = [
+            _Connection(index, client_id, governor(options), options.reconnect_base_s)
+            for index, client_id in enumerate(plan.client_ids)
+        ]
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
+        self._handoffs: deque[tuple[_Connection, mqtt.Client | None, str | None]] = deque()
+        self._connect_requests: queue.Queue[tuple[float, _Connection] | None] = queue.Queue()
+        self._throttled: dict[int, float] = {}
+        self._to_pump: set[int] = set()
+        self._unflushed: set[int] = set()
+        self._closed = False
+        self._first_result = False
+        self._since_poll = 0
+        self._next_misc = time.monotonic() + MISC_INTERVAL_S
+        self._connector = threading.Thread(target=self._connect_loop, name="mqtt-connect", daemon=True)
+
+    # ---- scheduler side -------------------------------------------------------------------
+
+    def submit(self, connection: int, message: Publishable) -> None:
+        conn = self._connections[connection]
+        pending = conn.pending
+        pending.append(message)
+        if len(pending) > self.options.queue_limit_per_connection:
+            pending.popleft()
+            conn.stats.dropped_queue_full += 1
+        self._pump(conn, time.monotonic())
+        self._since_poll += 1
+        if self._since_poll >= POLL_EVERY_MESSAGES:
+            # Even a scheduler that is behind and never sleeps must read PUBACKs.
+            self.poll(0.0)
+
+    def queued(self, connection: int) -> int:
+        return len(self._connections[connection].pending)
+
+    def unsent(self) -> int:
+        return sum(len(c.pending) + len(c.inflight) + len(c.unwritten) for c in self._connections)
+
+    def snapshot(self) -> TransportSnapshot:
+        conns = self._connections
+        return merge_stats(
+            [c.stats for c in conns],
+            planned=len(conns),
+            up=sum(1 for c in conns if c.state == _UP),
+            inflight=sum(len(c.inflight) + len(c.unwritten) for c in conns),
+            queued=sum(len(c.pending) for c in conns),
+        )
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._connector.start()
+        first = self._connections[0]
+        # The first connection alone proves the endpoint, the CA and the client certificate; the
+        # others are opened after it, so a wrong endpoint is one clear error, not N retries.
+        self._connect_requests.put((0.0, first))
+        deadline = time.monotonic() + timeout_s
+        while not self._first_result and time.monotonic() < deadline:
+            self.poll(0.05)
+        if first.state != _UP:
+            error = first.last_error or (
+                f"cannot connect to {self.options.endpoint}:{self.options.port}: no CONNACK within"
+                f" {timeout_s:g} s; check --endpoint/--port"
+            )
+            self.close()
+            raise UsageError(error)
+        for conn in self._connections[1:]:
+            self._connect_requests.put((0.0, conn))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(c.state != _UP for c in self._connections):
+            self.poll(0.05)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._connect_requests.put(None)
+        if self._connector.is_alive():
+            self._connector.join(timeout=15.0)
+        while self._handoffs:
+            conn, client, _ = self._handoffs.popleft()
+            if client is not None and client.socket() is not None:
+                client.socket().close()  # type: ignore[union-attr]
+        self._disconnect_all()
+        for conn in self._connections:
+            left = len(conn.pending) + len(conn.inflight) + len(conn.unwritten)
+            if left:
+                conn.stats.fail("shutdown", left)
+                conn.pending.clear()
+                conn.inflight.clear()
+                conn.unwritten.clear()
+        self._selector.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+    # ---- connector thread -------------------------------------------------------------------
+
+    def _connect_loop(self) -> None:
+        due: list[tuple[float, int, _Connection]] = []
+        while not self._closed:
+            timeout = max(0.0, due[0][0] - time.monotonic()) if due else None
+            try:
+                request = self._connect_requests.get(timeout=timeout)
+            except queue.Empty:
+                request = ("tick",)  # type: ignore[assignment]
+            if request is None:
+                return
+            if len(request) == 2:
+                at, conn = request  # type: ignore[misc]
+                heapq.heappush(due, (at, conn.index, conn))
+            while due and due[0][0] <= time.monotonic() and not self._closed:
+                _, _, conn = heapq.heappop(due)
+                self._open(conn)
+
+    def _open(self, conn: _Connection) -> None:
+        conn.attempts += 1
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=conn.client_id,
+            clean_session=True,
+            protocol=mqtt.MQTTv311,
+            userdata=conn,
+        )
+        client.tls_set_context(self._context)
+        client.connect_timeout = self.options.connect_timeout_s
+        client.max_inflight_messages_set(max(self.plan.window, 1))
+        client.on_connect = self._on_connect
+        client.on_publish = self._on_publish
+        client.on_disconnect = self._on_disconnect
+        try:
+            client.connect(self.options.endpoint, self.options.port, keepalive=self.options.keepalive_s)
+            # CONNECT went out unbuffered inside connect(); everything after goes through flush().
+            client._sock = _CoalescingSocket(client._sock)
+        except (OSError, ValueError) as error:
+            self._handoffs.append((conn, None, describe_connect_error(error, self.options.endpoint,
+                                                                      self.options.port)))
+        else:
+            self._handoffs.append((conn, client, None))
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+
+    # ---- I/O, in the scheduler's thread ----------------------------------------------------
+
+    def poll(self, timeout_s: float) -> None:
+        """One round of the selector loop: wait up to timeout_s for socket events and handle them."""
+        if self._closed:
+            if timeout_s > 0:
+                time.sleep(timeout_s)
+            return
+        self._since_poll = 0
+        self._flush_all()
+        now = time.monotonic()
+        if self._throttled:
+            timeout_s = min(timeout_s, min(self._throttled.values()) - now)
+        timeout_s = min(timeout_s, self._next_misc - now)
+        to_pump = self._to_pump
+        for key, mask in self._selector.select(max(0.0, timeout_s)):
+            conn = key.data
+            if conn is None:
+                self._drain_wake()
+            else:
+                self._service(conn, mask, to_pump)
+        while self._handoffs:
+            self._adopt(*self._handoffs.popleft(), to_pump)
+        now = time.monotonic()
+        if self._throttled:
+            for index, ready_at in list(self._throttled.items()):
+                if ready_at <= now:
+                    del self._throttled[index]
+                    to_pump.add(index)
+        if to_pump:
+            for index in to_pump:
+                self._pump(self._connections[index], now)
+            to_pump.clear()
+        if now >= self._next_misc:
+            self._next_misc = now + MISC_INTERVAL_S
+            self._misc()
+        self._flush_all()
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_reader.recv(4096):
+                pass
+
+    def _service(self, conn: _Connection, mask: int, to_pump: set[int]) -> None:
+        client = conn.client
+        if client is None:
+            return
+        if mask & selectors.EVENT_READ:
+            rc = client.loop_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or conn.lost:
+                self._lost(conn)
+                return
+        if not self._watch_writes(conn):
+            return
+        if conn.state == _UP and conn.pending:
+            to_pump.add(conn.index)
+
+    def _watch_writes(self, conn: _Connection) -> bool:
+        """Send the coalesced buffer; watch for writability while the kernel cannot take it all.
+
+        Returns False (after handling the loss) when the connection turned out to be broken.
+        """
+        client, sock = conn.client, conn.socket
+        if client is None or sock is None or conn.fd is None:
+            return False
+        try:
+            if client.want_write() and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._lost(conn)
+                return False
+            wants = not sock.flush()
+        except OSError:
+            self._lost(conn)
+            return False
+        if wants != conn.writing:
+            conn.writing = wants
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wants else 0)
+            self._selector.modify(conn.fd, events, conn)
+        return True
+
+    def _adopt(
+        self, conn: _Connection, client: mqtt.Client | None, error: str | None, to_pump: set[int]
+    ) -> None:
+        if client is None:
+            conn.last_error = error
+            self._retry_later(conn)
+            return
+        sock = client.socket()
+        if sock is None:
+            conn.last_error = f"{self.options.endpoint}:{self.options.port} closed the connection"
+            self._retry_later(conn)
+            return
+        conn.client = client
+        conn.socket = sock  # type: ignore[assignment]
+        conn.fd = sock.fileno()
+        conn.lost = False
+        conn.state = _CONNECTING
+        conn.writing = False
+        self._selector.register(conn.fd, selectors.EVENT_READ, conn)
+        self._watch_writes(conn)
+
+    def _on_connect(
+        self, client: mqtt.Client, conn: _Connection, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            conn.last_error = (
+                f"{self.options.endpoint}:{self.options.port} refused the MQTT connection of"
+                f" {conn.client_id}: {reason}; check the certificate's policy and the client id prefix"
+            )
+            conn.lost = True
+            return
+        conn.state = _UP
+        conn.backoff_s = self.options.reconnect_base_s
+        if conn.ever_up:
+            conn.stats.reconnects += 1
+        conn.ever_up = True
+        conn.last_error = None
+        if conn.index == 0:
+            self._first_result = True
+        self._to_pump.add(conn.index)
+
+    def _on_publish(self, client: mqtt.Client, conn: _Connection, mid: int, reason: Any, props: Any) -> None:
+        if self.options.qos == 0:
+            if conn.unwritten:
+                message = conn.unwritten.popleft()
+                conn.stats.published[message.kind] += 1
+            return
+        entry = conn.inflight.pop(mid, None)
+        if entry is None:
+            return
+        conn.stats.puback.observe(time.monotonic() - entry[1])
+        conn.stats.published[entry[2].kind] += 1
+
+    def _on_disconnect(
+        self, client: mqtt.Client, conn: _Connection, flags: Any, reason: Any, props: Any
+    ) -> None:
+        conn.lost = True
+
+    def _pump(self, conn: _Connection, now: float) -> None:
+        if conn.state != _UP or conn.client is None:
+            return
+        client = conn.client
+        qos = self.options.qos
+        window = self._window
+        inflight = conn.unwritten if qos == 0 else conn.inflight
+        pending = conn.pending
+        bucket = conn.bucket
+        while pending and len(inflight) < window:
+            if qos == 0 and self._buffer_full(conn):
+                break
+            if bucket is not None and not bucket.take(now):
+                self._throttled[conn.index] = bucket.ready_at(now)
+                break
+            message = pending.popleft()
+            if qos == 0:
+                conn.unwritten.append(message)
+            info = client.publish(message.topic, message.payload, qos)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                if qos == 0:
+                    conn.unwritten.pop()
+                pending.appendleft(message)
+                if info.rc in (MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_CONN_LOST):
+                    conn.lost = True
+                break
+            if qos == 1:
+                conn.send_seq += 1
+                conn.inflight[info.mid] = (conn.send_seq, now, message)
+        if conn.lost or conn.client is None or conn.client.socket() is None:
+            self._lost(conn)
+            return
+        # Sent at the next poll (at most POLL_EVERY_MESSAGES later, or before the scheduler
+        # sleeps), so that messages for one connection share TLS records and syscalls.
+        self._unflushed.add(conn.index)
+
+    def _flush_all(self) -> None:
+        if self._unflushed:
+            connections = self._connections
+            for index in self._unflushed:
+                self._watch_writes(connections[index])
+            self._unflushed.clear()
+
+    def _buffer_full(self, conn: _Connection) -> bool:
+        sock = conn.socket
+        return sock is not None and len(sock.buffer) >= MAX_BUFFERED_BYTES
+
+    def _misc(self) -> None:
+        for conn in self._connections:
+            if conn.client is not None and conn.fd is not None:
+                conn.client.loop_misc()
+                if conn.lost or conn.client.socket() is None:
+                    self._lost(conn)
+                else:
+                    self._watch_writes(conn)
+
+    def _lost(self, conn: _Connection) -> None:
+        """Forget the client, put unacknowledged messages back in front, reconnect later."""
+        if conn.fd is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(conn.fd)
+        client, conn.client, conn.fd, conn.socket = conn.client, None, None, None
+        if client is not None:
+            sock = client.socket()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()  # type: ignore[union-attr]
+        if conn.inflight:
+            # At least once: the broker may have got some of these; QoS 1 allows the duplicates.
+            resend = [entry[2] for entry in sorted(conn.inflight.values(), key=lambda item: item[0])]
+            conn.inflight.clear()
+            conn.pending.extendleft(reversed(resend))
+        if conn.unwritten:
+            conn.stats.fail("connection_lost", len(conn.unwritten))  # QoS 0 is at most once
+            conn.unwritten.clear()
+        was_up = conn.state == _UP
+        conn.state = _DOWN
+        conn.writing = False
+        conn.lost = False
+        if not conn.ever_up and conn.index == 0:
+            if conn.last_error is None:
+                conn.last_error = describe_connect_error(
+                    ConnectRefused("closed before CONNACK"), self.options.endpoint, self.options.port
+                )
+            self._first_result = True
+            return
+        if was_up:
+            conn.last_error = "connection lost"
+        self._retry_later(conn)
+
+    def _retry_later(self, conn: _Connection) -> None:
+        if not conn.ever_up and conn.index == 0:
+            self._first_result = True
+            return
+        if self._closed:
+            return
+        # Full jitter: a broker restart must not see every connection come back in the same instant
+        # (AWS allows 1 connect/s per client id and 500 connects/s per account).
+        delay = random.uniform(0.5, 1.0) * conn.backoff_s
+        conn.backoff_s = min(self.options.reconnect_max_s, conn.backoff_s * 2)
+        self._connect_requests.put((time.monotonic() + delay, conn))
+
+    def _disconnect_all(self) -> None:
+        for conn in self._connections:
+            client = conn.client
+            if client is None:
+                continue
+            if conn.state == _UP:
+                with contextlib.suppress(Exception):
+                    if conn.socket is not None:
+                        conn.socket.flush()
+                    client.disconnect()  # paho sends DISCONNECT and closes the socket
+            sock = client.socket()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()  # type: ignore[union-attr]
+            if conn.fd is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(conn.fd)
+            conn.client, conn.fd, conn.socket, conn.state = None, None, None, _CLOSED

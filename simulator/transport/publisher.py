@@ -1,0 +1,287 @@
+"""The publisher interface both engines implement, the connection plan and the transport counters.
+
+The scheduler hands each message to `Publisher.submit(connection, message)`. A publisher keeps, per
+connection, a bounded queue (the offline queue; oldest dropped past its bound) and an in-flight
+window released on PUBACK, and sends at most `rate_limit_per_connection` messages per second so
+that draining a backlog after an outage never exceeds AWS IoT's per-connection quota.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from simulator.metrics.accumulators import BucketCounts
+from simulator.metrics.catalog import PUBACK_BUCKETS
+from simulator.settings import (
+    IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND,
+    IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION,
+    FleetSettings,
+    site_id,
+)
+
+KINDS = ("telemetry", "ground_truth")
+# QoS 0 has no PUBACK: the window then bounds messages handed to the client but not yet written
+# to the socket, which is what keeps memory flat (the SDK alone queued 343 MB in a tight loop).
+QOS0_SEND_BACKLOG = 1_000
+
+
+class Publishable(Protocol):
+    """What the model's `Message` offers the transport."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ConnectionPlan:
+    """How one process spreads its site's machines over MQTT connections."""
+
+    site: str
+    machines: int
+    messages_per_second: float  # telemetry at the planned schedule
+    client_ids: tuple[str, ...]
+    window: int
+    max_publishes_per_connection: int
+    max_rate: bool = False
+
+    @property
+    def connections(self) -> int:
+        return len(self.client_ids)
+
+    @property
+    def per_connection_rate(self) -> float:
+        return self.messages_per_second / self.connections
+
+    def connection_for(self, machine_index: int) -> int:
+        # Round-robin keeps every connection's load within one machine of the others, and one
+        # machine always uses one connection, so its messages stay in order.
+        return machine_index % self.connections
+
+    def describe(self, engine: str, qos: int, endpoint: str) -> str:
+        if self.max_rate:
+            rate = "as fast as the broker acknowledges (--max-rate: local benchmarks only)"
+        else:
+            rate = (
+                f"{self.messages_per_second:g} msg/s, {self.per_connection_rate:.1f} msg/s per connection"
+                f" (limit {self.max_publishes_per_connection})"
+            )
+        return (
+            f"plan: {self.site}: {self.machines} machines, {rate}, {self.connections} connection(s)"
+            f" {self.client_ids[0]}..{self.client_ids[-1]}, window {self.window}, QoS {qos},"
+            f" engine {engine}, endpoint {endpoint}"
+        )
+
+    def quota_warnings(self) -> list[str]:
+        if not self.max_rate and self.messages_per_second > IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND:
+            return [
+                f"warning: {self.messages_per_second:g} msg/s from one process exceeds AWS IoT's default"
+                f" account quota of {IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND} inbound publishes/s;"
+                " raise the quota or lower the fleet"
+            ]
+        return []
+
+
+def plan_connections(
+    fleet: FleetSettings,
+    site_index: int,
+    client_id_prefix: str,
+    *,
+    connections: int | None = None,
+    max_rate: bool = False,
+) -> ConnectionPlan:
+    """Enough connections that none exceeds `max_publishes_per_connection` (≤ the AWS 100/s)."""
+    machines = fleet.machines_per_site
+    rate = fleet.publishes_per_second_per_site
+    count = connections or max(1, math.ceil(rate / fleet.max_publishes_per_connection))
+    count = max(1, min(count, machines))
+    site = site_id(site_index)
+    return ConnectionPlan(
+        site=site,
+        machines=machines,
+        messages_per_second=rate,
+        client_ids=tuple(f"{client_id_prefix}{site}-c{index:02d}" for index in range(count)),
+        window=fleet.inflight_window,
+        max_publishes_per_connection=fleet.max_publishes_per_connection,
+        max_rate=max_rate,
+    )
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Everything an engine needs to open its connections."""
+
+    endpoint: str
+    port: int
+    ca_path: Path
+    cert_path: Path
+    key_path: Path
+    qos: int = 1
+    queue_limit_per_connection: int = 1_000
+    keepalive_s: int = 60
+    connect_timeout_s: float = 10.0
+    # None: no governor (local benchmarks). Otherwise the AWS per-connection quota.
+    rate_limit_per_connection: float | None = float(IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION)
+    reconnect_base_s: float = 1.0
+    reconnect_max_s: float = 32.0
+
+
+class TokenBucket:
+    """Quota governor: at most `rate` sends per second, bursts of at most `burst`."""
+
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        if self.tokens < 1.0:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens < 1.0:
+                return False
+        self.tokens -= 1.0
+        return True
+
+    def ready_at(self, now: float) -> float:
+        return now + max(0.0, (1.0 - self.tokens) / self.rate)
+
+
+def governor(options: TransportOptions) -> TokenBucket | None:
+    if options.rate_limit_per_connection is None:
+        return None
+    # A burst of a fifth of a second keeps every one-second window under the quota.
+    rate = options.rate_limit_per_connection
+    return TokenBucket(rate, max(1.0, rate / 5))
+
+
+@dataclass
+class ConnectionStats:
+    """Counters of one connection. Each field has one writing thread (named per engine)."""
+
+    published: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    failures: dict[str, int] = field(default_factory=dict)
+    dropped_queue_full: int = 0  # written by the scheduler thread only
+    puback: BucketCounts = field(default_factory=lambda: BucketCounts(PUBACK_BUCKETS))
+    reconnects: int = 0
+
+    def fail(self, reason: str, count: int = 1) -> None:
+        self.failures[reason] = self.failures.get(reason, 0) + count
+
+
+@dataclass(frozen=True)
+class TransportSnapshot:
+    """Totals over all connections at one instant, for the exporter and the final summary."""
+
+    published: dict[str, int]
+    failures: dict[str, int]
+    puback: BucketCounts
+    connections_planned: int
+    connections_up: int
+    reconnects: int
+    inflight: int
+    queued: int
+
+    @property
+    def published_total(self) -> int:
+        return sum(self.published.values())
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failures.values())
+
+
+def merge_stats(
+    stats: list[ConnectionStats], *, planned: int, up: int, inflight: int, queued: int
+) -> TransportSnapshot:
+    published = dict.fromkeys(KINDS, 0)
+    failures: dict[str, int] = {}
+    reconnects = 0
+    for item in stats:
+        for kind, count in list(item.published.items()):
+            published[kind] = published.get(kind, 0) + count
+        for reason, count in list(item.failures.items()):
+            failures[reason] = failures.get(reason, 0) + count
+        if item.dropped_queue_full:
+            failures["queue_full"] = failures.get("queue_full", 0) + item.dropped_queue_full
+        reconnects += item.reconnects
+    return TransportSnapshot(
+        published=published,
+        failures=failures,
+        puback=BucketCounts.merged((item.puback for item in stats), PUBACK_BUCKETS),
+        connections_planned=planned,
+        connections_up=up,
+        reconnects=reconnects,
+        inflight=inflight,
+        queued=queued,
+    )
+
+
+class Publisher(ABC):
+    """One engine's set of connections for one simulator process."""
+
+    def __init__(self, plan: ConnectionPlan, options: TransportOptions) -> None:
+        self.plan = plan
+        self.options = options
+
+    @abstractmethod
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Connect. Raises UsageError naming host:port if the first connection cannot be made."""
+
+    @abstractmethod
+    def submit(self, connection: int, message: Publishable) -> None:
+        """Queue a message; never blocks. Past the queue bound the oldest queued message is dropped."""
+
+    @abstractmethod
+    def queued(self, connection: int) -> int:
+        """Messages of that connection not yet handed to the client library."""
+
+    def poll(self, timeout_s: float) -> None:
+        """Let the engine do its I/O for up to timeout_s; the scheduler calls this instead of sleeping.
+
+        The fleet engine does all socket work in the caller's thread (one thread for generation
+        and I/O, so no GIL hand-offs between them); engines with their own threads just wait.
+        """
+        if timeout_s > 0:
+            time.sleep(timeout_s)
+
+    def wait_for_room(self, connection: int, high_water: int, timeout_s: float) -> bool:
+        """Back-pressure for --max-rate: wait until the connection's queue is below high_water."""
+        deadline = time.monotonic() + timeout_s
+        while self.queued(connection) >= high_water:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.poll(min(remaining, 0.0005))
+        return True
+
+    @abstractmethod
+    def unsent(self) -> int:
+        """Messages queued or in flight over all connections."""
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait until everything queued is acknowledged (or written, QoS 0); returns what is left."""
+        deadline = time.monotonic() + timeout_s
+        while (left := self.unsent()) and time.monotonic() < deadline:
+            self.poll(0.01)
+        return left
+
+    @abstractmethod
+    def close(self) -> None:
+        """Disconnect cleanly; what is still unsent is counted as a `shutdown` failure."""
+
+    @abstractmethod
+    def snapshot(self) -> TransportSnapshot: ...

@@ -1,0 +1,503 @@
+"""The cloud verbs driven through cli.py against a recording stand-in for the Automation API's stack.
+
+The stand-in sits exactly at the `StackPort` boundary: everything above it (cli.py, preflight,
+config handling, scale and rotation logic, progress rendering) is the real code. A fake `pulumi`
+on PATH satisfies preflight and fails loudly if anything calls the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+
+import cli
+from automation import operations
+from automation.operations import CloudEnv
+from automation.recording_stack import RecordingStack, ScriptedResource
+from automation.stack_port import OutputValue, StackBusyError, UpdateFailedError
+
+BASE_CONFIG: dict[str, Any] = {
+    "aws:region": "eu-west-1",
+    "iotfactory:owner": "platform-team",
+    "iotfactory:simulatorCount": 2,
+    "iotfactory:archiveMode": "direct",
+    "iotfactory:allowedCidrs": ["203.0.113.0/24"],
+    "iotfactory:fleet": {"lines_per_site": 2, "publish_interval_s": 1.0},
+}
+OUTPUTS = {
+    "archiveBucket": "iotfactory-dev-archive",
+    "prometheusUrl": "http://alb.example/prometheus/",
+    "grafanaUrl": "http://alb.example/",
+    "grafanaAdminPassword": OutputValue("hunter2", secret=True),
+}
+RESOURCES = [
+    ScriptedResource("aws:ecs/service:Service", "simulators", "update"),
+    ScriptedResource("aws:iot/thing:Thing", "site-00", "create"),
+]
+
+
+@dataclass
+class Cloud:
+    project: Path
+    stack: RecordingStack
+    pulumi_calls: Path
+    runner: CliRunner
+    tty: bool = False
+    answer: bool = True
+
+    def write_stack_file(self, config: dict[str, Any], name: str = "dev", extra: str = "") -> Path:
+        path = self.project / f"Pulumi.{name}.yaml"
+        path.write_text(extra + yaml.safe_dump({"config": config}, sort_keys=False), encoding="utf-8")
+        return path
+
+    def run(self, *args: str) -> Any:
+        return self.runner.invoke(cli.app, list(args))
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text(
+        "name: iotfactory\nruntime: python\nmain: infra/\n", encoding="utf-8"
+    )
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    pulumi_calls = tmp_path / "pulumi-calls"
+    # Preflight only needs `pulumi` to exist; calling it would bypass the boundary under test.
+    (fake_bin / "pulumi").write_text(f'#!/bin/sh\necho "$@" >> {pulumi_calls}\nexit 97\n', encoding="utf-8")
+    (fake_bin / "pulumi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.delenv("PULUMI_BACKEND_URL", raising=False)
+    stack = RecordingStack("dev", outputs=OUTPUTS, resources=RESOURCES)
+    state = Cloud(project, stack, pulumi_calls, CliRunner())
+    state.write_stack_file(BASE_CONFIG)
+
+    def env() -> CloudEnv:
+        return CloudEnv(
+            project_dir=project,
+            open_stack=stack.opener(),
+            console=Console(width=240, highlight=False, color_system=None),
+            stdin_is_tty=lambda: state.tty,
+            confirm=lambda _question: state.answer,
+        )
+
+    monkeypatch.setattr(operations, "cloud_env", env)
+    yield state
+    assert not pulumi_calls.exists(), f"the real pulumi CLI was invoked: {pulumi_calls.read_text()}"
+
+
+def config_of(stack: RecordingStack, key: str) -> Any:
+    raw = stack.config.get(key)
+    return None if raw is None else json.loads(raw) if raw[:1] in "[{" else raw
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+# --- up ----------------------------------------------------------------------------------------
+
+
+def test_up_sets_config_then_streams_events_and_prints_outputs(cloud: Cloud) -> None:
+    # The workspace lacks a key the stack file has: up must bring it in before updating.
+    cloud.stack.config = {"aws:region": "eu-west-1"}
+    result = cloud.run("up", "--stack", "dev")
+    assert result.exit_code == 0, result.output
+    names = cloud.stack.operations()
+    assert names[:3] == ["open", "get_all_config", "set_all_config"]
+    assert names.index("set_all_config") < names.index("up")
+    written = cloud.stack.calls[names.index("set_all_config")].args["values"]
+    assert written["iotfactory:owner"] == "platform-team"
+    assert written["iotfactory:fleet"] == BASE_CONFIG["iotfactory:fleet"]
+    assert written["iotfactory:certGenerations"] == [{"name": "g1", "status": "ACTIVE"}]
+    # The update ran with that config in place.
+    operation, applied = cloud.stack.applied[-1]
+    assert operation == "up"
+    assert applied["iotfactory:owner"] == "platform-team"
+    # Progress display: both resources done, the summary, then the outputs with Grafana first.
+    assert "2/2" in result.output
+    assert "up of 'dev' done: 1 to create, 1 to update" in result.output
+    lines = result.output.splitlines()
+    grafana = next(i for i, line in enumerate(lines) if "grafanaUrl" in line)
+    archive = next(i for i, line in enumerate(lines) if "archiveBucket" in line)
+    assert grafana < archive
+    assert "hunter2" not in result.output
+
+
+def test_up_writes_only_what_differs(cloud: Cloud) -> None:
+    assert cloud.run("up", "--stack", "dev").exit_code == 0
+    cloud.stack.calls.clear()
+    assert cloud.run("up", "--stack", "dev").exit_code == 0
+    assert "set_all_config" not in cloud.stack.operations()
+    assert "up" in cloud.stack.operations()
+
+
+def test_up_json_emits_one_object_per_event(cloud: Cloud) -> None:
+    result = cloud.run("up", "--stack", "dev", "--json")
+    assert result.exit_code == 0, result.output
+    records = json_lines(result.output)
+    assert len(records) == len(result.output.strip().splitlines())
+    kinds = [record["event"] for record in records]
+    assert kinds.count("resource-start") == 2 and kinds.count("resource-done") == 2
+    assert kinds[-2:] == ["summary", "result"]
+    final = records[-1]
+    assert final["outputs"]["grafanaUrl"] == "http://alb.example/"
+    assert final["outputs"]["grafanaAdminPassword"] == "[secret]"
+    assert next(r for r in records if r["event"] == "resource-start")["op"] == "update"
+
+
+def test_failed_resource_shows_its_message_and_exits_1(cloud: Cloud) -> None:
+    cloud.stack.resources = [
+        ScriptedResource(
+            "aws:ecs/service:Service", "simulators", "update", error="InvalidParameterException: bad"
+        )
+    ]
+    result = cloud.run("up", "--stack", "dev")
+    assert result.exit_code == 1
+    assert "✗ updating aws:ecs/service:Service simulators: InvalidParameterException: bad" in result.output
+    assert result.stderr.count("\n") == 1 and "up of stack 'dev' failed" in result.stderr
+
+
+def test_ctrl_c_cancels_the_update_and_exits_130(cloud: Cloud) -> None:
+    cloud.stack.fail_next("up", KeyboardInterrupt())
+    result = cloud.run("up", "--stack", "dev")
+    assert result.exit_code == 130
+    names = cloud.stack.operations()
+    assert names[-2:] == ["up", "cancel"]
+    assert cloud.stack.updates_running == 0
+    assert "update cancelled and the lock released" in result.output
+    assert result.stderr.strip() == "error: interrupted"
+
+
+def test_concurrent_update_is_one_clear_line(cloud: Cloud) -> None:
+    cloud.stack.fail_next("up", StackBusyError("the stack is currently locked by 1 lock(s)"))
+    result = cloud.run("up", "--stack", "dev")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert "stack 'dev' is locked by another update" in result.stderr
+    assert "pulumi cancel --stack dev" in result.stderr
+    assert "cancel" not in cloud.stack.operations()
+
+
+def test_prod_up_asks_first_and_refuses_without_a_terminal(cloud: Cloud) -> None:
+    cloud.write_stack_file(BASE_CONFIG, name="prod")
+    result = cloud.run("up", "--stack", "prod")
+    assert result.exit_code == 2
+    assert "needs confirmation; re-run with --yes" in result.stderr
+    assert cloud.stack.operations() == []
+
+    cloud.tty, cloud.answer = True, False
+    result = cloud.run("up", "--stack", "prod")
+    assert result.exit_code == 2
+    assert "preview" in cloud.stack.operations() and "up" not in cloud.stack.operations()
+
+    cloud.stack.calls.clear()
+    assert cloud.run("up", "--stack", "prod", "--yes").exit_code == 0
+    assert "preview" not in cloud.stack.operations() and "up" in cloud.stack.operations()
+
+
+def test_detach_is_refused_on_cloud_stacks(cloud: Cloud) -> None:
+    result = cloud.run("up", "--stack", "dev", "--detach")
+    assert result.exit_code == 2 and "--detach is for --stack local" in result.stderr
+    assert cloud.stack.operations() == []
+
+
+# --- preflight ---------------------------------------------------------------------------------
+
+
+def test_missing_aws_credentials_stop_up_and_preview_before_any_work(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for verb in ("up", "preview"):
+        result = cloud.run(verb, "--stack", "dev")
+        assert result.exit_code == 2, result.output
+        assert "no AWS credentials found" in result.stderr and result.stderr.count("\n") == 1
+    assert cloud.stack.operations() == []
+
+
+def test_unknown_stack_lists_the_stacks_that_exist(cloud: Cloud) -> None:
+    cloud.write_stack_file(BASE_CONFIG, name="staging")
+    (cloud.project / "Pulumi.dev.yaml").unlink()
+    result = cloud.run("preview", "--stack", "prod")
+    assert result.exit_code == 2
+    assert "unknown stack 'prod'" in result.stderr
+    assert "stacks that exist: staging, local" in result.stderr
+    assert cloud.stack.operations() == []
+
+
+def test_bad_config_names_the_key_before_any_work(cloud: Cloud) -> None:
+    cloud.write_stack_file({**BASE_CONFIG, "iotfactory:fleet": {"qos": 2}})
+    result = cloud.run("up", "--stack", "dev")
+    assert result.exit_code == 2
+    assert "iotfactory:fleet" in result.stderr and "qos" in result.stderr
+    assert "Pulumi.dev.yaml" in result.stderr
+    assert cloud.stack.operations() == []
+
+
+def test_stack_missing_from_backend_is_a_usage_error_for_read_verbs(cloud: Cloud) -> None:
+    cloud.stack.exists = False
+    for verb in ("outputs", "status"):
+        result = cloud.run(verb, "--stack", "dev")
+        assert result.exit_code == 2
+        assert "does not exist" in result.stderr and "up --stack dev" in result.stderr
+
+
+# --- preview, destroy, outputs, status ---------------------------------------------------------
+
+
+def test_preview_runs_preview_only(cloud: Cloud) -> None:
+    result = cloud.run("preview", "--stack", "dev", "--json")
+    assert result.exit_code == 0, result.output
+    assert "preview" in cloud.stack.operations() and "up" not in cloud.stack.operations()
+    assert json_lines(result.output)[-1]["operation"] == "preview"
+
+
+def test_destroy_refuses_without_confirmation(cloud: Cloud) -> None:
+    result = cloud.run("destroy", "--stack", "dev")
+    assert result.exit_code == 2
+    assert "re-run with --yes" in result.stderr
+    assert cloud.stack.operations() == []
+
+
+def test_destroy_with_yes_destroys(cloud: Cloud) -> None:
+    result = cloud.run("destroy", "--stack", "dev", "--yes")
+    assert result.exit_code == 0, result.output
+    assert cloud.stack.operations() == ["open", "destroy"]
+    assert cloud.stack.opened_with[-1][2] is False  # never creates a stack just to destroy it
+    assert "2 to delete" in result.output
+
+
+def test_outputs_json_masks_secrets(cloud: Cloud) -> None:
+    result = cloud.run("outputs", "--stack", "dev", "--json")
+    assert result.exit_code == 0, result.output
+    (record,) = json_lines(result.output)
+    assert next(iter(record["outputs"])) == "grafanaUrl"
+    assert record["outputs"]["grafanaAdminPassword"] == "[secret]"
+
+
+def test_status_reports_generation_rotation_and_simulators(cloud: Cloud) -> None:
+    cloud.stack.config.update(
+        {
+            "iotfactory:simulatorCount": "3",
+            "iotfactory:certGenerations": json.dumps(
+                [{"name": "g1", "status": "ACTIVE"}, {"name": "g2", "status": "ACTIVE"}]
+            ),
+            "iotfactory:rotation": json.dumps({"from": "g1", "to": "g2", "step": "added"}),
+        }
+    )
+    result = cloud.run("status", "--stack", "dev", "--json")
+    assert result.exit_code == 0, result.output
+    (report,) = json_lines(result.output)
+    assert report["simulators"] == 3
+    assert report["certificate_generation"] == "g2"
+    assert report["rotation"] == {"from": "g1", "to": "g2", "step": "added"}
+    assert "up" not in cloud.stack.operations()
+
+
+# --- scale -------------------------------------------------------------------------------------
+
+
+def test_scale_records_n_then_applies(cloud: Cloud) -> None:
+    result = cloud.run("scale", "--stack", "dev", "--simulators", "7")
+    assert result.exit_code == 0, result.output
+    names = cloud.stack.operations()
+    set_count = next(
+        i
+        for i, call in enumerate(cloud.stack.calls)
+        if call.name == "set_config" and call.args["key"] == "iotfactory:simulatorCount"
+    )
+    assert cloud.stack.calls[set_count].args["value"] == 7
+    assert set_count < names.index("up")
+    assert cloud.stack.applied[-1][1]["iotfactory:simulatorCount"] == "7"
+    assert "7 simulators publish 70 msg/s over 7 connections" in result.output
+
+
+@pytest.mark.parametrize("count", ["-1", "51"])
+def test_scale_outside_bounds_is_refused_before_any_work(cloud: Cloud, count: str) -> None:
+    result = cloud.run("scale", "--stack", "dev", "--simulators", count)
+    assert result.exit_code == 2
+    assert f"--simulators {count} is outside this stack's bounds 0..50" in result.stderr
+    assert "iotfactory:maxSimulators" in result.stderr
+    assert cloud.stack.operations() == []
+
+
+def big_site_fleet() -> dict[str, Any]:
+    # 2 lines x 1,000 machines at 1 msg/s: 2,000 publishes/s per simulator.
+    return {"lines_per_site": 2, "machines_per_line": {"cnc_mill": 1000}, "publish_interval_s": 1.0}
+
+
+def test_scale_over_the_account_quota_is_refused_with_an_explanation(cloud: Cloud) -> None:
+    cloud.write_stack_file({**BASE_CONFIG, "iotfactory:fleet": big_site_fleet()})
+    result = cloud.run("scale", "--stack", "dev", "--simulators", "11")
+    assert result.exit_code == 2
+    message = result.stderr
+    assert "22,000 msg/s" in message and "20,000 publishes/s" in message
+    assert "throttle" in message and "at most 10 simulators" in message
+    assert "iotfactory:iotPublishQuotaPerSecond" in message
+    assert cloud.stack.operations() == []
+
+
+def test_scale_near_the_quota_warns_and_proceeds(cloud: Cloud) -> None:
+    cloud.write_stack_file({**BASE_CONFIG, "iotfactory:fleet": big_site_fleet()})
+    result = cloud.run("scale", "--stack", "dev", "--simulators", "9", "--json")
+    assert result.exit_code == 0, result.output
+    plan = json_lines(result.output)[0]
+    assert plan["verdict"] == "near-quota" and plan["publishes_per_second"] == 18_000
+    # 2,000 msg/s per simulator at <= 80 msg/s per connection: 25 connections each.
+    assert plan["connections"] == 9 * 25
+    assert "up" in cloud.stack.operations()
+
+
+def test_a_raised_quota_allows_the_scale(cloud: Cloud) -> None:
+    cloud.write_stack_file(
+        {**BASE_CONFIG, "iotfactory:fleet": big_site_fleet(), "iotfactory:iotPublishQuotaPerSecond": 50_000}
+    )
+    result = cloud.run("scale", "--stack", "dev", "--simulators", "11")
+    assert result.exit_code == 0, result.output
+    assert "44.0% of the account's 50,000 publishes/s" in result.output
+
+
+def test_configured_bounds_apply(cloud: Cloud) -> None:
+    cloud.write_stack_file({**BASE_CONFIG, "iotfactory:minSimulators": 1, "iotfactory:maxSimulators": 4})
+    assert cloud.run("scale", "--stack", "dev", "--simulators", "0").exit_code == 2
+    assert cloud.run("scale", "--stack", "dev", "--simulators", "5").exit_code == 2
+    assert cloud.stack.operations() == []
+    assert cloud.run("scale", "--stack", "dev", "--simulators", "4").exit_code == 0
+
+
+# --- rotate-certs ------------------------------------------------------------------------------
+
+
+def generations_per_update(stack: RecordingStack) -> list[tuple[list[dict[str, str]], dict[str, str] | None]]:
+    """What each `up` applied: (certGenerations, rotation record)."""
+    applied = []
+    for operation, config in stack.applied:
+        if operation == "up":
+            record = config.get("iotfactory:rotation")
+            applied.append(
+                (json.loads(config["iotfactory:certGenerations"]), json.loads(record) if record else None)
+            )
+    return applied
+
+
+def test_rotation_adds_then_deactivates_then_removes(cloud: Cloud) -> None:
+    result = cloud.run("rotate-certs", "--stack", "dev")
+    assert result.exit_code == 0, result.output
+    assert generations_per_update(cloud.stack) == [
+        (
+            [{"name": "g1", "status": "ACTIVE"}, {"name": "g2", "status": "ACTIVE"}],
+            {"from": "g1", "to": "g2", "step": "started"},
+        ),
+        (
+            [{"name": "g1", "status": "INACTIVE"}, {"name": "g2", "status": "ACTIVE"}],
+            {"from": "g1", "to": "g2", "step": "added"},
+        ),
+        ([{"name": "g2", "status": "ACTIVE"}], {"from": "g1", "to": "g2", "step": "deactivated"}),
+    ]
+    assert config_of(cloud.stack, "iotfactory:certGenerations") == [{"name": "g2", "status": "ACTIVE"}]
+    assert "iotfactory:rotation" not in cloud.stack.config
+    assert cloud.stack.operations()[-1] == "remove_config"
+    assert "uses generation g2" in result.output
+
+    # A second rotation starts from g2.
+    assert cloud.run("rotate-certs", "--stack", "dev").exit_code == 0
+    assert config_of(cloud.stack, "iotfactory:certGenerations") == [{"name": "g3", "status": "ACTIVE"}]
+
+
+@pytest.mark.parametrize(
+    ("interrupted_update", "expected_step"),
+    [(1, "started"), (2, "added"), (3, "deactivated")],
+)
+def test_rotation_resumes_after_an_interruption_at_each_step(
+    cloud: Cloud, interrupted_update: int, expected_step: str
+) -> None:
+    cloud.stack.fail_next("up", *([None] * (interrupted_update - 1)), KeyboardInterrupt())
+    result = cloud.run("rotate-certs", "--stack", "dev")
+    assert result.exit_code == 130
+    assert cloud.stack.operations()[-1] == "cancel"
+    assert config_of(cloud.stack, "iotfactory:rotation") == {"from": "g1", "to": "g2", "step": expected_step}
+    ups_before = len(generations_per_update(cloud.stack))
+
+    result = cloud.run("rotate-certs", "--stack", "dev")
+    assert result.exit_code == 0, result.output
+    assert f"resuming rotation g1 -> g2 (step '{expected_step}')" in result.output
+    resumed = generations_per_update(cloud.stack)[ups_before:]
+    # The interrupted step is applied again, then the remaining ones, nothing twice more.
+    assert len(resumed) == 3 - interrupted_update + 1
+    assert resumed[0] == generations_per_update(cloud.stack)[interrupted_update - 1]
+    assert config_of(cloud.stack, "iotfactory:certGenerations") == [{"name": "g2", "status": "ACTIVE"}]
+    assert "iotfactory:rotation" not in cloud.stack.config
+
+
+@pytest.mark.parametrize("interrupted_update", [1, 2])
+def test_rollback_restores_the_old_generation(cloud: Cloud, interrupted_update: int) -> None:
+    cloud.stack.fail_next("up", *([None] * (interrupted_update - 1)), KeyboardInterrupt())
+    assert cloud.run("rotate-certs", "--stack", "dev").exit_code == 130
+
+    result = cloud.run("rotate-certs", "--stack", "dev", "--rollback")
+    assert result.exit_code == 0, result.output
+    rollback_applied, record = generations_per_update(cloud.stack)[-1]
+    assert rollback_applied == [{"name": "g1", "status": "ACTIVE"}]
+    assert record == {"from": "g1", "to": "g2", "step": "rolling-back"}
+    assert config_of(cloud.stack, "iotfactory:certGenerations") == [{"name": "g1", "status": "ACTIVE"}]
+    assert "iotfactory:rotation" not in cloud.stack.config
+    assert "rolled back: stack 'dev' uses generation g1" in result.output
+
+
+def test_interrupted_rollback_finishes_on_the_next_run(cloud: Cloud) -> None:
+    cloud.stack.fail_next("up", None, KeyboardInterrupt(), KeyboardInterrupt())
+    assert cloud.run("rotate-certs", "--stack", "dev").exit_code == 130
+    assert cloud.run("rotate-certs", "--stack", "dev", "--rollback").exit_code == 130
+    assert config_of(cloud.stack, "iotfactory:rotation")["step"] == "rolling-back"
+    assert cloud.run("rotate-certs", "--stack", "dev").exit_code == 0
+    assert config_of(cloud.stack, "iotfactory:certGenerations") == [{"name": "g1", "status": "ACTIVE"}]
+    assert "iotfactory:rotation" not in cloud.stack.config
+
+
+def test_rollback_after_the_old_generation_was_removed_is_refused(cloud: Cloud) -> None:
+    cloud.stack.fail_next("up", None, None, KeyboardInterrupt())
+    assert cloud.run("rotate-certs", "--stack", "dev").exit_code == 130
+    calls_before = len(cloud.stack.calls)
+    result = cloud.run("rotate-certs", "--stack", "dev", "--rollback")
+    assert result.exit_code == 2
+    assert "cannot roll back: generation g1 was already removed" in result.stderr
+    assert "up" not in cloud.stack.operations()[calls_before:]
+
+
+def test_rollback_without_a_rotation_is_a_usage_error(cloud: Cloud) -> None:
+    result = cloud.run("rotate-certs", "--stack", "dev", "--rollback")
+    assert result.exit_code == 2 and "no certificate rotation in progress" in result.stderr
+    assert "up" not in cloud.stack.operations()
+
+
+def test_failed_rotation_step_keeps_the_record_for_a_resume(cloud: Cloud) -> None:
+    cloud.stack.fail_next("up", None, UpdateFailedError("ECS deployment failed: circuit breaker"))
+    result = cloud.run("rotate-certs", "--stack", "dev")
+    assert result.exit_code == 1
+    assert "circuit breaker" in result.stderr
+    assert config_of(cloud.stack, "iotfactory:rotation") == {"from": "g1", "to": "g2", "step": "added"}
+
+
+def test_up_mentions_a_rotation_in_progress(cloud: Cloud) -> None:
+    cloud.stack.fail_next("up", KeyboardInterrupt())
+    assert cloud.run("rotate-certs", "--stack", "dev").exit_code == 130
+    result = cloud.run("up", "--stack", "dev")
+    assert result.exit_code == 0
+    assert "certificate rotation g1 -> g2 is at step 'started'" in result.output

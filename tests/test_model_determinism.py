@@ -1,0 +1,150 @@
+"""Determinism of the factory model: seeds, per-machine streams, no hidden global state."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+
+import pytest
+
+from simulator.dry_run import collect, generate
+from simulator.model import SiteModel, build_machine_specs
+from simulator.model.site import machine_stream
+from simulator.payload_contract import validate_payloads
+from simulator.settings import FaultSettings, FleetSettings, MachineType, ScheduledFault
+
+# High fault rates so that faults, repairs and sensor glitches all happen inside short runs.
+BUSY_FAULTS = FaultSettings(
+    bearing_wear_per_hour=0.5,
+    overheating_per_hour=0.5,
+    tool_wear_per_hour=0.5,
+    sensor_fault_per_hour=2.0,
+    mean_repair_s=600.0,
+    scheduled=[
+        ScheduledFault(machine="site-00-line-01-cnc_mill-01", fault="overheating", at_s=120.0, severity=0.9)
+    ],
+)
+
+
+def fleet(**changes: object) -> FleetSettings:
+    base: dict[str, object] = {"seed": 7, "speed": 10.0, "faults": BUSY_FAULTS}
+    base.update(changes)
+    return FleetSettings.model_validate(base)
+
+
+def test_same_seed_gives_identical_bytes() -> None:
+    first = list(generate(fleet(), 0, 3_600.0))
+    second = list(generate(fleet(), 0, 3_600.0))
+    assert validate_payloads(first) == len(first) > 3_000
+    assert first == second
+
+
+def test_different_seed_gives_different_data() -> None:
+    streams_a = collect(fleet(seed=7), 0, 1_800.0)
+    streams_b = collect(fleet(seed=8), 0, 1_800.0)
+    assert streams_a.keys() == streams_b.keys()
+    for machine in streams_a:
+        assert streams_a[machine].payloads != streams_b[machine].payloads, machine
+
+
+@pytest.mark.parametrize(
+    "bigger",
+    [
+        {"machines_per_line": {MachineType.CNC_MILL: 3, MachineType.HYDRAULIC_PRESS: 1,
+                               MachineType.CONVEYOR: 1, MachineType.AIR_COMPRESSOR: 1}},
+        {"lines_per_site": 3},
+        {"machines_per_line": {MachineType.CNC_MILL: 2, MachineType.HYDRAULIC_PRESS: 2,
+                               MachineType.CONVEYOR: 2, MachineType.AIR_COMPRESSOR: 1}, "lines_per_site": 3},
+    ],
+    ids=["one-more-mill", "one-more-line", "more-of-everything"],
+)
+def test_adding_machines_changes_no_other_machine(bigger: dict[str, object]) -> None:
+    # The larger run is validated; the smaller one must equal a subset of it byte for byte.
+    small = collect(fleet(), 0, 1_200.0, validate=False)
+    large = collect(fleet(**bigger), 0, 1_200.0)
+    assert len(large) > len(small)
+    for machine, stream in small.items():
+        assert large[machine].payloads == stream.payloads, machine
+
+
+def test_sampling_order_does_not_matter() -> None:
+    """The publisher may sample machines in any interleaving; each machine's bytes stay the same."""
+    settings = fleet()
+    in_order = SiteModel(settings, 0, 0)
+    reversed_order = SiteModel(settings, 0, 0)
+    count = len(in_order.machines)
+    forward: dict[int, list[bytes]] = {index: [] for index in range(count)}
+    backward: dict[int, list[bytes]] = {index: [] for index in range(count)}
+    for _ in range(200):
+        for index in range(count):
+            forward[index] += [message.payload for message in in_order.sample(index)]
+    for index in reversed(range(count)):  # whole machine first, then the next one
+        for _ in range(200):
+            backward[index] += [message.payload for message in reversed_order.sample(index)]
+    assert forward == backward
+    validate_payloads(payload for payloads in forward.values() for payload in payloads)
+
+
+def test_view_does_not_change_the_stream() -> None:
+    """Metrics look at machines between samples; looking must not consume randomness."""
+    settings = fleet()
+    watched, unwatched = SiteModel(settings, 0, 0), SiteModel(settings, 0, 0)
+    watched_bytes, unwatched_bytes = [], []
+    for _ in range(300):
+        for index in range(len(watched.machines)):
+            watched.view(index)
+            watched_bytes += [m.payload for m in watched.sample(index)]
+            watched.view(index)
+            unwatched_bytes += [m.payload for m in unwatched.sample(index)]
+    assert watched_bytes == unwatched_bytes
+
+
+def test_model_uses_no_global_random_and_no_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    def wall_clock_used() -> float:
+        raise AssertionError("the model read the wall clock")
+
+    for name in ("time", "time_ns", "monotonic", "perf_counter"):
+        monkeypatch.setattr(time, name, wall_clock_used)
+    random.seed(12345)
+    before = random.getstate()
+    payloads = list(generate(fleet(), 0, 600.0))
+    assert random.getstate() == before
+    monkeypatch.undo()
+    validate_payloads(payloads)
+
+
+def test_machine_ids_topics_and_phases() -> None:
+    settings = FleetSettings(seed=7, lines_per_site=2)
+    specs = build_machine_specs(settings, 3)
+    assert [spec.index for spec in specs] == list(range(settings.machines_per_site))
+    ids = [spec.machine_id for spec in specs]
+    assert len(set(ids)) == len(ids)
+    assert ids[:5] == [
+        "site-03-line-01-cnc_mill-01",
+        "site-03-line-01-cnc_mill-02",
+        "site-03-line-01-hydraulic_press-01",
+        "site-03-line-01-conveyor-01",
+        "site-03-line-01-air_compressor-01",
+    ]
+    for spec in specs:
+        assert re.fullmatch(rf"site-03-{spec.line}-{spec.type.value}-\d\d", spec.machine_id)
+        assert spec.telemetry_topic == f"factory/simulator/site-03/{spec.line}/{spec.machine_id}"
+        assert spec.ground_truth_topic == f"factory/simulator/ground-truth/site-03/{spec.line}/{spec.machine_id}"
+        assert 0.0 <= spec.phase < 1.0
+        # The phase comes from the machine's own id and the seed only.
+        assert spec.phase == machine_stream(7, spec.machine_id).phase
+    # Phases spread the publishes over the interval instead of bunching them.
+    phases = sorted(spec.phase for spec in specs)
+    assert phases[-1] - phases[0] > 0.5
+
+
+def test_sample_times_follow_phase_and_speed() -> None:
+    settings = FleetSettings(seed=1, publish_interval_s=2.0, speed=30.0)
+    model = SiteModel(settings, 0, 0)
+    assert model.step_s == 60.0
+    for index, spec in enumerate(model.machines):
+        for n in range(3):
+            assert model.next_sample_time_s(index) == pytest.approx((n + spec.phase) * 60.0)
+            model.sample(index)
+            assert model.sim_time_s(index) == pytest.approx((n + spec.phase) * 60.0)

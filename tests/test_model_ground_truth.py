@@ -1,0 +1,186 @@
+"""Ground truth: every injected fault and every state change is labelled, and matches the telemetry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from simulator.dry_run import MachineStream, collect
+from simulator.model import SiteModel
+from simulator.payload_contract import validate_payloads
+from simulator.settings import FaultSettings, FleetSettings, ScheduledFault
+
+START_MS = int(datetime(2026, 3, 1, 6, 0, tzinfo=UTC).timestamp() * 1000)
+MILL = "site-00-line-01-cnc_mill-01"
+PRESS = "site-00-line-02-hydraulic_press-01"
+CONVEYOR = "site-00-line-01-conveyor-01"
+
+SCHEDULE = [
+    ScheduledFault(machine=MILL, fault="bearing_wear", at_s=900.0, severity=0.7),
+    ScheduledFault(machine=MILL, fault="dropout", at_s=1_234.5, severity=0.5, duration_s=120.0),
+    ScheduledFault(machine=PRESS, fault="overheating", at_s=2_000.25, severity=0.95),
+    ScheduledFault(machine=CONVEYOR, fault="drift", at_s=600.0, severity=0.3, duration_s=1_800.0),
+    ScheduledFault(machine=CONVEYOR, fault="tool_wear", at_s=3_000.0, severity=0.4, duration_s=600.0),
+    # Another site's machine: this process must ignore it.
+    ScheduledFault(machine="site-01-line-01-cnc_mill-01", fault="stuck", at_s=10.0),
+]
+
+
+def iso(offset_s: float) -> str:
+    ms = START_MS + round(offset_s * 1000)
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+@pytest.fixture(scope="module")
+def streams() -> dict[str, MachineStream]:
+    fleet = FleetSettings(
+        seed=21,
+        speed=5.0,
+        faults=FaultSettings(
+            bearing_wear_per_hour=0.3,
+            overheating_per_hour=0.3,
+            tool_wear_per_hour=0.3,
+            sensor_fault_per_hour=1.0,
+            mean_repair_s=900.0,
+            scheduled=SCHEDULE,
+        ),
+    )
+    return collect(fleet, 0, 4 * 3_600.0, START_MS)  # validates every payload
+
+
+def test_scheduled_faults_are_labelled_with_machine_type_and_onset(streams: dict[str, MachineStream]) -> None:
+    for item in SCHEDULE:
+        if item.machine not in streams:
+            assert item.machine.startswith("site-01")
+            continue
+        starts = [
+            event for event in streams[item.machine].ground_truth
+            if event["event"] == "fault_start" and event["scheduled"] and event["fault"] == item.fault
+        ]
+        assert len(starts) == 1, (item, starts)
+        start = starts[0]
+        assert start["onset"] == iso(item.at_s)
+        assert start["severity"] == item.severity
+        assert start["onset"] <= start["ts"]
+        assert start["fault_class"] == ("sensor" if item.fault in ("dropout", "drift", "stuck") else "failure_mode")
+        _, _, _, line_number, machine_type, _ = item.machine.split("-")
+        header = {k: start[k] for k in ("machine", "site", "line", "type")}
+        assert header == {
+            "machine": item.machine, "site": "site-00", "line": f"line-{line_number}", "type": machine_type
+        }
+        if item.duration_s is not None:
+            ends = [e for e in streams[item.machine].ground_truth
+                    if e["event"] == "fault_end" and e["fault_id"] == start["fault_id"]]
+            assert len(ends) == 1
+            end = ends[0]
+            # Ends when its duration runs out, unless maintenance repaired it earlier.
+            if end["reason"] == "cleared":
+                assert end["end"] == iso(item.at_s + item.duration_s)
+            else:
+                assert end["reason"] == "repaired" and end["end"] < iso(item.at_s + item.duration_s)
+            assert ends[0]["onset"] == start["onset"]
+    assert "site-01-line-01-cnc_mill-01" not in streams
+
+
+def test_no_telemetry_carries_labels(streams: dict[str, MachineStream]) -> None:
+    for stream in streams.values():
+        for message in stream.telemetry:
+            assert set(message) == {
+                "schema", "machine", "site", "line", "type", "ts", "seq", "state", "signals", "parts"
+            }
+
+
+def test_sequence_numbers_count_from_one_without_gaps(streams: dict[str, MachineStream]) -> None:
+    for stream in streams.values():
+        assert [m["seq"] for m in stream.telemetry] == list(range(1, len(stream.telemetry) + 1))
+        assert [m["seq"] for m in stream.ground_truth] == list(range(1, len(stream.ground_truth) + 1))
+
+
+def test_state_changes_in_telemetry_match_state_change_events(streams: dict[str, MachineStream]) -> None:
+    """Replaying the state_change events gives the state of every telemetry sample."""
+    changes_seen = 0
+    for stream in streams.values():
+        state = None
+        for message in _in_emission_order(stream):
+            if "event" in message:
+                if message["event"] == "state_change":
+                    assert message["from_state"] == state, message
+                    state = message["to_state"]
+                    changes_seen += 1
+            else:
+                assert message["state"] == state, message
+        first = stream.ground_truth[0]
+        assert (first["event"], first["from_state"], first["reason"]) == ("state_change", None, "start")
+    assert changes_seen > 50
+
+
+def _in_emission_order(stream: MachineStream) -> list[dict]:
+    return [orjson.loads(payload) for payload in stream.payloads]
+
+
+def test_every_fault_end_closes_a_started_fault(streams: dict[str, MachineStream]) -> None:
+    kinds = set()
+    for stream in streams.values():
+        open_faults: dict[int, dict] = {}
+        for event in stream.ground_truth:
+            if event["event"] == "fault_start":
+                assert event["fault_id"] not in open_faults
+                open_faults[event["fault_id"]] = event
+                kinds.add(event["fault"])
+            elif event["event"] == "fault_end":
+                start = open_faults.pop(event["fault_id"])
+                assert (event["fault"], event["onset"], event["severity"]) == (
+                    start["fault"], start["onset"], start["severity"])
+                assert start["onset"] <= event["end"] <= event["ts"]
+                if event["reason"] == "repaired":
+                    assert event["fault_class"] == "failure_mode"
+    assert {"bearing_wear", "overheating", "tool_wear"} <= kinds
+    assert len(kinds & {"stuck", "drift", "spike", "noise_burst", "dropout"}) >= 3
+
+
+def test_fault_states_are_caused_by_labelled_faults(streams: dict[str, MachineStream]) -> None:
+    trips = 0
+    for stream in streams.values():
+        started = set()
+        for event in stream.ground_truth:
+            if event["event"] == "fault_start":
+                started.add(event["fault_id"])
+            if event["event"] == "state_change" and event["to_state"] == "fault":
+                trips += 1
+                assert event["reason"] in ("overtemperature_trip", "bearing_failure", "tool_breakage", "worn_out")
+                if event["reason"] != "worn_out" and event["fault_id"] is not None:
+                    assert event["fault_id"] in started
+    assert trips >= 1
+
+
+def test_timestamps_are_ordered_and_onsets_not_in_the_future(streams: dict[str, MachineStream]) -> None:
+    for stream in streams.values():
+        stamps = [m["ts"] for m in _in_emission_order(stream)]
+        assert stamps == sorted(stamps)
+        for event in stream.ground_truth:
+            assert event["onset"] <= event["ts"]
+
+
+def test_view_active_faults_match_ground_truth() -> None:
+    fleet = FleetSettings(
+        seed=4, speed=10.0,
+        faults=FaultSettings(sensor_fault_per_hour=2.0, bearing_wear_per_hour=0.5, overheating_per_hour=0.5,
+                             tool_wear_per_hour=0.5, mean_repair_s=600.0),
+    )
+    model = SiteModel(fleet, 0, START_MS)
+    payloads = []
+    for index in range(len(model.machines)):
+        active: dict[int, str] = {}
+        for _ in range(600):
+            messages = model.sample(index)
+            payloads += [m.payload for m in messages]
+            for message in messages[:-1]:
+                event = orjson.loads(message.payload)
+                if event["event"] == "fault_start":
+                    active[event["fault_id"]] = event["fault"]
+                elif event["event"] == "fault_end":
+                    active.pop(event["fault_id"])
+            assert model.view(index).active_faults == set(active.values())
+    validate_payloads(payloads)

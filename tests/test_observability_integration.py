@@ -1,0 +1,222 @@
+"""The test that matters: every dashboard query and alert expression returns data from a real pipeline.
+
+Real processes on ephemeral ports: Mosquitto (mutual TLS), the simulator (`python -m simulator`,
+its real exporter), the rule runner (archive metrics) and Prometheus scraping every second with
+the rules the local stack ships, `for:` shortened via `render_rules(for_scale=...)`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from local_stack import prometheus as prom
+from local_stack.certificate_authority import CertificateAuthority
+from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess
+from local_stack.ports import free_port, wait_for_port
+from local_stack.processes import ManagedProcess, python_command
+from observability.alert_rules import render_rules
+from observability.config_bundle import PROMETHEUS_CONFIG_KEY, RULES_KEY, local_bundle, write_bundle
+from observability.query_inventory import CheckedQuery, iter_queries
+from simulator.settings import FaultSettings, FleetSettings, MachineType, ScheduledFault
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus"),
+]
+
+SCRAPE_INTERVAL_S = 1.0
+# Overheating must fire within seconds: `for: 1m` becomes 1.2 s.
+FOR_SCALE = 0.02
+OVERHEATED = "site-00-line-01-cnc_mill-01"
+# At speed 10 the injected fault crosses the warning threshold ~18 s after start and stays above it
+# for ~10 s (see alert_rules.OVERHEAT_MARGIN_C and simulator/model/faults.py).
+SPEED = 10.0
+# Grafana's $__rate_interval is at least 4 scrape intervals; $__range is the dashboard's time range.
+BUILTINS = {"__rate_interval": "10s", "__range": "1m", "__interval": "1s"}
+
+
+@dataclass
+class Pipeline:
+    prometheus_port: int
+    simulator: ManagedProcess
+    rule_runner: ManagedProcess
+    directory: Path
+
+
+def _fleet() -> FleetSettings:
+    return FleetSettings(
+        seed=42,
+        speed=SPEED,
+        faults=FaultSettings(
+            scheduled=[ScheduledFault(machine=OVERHEATED, fault="overheating", at_s=30, severity=1.0)]
+        ),
+    )
+
+
+def _start(process: ManagedProcess, port: int, what: str) -> None:
+    process.start()
+    if not wait_for_port(port, timeout_s=20):
+        process.stop(5)
+        raise AssertionError(f"{what} did not open port {port}: {process.log_tail(5)}")
+
+
+def _wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    root = tmp_path_factory.mktemp("observability")
+    ca = CertificateAuthority.create(root / "ca")
+    server = ca.issue_server("broker", root / "broker")
+    device = ca.issue_client("site-00", root / "devices")
+    reader = ca.issue_client(RULE_RUNNER_IDENTITY, root / "devices")
+    broker_port = free_port()
+    broker = MosquittoProcess(
+        BrokerConfig(port=broker_port, data_dir=root / "mosquitto", ca_file=ca.ca_cert_path,
+                     cert_file=server.cert_path, key_file=server.key_path, crl_file=ca.crl_path,
+                     acl_file=root / "mosquitto" / "acl"),
+        root / "mosquitto.log",
+    )
+    config_file = root / "fleet.yaml"
+    config_file.write_text(yaml.safe_dump(_fleet().model_dump(mode="json")))
+    simulator_port, archive_port, prometheus_port = free_port(), free_port(), free_port()
+    tls = ["--endpoint", "127.0.0.1", "--port", str(broker_port), "--ca", str(ca.ca_cert_path)]
+    simulator = ManagedProcess("simulator", python_command(
+        "simulator", "--config", str(config_file), "--site-index", "0", "--engine", "fleet",
+        "--metrics-port", str(simulator_port), *tls,
+        "--cert", str(device.cert_path), "--key", str(device.key_path),
+    ), root / "simulator.log", stop_timeout_s=30)
+    rule_runner = ManagedProcess("rule-runner", python_command(
+        "local_stack.rule_runner", *tls, "--cert", str(reader.cert_path), "--key", str(reader.key_path),
+        "--archive", str(root / "archive"), "--metrics-port", str(archive_port), "--flush-interval", "0.5",
+    ), root / "rule-runner.log", stop_timeout_s=30)
+
+    bundle = local_bundle(
+        simulator_targets=[f"127.0.0.1:{simulator_port}"],
+        archive_targets=[f"127.0.0.1:{archive_port}"],
+        prometheus_url=f"http://127.0.0.1:{prometheus_port}",
+        scrape_interval_s=SCRAPE_INTERVAL_S,
+        grafana_dir=root / "grafana",
+    )
+    # Test-only: the shipped rules with every `for:` scaled down, evaluated every scrape.
+    bundle[RULES_KEY] = render_rules(target="local", for_scale=FOR_SCALE)
+    write_bundle(bundle, root / "bundle")
+    prometheus = ManagedProcess("prometheus", [
+        shutil.which("prometheus") or "prometheus",
+        f"--config.file={root / 'bundle' / PROMETHEUS_CONFIG_KEY}",
+        f"--storage.tsdb.path={root / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{prometheus_port}",
+    ], root / "prometheus.log", stop_timeout_s=20)
+
+    started: list[ManagedProcess] = []
+    try:
+        broker.start()
+        for process, port in ((rule_runner, archive_port), (simulator, simulator_port),
+                              (prometheus, prometheus_port)):
+            started.append(process)
+            _start(process, port, process.name)
+        yield Pipeline(prometheus_port, simulator, rule_runner, root)
+    finally:
+        for process in reversed(started):
+            process.stop()
+        broker.stop()
+
+
+def _scraped_enough(port: int) -> bool:
+    """Every target up and scraped at least 8 times, and telemetry archived (lag is set)."""
+    samples = prom.query(port, "min by (job) (count_over_time(up[1m]))")
+    ups = prom.query(port, "up")
+    archived = prom.query(port, "sum(archive_messages_archived_total)")
+    return (
+        {sample["metric"]["job"] for sample in samples} == {"simulator", "archive"}
+        and all(float(sample["value"][1]) >= 8 for sample in samples)
+        and all(float(sample["value"][1]) == 1 for sample in ups)
+        and bool(archived) and float(archived[0]["value"][1]) > 0
+    )
+
+
+def _machines_by_type(port: int) -> dict[str, str]:
+    result = prom.query(port, "group by (machine, type) (factory_machine_state)")
+    machines: dict[str, str] = {}
+    for sample in sorted(result, key=lambda s: s["metric"]["machine"]):
+        machines.setdefault(sample["metric"]["type"], sample["metric"]["machine"])
+    return machines
+
+
+def _run(port: int, checked: CheckedQuery) -> str | None:
+    """None if the query is fine, else why not."""
+    try:
+        document = prom.api_get(port, "/api/v1/query", {"query": checked.expr})
+    except OSError as error:  # HTTP 400 for a bad expression
+        body = getattr(error, "read", lambda: b"")().decode(errors="replace")
+        return f"error {error}: {body}"
+    if document.get("status") != "success":
+        return f"error: {document.get('error')}"
+    if checked.must_have_series and not document["data"]["result"]:
+        return "no series"
+    return None
+
+
+def test_every_dashboard_query_and_alert_expression_returns_data(pipeline: Pipeline) -> None:
+    port = pipeline.prometheus_port
+    _wait_until(lambda: _scraped_enough(port), 60, "8 scrapes of every target and archived messages")
+    machines = _machines_by_type(port)
+    assert set(machines) == {t.value for t in MachineType}, machines
+
+    failures: list[str] = []
+    checked = 0
+    for machine_type, machine in sorted(machines.items()):
+        variables = {**BUILTINS, "site": "site-00", "machine": machine}
+        for query in iter_queries(variables, target=None):
+            if query.machine_types is None and machine_type != min(machines):
+                continue  # not about one machine: checking it once is enough
+            if query.machine_types is not None and machine_type not in query.machine_types:
+                continue  # e.g. pressure on a conveyor: the panel says "Not measured"
+            checked += 1
+            problem = _run(port, query)
+            if problem:
+                failures.append(f"{query.source} [{machine}]: {problem}\n    {query.expr}")
+    # The "All" value of the multi-value $site variable, as Grafana sends it.
+    for query in iter_queries({**BUILTINS, "site": ".*", "machine": machines["cnc_mill"]}, target=None):
+        if query.machine_types is not None and "cnc_mill" not in query.machine_types:
+            continue
+        checked += 1
+        problem = _run(port, query)
+        if problem:
+            failures.append(f"{query.source} [site=All]: {problem}\n    {query.expr}")
+    assert not failures, f"{len(failures)} of {checked} queries failed:\n" + "\n".join(failures)
+    assert pipeline.simulator.running() and pipeline.rule_runner.running()
+
+
+def test_overheating_fault_fires_the_overheating_alert(pipeline: Pipeline) -> None:
+    port = pipeline.prometheus_port
+
+    def firing() -> bool:
+        alerts = prom.api_get(port, "/api/v1/alerts")["data"]["alerts"]
+        return any(
+            alert["labels"].get("alertname") == "MachineOverheating"
+            and alert["labels"].get("machine") == OVERHEATED
+            and alert["state"] == "firing"
+            for alert in alerts
+        )
+
+    _wait_until(firing, 90, f"MachineOverheating firing for {OVERHEATED}")
+    # Only the machine with the injected fault overheats.
+    others = prom.query(port, 'ALERTS{alertname="MachineOverheating", alertstate="firing"}')
+    assert {sample["metric"]["machine"] for sample in others} == {OVERHEATED}

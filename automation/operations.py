@@ -8,10 +8,11 @@ gets one line and exit code 2 before any work. Pulumi itself is imported only by
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -22,6 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from automation import cert_rotation, preflight
+from automation.fleet_status import (
+    MONITORING_SERVICE_OUTPUT,
+    SIMULATOR_SERVICES_OUTPUT,
+    ServiceState,
+    read_services,
+    service_names,
+)
 from automation.progress import JsonLinesRenderer, Renderer, renderer_for
 from automation.scaling import BoundsError, ScaleLimits, Verdict, plan_scale
 from automation.stack_files import (
@@ -59,6 +67,8 @@ ROTATION_KEY = "iotfactory:rotation"
 CONFIRM_KEY = "iotfactory:confirmUpdates"
 # Keys the CLI writes (scale, rotate-certs); `up` sets them only when absent, never back to the file.
 CLI_OWNED_KEYS = (SIMULATOR_COUNT_KEY, CERT_GENERATIONS_KEY, ROTATION_KEY)
+# Keys only the CLI reads; the program must accept and ignore them (infra.settings.FOREIGN_KEYS).
+CLI_ONLY_KEYS = (MIN_SIMULATORS_KEY, MAX_SIMULATORS_KEY, PUBLISH_QUOTA_KEY, CONFIRM_KEY, ROTATION_KEY)
 SECRET_MASK = "[secret]"
 
 
@@ -100,7 +110,10 @@ class StackContext:
 # --- preflight ---------------------------------------------------------------------------------
 
 
-def _prepare(stack: str, purpose: str, *, needs_aws: bool = True, needs_region: bool = True) -> StackContext:
+def _prepare(
+    stack: str, purpose: str, *, needs_aws: bool = True, needs_region: bool = True, runs_program: bool = True
+) -> StackContext:
+    """Checks in order: Pulumi CLI, project, stack file, config, region, credentials."""
     env = cloud_env()
     preflight.require_pulumi_cli()
     if not (env.project_dir / "Pulumi.yaml").is_file():
@@ -108,7 +121,8 @@ def _prepare(stack: str, purpose: str, *, needs_aws: bool = True, needs_region: 
     path = require_stack_file(env.project_dir, stack)
     config = read_stack_config(path)
     context = StackContext(env, stack, path, config, read_backend(env.project_dir, stack))
-    _validate_config(context)
+    if runs_program:
+        _validate_config(context)
     if needs_region and preflight.aws_region(_text(config.get("aws:region"))) is None:
         raise UsageError(f"no AWS region for stack '{stack}': set aws:region in {path.name} (or AWS_REGION)")
     state_in_s3 = (context.backend.backend_url or "").startswith("s3://")
@@ -237,9 +251,14 @@ def _apply_stack_config(context: StackContext, port: StackPort) -> dict[str, Any
 
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a CI job cancelled, a container stopped) gets the same clean cancel as Ctrl-C."""
+    """SIGTERM (a CI job cancelled, a container stopped) gets the same clean cancel as Ctrl-C.
+
+    A terminal's Ctrl-C reaches the Pulumi CLI too (same process group); SIGTERM reaches only
+    this process, so it is passed on to the children as SIGINT, Pulumi's signal to stop safely.
+    """
 
     def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        _interrupt_children()
         raise KeyboardInterrupt
 
     try:
@@ -251,6 +270,18 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_children() -> None:
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):  # Linux; elsewhere there is nothing to read
+        try:
+            parent = int(stat.read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == me:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(int(stat.parent.name), signal.SIGINT)
 
 
 def _run_update(port: StackPort, operation: str, renderer: Renderer) -> UpdateResult:
@@ -340,7 +371,8 @@ def up(stack: str, *, detach: bool, yes: bool, json_output: bool) -> int:
         )
     context = _prepare(stack, "up")
     ask = _needs_confirmation(context) and not yes
-    if ask and not context.env.stdin_is_tty():
+    # --json output is for machines: they confirm with --yes rather than answer a prompt.
+    if ask and (json_output or not context.env.stdin_is_tty()):
         raise UsageError(f"updating stack '{stack}' needs confirmation; re-run with --yes")
     port = _open(context, create=True)
     _apply_stack_config(context, port)
@@ -405,7 +437,8 @@ def preview(stack: str, *, json_output: bool) -> int:
 
 
 def destroy(stack: str, *, json_output: bool) -> int:
-    context = _prepare(stack, "destroy")
+    # Destroy does not run the program: a stack whose config no longer validates can still go.
+    context = _prepare(stack, "destroy", runs_program=False)
     port = _open(context, create=False)
     result = _update(context, port, "destroy", json_output)
     _report_update(context, result, json_output)
@@ -413,7 +446,7 @@ def destroy(stack: str, *, json_output: bool) -> int:
 
 
 def outputs(stack: str, *, json_output: bool) -> int:
-    context = _prepare(stack, "outputs", needs_aws=False, needs_region=False)
+    context = _prepare(stack, "outputs", needs_aws=False, needs_region=False, runs_program=False)
     port = _open(context, create=False)
     values = _outputs_of(port)
     if json_output:
@@ -431,7 +464,7 @@ def _outputs_of(port: StackPort) -> dict[str, OutputValue]:
 
 
 def status(stack: str, *, json_output: bool) -> int:
-    context = _prepare(stack, "status", needs_aws=False, needs_region=False)
+    context = _prepare(stack, "status", needs_aws=False, needs_region=False, runs_program=False)
     port = _open(context, create=False)
     config = port.get_all_config()
     last = port.last_update()
@@ -453,6 +486,9 @@ def status(stack: str, *, json_output: bool) -> int:
         "rotation": None if record is None else cert_rotation.dump_record(record),
         "outputs": values,
     }
+    services, services_note = _live_services(values, _text(config.get("aws:region")))
+    report["services"] = [service.as_dict() for service in services]
+    report["services_note"] = services_note
     if json_output:
         _emit(report)
         return 0
@@ -479,10 +515,52 @@ def status(stack: str, *, json_output: bool) -> int:
             else f" (rotation {record.from_generation} -> {record.to_generation}: {record.phase.value})"
         ),
     )
+    for service in services:
+        state = "steady" if service.steady else service.rollout.lower()
+        table.add_row(
+            f"service {service.name}",
+            f"{service.running}/{service.desired} running, {service.pending} pending, {state}",
+        )
+    if services_note:
+        table.add_row("services", services_note)
     for key, value in values.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        if key.endswith("Url") or key in STATUS_OUTPUTS:
+            table.add_row(key, value if isinstance(value, str) else json.dumps(value))
     console.print(table)
     return 0
+
+
+STATUS_OUTPUTS = ("iotDataEndpoint", "archiveBucket", "clusterName")
+
+
+def _live_services(
+    outputs: Mapping[str, Any], config_region: str | None, *, simulators_only: bool = False
+) -> tuple[list[ServiceState], str | None]:
+    """ECS desired/running counts of the stack's services, or a note saying why they are not shown."""
+    keys = (
+        (SIMULATOR_SERVICES_OUTPUT,)
+        if simulators_only
+        else (MONITORING_SERVICE_OUTPUT, SIMULATOR_SERVICES_OUTPUT)
+    )
+    cluster, names = outputs.get("clusterName"), service_names(outputs, keys)
+    if not isinstance(cluster, str) or not names:
+        return [], None
+    region = (
+        outputs.get("region")
+        if isinstance(outputs.get("region"), str)
+        else preflight.aws_region(config_region)
+    )
+    if region is None:
+        return [], "no AWS region known; live service state not read"
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if boto3.session.Session().get_credentials() is None:
+        return [], "no AWS credentials; live service state not read"
+    try:
+        return read_services(cluster, names, region), None
+    except (BotoCoreError, ClientError) as exc:
+        return [], f"could not read ECS services: {exc}"
 
 
 def scale(stack: str, simulators: int, *, json_output: bool) -> int:
@@ -553,7 +631,9 @@ def rotate_certs(stack: str, *, rollback: bool, json_output: bool) -> int:
         _say(context, json_output, f"rotate-certs: {action.describe()}", step=action.kind.value)
         _write_rotation_state(port, generations, record, action.generations, action.record_before)
         if action.apply:
-            _update(context, port, "up", json_output)
+            result = _update(context, port, "up", json_output)
+            if action.kind is cert_rotation.ActionKind.ADD:
+                _require_steady_simulators(context, result, action)
         if action.record_after != action.record_before:
             _write_rotation_state(
                 port, action.generations, action.record_before, action.generations, action.record_after
@@ -572,6 +652,32 @@ def rotate_certs(stack: str, *, rollback: bool, json_output: bool) -> int:
         generation=current,
     )
     return 0
+
+
+def _require_steady_simulators(
+    context: StackContext, result: UpdateResult, action: cert_rotation.RotationAction
+) -> None:
+    """Before the old generation is deactivated, every simulator service must run steadily on the new one.
+
+    `up` already waits for steady state; this re-reads ECS so a service that was rolled back or is
+    still deploying stops the rotation at 'started' (re-run to check again) instead of cutting off
+    simulators that still hold the old certificate.
+    """
+    services, note = _live_services(
+        _plain_outputs(result.outputs), _text(context.config.get("aws:region")), simulators_only=True
+    )
+    unsteady = [service for service in services if not service.steady]
+    if note is None and not unsteady:
+        return
+    why = note or ", ".join(
+        f"{s.name} {s.running}/{s.desired} running, {s.pending} pending, {s.rollout.lower()}"
+        for s in unsteady
+    )
+    raise OperationFailed(
+        f"rotation {action.from_generation} -> {action.to_generation} paused before deactivating "
+        f"{action.from_generation}: simulators not confirmed steady on {action.to_generation} ({why}); "
+        f"{action.from_generation} stays active. Re-run rotate-certs to check again, or --rollback"
+    )
 
 
 def _say(context: StackContext, json_output: bool, message: str, **fields: Any) -> None:

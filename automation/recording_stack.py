@@ -149,10 +149,11 @@ class RecordingStack:
                 on_event(event)
             if outcome is not None:
                 raise outcome
-            if any(resource.error for resource in resources):
+            failed = [resource.error for resource in resources if resource.error]
+            if failed:
                 from automation.stack_port import UpdateFailedError
 
-                raise UpdateFailedError(f"{operation} failed: {resources[0].error}")
+                raise UpdateFailedError(failed[0])
         finally:
             self.updates_running -= 1
         changes: dict[str, int] = {}

@@ -44,8 +44,16 @@ FARGATE_MEMORY_BY_CPU: dict[int, range] = {
     2048: range(4096, 16385, 1024),
     4096: range(8192, 30721, 1024),
 }
-# Keys other parts of the product keep in the same stack file; the program accepts and ignores them.
-FOREIGN_KEYS = frozenset({"iotfactory:rotation"})
+# Keys the CLI (automation/) keeps in the same stack file; the program accepts and ignores them.
+FOREIGN_KEYS = frozenset(
+    {
+        "iotfactory:rotation",  # progress record of a certificate rotation
+        "iotfactory:minSimulators",
+        "iotfactory:maxSimulators",
+        "iotfactory:iotPublishQuotaPerSecond",
+        "iotfactory:confirmUpdates",
+    }
+)
 
 ACTIVE = "ACTIVE"
 INACTIVE = "INACTIVE"
@@ -141,6 +149,8 @@ class SmtpSettings(_Model):
     secret_name: Annotated[str, Field(alias="secretName", min_length=1)]
     host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+:\d{1,5}$")]  # host:port, e.g. email-smtp...:587
     from_address: Annotated[str, Field(alias="fromAddress", pattern=r"^[^@\s]+@[^@\s]+$")]
+    # Alert recipients, comma-separated.
+    to_addresses: Annotated[str, Field(alias="toAddresses", pattern=r"^[^@\s,]+@[^@\s,]+(,\s*[^@\s,]+@[^@\s,]+)*$")]
 
     @property
     def port(self) -> int:

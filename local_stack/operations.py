@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -196,35 +195,56 @@ def _up_detached(config: StackConfig, paths: StatePaths, json_output: bool) -> i
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_DIR), environment.get("PYTHONPATH")) if p)
     environment["PYTHONUNBUFFERED"] = "1"
-    with log_path.open("ab") as log:
-        child = subprocess.Popen(
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        # posix_spawn, not Popen: the supervisor outlives this process, and there is no Popen
+        # object left behind to complain about a child still running. setsid: its own session,
+        # so closing this terminal does not stop it (destroy, or SIGTERM to its pid, does).
+        pid = os.posix_spawn(
+            sys.executable,
             [sys.executable, "-m", "local_stack.supervisor", "--state-dir", str(paths.root),
              "--config", str(config.path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=PROJECT_DIR, env=environment,
-            start_new_session=True,  # survives this terminal; stopped by destroy (or SIGTERM to its pid)
+            environment,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,
         )
+    finally:
+        os.close(log_fd)
     if not json_output:
-        _say(console, f"starting the local stack in the background (supervisor pid {child.pid}); "
+        _say(console, f"starting the local stack in the background (supervisor pid {pid}); "
                       "waiting for the first archived message")
-    status = _wait_until_flowing(paths, child, began)
+    status = _wait_until_flowing(paths, pid, began)
     seconds = time.monotonic() - began
     outputs = status.get("outputs") or request(paths, "outputs")
     if json_output:
-        _emit({"stack": "local", "running": True, "supervisorPid": child.pid,
+        _emit({"stack": "local", "running": True, "supervisorPid": pid,
                "firstArchivedAfterS": round(seconds, 2), "outputs": outputs})
         return 0
     console.print(status_view.where_table(outputs))
     _say(console, f"pipeline up: first message archived {seconds:.1f} s after `up`; "
-                  f"supervisor pid {child.pid}")
+                  f"supervisor pid {pid}")
     _say(console, "next: `python cli.py status --stack local`, `logs --stack local -f`, "
                   "`verify --stack local`; stop and delete it with `destroy --stack local`")
     return 0
 
 
-def _wait_until_flowing(paths: StatePaths, child: subprocess.Popen[bytes], began: float) -> dict[str, Any]:
+def _exit_code(pid: int) -> int | None:
+    """The supervisor's exit code once it has exited (it is this process's child), else None."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None if pid_alive(pid) else 1
+    return os.waitstatus_to_exitcode(status) if done else None
+
+
+def _wait_until_flowing(paths: StatePaths, pid: int, began: float) -> dict[str, Any]:
     deadline = began + UP_TIMEOUT_S
     while time.monotonic() < deadline:
-        code = child.poll()
+        code = _exit_code(pid)
         if code is not None:
             state = read_state(paths) or {}
             message = state.get("error") or _last_error_line(paths.log(SUPERVISOR)) or f"exit {code}"
@@ -283,6 +303,9 @@ def _stop_supervisor(paths: StatePaths, console: Console | None) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         wait_gone([pid], 5.0)
+    if pid:
+        wait_gone([pid], 10.0)  # the lock goes a moment before the process
+        _exit_code(pid)  # reap it if `up --detach` ran in this same process (tests, scripts)
     return pid
 
 

@@ -23,8 +23,9 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache, lru_cache
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -53,7 +54,7 @@ from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig
 from local_stack.ports import port_in_use
 from simulator.errors import OperationFailed, UsageError
 from simulator.metrics.catalog import ARCHIVE_BATCHES, ARCHIVE_LAG, ARCHIVED, QUARANTINED, MetricDef
-from simulator.payload_contract import PayloadKind, payload_errors, payload_kind, validator
+from simulator.payload_contract import PayloadKind, load_schema, payload_errors, payload_kind, validator
 from simulator.settings import GROUND_TRUTH_SEGMENT, TOPIC_ROOT, ground_truth_topic, telemetry_topic
 from simulator.transport.publisher import TransportOptions
 from simulator.transport.tls import client_ssl_context, describe_connect_error
@@ -118,6 +119,7 @@ class Verdict:
     timestamp_s: float | None = None  # the payload's `ts`, for the lag gauge
 
 
+@lru_cache(maxsize=65_536)  # one entry per machine topic; a hot path at 10k+ msg/s
 def topic_kind(topic: str) -> PayloadKind | None:
     """telemetry: factory/simulator/<site>/<line>/<machine>; ground truth: .../ground-truth/<site>/...."""
     parts = topic.split("/")
@@ -130,6 +132,25 @@ def topic_kind(topic: str) -> PayloadKind | None:
     if len(rest) == 3 and rest[0] != GROUND_TRUTH_SEGMENT:
         return "telemetry"
     return None
+
+
+SchemaCheck = Callable[[dict[str, Any]], bool]
+
+
+@cache
+def schema_check(kind: PayloadKind) -> SchemaCheck:
+    """A yes/no check of one decoded payload against the contract's JSON Schema for `kind`.
+
+    `jsonschema` is the reference and explains every failure, but takes ~300 µs per message here,
+    which caps the archive at ~3k msg/s. When `jsonschema-rs` is installed it runs the same schema
+    files in ~5 µs (tests check both agree); `jsonschema` then only words the rejections.
+    """
+    try:
+        import jsonschema_rs
+    except ImportError:
+        return validator(kind).is_valid
+    compiled = jsonschema_rs.validator_for(load_schema(kind), validate_formats=True)
+    return compiled.is_valid  # type: ignore[no-any-return]
 
 
 def check_message(topic: str, payload: bytes) -> Verdict:
@@ -148,7 +169,7 @@ def check_message(topic: str, payload: bytes) -> Verdict:
     if not isinstance(document, dict):
         return Verdict(kind, "schema_violation", f"$: expected a JSON object, got {type(document).__name__}")
     chosen = kind or payload_kind(document)
-    if False and not validator(chosen).is_valid(document):
+    if not schema_check(chosen)(document):
         return Verdict(chosen, "schema_violation", "; ".join(payload_errors(document, chosen)[:3]))
     expected = (telemetry_topic if chosen == "telemetry" else ground_truth_topic)(
         document["site"], document["line"], document["machine"]

@@ -1,0 +1,1 @@
+"""Prometheus config, alert rules and Grafana dashboards, generated from the metric catalog."""

@@ -2,7 +2,7 @@
 
 Each rule keeps the measured quantity (`expr_metric_part`), the comparison and the threshold apart,
 so tests can query the quantity on its own (it must return series while everything is healthy) and
-the Grafana rules can put the threshold into a Grafana threshold expression.
+the Grafana-managed rules can compare it with the threshold in a Grafana math expression.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ Comparison = Literal[">", "<", "=="]
 Severity = Literal["warning", "critical"]
 Target = Literal["local", "cloud"]
 ALL_TARGETS: frozenset[Target] = frozenset(("local", "cloud"))
-
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,7 @@ from typer.testing import CliRunner
 import cli
 from automation import operations
 from automation.operations import CloudEnv
-from automation.recording_stack import RecordingStack, ScriptedResource
+from automation.recording_stack import Call, RecordingStack, ScriptedResource
 from automation.stack_port import OutputValue, StackBusyError, UpdateFailedError
 
 BASE_CONFIG: dict[str, Any] = {
@@ -501,3 +504,55 @@ def test_up_mentions_a_rotation_in_progress(cloud: Cloud) -> None:
     result = cloud.run("up", "--stack", "dev")
     assert result.exit_code == 0
     assert "certificate rotation g1 -> g2 is at step 'started'" in result.output
+
+
+def test_the_program_accepts_the_keys_only_the_cli_reads() -> None:
+    """Contract with infra/settings.py: a stack file using the CLI's keys must still run the program."""
+    from infra.settings import load_settings
+
+    values = operations.program_view(
+        {
+            **BASE_CONFIG,
+            "iotfactory:minSimulators": 1,
+            "iotfactory:maxSimulators": 4,
+            "iotfactory:iotPublishQuotaPerSecond": 50_000,
+            "iotfactory:confirmUpdates": True,
+            "iotfactory:rotation": {"from": "g1", "to": "g2", "step": "added"},
+        }
+    )
+    assert set(operations.CLI_ONLY_KEYS) <= set(values)
+    assert load_settings("dev", values).simulator_count == 2
+
+
+class TerminatedDuringUp(RecordingStack):
+    """An update during which the process gets SIGTERM, with a child process standing in for `pulumi`."""
+
+    child: subprocess.Popen[bytes] | None = None
+
+    def up(self, on_event: Any) -> Any:
+        self.calls.append(Call("up"))
+        self.child = subprocess.Popen(["sleep", "60"])
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # interrupted by the handler
+        raise AssertionError("SIGTERM did not interrupt the update")
+
+
+def test_sigterm_cancels_like_ctrl_c_and_stops_the_child(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = TerminatedDuringUp("dev", outputs=OUTPUTS)
+    monkeypatch.setattr(
+        operations, "cloud_env", lambda: CloudEnv(project_dir=cloud.project, open_stack=stack.opener())
+    )
+    handler_before = signal.getsignal(signal.SIGTERM)
+    try:
+        result = cloud.run("up", "--stack", "dev")
+        assert result.exit_code == 130
+        assert stack.operations()[-2:] == ["up", "cancel"]
+        assert stack.child is not None
+        assert stack.child.wait(timeout=10) == -signal.SIGINT
+    finally:
+        if stack.child is not None and stack.child.poll() is None:
+            stack.child.kill()
+            stack.child.wait()
+    assert signal.getsignal(signal.SIGTERM) is handler_before

@@ -112,7 +112,7 @@ def test_no_secrets_are_baked_in() -> None:
     ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
     for pattern in ("**/*.pem", "**/*.key", "**/.env"):
         assert pattern in ignored
-    assert ignored[[line.strip() for line in ignored].index("*")] == "*", "context is an allowlist"
+    assert "*" in [line.strip() for line in ignored], "the build context is an allowlist"
 
 
 def uv_export_command() -> list[str]:

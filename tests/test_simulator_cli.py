@@ -18,7 +18,9 @@ from local_stack.ports import free_port
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-def simulator(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def simulator(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
     environment.update(env or {})
     return subprocess.run(
@@ -45,14 +47,33 @@ def assert_one_line_usage_error(result: subprocess.CompletedProcess[str], *fragm
 
 def connection_flags(pki: Pki, port: int, *, cert: Path | None = None, key: Path | None = None) -> list[str]:
     return [
-        "--endpoint", "127.0.0.1", "--port", str(port), "--ca", str(pki.ca.ca_cert_path),
-        "--cert", str(cert or pki.device.cert_path), "--key", str(key or pki.device.key_path),
-        "--metrics-port", "0",
+        "--endpoint",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ca",
+        str(pki.ca.ca_cert_path),
+        "--cert",
+        str(cert or pki.device.cert_path),
+        "--key",
+        str(key or pki.device.key_path),
+        "--metrics-port",
+        "0",
     ]
 
 
 def test_dry_run_is_byte_identical_and_never_connects() -> None:
-    args = ("--dry-run", "--seed", "7", "--duration", "120", "--lines", "1", "--machines", "cnc_mill=2,conveyor=1")
+    args = (
+        "--dry-run",
+        "--seed",
+        "7",
+        "--duration",
+        "120",
+        "--lines",
+        "1",
+        "--machines",
+        "cnc_mill=2,conveyor=1",
+    )
     first, second = simulator(*args), simulator(*args)
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout
@@ -137,10 +158,14 @@ def test_certificate_and_key_that_do_not_match(pki: Pki) -> None:
 def test_expired_certificate(pki: Pki) -> None:
     now = dt.datetime.now(dt.UTC)
     expired = pki.ca.issue_client(
-        "site-00", pki.directory / "expired", not_before=now - dt.timedelta(days=30),
+        "site-00",
+        pki.directory / "expired",
+        not_before=now - dt.timedelta(days=30),
         not_after=now - dt.timedelta(days=1),
     )
-    result = simulator(*connection_flags(pki, 8883, cert=expired.cert_path, key=expired.key_path), "--duration", "1")
+    result = simulator(
+        *connection_flags(pki, 8883, cert=expired.cert_path, key=expired.key_path), "--duration", "1"
+    )
     assert_one_line_usage_error(result, "expired", "rotate-certs")
 
 
@@ -190,5 +215,7 @@ def test_metrics_port_in_use(broker: Broker) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         flags = connection_flags(broker.pki, broker.port)[:-2]
-        result = simulator(*flags, "--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--duration", "1")
+        result = simulator(
+            *flags, "--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--duration", "1"
+        )
     assert_one_line_usage_error(result, f"127.0.0.1:{port}", "--metrics-port")

@@ -28,6 +28,7 @@ _ECR_IMAGE = re.compile(
 
 @dataclass(frozen=True)
 class SimulatorImageArgs:
+    repository_name: str  # e.g. "iotfactory-dev/simulator"
     context_dir: Path
     dockerfile: Path
     force_delete: bool = False
@@ -44,6 +45,7 @@ class SimulatorImage(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.repository = aws.ecr.Repository(
             name,
+            name=args.repository_name,
             image_tag_mutability="IMMUTABLE",
             image_scanning_configuration={"scan_on_push": True},
             encryption_configurations=[{"encryption_type": "AES256"}],

@@ -34,9 +34,11 @@ class PublicLoadBalancerArgs:
     domain_name: str | None
     deletion_protection: bool
 
-    @property
-    def listener_ports(self) -> tuple[int, ...]:
-        return (HTTP_PORT, HTTPS_PORT) if self.certificate_arn else (HTTP_PORT,)
+
+
+def listener_ports(certificate_arn: str | None) -> tuple[int, ...]:
+    """Ports the ALB listens on (and the internet may reach): 80, plus 443 with a certificate."""
+    return (HTTP_PORT, HTTPS_PORT) if certificate_arn else (HTTP_PORT,)
 
 
 class PublicLoadBalancer(pulumi.ComponentResource):

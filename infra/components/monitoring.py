@@ -1,13 +1,11 @@
 """The monitoring service: one Fargate task with Prometheus and Grafana behind the ALB.
 
 The task's first container (`config-init`, the AWS CLI image) syncs the config bundle from the
-config bucket into a shared volume and exits; Prometheus and Grafana start only after it
-succeeded and read their config from that volume. The bundle's sha256 is in the task definition,
-so changing a dashboard or a rule and running `up` rolls the service without an image rebuild.
-
-Volume layout inside the task (the bundle's keys are paths below CONFIG_MOUNT):
-    /etc/iotfactory/prometheus/prometheus.yml, /etc/iotfactory/prometheus/rules/*.yml
-    /etc/iotfactory/grafana/provisioning/..., /etc/iotfactory/grafana/dashboards/*.json
+config bucket into shared volumes and exits; Prometheus and Grafana start only after it
+succeeded and read their config from those volumes. The bundle's sha256 is in the task
+definition, so changing a dashboard or a rule and running `up` rolls the service without an
+image rebuild. Where each part of the bundle is mounted, and the Prometheus flags and Grafana
+settings that point at it, come from `observability.config_bundle` (`ConfigLayout`).
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from infra.components.firewall import GRAFANA_PORT, PROMETHEUS_PORT
 from infra.components.loadbalancer import PROMETHEUS_PATH
 
 CONFIG_PREFIX = "monitoring/"  # where the bundle lives in the config bucket
-CONFIG_MOUNT = "/etc/iotfactory"
+PROMETHEUS_CONFIG_KEY = "prometheus/prometheus.yml"
 PROMETHEUS_DATA = "/prometheus"
 GRAFANA_DATA = "/var/lib/grafana"
 PROMETHEUS_UID = "65534"  # "nobody", the user the Prometheus image runs as
@@ -46,12 +44,32 @@ def bundle_sha256(files: Mapping[str, str]) -> str:
 
 
 @dataclass(frozen=True)
+class ConfigLayout:
+    """Where the bundle is mounted in the task, and the settings that make the services read it there."""
+
+    directories: Mapping[str, str]  # bundle key prefix ("prometheus/") -> directory in the containers
+    prometheus_args: tuple[str, ...]  # e.g. --config.file=..., --web.route-prefix=/prometheus/
+    grafana_environment: Mapping[str, str]  # e.g. GF_PATHS_PROVISIONING
+    alert_email_env: str  # variable the provisioned e-mail contact point takes its recipients from
+
+    def volume(self, prefix: str) -> str:
+        return f"{prefix.strip('/')}-config"
+
+    def directory_of(self, key: str) -> str:
+        for prefix, directory in self.directories.items():
+            if key.startswith(prefix):
+                return directory
+        raise ValueError(f"bundle key {key!r} is under none of {sorted(self.directories)}")
+
+
+@dataclass(frozen=True)
 class SmtpSecret:
     """Grafana's alert e-mail: credentials from an existing secret {"username", "password"}."""
 
     secret_arn: pulumi.Input[str]
     host: str  # host:port
     from_address: str
+    to_addresses: str  # comma-separated recipients
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,7 @@ class MonitoringServiceArgs:
     assign_public_ip: bool
     config_bucket_name: pulumi.Input[str]
     config_files: Mapping[str, str]  # bundle: relative path -> content
+    layout: ConfigLayout
     prometheus_target_group_arn: pulumi.Input[str]
     grafana_target_group_arn: pulumi.Input[str]
     base_url: pulumi.Input[str]  # e.g. https://grafana.example.com, no trailing slash
@@ -87,8 +106,10 @@ class MonitoringService(pulumi.ComponentResource):
         super().__init__("iotfactory:monitoring:MonitoringService", name, None, opts)
         if not args.config_files:
             raise ValueError("the monitoring config bundle is empty; observability.config_bundle produced nothing")
-        if not any(key.startswith("prometheus/") for key in args.config_files):
-            raise ValueError("the monitoring config bundle has no prometheus/ files")
+        if PROMETHEUS_CONFIG_KEY not in args.config_files:
+            raise ValueError(f"the monitoring config bundle has no {PROMETHEUS_CONFIG_KEY}")
+        for key in args.config_files:
+            args.layout.directory_of(key)  # every file must land somewhere a container reads
         child = pulumi.ResourceOptions(parent=self)
         account = args.account
         self.config_sha256 = bundle_sha256(args.config_files)
@@ -181,7 +202,16 @@ class MonitoringService(pulumi.ComponentResource):
             runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
             execution_role_arn=execution_role.arn,
             task_role_arn=task_role.arn,
-            volumes=[{"name": volume} for volume in ("config", "prometheus-data", "grafana-data", "grafana-tmp", "init-tmp")],
+            volumes=[
+                {"name": volume}
+                for volume in (
+                    *(args.layout.volume(prefix) for prefix in sorted(args.layout.directories)),
+                    "prometheus-data",
+                    "grafana-data",
+                    "grafana-tmp",
+                    "init-tmp",
+                )
+            ],
             container_definitions=pulumi.Output.json_dumps(containers),
             opts=child,
         )
@@ -247,13 +277,21 @@ class MonitoringService(pulumi.ComponentResource):
             }
 
         hardened = {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}}
+        layout = args.layout
+        sync = [
+            f'aws s3 sync "s3://$CONFIG_BUCKET/{CONFIG_PREFIX}{prefix}" /mnt/{layout.volume(prefix)}/ '
+            "--delete --no-progress --only-show-errors"
+            for prefix in sorted(layout.directories)
+        ]
+        prometheus_config_dir = layout.directory_of(PROMETHEUS_CONFIG_KEY)
+        prometheus_config_name = PROMETHEUS_CONFIG_KEY.removeprefix("prometheus/")
         # Root only to hand the fresh volumes to the users of the other containers; it exits first.
         init_script = " && ".join(
             [
                 "set -eu",
-                f'aws s3 sync "s3://$CONFIG_BUCKET/{CONFIG_PREFIX}" /mnt/config/ --delete --no-progress --only-show-errors',
-                "test -s /mnt/config/prometheus/prometheus.yml",
-                "chmod -R a+rX /mnt/config",
+                *sync,
+                f"test -s /mnt/{layout.volume('prometheus/')}/{prometheus_config_name}",
+                *(f"chmod -R a+rX /mnt/{layout.volume(prefix)}" for prefix in sorted(layout.directories)),
                 f"chown -R {PROMETHEUS_UID}:{PROMETHEUS_UID} /mnt/prometheus-data",
                 f"chown -R {GRAFANA_UID}:0 /mnt/grafana-data",
                 "chmod 1777 /mnt/grafana-tmp",
@@ -277,7 +315,10 @@ class MonitoringService(pulumi.ComponentResource):
                 }
             ),
             "mountPoints": [
-                {"sourceVolume": "config", "containerPath": "/mnt/config", "readOnly": False},
+                *(
+                    {"sourceVolume": layout.volume(prefix), "containerPath": f"/mnt/{layout.volume(prefix)}", "readOnly": False}
+                    for prefix in sorted(layout.directories)
+                ),
                 {"sourceVolume": "prometheus-data", "containerPath": "/mnt/prometheus-data", "readOnly": False},
                 {"sourceVolume": "grafana-data", "containerPath": "/mnt/grafana-data", "readOnly": False},
                 {"sourceVolume": "grafana-tmp", "containerPath": "/mnt/grafana-tmp", "readOnly": False},
@@ -301,18 +342,21 @@ class MonitoringService(pulumi.ComponentResource):
             "essential": True,
             "user": f"{PROMETHEUS_UID}:{PROMETHEUS_UID}",
             "readonlyRootFilesystem": True,
-            "command": [
-                f"--config.file={CONFIG_MOUNT}/prometheus/prometheus.yml",
-                f"--storage.tsdb.path={PROMETHEUS_DATA}",
-                f"--storage.tsdb.retention.time={PROMETHEUS_RETENTION}",
-                f"--web.listen-address=:{PROMETHEUS_PORT}",
-                f"--web.route-prefix={PROMETHEUS_PATH}/",
-                f"--web.external-url={base_url}{PROMETHEUS_PATH}/",
-            ],
+            "command": prometheus_command(
+                layout.prometheus_args,
+                (
+                    f"--config.file={prometheus_config_dir}/{prometheus_config_name}",
+                    f"--storage.tsdb.path={PROMETHEUS_DATA}",
+                    f"--storage.tsdb.retention.time={PROMETHEUS_RETENTION}",
+                    f"--web.listen-address=:{PROMETHEUS_PORT}",
+                    f"--web.route-prefix={PROMETHEUS_PATH}/",
+                    f"--web.external-url={base_url}{PROMETHEUS_PATH}/",
+                ),
+            ),
             "portMappings": [{"containerPort": PROMETHEUS_PORT, "protocol": "tcp"}],
             "dependsOn": [{"containerName": INIT_CONTAINER, "condition": "SUCCESS"}],
             "mountPoints": [
-                {"sourceVolume": "config", "containerPath": CONFIG_MOUNT, "readOnly": True},
+                {"sourceVolume": layout.volume("prometheus/"), "containerPath": prometheus_config_dir, "readOnly": True},
                 {"sourceVolume": "prometheus-data", "containerPath": PROMETHEUS_DATA, "readOnly": False},
             ],
             "healthCheck": {
@@ -329,7 +373,7 @@ class MonitoringService(pulumi.ComponentResource):
             "logConfiguration": logging(),
         }
         grafana_env = {
-            "GF_PATHS_PROVISIONING": f"{CONFIG_MOUNT}/grafana/provisioning",
+            **layout.grafana_environment,
             "GF_PATHS_DATA": GRAFANA_DATA,
             "GF_SERVER_ROOT_URL": f"{base_url}/",
             "GF_SECURITY_ADMIN_USER": "admin",
@@ -341,6 +385,9 @@ class MonitoringService(pulumi.ComponentResource):
             "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
             "GF_LOG_MODE": "console",
             "GF_SMTP_ENABLED": "true" if args.smtp else "false",
+            # The provisioned e-mail contact point reads its recipients from here; without SMTP
+            # nothing is sent, but the contact point still needs a syntactically valid address.
+            layout.alert_email_env: args.smtp.to_addresses if args.smtp else "alerts-disabled@example.invalid",
             "CONFIG_SHA256": self.config_sha256,
         }
         secrets = [{"name": "GF_SECURITY_ADMIN_PASSWORD", "valueFrom": values["admin_secret"]}]
@@ -368,7 +415,7 @@ class MonitoringService(pulumi.ComponentResource):
                 {"containerName": PROMETHEUS_CONTAINER, "condition": "START"},
             ],
             "mountPoints": [
-                {"sourceVolume": "config", "containerPath": CONFIG_MOUNT, "readOnly": True},
+                {"sourceVolume": layout.volume("grafana/"), "containerPath": layout.directory_of("grafana/"), "readOnly": True},
                 {"sourceVolume": "grafana-data", "containerPath": GRAFANA_DATA, "readOnly": False},
                 {"sourceVolume": "grafana-tmp", "containerPath": "/tmp", "readOnly": False},
             ],
@@ -383,6 +430,15 @@ class MonitoringService(pulumi.ComponentResource):
             "logConfiguration": logging(),
         }
         return [init, prometheus, grafana]
+
+
+def prometheus_command(required: tuple[str, ...], defaults: tuple[str, ...]) -> list[str]:
+    """`required` flags (from the bundle's layout) plus each default whose flag they do not set.
+
+    Prometheus refuses a flag given twice, so a default never repeats a required flag.
+    """
+    given = {flag.split("=", 1)[0] for flag in required}
+    return [*required, *(flag for flag in defaults if flag.split("=", 1)[0] not in given)]
 
 
 def _env(values: Mapping[str, str]) -> list[dict[str, str]]:

@@ -23,10 +23,9 @@ MQTT_PORT = 8883
 METRICS_PORT = 9100
 # The simulator drains its in-flight messages within 30 s of SIGTERM; ECS waits this long before SIGKILL.
 STOP_TIMEOUT_S = 45
-SIMULATOR_USER = "10001:10001"
-# Amazon Root CA 1 signs the AWS IoT ATS endpoints; Debian's ca-certificates package ships it here.
-AMAZON_ROOT_CA_FILE = "/etc/ssl/certs/Amazon_Root_CA_1.pem"
+SIMULATOR_USER = "10001:10001"  # the image's `simulator` user
 TMP_VOLUME = "tmp"
+TMP_INIT_CONTAINER = "tmp-init"
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,9 @@ class SimulatorShard(pulumi.ComponentResource):
             endpoint=args.iot_endpoint,
             log_group=log_group.name,
             secret=identity.serving_secret_arn,
-        ).apply(lambda values: _container(values, index, identity, args))
+            site=site,
+            region=account.region,
+        ).apply(lambda values: [_tmp_init(values), _container(values, index, identity, args)])
         self.task_definition = aws.ecs.TaskDefinition(
             f"{name}-task",
             family=f"{args.family_prefix}-{site}",
@@ -134,7 +135,7 @@ class SimulatorShard(pulumi.ComponentResource):
             execution_role_arn=execution_role.arn,
             task_role_arn=task_role.arn,
             volumes=[{"name": TMP_VOLUME}],
-            container_definitions=pulumi.Output.json_dumps([container]),
+            container_definitions=pulumi.Output.json_dumps(container),
             opts=child,
         )
         self.service = aws.ecs.Service(
@@ -165,6 +166,39 @@ class SimulatorShard(pulumi.ComponentResource):
         self.register_outputs({"serviceName": self.service.name, "site": site})
 
 
+def _logging(values: Mapping[str, str], region: str, stream_prefix: str) -> dict[str, object]:
+    return {
+        "logDriver": "awslogs",
+        "options": {
+            "awslogs-group": values["log_group"],
+            "awslogs-region": region,
+            "awslogs-stream-prefix": stream_prefix,
+            "mode": "non-blocking",
+            "max-buffer-size": "4m",
+        },
+    }
+
+
+def _tmp_init(values: Mapping[str, str]) -> dict[str, object]:
+    """Makes the fresh /tmp volume (root-owned, 0755 on Fargate) writable for the simulator user.
+
+    The root filesystem is read-only and the simulator writes its certificate files under /tmp,
+    so /tmp must be a volume the simulator user can write. Root is needed only to chmod the volume
+    it owns; every capability is dropped and the container exits before the simulator starts.
+    """
+    return {
+        "name": TMP_INIT_CONTAINER,
+        "image": values["image"],
+        "essential": False,
+        "user": "0",
+        "readonlyRootFilesystem": True,
+        "entryPoint": ["python", "-c", "import os; os.chmod('/tmp', 0o1777)"],
+        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}],
+        "linuxParameters": {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}},
+        "logConfiguration": _logging(values, values["region"], values["site"]),
+    }
+
+
 def _container(
     values: Mapping[str, str], index: int, identity: ShardIdentity, args: SimulatorFleetArgs
 ) -> dict[str, object]:
@@ -176,7 +210,6 @@ def _container(
         "FACTORY_CLIENT_ID_PREFIX": identity.client_id_prefix,
         "FACTORY_METRICS_PORT": str(METRICS_PORT),
         "FACTORY_CONFIG_JSON": args.fleet_json,
-        "FACTORY_CA_FILE": AMAZON_ROOT_CA_FILE,
         "FACTORY_CERT_GENERATION": args.serving_generation,
     }
     return {
@@ -193,14 +226,16 @@ def _container(
             {"name": "FACTORY_KEY_PEM", "valueFrom": f"{secret}:{PRIVATE_KEY_PEM_KEY}::"},
         ],
         "portMappings": [{"containerPort": METRICS_PORT, "protocol": "tcp"}],
+        "dependsOn": [{"containerName": TMP_INIT_CONTAINER, "condition": "SUCCESS"}],
         # The certificate files are written to a private folder under /tmp (root filesystem is read-only).
         "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}],
         "healthCheck": {
+            # The same probe as the image's HEALTHCHECK (ECS ignores HEALTHCHECK in images).
             "command": [
                 "CMD",
                 "python",
                 "-c",
-                f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=3)",
+                f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=4).read(1)",
             ],
             "interval": 30,
             "timeout": 5,
@@ -208,14 +243,5 @@ def _container(
             "startPeriod": 60,
         },
         "linuxParameters": {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}},
-        "logConfiguration": {
-            "logDriver": "awslogs",
-            "options": {
-                "awslogs-group": values["log_group"],
-                "awslogs-region": args.account.region,
-                "awslogs-stream-prefix": identity.site,
-                "mode": "non-blocking",
-                "max-buffer-size": "4m",
-            },
-        },
+        "logConfiguration": _logging(values, args.account.region, identity.site),
     }

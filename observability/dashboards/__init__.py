@@ -11,14 +11,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard as builders
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
+from observability.alert_rules import Target
 from observability.dashboards import factory_overview, machine_detail, pipeline_health
+from simulator.errors import UsageError
 
-Target = Literal["local", "cloud"]
 GENERATED_DIR = Path(__file__).resolve().parent / "generated"
 
 
@@ -78,8 +79,6 @@ def dashboards_for(target: Target | None = None) -> dict[str, dict[str, Any]]:
 
 def write_dashboards(out_dir: Path) -> list[Path]:
     """Write every dashboard as `<uid>.json` into `out_dir` (created if missing)."""
-    from simulator.errors import UsageError
-
     written = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,8 @@ class ActiveFault:
     stuck_value: float | None = None
     single_reading: bool = False  # a spike without a duration hits exactly one reading
     develop_s: float = OVERHEAT_RAMP_S
+    scale: float = 1.0  # sensor faults: typical magnitude of the corrupted signal
+    rng: random.Random | None = None  # sensor faults: the fault's own stream
 
     @property
     def fault_class(self) -> str:
@@ -70,11 +72,10 @@ class ActiveFault:
         return self.severity * self.progress
 
 
-def corrupt_reading(
-    fault: ActiveFault, value: float | None, scale: float, now_s: float, rng: random.Random
-) -> float | None:
-    """What a faulty sensor reports instead of `value`; `scale` is the signal's typical magnitude."""
-    kind = fault.kind
+def corrupt_reading(fault: ActiveFault, value: float | None, now_s: float) -> float | None:
+    """What a faulty sensor reports instead of `value`."""
+    kind, scale, rng = fault.kind, fault.scale, fault.rng
+    assert rng is not None, "sensor faults carry their own stream"
     if kind == "dropout":
         return None
     if value is None:

@@ -108,17 +108,17 @@ class Machine:
         "faults",
         "ideal_cycle_time_s",
         "last_cycle_s",
+        "next_sensor_onset_s",
         "nominal_speed",
         "parts_good",
         "parts_rejected",
         "peak_pressure_bar",
         "pressure_bar",
         "profile",
+        "random_sensor_faults",
         "rng",
         "running_power",
-        "sensor_fault_rng",
-        "sensor_rng",
-        "signal_scale",
+        "sensor_fault_seed",
         "state",
         "state_seconds",
         "state_until",
@@ -131,18 +131,19 @@ class Machine:
         profile: MachineProfile,
         fault_settings: FaultSettings,
         rng: random.Random,
-        sensor_rng: random.Random,
-        sensor_fault_rng: random.Random,
+        sensor_fault_seed: int,
         scheduled: Iterable[ScheduledFault] = (),
     ) -> None:
         self.profile = profile
         self.fault_settings = fault_settings
-        # Three streams: the process (states, wear, production), measurement noise, and sensor
-        # faults. A sensor fault then changes the one reading it corrupts and nothing else, so a
-        # run with and without it can be compared sample by sample.
+        # `rng` drives the process and the measurement noise. Sensor faults draw from streams of
+        # their own (one per fault, keyed by `sensor_fault_seed`), so a sensor fault changes the one
+        # reading it corrupts and nothing else: runs with and without it compare sample by sample.
+        # Per-fault streams instead of a second Mersenne Twister per machine keep 10,000 machines
+        # small (each generator holds 2.5 KB of state).
         self.rng = rng
-        self.sensor_rng = sensor_rng
-        self.sensor_fault_rng = sensor_fault_rng
+        self.sensor_fault_seed = sensor_fault_seed
+        self.random_sensor_faults = 0
         ordered = sorted(scheduled, key=lambda item: item.at_s)
         self._schedule = [item for item in ordered if item.fault in FAILURE_MODES]
         self._schedule_pos = 0
@@ -176,16 +177,10 @@ class Machine:
         self.state_until = self._draw_dwell(self.state)
         # Start warm, as a machine that has been working before the run began.
         self.temperature_c = self._temperature_target()
-        self.signal_scale = {
-            "temperature": 30.0,
-            "vibration_rms": 2.0 * self.base_vibration,
-            "speed": self.nominal_speed,
-            "power": self.running_power,
-            "pressure": (
-                self.cut_in_bar if profile.type is MachineType.AIR_COMPRESSOR else self.peak_pressure_bar
-            ),
-            "cycle_time": self.ideal_cycle_time_s or 1.0,
-        }
+        rate = fault_settings.sensor_fault_per_hour
+        self.next_sensor_onset_s = (
+            self._sensor_fault_rng("random", 0).expovariate(rate / 3_600.0) if rate > 0 else INF
+        )
         self._events.append(LabelEvent("state_change", 0.0, to_state=self.state, reason="start"))
 
     # ---- derived quantities -------------------------------------------------------------------
@@ -205,6 +200,21 @@ class Machine:
             if fault.kind == kind and fault.impact > impact:
                 impact = fault.impact
         return impact
+
+    def _signal_scale(self, signal: str) -> float:
+        """Typical magnitude of a signal on this machine: how far a faulty sensor strays."""
+        if signal == "temperature":
+            return 30.0
+        if signal == "vibration_rms":
+            return 2.0 * self.base_vibration
+        if signal == "speed":
+            return self.nominal_speed
+        if signal == "power":
+            return self.running_power
+        if signal == "pressure":
+            compressor = self.profile.type is MachineType.AIR_COMPRESSOR
+            return self.cut_in_bar if compressor else self.peak_pressure_bar
+        return self.ideal_cycle_time_s or 1.0
 
     def _draw_cycle_time(self) -> float:
         profile = self.profile
@@ -275,14 +285,7 @@ class Machine:
                 self._leave_state(t_event)
         if t_new > self.t:
             self._integrate(t_new)
-        sensor_schedule = self._sensor_schedule
-        while self._sensor_schedule_pos < len(sensor_schedule):
-            item = sensor_schedule[self._sensor_schedule_pos]
-            if item.at_s > t_new:
-                break
-            self._inject(item, item.at_s)
-            self._sensor_schedule_pos += 1
-        self._end_faults(t_new, sensor=True)
+        self._advance_sensor_faults(t_new)
         events, self._events = self._events, []
         if len(events) > 1:
             events.sort(key=_event_time)
@@ -383,7 +386,7 @@ class Machine:
             self.current_cycle_s = self._draw_cycle_time()
 
     def _random_onsets(self, dt: float, running: bool, now: float) -> None:
-        """Poisson onsets: failure modes only under load (process stream), sensor faults any time."""
+        """Poisson onsets of failure modes, only under load; a worn machine fails more often."""
         settings = self.fault_settings
         if running:
             base_rate = (
@@ -404,12 +407,6 @@ class Machine:
                 severity = min(1.0, max(0.1, rng.betavariate(2.0, 3.0) + 0.5 * (1.0 - self.base_health)))
                 if not any(f.kind == kind for f in self.faults):
                     self._start_fault(kind, round(severity, 2), now, None, scheduled=False)
-        sensor_rate = settings.sensor_fault_per_hour
-        if sensor_rate > 0.0 and self.sensor_fault_rng.random() < _onset_probability(sensor_rate, dt):
-            sensor_rng = self.sensor_fault_rng
-            kind = SENSOR_FAULTS[int(sensor_rng.random() * len(SENSOR_FAULTS)) % len(SENSOR_FAULTS)]
-            severity = min(1.0, max(0.1, sensor_rng.betavariate(2.0, 2.0)))
-            self._start_fault(kind, round(severity, 2), now, None, scheduled=False)
 
     def _check_trips(self, now: float) -> None:
         if self.temperature_c >= self.profile.trip_temperature_c:
@@ -430,13 +427,50 @@ class Machine:
 
     # ---- discrete events ----------------------------------------------------------------------
 
+    def _sensor_fault_rng(self, origin: str, number: int) -> random.Random:
+        """The stream of one sensor fault: stable whatever else the machine does."""
+        return random.Random(f"{self.sensor_fault_seed}:{origin}:{number}")
+
+    def _advance_sensor_faults(self, t_new: float) -> None:
+        """Start the scheduled and random sensor faults due by `t_new`, in time order, then end the
+        ones whose time is up. Random onsets form a Poisson process of their own."""
+        schedule = self._sensor_schedule
+        rate_per_s = self.fault_settings.sensor_fault_per_hour / 3_600.0
+        while True:
+            pos = self._sensor_schedule_pos
+            scheduled_at = schedule[pos].at_s if pos < len(schedule) else INF
+            random_at = self.next_sensor_onset_s
+            if min(scheduled_at, random_at) > t_new:
+                break
+            if scheduled_at <= random_at:
+                item = schedule[pos]
+                self._sensor_schedule_pos += 1
+                rng = self._sensor_fault_rng("scheduled", pos)
+                self._start_fault(
+                    item.fault, item.severity, item.at_s, item.duration_s, scheduled=True, rng=rng
+                )
+            else:
+                self.random_sensor_faults += 1
+                rng = self._sensor_fault_rng("random", self.random_sensor_faults)
+                kind = SENSOR_FAULTS[int(rng.random() * len(SENSOR_FAULTS)) % len(SENSOR_FAULTS)]
+                severity = round(min(1.0, max(0.1, rng.betavariate(2.0, 2.0))), 2)
+                self._start_fault(kind, severity, random_at, None, scheduled=False, rng=rng)
+                self.next_sensor_onset_s = random_at + rng.expovariate(rate_per_s)
+        self._end_faults(t_new, sensor=True)
+
     def _inject(self, item: ScheduledFault, now: float) -> None:
         self._start_fault(item.fault, item.severity, now, item.duration_s, scheduled=True)
 
     def _start_fault(
-        self, kind: str, severity: float, now: float, duration_s: float | None, *, scheduled: bool
+        self,
+        kind: str,
+        severity: float,
+        now: float,
+        duration_s: float | None,
+        *,
+        scheduled: bool,
+        rng: random.Random | None = None,
     ) -> None:
-        rng = self.sensor_fault_rng
         fault = ActiveFault(
             fault_id=self._next_fault_id,
             kind=kind,
@@ -446,9 +480,11 @@ class Machine:
             scheduled=scheduled,
         )
         self._next_fault_id += 1
-        if kind in SENSOR_FAULTS:
+        if rng is not None:  # sensor fault
             signals = self.profile.signals
             fault.signal = signals[int(rng.random() * len(signals)) % len(signals)]
+            fault.rng = rng
+            fault.scale = self._signal_scale(fault.signal)
             fault.direction = 1.0 if rng.random() < 0.5 else -1.0
             if duration_s is None:
                 mean_s = SENSOR_FAULT_MEAN_S[kind]
@@ -525,7 +561,7 @@ class Machine:
     def measure(self, *, noisy: bool = True) -> dict[str, float | None]:
         """Sensor readings at the current time, in payload units, after sensor faults."""
         profile, state = self.profile, self.state
-        rng = self.sensor_rng
+        rng = self.rng
         gauss = rng.gauss if noisy else (lambda _mu, _sigma: 0.0)
         running = state == RUNNING
         powered = state in POWERED_STATES
@@ -589,13 +625,7 @@ class Machine:
             now = self.t
             for fault in self.faults:
                 if fault.signal is not None:
-                    readings[fault.signal] = corrupt_reading(
-                        fault,
-                        readings[fault.signal],
-                        self.signal_scale[fault.signal],
-                        now,
-                        self.sensor_fault_rng,
-                    )
+                    readings[fault.signal] = corrupt_reading(fault, readings[fault.signal], now)
 
         ranges = profile.ranges
         for name, value in readings.items():

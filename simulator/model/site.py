@@ -76,20 +76,18 @@ def machine_id(site: str, line: str, machine_type: MachineType, number: int) -> 
 class MachineStream:
     """Seeds and publish phase of one machine, from a stable hash of (fleet seed, machine id)."""
 
-    process_seed: int  # states, wear, production
-    sensor_seed: int  # measurement noise
+    process_seed: int  # states, wear, production, measurement noise
     sensor_fault_seed: int  # sensor faults
     phase: float  # [0, 1)
 
 
 def machine_stream(seed: int, machine: str) -> MachineStream:
     """hashlib, not `hash()`: string hashing is salted per process, and the stream must not be."""
-    digest = hashlib.blake2b(f"{seed}\x1f{machine}".encode(), digest_size=32).digest()
+    digest = hashlib.blake2b(f"{seed}\x1f{machine}".encode(), digest_size=24).digest()
     return MachineStream(
         process_seed=int.from_bytes(digest[:8], "big"),
-        sensor_seed=int.from_bytes(digest[8:16], "big"),
-        sensor_fault_seed=int.from_bytes(digest[16:24], "big"),
-        phase=int.from_bytes(digest[24:], "big") / 2.0**64,
+        sensor_fault_seed=int.from_bytes(digest[8:16], "big"),
+        phase=int.from_bytes(digest[16:], "big") / 2.0**64,
     )
 
 
@@ -160,8 +158,7 @@ class SiteModel:
                 PROFILES[spec.type],
                 fleet.faults,
                 random.Random(stream.process_seed),
-                random.Random(stream.sensor_seed),
-                random.Random(stream.sensor_fault_seed),
+                stream.sensor_fault_seed,
                 scheduled.get(spec.machine_id, ()),
             )
             self._runs.append(_MachineRun(spec, machine))

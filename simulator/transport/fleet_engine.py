@@ -288,6 +288,8 @@ class FleetPublisher(Publisher):
         client.on_disconnect = self._on_disconnect
         try:
             client.connect(self.options.endpoint, self.options.port, keepalive=self.options.keepalive_s)
+            if client._sock is None:  # the broker hung up while CONNECT was being written
+                raise ConnectRefused("closed while connecting")
             # CONNECT went out unbuffered inside connect(); everything after goes through flush().
             client._sock = _CoalescingSocket(client._sock)
         except (OSError, ValueError) as error:

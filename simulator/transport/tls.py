@@ -53,7 +53,7 @@ def describe_connect_error(error: BaseException, host: str, port: int) -> str:
         )
     if isinstance(error, ConnectionError):
         return (
-            f"{where} closed the connection before accepting it ({error.__class__.__name__}): the"
+            f"{where} closed the connection before accepting it: the"
             " broker most likely rejected the client certificate (another CA, revoked, or expired);"
             " check --cert/--key"
         )

@@ -1,4 +1,5 @@
-"""`bootstrap --stack dev` against a real moto server (S3, KMS, STS) on an ephemeral port."""
+"""The boto3 parts against a real moto server on an ephemeral port: `bootstrap` (S3, KMS, STS)
+and the live ECS service state `status` shows."""
 
 from __future__ import annotations
 
@@ -228,3 +229,80 @@ def test_bootstrap_of_an_unknown_stack_lists_the_known_ones(project: Path) -> No
     result = CliRunner().invoke(cli.app, ["bootstrap", "--stack", "prod"])
     assert result.exit_code == 2
     assert "unknown stack 'prod'" in result.stderr and "dev, local" in result.stderr
+
+
+def test_status_shows_live_ecs_service_state(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ecs = boto3.client("ecs", region_name=REGION)
+    ecs.create_cluster(clusterName="iotfactory-dev")
+    ecs.register_task_definition(
+        family="sim", containerDefinitions=[{"name": "sim", "image": "x", "memory": 512}]
+    )
+    ecs.create_service(
+        cluster="iotfactory-dev", serviceName="sim-site-00", taskDefinition="sim", desiredCount=1
+    )
+    stand_in = RecordingStack(
+        "dev",
+        outputs={
+            "grafanaUrl": "http://alb.example/",
+            "clusterName": "iotfactory-dev",
+            "simulatorServiceNames": ["sim-site-00", "sim-site-01"],
+            "region": REGION,
+        },
+    )
+    fake_bin = project.parent / "bin"
+    (fake_bin / "pulumi").write_text("#!/bin/sh\nexit 97\n", encoding="utf-8")
+    (fake_bin / "pulumi").chmod(0o755)
+    monkeypatch.setattr(
+        operations,
+        "cloud_env",
+        lambda: CloudEnv(
+            project_dir=project,
+            open_stack=stand_in.opener(),
+            console=Console(width=240, highlight=False, color_system=None),
+        ),
+    )
+    result = CliRunner().invoke(cli.app, ["status", "--stack", "dev", "--json"])
+    assert result.exit_code == 0, result.output
+    services = {service["name"]: service for service in json.loads(result.output)["services"]}
+    assert services["sim-site-00"]["desired"] == 1
+    assert services["sim-site-00"]["running"] + services["sim-site-00"]["pending"] == 1
+    assert services["sim-site-01"]["rollout"] == "MISSING" and services["sim-site-01"]["steady"] is False
+
+    human = CliRunner().invoke(cli.app, ["status", "--stack", "dev"])
+    assert human.exit_code == 0, human.output
+    assert "service sim-site-00" in human.output and "grafanaUrl" in human.output
+
+
+def test_rotation_pauses_when_ecs_does_not_confirm_the_simulators_are_steady(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # moto never starts tasks, so this service stays "1 pending, IN_PROGRESS": not steady.
+    ecs = boto3.client("ecs", region_name=REGION)
+    ecs.create_cluster(clusterName="iotfactory-dev")
+    ecs.register_task_definition(
+        family="sim", containerDefinitions=[{"name": "sim", "image": "x", "memory": 512}]
+    )
+    ecs.create_service(
+        cluster="iotfactory-dev", serviceName="sim-site-00", taskDefinition="sim", desiredCount=1
+    )
+    stand_in = RecordingStack(
+        "dev",
+        outputs={"clusterName": "iotfactory-dev", "simulatorServiceNames": ["sim-site-00"], "region": REGION},
+    )
+    fake_bin = project.parent / "bin"
+    (fake_bin / "pulumi").write_text("#!/bin/sh\nexit 97\n", encoding="utf-8")
+    (fake_bin / "pulumi").chmod(0o755)
+    monkeypatch.setattr(
+        operations, "cloud_env", lambda: CloudEnv(project_dir=project, open_stack=stand_in.opener())
+    )
+
+    result = CliRunner().invoke(cli.app, ["rotate-certs", "--stack", "dev"])
+    assert result.exit_code == 1, result.output
+    assert "paused before deactivating g1" in result.stderr
+    assert "sim-site-00 0/1 running, 1 pending, in_progress" in result.stderr
+    assert stand_in.operations().count("up") == 1
+    assert json.loads(stand_in.config["iotfactory:rotation"]) == {"from": "g1", "to": "g2", "step": "started"}
+    assert json.loads(stand_in.config["iotfactory:certGenerations"]) == [
+        {"name": "g1", "status": "ACTIVE"},
+        {"name": "g2", "status": "ACTIVE"},
+    ]

@@ -1,0 +1,328 @@
+"""The AWS platform of the factory simulator: read the stack's settings once, then wire the components.
+
+    devices (IoT things, certs) --MQTT/TLS--> AWS IoT Core --topic rule--> archive (S3 | Firehose->S3)
+    simulators (ECS, one service per site) <--scrape (Cloud Map DNS)-- monitoring (Prometheus+Grafana)
+    internet --allowed CIDRs--> ALB --/prometheus/*--> Prometheus, --/*--> Grafana
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+
+# Pulumi runs this file from infra/ (Pulumi.yaml `main: infra/`); the packages live at the repo root.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import pulumi  # noqa: E402
+import pulumi_aws as aws  # noqa: E402
+
+from infra import iam  # noqa: E402
+from infra.components.archive import TelemetryArchive, TelemetryArchiveArgs  # noqa: E402
+from infra.components.cluster import (  # noqa: E402
+    DNS_MULTIVALUE_ANSWER_LIMIT,
+    ContainerPlatform,
+    ContainerPlatformArgs,
+)
+from infra.components.firewall import Firewall, FirewallArgs  # noqa: E402
+from infra.components.image import SimulatorImage, SimulatorImageArgs, ecr_repository_arn  # noqa: E402
+from infra.components.iot import DeviceFleet, DeviceFleetArgs, GenerationSpec  # noqa: E402
+from infra.components.loadbalancer import (  # noqa: E402
+    PublicLoadBalancer,
+    PublicLoadBalancerArgs,
+    listener_ports,
+)
+from infra.components.monitoring import (  # noqa: E402
+    ConfigLayout,
+    MonitoringService,
+    MonitoringServiceArgs,
+    SmtpSecret,
+)
+from infra.components.network import Network, NetworkArgs  # noqa: E402
+from infra.components.simulators import METRICS_PORT, SimulatorFleet, SimulatorFleetArgs  # noqa: E402
+from infra.components.storage import GlacierLifecycle, SecureBucket, SecureBucketArgs  # noqa: E402
+from infra.settings import PROJECT, ConfigError, StackSettings, read_stack_config  # noqa: E402
+from simulator.settings import GROUND_TRUTH_SEGMENT, TOPIC_ROOT  # noqa: E402
+
+BUNDLE_MODULE = "observability.config_bundle"
+BUNDLE_LAYOUT_NAMES = (
+    "PROMETHEUS_PREFIX",
+    "PROMETHEUS_CONFIG_DIR",
+    "GRAFANA_PREFIX",
+    "GRAFANA_CONFIG_DIR",
+    "CLOUD_PROMETHEUS_ARGS",
+    "CLOUD_GRAFANA_ENVIRONMENT",
+    "grafana_provisioning",
+)
+
+
+def load_monitoring_bundle(
+    discovery_dns_name: str, metrics_port: int, scrape_interval_s: int
+) -> tuple[dict[str, str], ConfigLayout]:
+    """Prometheus config, alert rules, Grafana provisioning and dashboards rendered for the cloud,
+    and where the monitoring task must mount them (both defined by observability/config_bundle.py)."""
+    try:
+        module = importlib.import_module(BUNDLE_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != BUNDLE_MODULE:
+            raise
+        raise pulumi.RunError(
+            f"{BUNDLE_MODULE} is missing: the monitoring config (Prometheus, Grafana) is rendered by "
+            "observability/config_bundle.py:cloud_bundle(); restore it from the repository"
+        ) from None
+    needed = ("cloud_bundle", *BUNDLE_LAYOUT_NAMES)
+    missing = [name for name in needed if not hasattr(module, name)]
+    if missing:
+        raise pulumi.RunError(f"{BUNDLE_MODULE} lacks {', '.join(missing)}; the monitoring task is built from them")
+    files = dict(
+        module.cloud_bundle(
+            discovery_dns_name=discovery_dns_name, metrics_port=metrics_port, scrape_interval_s=scrape_interval_s
+        )
+    )
+    layout = ConfigLayout(
+        directories={
+            module.PROMETHEUS_PREFIX: module.PROMETHEUS_CONFIG_DIR,
+            module.GRAFANA_PREFIX: module.GRAFANA_CONFIG_DIR,
+        },
+        prometheus_args=tuple(module.CLOUD_PROMETHEUS_ARGS),
+        grafana_environment=dict(module.CLOUD_GRAFANA_ENVIRONMENT),
+        alert_email_env=module.grafana_provisioning.ALERT_EMAIL_ENV,
+    )
+    return files, layout
+
+
+def main() -> None:
+    try:
+        settings: StackSettings = read_stack_config()
+    except ConfigError as exc:
+        raise pulumi.RunError(str(exc)) from None
+
+    provider = aws.Provider(
+        "aws",
+        region=settings.region,
+        default_tags={"tags": settings.tags},
+        allowed_account_ids=[settings.account_id] if settings.account_id else None,
+    )
+    uses_provider = pulumi.ResourceOptions(providers={"aws": provider})
+    invoke = pulumi.InvokeOutputOptions(provider=provider)
+    account = iam.AccountContext(
+        partition=aws.get_partition_output(opts=invoke).partition,
+        region=settings.region,
+        account_id=aws.get_caller_identity_output(opts=invoke).account_id,
+    )
+    stack = settings.stack
+    logs = f"/{PROJECT}/{stack}"
+    secret_recovery_days = 7 if settings.production else 0
+    if settings.simulator_count > DNS_MULTIVALUE_ANSWER_LIMIT:
+        pulumi.log.warn(
+            f"iotfactory:simulatorCount is {settings.simulator_count}: Cloud Map answers one DNS query with at "
+            f"most {DNS_MULTIVALUE_ANSWER_LIMIT} simulator addresses, so Prometheus sees a changing subset"
+        )
+
+    network = Network(
+        "network",
+        NetworkArgs(
+            vpc_cidr=settings.network.vpc_cidr,
+            availability_zones=settings.network.availability_zones,
+            private_subnets=settings.network.private_subnets,
+            region=settings.region,
+        ),
+        opts=uses_provider,
+    )
+    firewall = Firewall(
+        "firewall",
+        FirewallArgs(
+            vpc_id=network.vpc_id,
+            allowed_cidrs=settings.allowed_cidrs,
+            listener_ports=listener_ports(settings.certificate_arn),
+            metrics_port=METRICS_PORT,
+            smtp_port=settings.smtp.port if settings.smtp else None,
+        ),
+        opts=uses_provider,
+    )
+    config_bucket = SecureBucket(
+        "config",
+        SecureBucketArgs(
+            account=account, purpose="monitoring config", force_destroy=settings.force_destroy, versioned=True
+        ),
+        opts=uses_provider,
+    )
+    archive = TelemetryArchive(
+        "archive",
+        TelemetryArchiveArgs(
+            account=account,
+            mode=settings.archive_mode,
+            rule_name=re.sub(r"[^A-Za-z0-9_]", "_", f"{PROJECT}_{stack}_archive"),
+            topic_root=TOPIC_ROOT,
+            log_group_prefix=logs,
+            log_retention_days=settings.log_retention_days,
+            lifecycle=GlacierLifecycle(
+                settings.archive_lifecycle.glacier_after_days, settings.archive_lifecycle.expire_after_days
+            ),
+            force_destroy=settings.force_destroy,
+            buffer_size_mb=settings.firehose.size_mb,
+            buffer_interval_s=settings.firehose.interval_s,
+        ),
+        opts=uses_provider,
+    )
+    devices = DeviceFleet(
+        "devices",
+        DeviceFleetArgs(
+            account=account,
+            sites=settings.sites,
+            client_id_prefix=settings.client_id_prefix,
+            generations=tuple(GenerationSpec(g.name, g.active) for g in settings.cert_generations),
+            serving_generation=settings.serving_generation.name,
+            topic_root=TOPIC_ROOT,
+            ground_truth_segment=GROUND_TRUTH_SEGMENT,
+            secret_recovery_days=secret_recovery_days,
+        ),
+        opts=uses_provider,
+    )
+    image = SimulatorImage(
+        "simulator-image",
+        SimulatorImageArgs(
+            repository_name=f"{settings.name_prefix}/simulator",
+            context_dir=REPO_ROOT,
+            dockerfile=REPO_ROOT / "simulator" / "Dockerfile",
+            force_delete=settings.force_destroy,
+            prebuilt_image=settings.simulator_image,
+        ),
+        opts=uses_provider,
+    )
+    platform = ContainerPlatform(
+        "platform",
+        ContainerPlatformArgs(
+            cluster_name=settings.name_prefix,
+            vpc_id=network.vpc_id,
+            namespace=f"{stack}.{PROJECT}.internal",
+            container_insights=settings.container_insights,
+        ),
+        opts=uses_provider,
+    )
+    web = PublicLoadBalancer(
+        "web",
+        PublicLoadBalancerArgs(
+            vpc_id=network.vpc_id,
+            subnet_ids=network.public_subnet_ids,
+            security_group_id=firewall.load_balancer_id,
+            certificate_arn=settings.certificate_arn,
+            domain_name=settings.domain_name,
+            deletion_protection=settings.production,
+        ),
+        opts=uses_provider,
+    )
+
+    smtp = None
+    if settings.smtp:
+        existing = aws.secretsmanager.get_secret_output(name=settings.smtp.secret_name, opts=invoke)
+        smtp = SmtpSecret(
+            secret_arn=existing.arn,
+            host=settings.smtp.host,
+            from_address=settings.smtp.from_address,
+            to_addresses=settings.smtp.to_addresses,
+        )
+    config_files, config_layout = load_monitoring_bundle(
+        platform.discovery_dns_name, METRICS_PORT, settings.scrape_interval_s
+    )
+    monitoring = MonitoringService(
+        "monitoring",
+        MonitoringServiceArgs(
+            account=account,
+            cluster_arn=platform.cluster_arn,
+            subnet_ids=network.task_subnet_ids,
+            security_group_id=firewall.monitoring_id,
+            assign_public_ip=network.tasks_need_public_ip,
+            config_bucket_name=config_bucket.bucket_name,
+            config_files=config_files,
+            layout=config_layout,
+            prometheus_target_group_arn=web.prometheus_targets.arn,
+            grafana_target_group_arn=web.grafana_targets.arn,
+            base_url=web.base_url,
+            https=settings.certificate_arn is not None,
+            prometheus_image=settings.images.prometheus,
+            grafana_image=settings.images.grafana,
+            config_init_image=settings.images.config_init,
+            cpu=settings.monitoring_task.cpu,
+            memory=settings.monitoring_task.memory,
+            log_group_name=f"{logs}/monitoring",
+            log_retention_days=settings.log_retention_days,
+            family=f"{settings.name_prefix}-monitoring",
+            smtp=smtp,
+            secret_recovery_days=secret_recovery_days,
+            depends_on=tuple(web.rules),
+        ),
+        opts=uses_provider,
+    )
+
+    pull_repositories: list[pulumi.Input[str]] = list(image.pull_repository_arns)
+    if settings.simulator_image:
+        external = ecr_repository_arn(settings.simulator_image)
+        pull_repositories = [external] if external else []
+    iot_endpoint = aws.iot.get_endpoint_output(endpoint_type="iot:Data-ATS", opts=invoke).endpoint_address
+    simulators = SimulatorFleet(
+        "simulators",
+        SimulatorFleetArgs(
+            account=account,
+            cluster_arn=platform.cluster_arn,
+            subnet_ids=network.task_subnet_ids,
+            security_group_id=firewall.simulators_id,
+            assign_public_ip=network.tasks_need_public_ip,
+            discovery_service_arn=platform.discovery_service.arn,
+            image_ref=image.image_ref,
+            pull_repository_arns=pull_repositories,
+            iot_endpoint=iot_endpoint,
+            fleet_json=settings.fleet.model_dump_json(),
+            shards=devices.shards,
+            serving_generation=settings.serving_generation.name,
+            cpu=settings.simulator_task.cpu,
+            memory=settings.simulator_task.memory,
+            log_group_name=f"{logs}/simulators",
+            log_retention_days=settings.log_retention_days,
+            family_prefix=f"{settings.name_prefix}-simulator",
+        ),
+        opts=uses_provider,
+    )
+
+    pulumi.export("grafanaUrl", web.grafana_url)
+    pulumi.export("prometheusUrl", web.prometheus_url)
+    pulumi.export("loadBalancerDnsName", web.dns_name)
+    pulumi.export("grafanaAdminUser", "admin")
+    pulumi.export("grafanaAdminSecretArn", monitoring.admin_secret.arn)
+    pulumi.export("iotDataEndpoint", iot_endpoint)
+    pulumi.export("archiveBucket", archive.bucket_name)
+    pulumi.export("archiveMode", settings.archive_mode)
+    pulumi.export("archiveRuleName", archive.rule.name)
+    pulumi.export("configBucket", config_bucket.bucket_name)
+    pulumi.export("configSha256", monitoring.config_sha256)
+    pulumi.export("clusterName", platform.cluster_name)
+    pulumi.export("monitoringServiceName", monitoring.service_name)
+    pulumi.export("simulatorServiceNames", simulators.service_names)
+    pulumi.export("simulatorCount", settings.simulator_count)
+    pulumi.export(
+        "shards",
+        {
+            shard.site: {"thingName": shard.thing_name, "clientIdPrefix": f"{shard.client_id_prefix}{shard.site}-c"}
+            for shard in devices.shards.values()
+        },
+    )
+    pulumi.export("certGenerations", [g.model_dump() for g in settings.cert_generations])
+    pulumi.export("servingCertGeneration", settings.serving_generation.name)
+    pulumi.export("discoveryDnsName", platform.discovery_dns_name)
+    pulumi.export("ecrRepositoryUrl", image.repository_url)
+    pulumi.export("simulatorImage", image.image_ref)
+    pulumi.export(
+        "logGroups",
+        {
+            "simulators": simulators.log_group.name,
+            "monitoring": monitoring.log_group.name,
+            "iotRuleErrors": archive.error_log_group.name,
+        },
+    )
+    pulumi.export("region", settings.region)
+
+
+main()

@@ -1,0 +1,198 @@
+"""The payload contract: the JSON Schemas agree with the model and reject malformed payloads."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+
+from simulator.dry_run import generate
+from simulator.metrics.catalog import MACHINE_STATES
+from simulator.model.faults import FAULT_KINDS
+from simulator.model.payload import SCHEMA_VERSION, iso_timestamp
+from simulator.model.profiles import PROFILES, SIGNAL_UNITS
+from simulator.payload_contract import (
+    PayloadInvalid,
+    load_schema,
+    payload_errors,
+    payload_kind,
+    validate_payload,
+    validate_payloads,
+)
+from simulator.settings import FaultSettings, FleetSettings, MachineType, ScheduledFault
+
+
+@pytest.fixture(scope="module")
+def samples() -> dict[str, dict[str, Any]]:
+    """One real telemetry payload per machine type and one ground-truth payload per event kind."""
+    fleet = FleetSettings(
+        seed=2,
+        lines_per_site=1,
+        faults=FaultSettings(scheduled=[
+            ScheduledFault(machine="site-00-line-01-cnc_mill-01", fault="dropout", at_s=5.0, duration_s=3.0),
+        ]),
+    )
+    payloads = list(generate(fleet, 0, 30.0))
+    validate_payloads(payloads)
+    found: dict[str, dict[str, Any]] = {}
+    for payload in payloads:
+        message = orjson.loads(payload)
+        key = message.get("event") or message["type"]
+        found.setdefault(key, message)
+    assert set(found) == {*(t.value for t in MachineType), "state_change", "fault_start", "fault_end"}
+    return found
+
+
+def test_schemas_are_valid_draft_2020_12() -> None:
+    for kind in ("telemetry", "ground_truth"):
+        schema = load_schema(kind)
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        Draft202012Validator.check_schema(schema)
+        assert schema["properties"]["schema"]["const"] == SCHEMA_VERSION
+        assert schema["additionalProperties"] is False
+        assert "starts at 1" in schema["properties"]["seq"]["description"]
+
+
+def test_telemetry_schema_matches_the_model() -> None:
+    schema = load_schema("telemetry")
+    assert schema["$defs"]["state"]["enum"] == list(MACHINE_STATES)
+    assert schema["$defs"]["machine_type"]["enum"] == [t.value for t in MachineType]
+    signals = schema["properties"]["signals"]["properties"]
+    assert {name: spec["prefixItems"][1]["const"] for name, spec in signals.items()} == SIGNAL_UNITS
+    per_type = {
+        rule["if"]["properties"]["type"]["const"]: rule["then"]["properties"]["signals"]["required"]
+        for rule in schema["allOf"]
+    }
+    assert per_type == {t.value: list(profile.signals) for t, profile in PROFILES.items()}
+
+
+def test_ground_truth_schema_matches_the_model() -> None:
+    properties = load_schema("ground_truth")["properties"]
+    assert properties["fault"]["enum"] == [*FAULT_KINDS, None]
+    assert properties["to_state"]["enum"] == [*MACHINE_STATES, None]
+    assert properties["signal"]["enum"] == [*SIGNAL_UNITS, None]
+
+
+def test_real_payloads_pass(samples: dict[str, dict[str, Any]]) -> None:
+    for message in samples.values():
+        assert validate_payload(orjson.dumps(message)) == message
+
+
+def test_telemetry_size_stays_compact(samples: dict[str, dict[str, Any]]) -> None:
+    for machine_type in MachineType:
+        size = len(orjson.dumps(samples[machine_type.value]))
+        assert 250 <= size <= 380, (machine_type, size)
+
+
+def _broken(message: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    broken = copy.deepcopy(message)
+    target = broken
+    for key in path[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return broken
+
+
+_DELETE = object()
+
+TELEMETRY_BREAKAGES = [
+    ("unknown state", ("state",), "broken"),
+    ("missing state", ("state",), _DELETE),
+    ("missing seq", ("seq",), _DELETE),
+    ("seq as string", ("seq",), "1"),
+    ("seq zero", ("seq",), 0),
+    ("seq float", ("seq",), 1.5),
+    ("schema version 2", ("schema",), 2),
+    ("unknown type", ("type",), "robot_arm"),
+    ("bad machine id", ("machine",), "mill 1"),
+    ("timestamp without ms", ("ts",), "2026-01-01T00:00:01Z"),
+    ("timestamp with offset", ("ts",), "2026-01-01T00:00:01.000+00:00"),
+    ("extra top-level field", ("health",), 0.9),
+    ("value as string", ("signals", "temperature", 0), "41.2"),
+    ("wrong unit", ("signals", "temperature", 1), "K"),
+    ("reading without unit", ("signals", "temperature"), [41.2]),
+    ("reading with extra item", ("signals", "temperature"), [41.2, "°C", 1]),
+    ("unknown signal", ("signals", "humidity"), [50.0, "%"]),
+    ("missing signal", ("signals", "speed"), _DELETE),
+    ("negative parts", ("parts", "good"), -1),
+    ("missing parts", ("parts",), _DELETE),
+    ("extra parts field", ("parts", "scrap"), 1),
+]
+
+
+@pytest.mark.parametrize(("case", "path", "value"), TELEMETRY_BREAKAGES, ids=[c[0] for c in TELEMETRY_BREAKAGES])
+def test_telemetry_schema_rejects(samples: dict[str, dict[str, Any]], case: str, path: tuple, value: Any) -> None:
+    message = _broken(samples["cnc_mill"], path, value)
+    assert payload_errors(message, "telemetry"), case
+    with pytest.raises(PayloadInvalid):
+        validate_payload(orjson.dumps(message), "telemetry")
+
+
+def test_signals_must_fit_the_machine_type(samples: dict[str, dict[str, Any]]) -> None:
+    conveyor_with_pressure = _broken(samples["conveyor"], ("signals", "pressure"), [6.5, "bar"])
+    assert payload_errors(conveyor_with_pressure)
+    press_without_pressure = _broken(samples["hydraulic_press"], ("signals", "pressure"), _DELETE)
+    assert payload_errors(press_without_pressure)
+    dropout = _broken(samples["air_compressor"], ("signals", "pressure", 0), None)
+    assert payload_errors(dropout) == []
+
+
+GROUND_TRUTH_BREAKAGES = [
+    ("unknown event", "state_change", ("event",), "reboot"),
+    ("unknown to_state", "state_change", ("to_state",), "broken"),
+    ("state change without to_state", "state_change", ("to_state",), None),
+    ("missing reason key", "state_change", ("reason",), _DELETE),
+    ("fault start without fault", "fault_start", ("fault",), None),
+    ("unknown fault", "fault_start", ("fault",), "gremlins"),
+    ("severity above 1", "fault_start", ("severity",), 1.5),
+    ("severity zero", "fault_start", ("severity",), 0),
+    ("sensor fault without signal", "fault_start", ("signal",), None),
+    ("fault start with end", "fault_start", ("end",), "2026-01-01T00:00:01.000Z"),
+    ("fault end without end", "fault_end", ("end",), None),
+    ("fault end with state reason", "fault_end", ("reason",), "changeover"),
+    ("failure mode marked sensor", "fault_end", ("fault",), "bearing_wear"),
+    ("scheduled as string", "fault_start", ("scheduled",), "yes"),
+    ("extra field", "fault_start", ("label",), 1),
+]
+
+
+@pytest.mark.parametrize(("case", "kind", "path", "value"), GROUND_TRUTH_BREAKAGES,
+                         ids=[c[0] for c in GROUND_TRUTH_BREAKAGES])
+def test_ground_truth_schema_rejects(
+    samples: dict[str, dict[str, Any]], case: str, kind: str, path: tuple, value: Any
+) -> None:
+    assert payload_errors(samples[kind]) == []
+    assert payload_errors(_broken(samples[kind], path, value), "ground_truth"), case
+
+
+def test_not_json_and_not_objects_are_reported() -> None:
+    assert payload_errors(b"{not json")[0].startswith("not JSON")
+    assert payload_errors(b"[1, 2]") == ["$: expected a JSON object, got list"]
+    with pytest.raises(PayloadInvalid, match="not JSON"):
+        validate_payload(b"")
+    with pytest.raises(PayloadInvalid, match=r"payload #2: \$: 'schema' is a required property"):
+        validate_payloads([next(generate(FleetSettings(), 0, 1.0)), b"{}"])
+
+
+def test_kind_is_told_by_content(samples: dict[str, dict[str, Any]]) -> None:
+    assert payload_kind(samples["conveyor"]) == "telemetry"
+    assert payload_kind(samples["fault_end"]) == "ground_truth"
+
+
+@pytest.mark.parametrize(
+    ("epoch_ms", "expected"),
+    [
+        (0, "1970-01-01T00:00:00.000Z"),
+        (1_767_225_600_000, "2026-01-01T00:00:00.000Z"),
+        (1_767_225_600_000 + 86_399_999, "2026-01-01T23:59:59.999Z"),
+        (951_782_400_000 + 1_234, "2000-02-29T00:00:01.234Z"),
+    ],
+)
+def test_timestamps_are_iso_utc_with_milliseconds(epoch_ms: int, expected: str) -> None:
+    assert iso_timestamp(epoch_ms) == expected

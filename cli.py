@@ -25,6 +25,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich-formatted help imports markdown-it and doubles `--help` time.
+    rich_markup_mode=None,
 )
 
 StackOpt = Annotated[
@@ -47,8 +49,10 @@ def _operations(stack: str) -> ModuleType:
     elif stack in CLOUD_STACKS or (PROJECT_DIR / f"Pulumi.{stack}.yaml").exists():
         from automation import operations
     else:
-        known = ", ".join(["local", *CLOUD_STACKS])
-        raise _fail(f"unknown stack '{stack}'; use one of: {known}", 2)
+        from automation.stack_files import known_stacks
+
+        known = ", ".join(known_stacks(PROJECT_DIR))
+        raise _fail(f"unknown stack '{stack}'; stacks that exist: {known}", 2)
     return operations
 
 

@@ -341,19 +341,23 @@ class _Stream:
         self.messages += 1
         run = self.runs[-1]
         if seq == 1:
-            if run.first_timestamp is None and 1 not in run.seqs:
+            known = next((r for r in self.runs if r.first_timestamp == timestamp), None)
+            if known is not None:
+                run = known  # a redelivered seq 1 of this or an earlier run
+            elif run.first_timestamp is None and 1 not in run.seqs:
                 run.first_timestamp = timestamp
-            elif run.first_timestamp != timestamp:
+            else:
                 # The simulator restarted and counts from 1 again: a new run, not duplicates.
                 run = _Run(timestamp)
                 self.runs.append(run)
                 self.max_seq = 0
         if not run.seqs.add(seq):
             self.duplicates += 1
-        elif seq < self.max_seq:
-            self.out_of_order += 1
-        else:
-            self.max_seq = seq
+        elif run is self.runs[-1]:
+            if seq < self.max_seq:
+                self.out_of_order += 1
+            else:
+                self.max_seq = seq
 
 
 @dataclass

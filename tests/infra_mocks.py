@@ -10,6 +10,7 @@ are cached for the whole test session. Run as a script, this module is that subp
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import subprocess
@@ -61,9 +62,16 @@ class RunSpec:
 # The runs the tests share. simulatorCount is pinned so the tests do not follow `scale`.
 RUNS: dict[str, RunSpec] = {
     "dev": RunSpec("dev", stack_config("dev", simulatorCount=2)),
+    # prod also mid-rotation: g1 retired (INACTIVE), g2 serving.
     "prod": RunSpec(
         "prod",
-        stack_config("prod", simulatorCount=3, certificateArn=TEST_CERTIFICATE_ARN, domainName=TEST_DOMAIN),
+        stack_config(
+            "prod",
+            simulatorCount=3,
+            certificateArn=TEST_CERTIFICATE_ARN,
+            domainName=TEST_DOMAIN,
+            certGenerations=[{"name": "g1", "status": "INACTIVE"}, {"name": "g2", "status": "ACTIVE"}],
+        ),
     ),
     "insecure": RunSpec("dev", stack_config("dev", simulatorCount=1), inject="insecure"),
     "real-bundle": RunSpec("dev", stack_config("dev", simulatorCount=2), fake_bundle=False),
@@ -134,6 +142,7 @@ def _start(spec: RunSpec) -> _Pending:
 
 
 RUNNER = _Runner()
+atexit.register(RUNNER.stop_all)
 
 
 def offline_run(name: str) -> OfflineRun:

@@ -53,12 +53,10 @@ def run_cli(tmp_path: Path, *args: str, path: str) -> tuple[subprocess.Completed
     return completed, set(json.loads(modules_file.read_text()))
 
 
-def snapshot(folder: Path) -> dict[str, float]:
-    return {
-        str(path): path.stat().st_mtime_ns
-        for pattern in ("Pulumi*.yaml", "automation/backends.yaml")
-        for path in folder.glob(pattern)
-    }
+def snapshot(folder: Path) -> dict[str, int | None]:
+    """What `up --stack dev` could write: its stack file, the project file, the backends file."""
+    paths = (folder / "Pulumi.yaml", folder / "Pulumi.dev.yaml", folder / "automation" / "backends.yaml")
+    return {str(path): path.stat().st_mtime_ns if path.exists() else None for path in paths}
 
 
 def test_up_without_pulumi_cli_exits_2_with_install_hint_and_does_no_work(tmp_path: Path) -> None:

@@ -339,3 +339,53 @@ def test_untrusted_broker_certificate_is_exit_2(broker: Broker, tmp_path: Path) 
     assert result.returncode == 2, result.stderr
     assert "not trusted" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_redelivery_after_broker_restart_is_not_archived_twice(broker: Broker, tmp_path: Path) -> None:
+    """Messages held unwritten when the broker goes away are written at once (the broker might have
+    lost them); when the broker redelivers them, the runner recognises them and only acknowledges."""
+    archive = LocalArchive(tmp_path / "archive")
+    messages = fleet_messages(rounds=15, start_epoch_ms=int(time.time() * 1000) - 60_000)
+    extra = ["--flush-interval", "30", "--receive-window", "0"]  # hold everything until the broker goes
+    with running_runner(broker, str(archive.root), tmp_path, extra) as runner:
+        device = DevicePublisher(broker)
+        try:
+            device.publish_all(messages)
+            device.wait_all_acknowledged()
+        finally:
+            device.close()
+        time.sleep(2)  # loopback delivery to the runner takes milliseconds
+        assert not list(archive.list_objects())
+        broker.restart()
+        records = _wait_for_records(archive, len(messages))
+        time.sleep(1)  # let the broker's redelivery arrive
+        assert runner.stop() == 0
+    recognised = re.search(r"(\d+) redeliveries recognised", runner.log())
+    assert recognised is not None and int(recognised.group(1)) == len(messages), runner.log()
+    assert sorted(records) == sorted(m.payload for m in messages)
+    report = verify_archive(archive)
+    assert report.ok and report.duplicates == 0
+
+
+def test_archive_outage_holds_acknowledgements_until_it_recovers(broker: Broker, tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    root.mkdir()
+    (root / "raw").write_bytes(b"a file where the raw/ folder must go: every write fails")
+    archive = LocalArchive(root)
+    messages = fleet_messages(rounds=20)
+    with running_runner(broker, str(root), tmp_path, ["--flush-interval", "0.2"]) as runner:
+        device = DevicePublisher(broker)
+        try:
+            device.publish_all(messages)
+            device.wait_all_acknowledged()
+        finally:
+            device.close()
+        deadline = time.monotonic() + 20
+        while "archive write" not in runner.log():
+            assert time.monotonic() < deadline, runner.log()
+            time.sleep(0.1)
+        assert runner.alive()
+        (root / "raw").unlink()  # the archive comes back
+        records = _wait_for_records(archive, len(messages))
+        assert runner.stop() == 0
+    assert sorted(records) == sorted(m.payload for m in messages)

@@ -89,12 +89,15 @@ def corrupt_reading(fault: ActiveFault, value: float | None, now_s: float) -> fl
         return value + fault.direction * fault.severity * 0.5 * scale * hours
     if kind == "noise_burst":
         return value + rng.gauss(0.0, fault.severity * 0.3 * scale)
-    # spike
+    # spike: a downward spike that would read below zero shows upward instead, so it is visible
+    spike = fault.direction * fault.severity * 2.0 * scale
+    if value + spike < 0.0:
+        spike = -spike
     if fault.single_reading:
         fault.end_s = now_s  # ends at the reading it corrupted; reported with the next step
-        return value + fault.direction * fault.severity * 2.0 * scale
+        return value + spike
     if rng.random() < SPIKE_PROBABILITY:
-        return value + fault.direction * fault.severity * 2.0 * scale
+        return value + spike
     return value
 
 

@@ -26,8 +26,10 @@ from simulator.model.profiles import (
     COMPRESSOR_BAND_BAR,
     COMPRESSOR_FILL_RATE_BAR_S,
     COMPRESSOR_LEAK_TIME_CONSTANT_S,
+    COMPRESSOR_STANDBY_DROP_BAR,
     COMPRESSOR_UNLOADED_POWER_RATIO,
     COMPRESSOR_UNLOADED_RISE_RATIO,
+    COMPRESSOR_VENT_TIME_CONSTANT_S,
     FAULT,
     IDLE,
     MAINTENANCE,
@@ -340,7 +342,14 @@ class Machine:
         self.demand_fraction = demand = min(0.95, max(0.05, demand))
         if not running:
             self.compressor_loaded = False
-            self.pressure_bar *= math.exp(-dt / COMPRESSOR_LEAK_TIME_CONSTANT_S)
+            state = self.state
+            if state == MAINTENANCE:
+                target, tau = 0.0, COMPRESSOR_VENT_TIME_CONSTANT_S
+            elif state == FAULT:  # tripped: demand and leaks drain the receiver
+                target, tau = 0.0, COMPRESSOR_LEAK_TIME_CONSTANT_S
+            else:  # standby: stopped for lack of demand, the network stays near cut-in
+                target, tau = self.cut_in_bar - COMPRESSOR_STANDBY_DROP_BAR, COMPRESSOR_LEAK_TIME_CONSTANT_S
+            self.pressure_bar = target + (self.pressure_bar - target) * math.exp(-dt / tau)
             return
         fill = COMPRESSOR_FILL_RATE_BAR_S * (1.0 - demand)
         drain = COMPRESSOR_FILL_RATE_BAR_S * demand

@@ -209,6 +209,8 @@ COMPRESSOR_UNLOADED_RISE_RATIO = 0.6  # temperature rise unloaded vs loaded
 COMPRESSOR_BAND_BAR = 1.0
 COMPRESSOR_FILL_RATE_BAR_S = 0.06  # at zero demand, full capacity
 COMPRESSOR_LEAK_TIME_CONSTANT_S = 1_800.0  # receiver pressure decay while stopped
+COMPRESSOR_STANDBY_DROP_BAR = 0.3  # in standby the network (other compressors) holds just below cut-in
+COMPRESSOR_VENT_TIME_CONSTANT_S = 60.0  # maintenance vents the receiver (lock-out before work)
 
 # Press stroke: fraction of the cycle spent in each phase and pressures outside the pressing phase.
 PRESS_PEAK_PRESSURE_BAR = 210.0

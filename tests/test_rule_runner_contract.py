@@ -1,0 +1,91 @@
+"""The rule runner's payload checks: reasons per kind of garbage, and the fast validator agreeing with jsonschema."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from typing import Any
+
+import orjson
+import pytest
+from test_rule_runner_support import fleet_messages
+
+from local_stack.rule_runner import check_message, schema_check, topic_kind
+from simulator.payload_contract import PayloadKind, validator
+from simulator.settings import FleetSettings, MachineType
+
+
+def _corpus() -> list[tuple[str, bytes, PayloadKind]]:
+    faulty = FleetSettings(
+        lines_per_site=1,
+        machines_per_line={t: 1 for t in MachineType},
+        faults={"sensor_fault_per_hour": 50.0, "bearing_wear_per_hour": 5.0, "overheating_per_hour": 5.0},
+    )
+    messages = fleet_messages(rounds=300, fleet=faulty)
+    assert {m.kind for m in messages} == {"telemetry", "ground_truth"}
+    return [(m.topic, m.payload, m.kind) for m in messages]
+
+
+def test_real_payloads_are_archived_with_their_kind() -> None:
+    for topic, payload, kind in _corpus():
+        verdict = check_message(topic, payload)
+        assert (verdict.reason, verdict.kind) == (None, kind), verdict.detail
+        assert verdict.timestamp_s is not None
+
+
+def test_topic_kinds() -> None:
+    assert topic_kind("factory/simulator/site-00/line-01/m") == "telemetry"
+    assert topic_kind("factory/simulator/ground-truth/site-00/line-01/m") == "ground_truth"
+    for other in ("factory/simulator/site-00/line-01", "factory/other/a/b/c", "factory/simulator/ground-truth/a/b"):
+        assert topic_kind(other) is None
+
+
+def _mutations(document: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for key in list(document):
+        out.append({k: v for k, v in document.items() if k != key})
+        for wrong in (None, "x", -1, 0, 1.5, [], {}, True):
+            out.append({**document, key: wrong})
+    out.append({**document, "ts": "2026-13-01T00:00:00.000Z"})
+    out.append({**document, "ts": "2026-01-01T00:00:00Z"})
+    out.append({**document, "unexpected": 1})
+    if "signals" in document:
+        signals = copy.deepcopy(document["signals"])
+        name = next(iter(signals))
+        out.append({**document, "signals": {**signals, name: [signals[name][0], "furlongs"]}})
+        out.append({**document, "signals": {**signals, "humidity": [1.0, "%"]}})
+        out.append({**document, "signals": {**signals, name: [signals[name][0]]}})
+    if "severity" in document:
+        out.append({**document, "severity": 7})
+        out.append({**document, "event": "party"})
+    return out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jsonschema_rs") is None, reason="jsonschema-rs not installed")
+def test_fast_validator_agrees_with_jsonschema() -> None:
+    checked = 0
+    for _topic, payload, kind in _corpus()[::7]:
+        document = orjson.loads(payload)
+        for candidate in [document, *_mutations(document)]:
+            assert schema_check(kind)(candidate) == validator(kind).is_valid(candidate), candidate
+            checked += 1
+    assert checked > 1000
+
+
+def test_each_kind_of_garbage_gets_its_reason() -> None:
+    topic, payload, _ = next(item for item in _corpus() if item[2] == "telemetry")
+    document = orjson.loads(payload)
+    cases = {
+        b"\xff\xfe": "invalid_json",
+        b"": "invalid_json",
+        b"null": "schema_violation",
+        orjson.dumps({**document, "seq": 0}): "schema_violation",
+        orjson.dumps({**document, "line": "line-02"}): "topic_mismatch",
+        b" " * (128 * 1024 + 1): "payload_too_large",
+    }
+    for garbage, reason in cases.items():
+        verdict = check_message(topic, garbage)
+        assert verdict.reason == reason and verdict.detail, (garbage[:40], verdict)
+    # A telemetry payload on a ground-truth topic fails that topic's schema.
+    ground_truth_topic = topic.replace("factory/simulator/", "factory/simulator/ground-truth/")
+    assert check_message(ground_truth_topic, payload).reason == "schema_violation"

@@ -75,7 +75,9 @@ def streams(machines: int, per_machine: int) -> list[tuple[str, list[bytes]]]:
 class Stack:
     """CA, broker and certificates in a temporary folder."""
 
-    def __init__(self, root: Path, max_inflight: int) -> None:
+    def __init__(
+        self, root: Path, max_inflight: int, autosave_s: int = BrokerConfig.autosave_interval_s
+    ) -> None:
         self.root = root
         self.max_inflight = max_inflight
         self.ca = CertificateAuthority.create(root / "ca")
@@ -84,9 +86,17 @@ class Stack:
         self.reader = self.ca.issue_client(RULE_RUNNER_IDENTITY, root / "devices")
         self.port = free_port()
         self.broker = MosquittoProcess(
-            BrokerConfig(port=self.port, data_dir=root / "mosquitto", ca_file=self.ca.ca_cert_path,
-                         cert_file=server.cert_path, key_file=server.key_path, crl_file=self.ca.crl_path,
-                         acl_file=root / "mosquitto" / "acl", max_inflight_messages=max_inflight),
+            BrokerConfig(
+                port=self.port,
+                data_dir=root / "mosquitto",
+                ca_file=self.ca.ca_cert_path,
+                cert_file=server.cert_path,
+                key_file=server.key_path,
+                crl_file=self.ca.crl_path,
+                acl_file=root / "mosquitto" / "acl",
+                max_inflight_messages=max_inflight,
+                autosave_interval_s=autosave_s,
+            ),
             root / "mosquitto.log",
         )
 
@@ -101,10 +111,31 @@ def publish(stack: Stack, topic_payloads: list[tuple[str, list[bytes]]], run_id:
     started = time.monotonic()
     for number, (topic, payloads) in enumerate(topic_payloads):
         process = subprocess.Popen(
-            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(stack.port), "--cafile", str(stack.ca.ca_cert_path),
-             "--cert", str(stack.device.cert_path), "--key", str(stack.device.key_path),
-             "-i", f"site-00-bench-{run_id}-{number}", "-q", "1", "-M", "100", "-t", topic, "-l"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                "mosquitto_pub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(stack.port),
+                "--cafile",
+                str(stack.ca.ca_cert_path),
+                "--cert",
+                str(stack.device.cert_path),
+                "--key",
+                str(stack.device.key_path),
+                "-i",
+                f"site-00-bench-{run_id}-{number}",
+                "-q",
+                "1",
+                "-M",
+                "100",
+                "-t",
+                topic,
+                "-l",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         processes.append((process, b"\n".join(payloads) + b"\n"))
     feeders = [threading.Thread(target=process.communicate, args=(data,)) for process, data in processes]
@@ -121,8 +152,11 @@ def publish(stack: Stack, topic_payloads: list[tuple[str, list[bytes]]], run_id:
 
 def archived_count(metrics_port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("archive_messages_archived_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("archive_messages_archived_total{")
+    )
 
 
 class Runner:
@@ -137,11 +171,35 @@ class Runner:
             self.location = str(stack.root / "archives" / run_id)
             backend_args = []
         self.args = [
-            sys.executable, "-m", "local_stack.rule_runner", "--endpoint", "127.0.0.1", "--port", str(stack.port),
-            "--ca", str(stack.ca.ca_cert_path), "--cert", str(stack.reader.cert_path),
-            "--key", str(stack.reader.key_path), "--client-id", f"bench-{run_id}", "--archive", self.location,
-            "--mode", config.mode, "--metrics-port", str(self.metrics_port), "--ready-file", str(self.ready),
-            "--log-level", "WARNING", "--receive-window", str(stack.max_inflight), *backend_args, *config.extra,
+            sys.executable,
+            "-m",
+            "local_stack.rule_runner",
+            "--endpoint",
+            "127.0.0.1",
+            "--port",
+            str(stack.port),
+            "--ca",
+            str(stack.ca.ca_cert_path),
+            "--cert",
+            str(stack.reader.cert_path),
+            "--key",
+            str(stack.reader.key_path),
+            "--client-id",
+            f"bench-{run_id}",
+            "--archive",
+            self.location,
+            "--mode",
+            config.mode,
+            "--metrics-port",
+            str(self.metrics_port),
+            "--ready-file",
+            str(self.ready),
+            "--log-level",
+            "WARNING",
+            "--receive-window",
+            str(stack.max_inflight),
+            *backend_args,
+            *config.extra,
         ]
         self.process: subprocess.Popen[bytes] | None = None
         self.s3_endpoint = s3_endpoint
@@ -183,11 +241,12 @@ class Runner:
         return LocalArchive(Path(self.location))
 
 
-def run_once(stack: Stack, config: Config, corpus: list[tuple[str, list[bytes]]], run_id: str,
-             s3_endpoint: str | None) -> Result:
+def run_once(
+    stack: Stack, config: Config, corpus: list[tuple[str, list[bytes]]], run_id: str, s3_endpoint: str | None
+) -> Result:
     per_machine = config.messages // len(corpus) // 2
     live = [(topic, payloads[:per_machine]) for topic, payloads in corpus]
-    backlog = [(topic, payloads[per_machine: 2 * per_machine]) for topic, payloads in corpus]
+    backlog = [(topic, payloads[per_machine : 2 * per_machine]) for topic, payloads in corpus]
     live_count = sum(len(p) for _, p in live)
     backlog_count = sum(len(p) for _, p in backlog)
     runner = Runner(stack, config, run_id, s3_endpoint)
@@ -217,15 +276,108 @@ def run_once(stack: Stack, config: Config, corpus: list[tuple[str, list[bytes]]]
     )
 
 
+class SteadyDevice:
+    """A paho device at QoS 1 with a persistent session: it resends what the broker did not PUBACK."""
+
+    def __init__(self, stack: Stack, client_id: str) -> None:
+        import ssl
+
+        import paho.mqtt.client as mqtt
+
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        context = ssl.create_default_context(cafile=str(stack.ca.ca_cert_path))
+        context.load_cert_chain(str(stack.device.cert_path), str(stack.device.key_path))
+        self.client.tls_set_context(context)
+        self.client.reconnect_delay_set(0.05, 0.5)
+        self.acknowledged = 0
+        self.client.on_publish = self._on_publish
+        self.client.connect("127.0.0.1", stack.port)
+        self.client.loop_start()
+
+    def _on_publish(self, *args: object) -> None:
+        self.acknowledged += 1
+
+    def publish_at(self, messages: list[tuple[str, bytes]], rate_per_s: float) -> None:
+        started = time.monotonic()
+        for count, (topic, payload) in enumerate(messages):
+            self.client.publish(topic, payload, qos=1)
+            ahead = started + count / rate_per_s - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+
+    def close(self, expected: int, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.acknowledged < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def broker_kill_scenario(
+    autosave_s: int, runner_up: bool, rate_per_s: float, seconds: float
+) -> tuple[int, int, int]:
+    """Publish steadily, SIGKILL the broker halfway, restart it; returns (published, lost, duplicates).
+
+    Publishing starts once the broker has saved its sessions at least once, as on a stack that has
+    been up for a while.
+
+    `runner_up=False`: the rule runner is down while the broker queues for it, the worst case,
+    because everything queued since the last autosave exists only in the broker's memory.
+    """
+    root = Path(tempfile.mkdtemp(prefix="bench-archive-kill-"))
+    stack = Stack(root, BrokerConfig.max_inflight_messages, autosave_s)
+    stack.broker.start()
+    runner = Runner(stack, Config("kill", "batched", "local", 0, ("--flush-interval", "0.2")), "kill", None)
+    try:
+        count = int(rate_per_s * seconds)
+        per_machine = streams(4, count // 4)
+        corpus = [(topic, payloads[n]) for n in range(count // 4) for topic, payloads in per_machine]
+        runner.start()
+        if not runner_up:
+            runner.stop()
+        device = SteadyDevice(stack, "site-00-kill")
+        # A stack that has run for a while: the sessions are in at least one saved snapshot.
+        time.sleep(autosave_s + 1.5)
+        half = len(corpus) // 2
+        device.publish_at(corpus[:half], rate_per_s)
+        stack.broker.kill()
+        stack.broker.start()
+        device.publish_at(corpus[half:], rate_per_s)
+        device.close(len(corpus))
+        if not runner_up:
+            runner.start()
+        settled, last = time.monotonic(), -1.0
+        while time.monotonic() - settled < 3:
+            now = archived_count(runner.metrics_port)
+            if now != last:
+                settled, last = time.monotonic(), now
+            time.sleep(0.2)
+        runner.stop()
+        report = verify_archive(runner.archive())  # type: ignore[arg-type]
+        # Counted against what was published, so loss at the start or end of a stream counts too.
+        return len(corpus), len(corpus) - report.unique, report.duplicates
+    finally:
+        runner.stop()
+        stack.broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--messages", type=int, default=100_000, help="messages per batched run (both phases)")
+    parser.add_argument(
+        "--messages", type=int, default=100_000, help="messages per batched run (both phases)"
+    )
     parser.add_argument("--direct-messages", type=int, default=4_000, help="messages per one-object run")
-    parser.add_argument("--broker-inflight", type=int, default=BrokerConfig.max_inflight_messages,
-                        help="Mosquitto max_inflight_messages (0 = unlimited), passed to --receive-window too")
+    parser.add_argument(
+        "--broker-inflight",
+        type=int,
+        default=BrokerConfig.max_inflight_messages,
+        help="Mosquitto max_inflight_messages (0 = unlimited), passed to --receive-window too",
+    )
     parser.add_argument("--publishers", type=int, default=4, help="parallel mosquitto_pub processes")
     parser.add_argument("--skip-s3", action="store_true")
+    parser.add_argument("--skip-kill", action="store_true", help="skip the broker SIGKILL scenarios")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     options = parser.parse_args()
     os.environ.update(MOTO_ENV)  # moto accepts any credentials; never real ones
@@ -247,24 +399,38 @@ def main() -> int:
     try:
         if not options.skip_s3:
             moto_port = free_port()
-            moto = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1",
-                                     "-p", str(moto_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            moto = subprocess.Popen(
+                [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(moto_port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             if not wait_for_port(moto_port, timeout_s=20):
                 raise RuntimeError("moto_server did not start")
             s3_endpoint = f"http://127.0.0.1:{moto_port}"
         biggest = max(config.messages for config in configs)
         corpus = streams(options.publishers, 2 * (biggest // options.publishers // 2))
         size = statistics.mean(len(payload) for payload in corpus[0][1][:1000])
-        print(f"payload ≈ {size:.0f} bytes; mTLS Mosquitto QoS 1 on 127.0.0.1:{stack.port};"
-              f" {options.publishers} mosquitto_pub publishers; {options.repeats} repeats, medians")
-        print("live: published/s of the publishers and archived/s while they publish (ratio 1.0 = kept up);"
-              " drain: archived/s of a backlog queued in the runner's session\n")
-        print(f"{'configuration':38} {'published/s':>11} {'archived/s':>11} {'ratio':>6} {'drain/s':>9}"
-              f" {'objects':>8} {'missing':>8} {'dups':>5}")
+        print(
+            f"payload ≈ {size:.0f} bytes; mTLS Mosquitto QoS 1 on 127.0.0.1:{stack.port};"
+            f" {options.publishers} mosquitto_pub publishers; {options.repeats} repeats, medians"
+        )
+        print(
+            "live: published/s of the publishers and archived/s while they publish (ratio 1.0 = kept up);"
+            " drain: archived/s of a backlog queued in the runner's session\n"
+        )
+        print(
+            f"{'configuration':38} {'published/s':>11} {'archived/s':>11} {'ratio':>6} {'drain/s':>9}"
+            f" {'objects':>8} {'missing':>8} {'dups':>5}"
+        )
         for config in configs:
             results = [
-                run_once(stack, config, corpus[: config.messages], f"{config.mode}{config.backend}{repeat}",
-                         s3_endpoint)
+                run_once(
+                    stack,
+                    config,
+                    corpus[: config.messages],
+                    f"{config.mode}{config.backend}{repeat}",
+                    s3_endpoint,
+                )
                 for repeat in range(options.repeats)
             ]
             print(
@@ -276,6 +442,17 @@ def main() -> int:
                 f" {max(r.missing for r in results):>8} {max(r.duplicates for r in results):>5}",
                 flush=True,
             )
+        if not options.skip_kill:
+            print("\nbroker SIGKILL halfway through 8 s at 1,000 msg/s, then restarted (persistence on):")
+            print(f"{'rule runner':12} {'autosave_interval':>18} {'published':>10} {'lost':>6} {'dups':>6}")
+            for runner_up in (True, False):
+                for autosave in (1, BrokerConfig.autosave_interval_s, 30):
+                    published, lost, duplicates = broker_kill_scenario(autosave, runner_up, 1000, 8)
+                    print(
+                        f"{'running' if runner_up else 'down':12} {autosave:>16} s {published:>10,}"
+                        f" {lost:>6,} {duplicates:>6,}",
+                        flush=True,
+                    )
     finally:
         stack.broker.stop()
         if moto is not None:

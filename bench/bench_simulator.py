@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -68,6 +69,7 @@ class Delivery:
     publisher_stderr: str
     peak_rss_mb: float
     cpu_percent: float
+    cpu_s: float
 
 
 def start_stack(directory: Path) -> Stack:
@@ -133,16 +135,13 @@ def simulator_command(stack: Stack, *args: str) -> list[str]:
     ]
 
 
-def _proc_stats(pid: int) -> tuple[float, float]:
-    """(RSS MB, CPU seconds) of a running process, from /proc."""
+def _rss_mb(pid: int) -> float:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0, 0.0
-    rss_kb = int(re.search(r"VmRSS:\s+(\d+)", status)[1]) if "VmRSS" in status else 0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+        return 0.0
+    match = re.search(r"VmRSS:\s+(\d+)", status)
+    return int(match[1]) / 1024 if match else 0.0
 
 
 def deliver(
@@ -167,13 +166,15 @@ def deliver(
         )
     time.sleep(0.7)  # subscribed
     stdin = stdin_path.open("rb") if stdin_path else subprocess.DEVNULL
+    # CPU time of the publisher exactly: children's rusage grows when it is reaped (poll()).
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     publisher = subprocess.Popen(
         command, cwd=REPO_ROOT, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     first = last = None
     size = 0
     peak_rss, cpu_s = 0.0, 0.0
-    started = time.monotonic()
+    started = ended = time.monotonic()
     deadline = started + timeout_s
     next_stats = started
     while time.monotonic() < deadline:
@@ -183,14 +184,19 @@ def deliver(
             size = current
             first = first or now
             last = now
-        if publisher.poll() is None and now >= next_stats:
-            rss, cpu = _proc_stats(publisher.pid)
-            peak_rss, cpu_s = max(peak_rss, rss), max(cpu_s, cpu)
-            next_stats = now + 0.25
-        if publisher.poll() is not None and last is not None and now - last > 1.5:
+        if publisher.returncode is None:
+            if publisher.poll() is None:
+                if now >= next_stats:
+                    peak_rss = max(peak_rss, _rss_mb(publisher.pid))
+                    next_stats = now + 0.25
+            else:
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+                ended = now
+        elif last is not None and now - last > 1.5:
             break
         time.sleep(0.005)
-    wall = time.monotonic() - started
+    wall = (ended if publisher.returncode is not None else time.monotonic()) - started
     if publisher.poll() is None:
         publisher.kill()
     out, err = publisher.communicate()
@@ -201,7 +207,7 @@ def deliver(
     lines = received.read_bytes().count(b"\n")
     received.unlink()
     rate = (lines - 1) / (last - first) if first and last and last > first else 0.0
-    return Delivery(lines, rate, out, err, peak_rss, 100 * cpu_s / wall if wall else 0.0)
+    return Delivery(lines, rate, out, err, peak_rss, 100 * cpu_s / wall if wall else 0.0, cpu_s)
 
 
 def summary_of(stderr: str) -> dict[str, float]:
@@ -241,6 +247,8 @@ def scenario_throughput(stack: Stack, qos: int, messages: int, repeats: int) -> 
     metrics_port = free_port()
     sim_rates: list[float] = []
     ref_rates: list[float] = []
+    sim_cpu: list[float] = []
+    ref_cpu: list[float] = []
     losses: list[int] = []
     for _ in range(repeats):
         sim = deliver(
@@ -265,6 +273,7 @@ def scenario_throughput(stack: Stack, qos: int, messages: int, repeats: int) -> 
         )
         summary = summary_of(sim.publisher_stderr)
         sim_rates.append(sim.rate)
+        sim_cpu.append(1e6 * sim.cpu_s / max(1, sim.delivered))
         losses.append(int(summary["generated"]) - sim.delivered)
         if qos == 1:
             ref_cmd = [
@@ -296,15 +305,16 @@ def scenario_throughput(stack: Stack, qos: int, messages: int, repeats: int) -> 
             ]
             ref = deliver(stack, ref_cmd, qos, stdin_path=payloads)
         ref_rates.append(ref.rate)
+        ref_cpu.append(1e6 * ref.cpu_s / max(1, ref.delivered))
     reference = "AWSIoTPythonSDK publishAsync, window 20" if qos == 1 else "mosquitto_pub -l"
     goal = 0.9 if qos == 1 else 0.5
     ratio = median(sim_rates) / median(ref_rates) if median(ref_rates) else float("nan")
     print(f"QoS {qos}, {messages} messages of {mean_size:.0f} B mean, {repeats} run(s):")
     print(
         f"  simulator (model + metrics, --max-rate): {median(sim_rates):9.0f} msg/s delivered"
-        f"  (lost at subscriber: {max(losses)}; duplicates counted as delivered)"
+        f"  {median(sim_cpu):5.0f} CPU-µs/msg  (lost at subscriber: {max(losses)})"
     )
-    print(f"  {reference:40s}: {median(ref_rates):9.0f} msg/s delivered")
+    print(f"  {reference:40s}: {median(ref_rates):9.0f} msg/s delivered  {median(ref_cpu):5.0f} CPU-µs/msg")
     print(f"  ratio {ratio:.2f}x (goal >= {goal}x)")
 
 
@@ -389,8 +399,8 @@ def main() -> None:
         if shutil.which(tool) is None and not Path("/usr/sbin/mosquitto").exists():
             raise SystemExit(f"{tool} is not installed: apt-get install mosquitto mosquitto-clients")
     repeats = 1 if args.quick else args.repeats
-    qos1_messages = 60_000 if args.quick else 200_000
-    qos0_messages = 100_000 if args.quick else 400_000
+    qos1_messages = 50_000 if args.quick else 100_000
+    qos0_messages = 100_000 if args.quick else 200_000
     scale_seconds = 10.0 if args.quick else 20.0
     with tempfile.TemporaryDirectory(prefix="bench-simulator-") as tmp:
         stack = start_stack(Path(tmp))

@@ -1,8 +1,8 @@
 """The AWS platform of the factory simulator: read the stack's settings once, then wire the components.
 
-    devices (IoT things, certs) --MQTT/TLS--> AWS IoT Core --topic rule--> archive (S3 | Firehose->S3)
-    simulators (ECS, one service per site) <--scrape (Cloud Map DNS)-- monitoring (Prometheus+Grafana)
-    internet --allowed CIDRs--> ALB --/prometheus/*--> Prometheus, --/*--> Grafana
+devices (IoT things, certs) --MQTT/TLS--> AWS IoT Core --topic rule--> archive (S3 | Firehose->S3)
+simulators (ECS, one service per site) <--scrape (Cloud Map DNS)-- monitoring (Prometheus+Grafana)
+internet --allowed CIDRs--> ALB --/prometheus/*--> Prometheus, --/*--> Grafana
 """
 
 from __future__ import annotations
@@ -76,10 +76,14 @@ def load_monitoring_bundle(
     needed = ("cloud_bundle", *BUNDLE_LAYOUT_NAMES)
     missing = [name for name in needed if not hasattr(module, name)]
     if missing:
-        raise pulumi.RunError(f"{BUNDLE_MODULE} lacks {', '.join(missing)}; the monitoring task is built from them")
+        raise pulumi.RunError(
+            f"{BUNDLE_MODULE} lacks {', '.join(missing)}; the monitoring task is built from them"
+        )
     files = dict(
         module.cloud_bundle(
-            discovery_dns_name=discovery_dns_name, metrics_port=metrics_port, scrape_interval_s=scrape_interval_s
+            discovery_dns_name=discovery_dns_name,
+            metrics_port=metrics_port,
+            scrape_interval_s=scrape_interval_s,
         )
     )
     layout = ConfigLayout(
@@ -118,8 +122,8 @@ def main() -> None:
     secret_recovery_days = 7 if settings.production else 0
     if settings.simulator_count > DNS_MULTIVALUE_ANSWER_LIMIT:
         pulumi.log.warn(
-            f"iotfactory:simulatorCount is {settings.simulator_count}: Cloud Map answers one DNS query with at "
-            f"most {DNS_MULTIVALUE_ANSWER_LIMIT} simulator addresses, so Prometheus sees a changing subset"
+            f"iotfactory:simulatorCount is {settings.simulator_count}: Cloud Map answers a DNS query with "
+            f"at most {DNS_MULTIVALUE_ANSWER_LIMIT} simulator addresses; Prometheus sees a changing subset"
         )
 
     network = Network(
@@ -305,7 +309,10 @@ def main() -> None:
     pulumi.export(
         "shards",
         {
-            shard.site: {"thingName": shard.thing_name, "clientIdPrefix": f"{shard.client_id_prefix}{shard.site}-c"}
+            shard.site: {
+                "thingName": shard.thing_name,
+                "clientIdPrefix": f"{shard.client_id_prefix}{shard.site}-c",
+            }
             for shard in devices.shards.values()
         },
     )

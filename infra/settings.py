@@ -150,7 +150,9 @@ class SmtpSettings(_Model):
     host: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+:\d{1,5}$")]  # host:port, e.g. email-smtp...:587
     from_address: Annotated[str, Field(alias="fromAddress", pattern=r"^[^@\s]+@[^@\s]+$")]
     # Alert recipients, comma-separated.
-    to_addresses: Annotated[str, Field(alias="toAddresses", pattern=r"^[^@\s,]+@[^@\s,]+(,\s*[^@\s,]+@[^@\s,]+)*$")]
+    to_addresses: Annotated[
+        str, Field(alias="toAddresses", pattern=r"^[^@\s,]+@[^@\s,]+(,\s*[^@\s,]+@[^@\s,]+)*$")
+    ]
 
     @property
     def port(self) -> int:
@@ -182,9 +184,12 @@ class StackSettings(_Model):
     )
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     certificate_arn: Annotated[
-        str | None, Field(alias="certificateArn", pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$")
+        str | None,
+        Field(alias="certificateArn", pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$"),
     ] = None
-    domain_name: Annotated[str | None, Field(alias="domainName", pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")] = None
+    domain_name: Annotated[
+        str | None, Field(alias="domainName", pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+    ] = None
     log_retention_days: Annotated[int, Field(alias="logRetentionDays")]
     archive_lifecycle: Annotated[ArchiveLifecycle, Field(alias="archiveLifecycle")]
     firehose: FirehoseBuffering = Field(default_factory=FirehoseBuffering)
@@ -193,9 +198,9 @@ class StackSettings(_Model):
     scrape_interval_s: Annotated[int, Field(alias="scrapeIntervalS", ge=5, le=300)] = 15
     images: ContainerImages = Field(default_factory=ContainerImages)
     # A pre-built simulator image (`<repo>@sha256:...`) instead of building simulator/Dockerfile.
-    simulator_image: Annotated[str | None, Field(alias="simulatorImage", pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$")] = (
-        None
-    )
+    simulator_image: Annotated[
+        str | None, Field(alias="simulatorImage", pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$")
+    ] = None
     smtp: SmtpSettings | None = None
     container_insights: Annotated[bool, Field(alias="containerInsights")]
     account_id: Annotated[str | None, Field(alias="accountId", pattern=r"^\d{12}$")] = None
@@ -214,7 +219,9 @@ class StackSettings(_Model):
         if len(set(names)) != len(names):
             raise ValueError(f"generation names must be unique (got {names})")
         if not any(generation.active for generation in value):
-            raise ValueError("at least one generation must be ACTIVE; the simulators use the newest ACTIVE one")
+            raise ValueError(
+                "at least one generation must be ACTIVE; the simulators use the newest ACTIVE one"
+            )
         return value
 
     @model_validator(mode="after")
@@ -285,12 +292,16 @@ def _key_of(loc: tuple[int | str, ...]) -> str:
 
 
 def _describe(error: Mapping[str, Any], source: str) -> str:
-    key = _key_of(tuple(error["loc"])) if error["loc"] else f"{PROJECT} config"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["loc"]:
+        key = _key_of(tuple(error["loc"]))
+    else:  # a check across keys names its key first: "domainName: required when ..."
+        named = re.match(r"^(\w+): (.*)$", message)
+        key, message = (f"{PROJECT}:{named[1]}", named[2]) if named else (f"{PROJECT} config", message)
     if error["type"] == "missing":
         return f"{key} is required; set it in {source} (see docs/infra.md)"
     if error["type"] == "extra_forbidden":
         return f"{key} is not a known setting; remove it or fix its spelling in {source}"
-    message = str(error["msg"]).removeprefix("Value error, ")
     got = error.get("input")
     shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
     if shown and repr(got) in message:
@@ -298,13 +309,13 @@ def _describe(error: Mapping[str, Any], source: str) -> str:
     return f"{key}: {message}{shown}; edit {source}"
 
 
-def _decode(key: str, raw: Any) -> Any:
+def _decode(key: str, raw: Any, source: str) -> Any:
     """Structured values reach the program as JSON text; scalars stay strings for pydantic to coerce."""
     if isinstance(raw, str) and raw.lstrip()[:1] in ("{", "["):
         try:
             return json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{key}: not valid JSON ({exc.msg}); fix the value") from None
+            raise ConfigError(f"{key}: not valid JSON ({exc.msg}); edit {source}") from None
     return raw
 
 
@@ -320,7 +331,7 @@ def load_settings(stack: str, values: Mapping[str, Any]) -> StackSettings:
         if key == REGION_KEY:
             data[REGION_KEY] = raw
         elif key.startswith(f"{PROJECT}:") and key not in FOREIGN_KEYS:
-            data[key.removeprefix(f"{PROJECT}:")] = _decode(key, raw)
+            data[key.removeprefix(f"{PROJECT}:")] = _decode(key, raw, source)
     try:
         production = TypeAdapter(bool).validate_python(data.get("production", stack == "prod"))
     except ValidationError:

@@ -7,6 +7,7 @@ for the cloud's `batched` archive mode (GZIP, JSON lines, partitioned by arrival
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import os
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from simulator.errors import UsageError
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client  # type: ignore[import-not-found]
+    from botocore.client import BaseClient as S3Client
 
 RAW_PREFIX = "raw/"
 QUARANTINE_PREFIX = "quarantine/"
@@ -111,9 +112,7 @@ _ids = _TimeOrderedIds()
 
 
 def _partition(written_at: dt.datetime) -> str:
-    return (
-        f"year={written_at:%Y}/month={written_at:%m}/day={written_at:%d}/hour={written_at:%H}/"
-    )
+    return f"year={written_at:%Y}/month={written_at:%m}/day={written_at:%d}/hour={written_at:%H}/"
 
 
 def _object_name(stream_name: str, written_at: dt.datetime) -> str:
@@ -189,7 +188,12 @@ def _from_timestamp_ns(value_ns: int) -> dt.datetime:
 
 def _check_key(key: str) -> PurePosixPath:
     path = PurePosixPath(key)
-    if not key or key.startswith("/") or key.endswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
+    if (
+        not key
+        or key.startswith("/")
+        or key.endswith("/")
+        or any(p in ("", ".", "..") for p in key.split("/"))
+    ):
         raise ValueError(f"object key {key!r} is not a plain relative path")
     return path
 
@@ -321,20 +325,34 @@ class S3Archive:
 
     def check_bucket(self) -> None:
         """Fail early, with the fix, when the bucket is missing or unreachable."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self.explained_errors():
             self._client.head_bucket(Bucket=self.bucket)
+
+    @contextlib.contextmanager
+    def explained_errors(self) -> Iterator[None]:
+        """Turn boto's configuration failures into one-line `UsageError`s that say what to fix."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        where = self.endpoint_url or "AWS"
+        try:
+            yield
+        except NoCredentialsError:
+            raise UsageError(
+                f"archive {self.location}: no AWS credentials; set AWS_ACCESS_KEY_ID and"
+                " AWS_SECRET_ACCESS_KEY (any values for moto) or AWS_PROFILE"
+            ) from None
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "?")
             if code in ("404", "NoSuchBucket"):
                 raise UsageError(
-                    f"archive bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS'};"
+                    f"archive bucket {self.bucket!r} does not exist at {where};"
                     " create it or pass --create-bucket"
                 ) from None
-            raise UsageError(f"archive bucket {self.bucket!r}: access failed ({code}); check credentials") from None
+            raise UsageError(
+                f"archive {self.location}: access failed ({code}); check the credentials"
+            ) from None
         except BotoCoreError as error:
-            raise UsageError(f"archive endpoint {self.endpoint_url or 'AWS'}: {error}") from None
+            raise UsageError(f"archive endpoint {where}: {error}; check --s3-endpoint-url") from None
 
     def put_object(self, key: str, body: bytes) -> dt.datetime:
         _check_key(key)
@@ -350,17 +368,19 @@ class S3Archive:
 
     def list_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-            for item in page.get("Contents", []):
-                yield ObjectInfo(
-                    item["Key"][len(self.prefix):],
-                    int(item["Size"]),
-                    item["LastModified"].astimezone(dt.UTC),
-                )
+        with self.explained_errors():
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(
+                        item["Key"][len(self.prefix) :],
+                        int(item["Size"]),
+                        item["LastModified"].astimezone(dt.UTC),
+                    )
 
     def get_object(self, key: str) -> StoredObject:
-        response = self._client.get_object(Bucket=self.bucket, Key=self.prefix + key)
-        body = response["Body"].read()
+        with self.explained_errors():
+            response = self._client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            body = response["Body"].read()
         stamped = response.get("Metadata", {}).get(WRITTEN_AT_METADATA)
         try:
             written_at = dt.datetime.fromisoformat(stamped) if stamped else None
@@ -385,7 +405,7 @@ def _s3_client(endpoint_url: str | None) -> S3Client:
 def open_archive(location: str, *, endpoint_url: str | None = None) -> LocalArchive | S3Archive:
     """`s3://bucket[/prefix]` → S3Archive; a path or `file://` URL → LocalArchive."""
     if location.startswith("s3://"):
-        bucket, _, prefix = location[len("s3://"):].partition("/")
+        bucket, _, prefix = location[len("s3://") :].partition("/")
         if not bucket:
             raise UsageError(f"archive {location!r}: expected s3://BUCKET[/PREFIX]")
         return S3Archive(bucket, prefix, endpoint_url=endpoint_url)

@@ -1,4 +1,4 @@
-"""Grafana on the local stack, when installed, provisioned from the config bundle (Prometheus + dashboards)."""
+"""Grafana on the local stack, when installed, provisioned from the config bundle (datasource, dashboards)."""
 
 from __future__ import annotations
 

@@ -92,11 +92,16 @@ def preflight(stack: StackConfig, paths: StatePaths) -> None:
     require_binary("mosquitto")
     require_binary("prometheus")
     local = stack.local
-    fixed = [(BROKER, local.broker_port, "brokerPort"), (PROMETHEUS, local.prometheus_port, "prometheusPort"),
-             (RULE_RUNNER, local.metrics_port_base, "metricsPortBase")]
+    fixed = [
+        (BROKER, local.broker_port, "brokerPort"),
+        (PROMETHEUS, local.prometheus_port, "prometheusPort"),
+        (RULE_RUNNER, local.metrics_port_base, "metricsPortBase"),
+    ]
     if local.metrics_port_base:
-        fixed += [(f"simulator-{i:02d}", local.metrics_port_base + 1 + i, "metricsPortBase")
-                  for i in range(stack.simulator_count)]
+        fixed += [
+            (f"simulator-{i:02d}", local.metrics_port_base + 1 + i, "metricsPortBase")
+            for i in range(stack.simulator_count)
+        ]
     from local_stack import grafana
 
     if grafana.find_install() is not None:
@@ -132,8 +137,10 @@ def _up_foreground(config: StackConfig, paths: StatePaths, json_output: bool) ->
     supervisor.start()  # Ctrl-C here raises KeyboardInterrupt; start() cleans up after itself
     _print_where(console, supervisor.outputs(), json_output, {"supervisorPid": os.getpid()})
     if not json_output:
-        say(f"up in {time.monotonic() - began:.1f} s; Ctrl-C stops everything cleanly "
-            "(simulators drain, the archive catches up, the broker saves)")
+        say(
+            f"up in {time.monotonic() - began:.1f} s; Ctrl-C stops everything cleanly "
+            "(simulators drain, the archive catches up, the broker saves)"
+        )
 
     interrupts: list[int] = []
 
@@ -145,14 +152,19 @@ def _up_foreground(config: StackConfig, paths: StatePaths, json_output: bool) ->
             say("second Ctrl-C: killing every process without draining")
             supervisor.kill_everything()
 
-    previous = {number: signal.signal(number, on_signal)
-                for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     try:
         if json_output or not console.is_terminal:
             _serve_with_periodic_lines(supervisor, console, json_output)
         else:
-            with Live(get_renderable=lambda: status_view.status_renderable(supervisor.status()),
-                      console=console, refresh_per_second=2, transient=True):
+            with Live(
+                get_renderable=lambda: status_view.status_renderable(supervisor.status()),
+                console=console,
+                refresh_per_second=2,
+                transient=True,
+            ):
                 supervisor.serve()
         if interrupts:
             say("stopping the local stack")
@@ -193,7 +205,9 @@ def _up_detached(config: StackConfig, paths: StatePaths, json_output: bool) -> i
     log_path.parent.mkdir(parents=True, exist_ok=True)
     paths.state_file.unlink(missing_ok=True)
     environment = dict(os.environ)
-    environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_DIR), environment.get("PYTHONPATH")) if p)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PROJECT_DIR), environment.get("PYTHONPATH")) if p
+    )
     environment["PYTHONUNBUFFERED"] = "1"
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
@@ -202,8 +216,15 @@ def _up_detached(config: StackConfig, paths: StatePaths, json_output: bool) -> i
         # so closing this terminal does not stop it (destroy, or SIGTERM to its pid, does).
         pid = os.posix_spawn(
             sys.executable,
-            [sys.executable, "-m", "local_stack.supervisor", "--state-dir", str(paths.root),
-             "--config", str(config.path)],
+            [
+                sys.executable,
+                "-m",
+                "local_stack.supervisor",
+                "--state-dir",
+                str(paths.root),
+                "--config",
+                str(config.path),
+            ],
             environment,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -215,20 +236,32 @@ def _up_detached(config: StackConfig, paths: StatePaths, json_output: bool) -> i
     finally:
         os.close(log_fd)
     if not json_output:
-        _say(console, f"starting the local stack in the background (supervisor pid {pid}); "
-                      "waiting for the first archived message")
+        _say(
+            console,
+            f"starting the local stack in the background (supervisor pid {pid}); "
+            "waiting for the first archived message",
+        )
     status = _wait_until_flowing(paths, pid, began)
     seconds = time.monotonic() - began
     outputs = status.get("outputs") or request(paths, "outputs")
     if json_output:
-        _emit({"stack": "local", "running": True, "supervisorPid": pid,
-               "firstArchivedAfterS": round(seconds, 2), "outputs": outputs})
+        _emit(
+            {
+                "stack": "local",
+                "running": True,
+                "supervisorPid": pid,
+                "firstArchivedAfterS": round(seconds, 2),
+                "outputs": outputs,
+            }
+        )
         return 0
     console.print(status_view.where_table(outputs))
-    _say(console, f"pipeline up: first message archived {seconds:.1f} s after `up`; "
-                  f"supervisor pid {pid}")
-    _say(console, "next: `python cli.py status --stack local`, `logs --stack local -f`, "
-                  "`verify --stack local`; stop and delete it with `destroy --stack local`")
+    _say(console, f"pipeline up: first message archived {seconds:.1f} s after `up`; supervisor pid {pid}")
+    _say(
+        console,
+        "next: `python cli.py status --stack local`, `logs --stack local -f`, "
+        "`verify --stack local`; stop and delete it with `destroy --stack local`",
+    )
     return 0
 
 
@@ -249,8 +282,13 @@ def _wait_until_flowing(paths: StatePaths, pid: int, began: float) -> dict[str, 
             state = read_state(paths) or {}
             message = state.get("error") or _last_error_line(paths.log(SUPERVISOR)) or f"exit {code}"
             message = str(message).removeprefix("error: ")
-            raise UsageError(message) if code == 2 else OperationFailed(
-                f"the local stack failed to start: {message}; see {paths.log(SUPERVISOR)}")
+            raise (
+                UsageError(message)
+                if code == 2
+                else OperationFailed(
+                    f"the local stack failed to start: {message}; see {paths.log(SUPERVISOR)}"
+                )
+            )
         state = read_state(paths) or {}
         if state.get("phase") == "running":
             try:
@@ -316,7 +354,9 @@ def _kill_leftovers(paths: StatePaths) -> int:
     for pid in state.get("pids") or []:
         command = " ".join(process_command_line(int(pid)))
         # Only what this stack started: its state folder or its own programs are on the command line.
-        if pid_alive(int(pid)) and (str(paths.root) in command or "local_stack" in command or "simulator" in command):
+        if pid_alive(int(pid)) and (
+            str(paths.root) in command or "local_stack" in command or "simulator" in command
+        ):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(pid), signal.SIGKILL)
             killed += 1
@@ -360,11 +400,21 @@ def destroy(stack: str, *, json_output: bool) -> int:
     shutil.rmtree(paths.root)
     socket_path.unlink(missing_ok=True)
     if json_output:
-        _emit({"stack": "local", "destroyed": True, "stateDir": str(paths.root), "stoppedSupervisor": pid or None,
-               "killedLeftovers": killed})
+        _emit(
+            {
+                "stack": "local",
+                "destroyed": True,
+                "stateDir": str(paths.root),
+                "stoppedSupervisor": pid or None,
+                "killedLeftovers": killed,
+            }
+        )
     else:
-        _say(console, f"destroyed: deleted {paths.root} (archive, certificates, logs); "
-                      f"the config in {config_path()} is kept")
+        _say(
+            console,
+            f"destroyed: deleted {paths.root} (archive, certificates, logs); "
+            f"the config in {config_path()} is kept",
+        )
     return 0
 
 
@@ -417,8 +467,11 @@ def status(stack: str, *, json_output: bool) -> int:
         return 0
     if running:
         uptime = int(current.get("uptimeS") or 0)
-        _say(console, f"local stack: {current.get('phase')} (supervisor pid {current.get('supervisorPid')}, "
-                      f"up {uptime // 60} min {uptime % 60} s, certificates {current.get('generation')})")
+        _say(
+            console,
+            f"local stack: {current.get('phase')} (supervisor pid {current.get('supervisorPid')}, "
+            f"up {uptime // 60} min {uptime % 60} s, certificates {current.get('generation')})",
+        )
         console.print(status_view.status_renderable(current))
     else:
         phase = current.get("phase")
@@ -435,8 +488,11 @@ def scale(stack: str, simulators: int, *, json_output: bool) -> int:
     config, paths = _load()
     config_module.check_simulator_count(simulators, "--simulators", "choose a count in that range")
     console = _console()
-    progress = (lambda message: _emit({"event": "scale", "message": message})) if json_output else (
-        lambda message: _say(console, message))
+    progress = (
+        (lambda message: _emit({"event": "scale", "message": message}))
+        if json_output
+        else (lambda message: _say(console, message))
+    )
     if is_running(paths):
         result = request(paths, "scale", progress, simulators=simulators)
         if json_output:
@@ -446,11 +502,21 @@ def scale(stack: str, simulators: int, *, json_output: bool) -> int:
         return 0
     changed = config_module.record_simulator_count(config.path, simulators)
     if json_output:
-        _emit({"stack": "local", "running": False, "simulators": simulators, "configFile": str(config.path),
-               "changed": changed})
+        _emit(
+            {
+                "stack": "local",
+                "running": False,
+                "simulators": simulators,
+                "configFile": str(config.path),
+                "changed": changed,
+            }
+        )
     else:
-        _say(console, f"the local stack is not running; recorded iotfactory:simulatorCount: {simulators} in "
-                      f"{config.path} for the next `up`")
+        _say(
+            console,
+            f"the local stack is not running; recorded iotfactory:simulatorCount: {simulators} in "
+            f"{config.path} for the next `up`",
+        )
     return 0
 
 
@@ -480,7 +546,9 @@ def rotate_certs(stack: str, *, rollback: bool, json_output: bool) -> int:
         result = request(paths, "rotate", progress, rollback=rollback)
     else:
         if not paths.pki_file.exists():
-            raise UsageError("the local stack has no device certificates yet; run `python cli.py up --stack local`")
+            raise UsageError(
+                "the local stack has no device certificates yet; run `python cli.py up --stack local`"
+            )
         with _exclusive(paths):
             pki = DevicePki.open(paths)
             result = rotate(pki, StoppedStack(config.simulator_count), progress, rollback=rollback).as_dict()
@@ -524,7 +592,9 @@ def verify(stack: str, *, json_output: bool) -> int:
         console = _console()
         render_report(report, console)
         if is_running(paths):
-            _say(console, "the stack is running: the newest messages may still be on their way to the archive")
+            _say(
+                console, "the stack is running: the newest messages may still be on their way to the archive"
+            )
     return 0 if report.ok else 1
 
 
@@ -558,7 +628,9 @@ def logs(stack: str, *, service: str | None, follow: bool, lines: int) -> int:
     paths = StatePaths.from_environment()
     known = _log_services(paths)
     if not known:
-        raise UsageError(f"no logs in {paths.logs_dir} yet; start the stack with `python cli.py up --stack local`")
+        raise UsageError(
+            f"no logs in {paths.logs_dir} yet; start the stack with `python cli.py up --stack local`"
+        )
     if service is not None and service not in known:
         raise UsageError(f"no service {service!r}; services with logs: {', '.join(known)}")
     chosen = [service] if service else known
@@ -577,8 +649,9 @@ def logs(stack: str, *, service: str | None, follow: bool, lines: int) -> int:
     try:
         while True:
             for name in chosen:
-                offsets[name] = _follow_once(console, paths.log(name), name, offsets[name],
-                                             width if prefix else 0)
+                offsets[name] = _follow_once(
+                    console, paths.log(name), name, offsets[name], width if prefix else 0
+                )
             if service is None:
                 for name in _log_services(paths):
                     if name not in offsets:  # a simulator added by `scale`

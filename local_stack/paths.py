@@ -136,9 +136,17 @@ class StatePaths:
         # Keys live below; nobody else on the machine needs to read any of it.
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
-        for folder in (self.ca_dir, self.certs_dir, self.broker_dir, self.prometheus_dir, self.logs_dir,
-                       self.simulators_dir):
+        for folder in (
+            self.ca_dir,
+            self.certs_dir,
+            self.broker_dir,
+            self.prometheus_dir,
+            self.logs_dir,
+            self.simulators_dir,
+        ):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.marker.exists():
-            self.marker.write_text("State of the iotfactory local stack; `python cli.py destroy --stack local` "
-                                   "deletes this folder.\n")
+            self.marker.write_text(
+                "State of the iotfactory local stack; `python cli.py destroy --stack local` "
+                "deletes this folder.\n"
+            )

@@ -7,6 +7,7 @@ outright never leaves orphans behind).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -106,6 +107,7 @@ class ManagedProcess:
         self.stop_timeout_s = stop_timeout_s
         self.started_at: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._terminated = False
 
     @property
     def pid(self) -> int | None:
@@ -131,6 +133,7 @@ class ManagedProcess:
                 preexec_fn=preexec or _die_with_parent,
             )
         self.started_at = time.time()
+        self._terminated = False
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -140,7 +143,11 @@ class ManagedProcess:
             self._process.send_signal(signum)
 
     def terminate(self) -> None:
-        self.signal(signal.SIGTERM)
+        """SIGTERM once: a second one could land after the program restored the default handler
+        at the end of its drain, and kill it before it wrote its checkpoint."""
+        if not self._terminated:
+            self._terminated = True
+            self.signal(signal.SIGTERM)
 
     def wait(self, timeout_s: float) -> int | None:
         if self._process is None:
@@ -155,10 +162,8 @@ class ManagedProcess:
         if self._process is None:
             return
         if self._process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._process.wait()
 
     def stop(self, timeout_s: float | None = None) -> int | None:
@@ -169,7 +174,9 @@ class ManagedProcess:
         code = self.wait(self.stop_timeout_s if timeout_s is None else timeout_s)
         if code is None:
             self.kill()
-            self._append_log(f"{self.name} did not stop within {timeout_s or self.stop_timeout_s:g} s; killed")
+            self._append_log(
+                f"{self.name} did not stop within {timeout_s or self.stop_timeout_s:g} s; killed"
+            )
         return self._process.returncode
 
     def log_tail(self, lines: int = 3) -> str:

@@ -25,8 +25,9 @@ class ScrapeTargets:
     archive: str  # the rule runner's exporter
 
 
-def write_config(state_root: Path, targets: ScrapeTargets, scrape_interval_s: float,
-                 prometheus_url: str) -> Path:
+def write_config(
+    state_root: Path, targets: ScrapeTargets, scrape_interval_s: float, prometheus_url: str
+) -> Path:
     """The cloud's config bundle, local flavour, under the state folder; returns prometheus.yml.
 
     Rewritten on every start and every scale; each file is replaced atomically, so a reload never

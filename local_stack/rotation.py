@@ -94,7 +94,9 @@ class DevicePki:
         site = site_id(index)
         entry = self._document["devices"].setdefault(generation, {}).get(site)
         if entry is not None and Path(entry["cert"]).exists() and Path(entry["key"]).exists():
-            return DeviceCertificate(site, generation, int(entry["serial"]), Path(entry["cert"]), Path(entry["key"]))
+            return DeviceCertificate(
+                site, generation, int(entry["serial"]), Path(entry["cert"]), Path(entry["key"])
+            )
         # The CN is the site id: the broker's ACL (like the IoT policy's thing name) keys on it.
         issued = self.ca.issue_client(site, self.paths.certs_dir / generation)
         self._document["devices"][generation][site] = {
@@ -220,8 +222,9 @@ def rotate(
             return RotationResult(record.from_generation, record.to_generation, rollback, False, tuple(steps))
 
 
-def _apply(kind: ActionKind, record: RotationRecord, pki: DevicePki, runtime: RotationRuntime,
-           progress: Progress) -> None:
+def _apply(
+    kind: ActionKind, record: RotationRecord, pki: DevicePki, runtime: RotationRuntime, progress: Progress
+) -> None:
     old, new = record.from_generation, record.to_generation
     if kind is ActionKind.ADD:
         for index in runtime.site_indexes():
@@ -251,7 +254,8 @@ def interrupted_notice(pki: DevicePki) -> str | None:
         return None
     return (
         f"certificate rotation {record.from_generation} -> {record.to_generation} was interrupted at step "
-        f"'{record.phase.value}'; run `python cli.py rotate-certs --stack local` to finish it or add --rollback"
+        f"'{record.phase.value}'; run `python cli.py rotate-certs --stack local` to finish it"
+        " or add --rollback"
     )
 
 

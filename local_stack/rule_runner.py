@@ -64,7 +64,10 @@ log = logging.getLogger("iotfactory.rule_runner")
 ArchiveMode = Literal["batched", "direct"]
 QuarantineReason = Literal["invalid_json", "schema_violation", "topic_mismatch", "payload_too_large"]
 QUARANTINE_REASONS: tuple[QuarantineReason, ...] = (
-    "invalid_json", "schema_violation", "topic_mismatch", "payload_too_large",
+    "invalid_json",
+    "schema_violation",
+    "topic_mismatch",
+    "payload_too_large",
 )
 PAYLOAD_KINDS: tuple[PayloadKind, ...] = ("telemetry", "ground_truth")
 # AWS IoT Core refuses larger publishes; Mosquitto does not, so the rule runner enforces it.
@@ -126,7 +129,7 @@ def topic_kind(topic: str) -> PayloadKind | None:
     root = TOPIC_ROOT.split("/")
     if parts[: len(root)] != root:
         return None
-    rest = parts[len(root):]
+    rest = parts[len(root) :]
     if len(rest) == 4 and rest[0] == GROUND_TRUTH_SEGMENT:
         return "ground_truth"
     if len(rest) == 3 and rest[0] != GROUND_TRUTH_SEGMENT:
@@ -187,7 +190,9 @@ def _epoch_seconds(timestamp: str) -> float | None:
 
 
 def _iso_ms(epoch_s: float) -> str:
-    return dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        dt.datetime.fromtimestamp(epoch_s, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
 
 
 @dataclass
@@ -277,7 +282,9 @@ class ArchiveMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.archived = Counter(_metric_name(ARCHIVED), ARCHIVED.help, ARCHIVED.labels, registry=self.registry)
+        self.archived = Counter(
+            _metric_name(ARCHIVED), ARCHIVED.help, ARCHIVED.labels, registry=self.registry
+        )
         self.quarantined = Counter(
             _metric_name(QUARANTINED), QUARANTINED.help, QUARANTINED.labels, registry=self.registry
         )
@@ -374,7 +381,9 @@ class RuleRunner:
 
     def _mark_subscribed(self, how: str) -> None:
         self._subscribed = True
-        log.info("%s to %s at %s:%s", how, self.settings.topic_filter, self.settings.endpoint, self.settings.port)
+        log.info(
+            "%s to %s at %s:%s", how, self.settings.topic_filter, self.settings.endpoint, self.settings.port
+        )
         if self.settings.ready_file is not None:
             _write_ready_file(self.settings)
 
@@ -422,16 +431,24 @@ class RuleRunner:
         """Archive until `stop()`; survives broker restarts and archive outages; raises only on bad config."""
         while not self._stop.is_set():
             if not self._connected:
-                if self._pending:
-                    # Keep what we hold: if the broker lost it (killed before its autosave), this
-                    # copy is the only one; if not, its redelivery is recognised and not rewritten.
-                    self._flush(ack=False)
+                if self._pending and not self._flush(ack=False):
+                    # Keep what we hold when we can: if the broker lost it (killed before its
+                    # autosave) this copy is the only one, and if not, its redelivery is recognised.
+                    # When the archive is down too, the broker's unacknowledged copy must do.
+                    log.warning("%d unwritten messages left to the broker's redelivery", len(self._pending))
+                    self._pending = []
                 if not self._connect_with_backoff():
                     break
                 continue
-            rc = self._client.loop(timeout=self._loop_timeout())
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._connected = False
+            if len(self._pending) >= self.settings.batch_limit and time.monotonic() < self._retry_flush_at:
+                # The archive is failing and the batch is full: stop reading, so memory stays
+                # bounded even with an unlimited receive window; the broker holds the rest.
+                self._client.loop_misc()
+                self._stop.wait(min(0.1, self._retry_flush_at - time.monotonic()))
+            else:
+                rc = self._client.loop(timeout=self._loop_timeout())
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._connected = False
             if self._flush_due():
                 self._flush(ack=True)
         self._shutdown()
@@ -459,8 +476,13 @@ class RuleRunner:
             self._flush_failures += 1
             delay = min(self.settings.reconnect_max_s, 0.2 * 2 ** min(self._flush_failures, 6))
             self._retry_flush_at = time.monotonic() + delay
-            log.error("archive write to %s failed (%s: %s); retrying in %.1f s",
-                      self.writer.archive.location, type(error).__name__, error, delay)
+            log.error(
+                "archive write to %s failed (%s: %s); retrying in %.1f s",
+                self.writer.archive.location,
+                type(error).__name__,
+                error,
+                delay,
+            )
             return False
         self._flush_failures = 0
         self._retry_flush_at = 0.0
@@ -572,31 +594,63 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint", default=defaults["endpoint"].default, help="broker host")
     parser.add_argument("--port", type=int, default=defaults["port"].default, help="broker TLS port")
     parser.add_argument("--ca", type=Path, required=True, help="CA certificate that signed the broker (PEM)")
-    parser.add_argument("--cert", type=Path, required=True, help="the rule runner's certificate (PEM, CN rule-runner)")
+    parser.add_argument(
+        "--cert", type=Path, required=True, help="the rule runner's certificate (PEM, CN rule-runner)"
+    )
     parser.add_argument("--key", type=Path, required=True, help="the rule runner's private key (PEM)")
-    parser.add_argument("--client-id", default=defaults["client_id"].default,
-                        help="fixed MQTT client id: the persistent session is keyed on it")
+    parser.add_argument(
+        "--client-id",
+        default=defaults["client_id"].default,
+        help="fixed MQTT client id: the persistent session is keyed on it",
+    )
     parser.add_argument("--topic", dest="topic_filter", default=defaults["topic_filter"].default)
-    parser.add_argument("--archive", default=defaults["archive"].default,
-                        help="folder path, file:///path or s3://BUCKET[/PREFIX]")
-    parser.add_argument("--s3-endpoint-url", default=os.environ.get("IOTFACTORY_S3_ENDPOINT_URL"),
-                        help="S3-compatible endpoint (moto, MinIO); credentials from the AWS_* environment")
+    parser.add_argument(
+        "--archive",
+        default=defaults["archive"].default,
+        help="folder path, file:///path or s3://BUCKET[/PREFIX]",
+    )
+    parser.add_argument(
+        "--s3-endpoint-url",
+        default=os.environ.get("IOTFACTORY_S3_ENDPOINT_URL"),
+        help="S3-compatible endpoint (moto, MinIO); credentials from the AWS_* environment",
+    )
     parser.add_argument("--create-bucket", action="store_true", help="create the s3:// bucket if missing")
-    parser.add_argument("--stream-name", default=defaults["stream_name"].default,
-                        help="name in every object key, like the Firehose delivery stream's")
-    parser.add_argument("--mode", choices=["batched", "direct"], default="batched",
-                        help="batched: Firehose-style GZIP JSON lines; direct: one object per message")
-    parser.add_argument("--flush-interval", dest="flush_interval_s", type=float,
-                        default=defaults["flush_interval_s"].default, help="seconds a batch may wait")
-    parser.add_argument("--max-batch", type=int, default=defaults["max_batch"].default,
-                        help="messages per batch object at most")
-    parser.add_argument("--receive-window", type=int, default=defaults["receive_window"].default,
-                        help="the broker's max_inflight_messages (0 = unlimited): a batch is written"
-                             " when it holds this many unacknowledged messages")
+    parser.add_argument(
+        "--stream-name",
+        default=defaults["stream_name"].default,
+        help="name in every object key, like the Firehose delivery stream's",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["batched", "direct"],
+        default="batched",
+        help="batched: Firehose-style GZIP JSON lines; direct: one object per message",
+    )
+    parser.add_argument(
+        "--flush-interval",
+        dest="flush_interval_s",
+        type=float,
+        default=defaults["flush_interval_s"].default,
+        help="seconds a batch may wait",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=defaults["max_batch"].default,
+        help="messages per batch object at most",
+    )
+    parser.add_argument(
+        "--receive-window",
+        type=int,
+        default=defaults["receive_window"].default,
+        help="the broker's max_inflight_messages (0 = unlimited): a batch is written"
+        " when it holds this many unacknowledged messages",
+    )
     parser.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST)
     parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus exporter port (0 = off)")
-    parser.add_argument("--ready-file", type=Path, default=None,
-                        help="written (JSON) once the subscription is in place")
+    parser.add_argument(
+        "--ready-file", type=Path, default=None, help="written (JSON) once the subscription is in place"
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -632,7 +686,9 @@ def _start_metrics(settings: RuleRunnerSettings, metrics: ArchiveMetrics) -> Any
             f"rule runner --metrics-port {settings.metrics_port}: already in use on"
             f" {settings.metrics_host}; pick another port"
         )
-    server, _thread = start_http_server(settings.metrics_port, settings.metrics_host, registry=metrics.registry)
+    server, _thread = start_http_server(
+        settings.metrics_port, settings.metrics_host, registry=metrics.registry
+    )
     return server
 
 
@@ -661,7 +717,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _request_stop)
     log.info(
         "archiving %s to %s (%s, batches of <= %d or every %.1f s)",
-        settings.topic_filter, archive.location, settings.mode, settings.batch_limit, settings.flush_interval_s,
+        settings.topic_filter,
+        archive.location,
+        settings.mode,
+        settings.batch_limit,
+        settings.flush_interval_s,
     )
     try:
         runner.run()
@@ -677,8 +737,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.ready_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 settings.ready_file.unlink()
-    log.info("stopped: %d messages received, %d redeliveries recognised", runner.messages_received,
-             runner.redeliveries_skipped)
+    log.info(
+        "stopped: %d messages received, %d redeliveries recognised",
+        runner.messages_received,
+        runner.redeliveries_skipped,
+    )
     return 0
 
 

@@ -193,8 +193,9 @@ def check_simulator_count(count: int, what: str, fix: str) -> None:
         )
 
 
-_COUNT_LINE = re.compile(r"^(?P<indent>[ \t]+)" + re.escape(COUNT_KEY) + r":[^\n#]*(?P<comment>#[^\n]*)?$",
-                         re.MULTILINE)
+_COUNT_LINE = re.compile(
+    r"^(?P<indent>[ \t]+)" + re.escape(COUNT_KEY) + r":[^\n#]*(?P<comment>#[^\n]*)?$", re.MULTILINE
+)
 _CONFIG_LINE = re.compile(r"^config:[ \t]*(#[^\n]*)?$", re.MULTILINE)
 _FIRST_CHILD = re.compile(r"\n(?P<indent>[ \t]+)\S")
 
@@ -209,7 +210,9 @@ def record_simulator_count(path: Path, count: int) -> bool:
     match = _COUNT_LINE.search(text)
     if match:
         comment = f"  {match['comment']}" if match["comment"] else ""
-        updated = text[: match.start()] + f"{match['indent']}{COUNT_KEY}: {count}{comment}" + text[match.end() :]
+        updated = (
+            text[: match.start()] + f"{match['indent']}{COUNT_KEY}: {count}{comment}" + text[match.end() :]
+        )
     elif config_line := _CONFIG_LINE.search(text):
         child = _FIRST_CHILD.match(text, config_line.end())
         indent = child["indent"] if child else "  "

@@ -1,4 +1,4 @@
-"""What the local stack is doing, read from its exporters and shown with rich: rates, lag, errors, services."""
+"""What the local stack is doing, read from its exporters, shown with rich: rates, lag, errors, services."""
 
 from __future__ import annotations
 
@@ -184,9 +184,12 @@ def status_renderable(status: Mapping[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [pipeline_line(status.get("pipeline", {}), status.get("simulators", {}))]
     rotation = status.get("rotation")
     if rotation:
-        parts.append(Text(
-            f"certificate rotation {rotation['from']} -> {rotation['to']} at step {rotation['step']}", style="yellow"
-        ))
+        parts.append(
+            Text(
+                f"certificate rotation {rotation['from']} -> {rotation['to']} at step {rotation['step']}",
+                style="yellow",
+            )
+        )
     parts.append(services_table(status.get("services", [])))
     events = list(status.get("events", []))[-5:]
     if events:
@@ -205,7 +208,11 @@ def where_table(outputs: Mapping[str, Any]) -> Table:
         ("Logs", outputs.get("logsDir")),
         ("State", outputs.get("stateDir")),
         ("Config", outputs.get("configFile")),
-        ("Simulators", f"{outputs.get('simulatorCount')} (certificate generation {outputs.get('certificateGeneration')})"),
+        (
+            "Simulators",
+            f"{outputs.get('simulatorCount')} "
+            f"(certificate generation {outputs.get('certificateGeneration')})",
+        ),
     ]
     if outputs.get("grafanaUrl") and outputs.get("grafanaPasswordFile"):
         rows.insert(4, ("Grafana login", f"admin / password in {outputs['grafanaPasswordFile']}"))

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from local_stack import grafana, prometheus
 from local_stack import stack_config as config_module
-from local_stack.certificate_authority import CertificateAuthority, IssuedCertificate
+from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority, IssuedCertificate
 from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, render_acl, render_config
 from local_stack.paths import (
     BROKER,
@@ -64,6 +64,10 @@ SIMULATOR_CONNECT_TIMEOUT_S = 30.0
 SERVICE_START_TIMEOUT_S = 20.0
 QUIET_TIMEOUT_S = 60.0  # at most this long waiting for the rule runner to archive the backlog
 SAMPLE_INTERVAL_S = 1.0
+# QoS 1 messages Mosquitto sends the rule runner before waiting for its PUBACKs. The rule runner
+# acknowledges only after a batch is durable, so this is also its largest batch: 100 (Mosquitto's
+# default) meant a gzip + fsync per 100 messages, which capped the archive near 4k msg/s here.
+BROKER_INFLIGHT_TO_SUBSCRIBERS = 1000
 HOST = "127.0.0.1"
 
 
@@ -206,23 +210,44 @@ class Supervisor:
         self._wait_port(broker, SERVICE_START_TIMEOUT_S)
 
         prometheus_config = self._write_prometheus_config()
-        self._launch(self._add(PROMETHEUS, "prometheus", self.ports[PROMETHEUS],
-                               lambda: prometheus.process(prometheus_config, paths.prometheus_data_dir,
-                                                          self.ports[PROMETHEUS], stack.local.prometheus_retention,
-                                                          paths.log(PROMETHEUS))))
+        self._launch(
+            self._add(
+                PROMETHEUS,
+                "prometheus",
+                self.ports[PROMETHEUS],
+                lambda: prometheus.process(
+                    prometheus_config,
+                    paths.prometheus_data_dir,
+                    self.ports[PROMETHEUS],
+                    stack.local.prometheus_retention,
+                    paths.log(PROMETHEUS),
+                ),
+            )
+        )
         install = grafana.find_install()
         if install is None:
             self.grafana_skipped = grafana.SKIPPED_SHORT
             self.say(grafana.SKIPPED_HINT)
         else:
-            self._launch(self._add(GRAFANA, "grafana", self.ports[GRAFANA],
-                                   lambda: grafana.process(install, paths.grafana_dir, self.ports[GRAFANA],
-                                                           paths.log(GRAFANA))))
+            self._launch(
+                self._add(
+                    GRAFANA,
+                    "grafana",
+                    self.ports[GRAFANA],
+                    lambda: grafana.process(
+                        install, paths.grafana_dir, self.ports[GRAFANA], paths.log(GRAFANA)
+                    ),
+                )
+            )
 
         # The rule runner subscribes before any simulator publishes: on a first start its session
         # does not exist yet, and the broker drops what nobody subscribed to.
-        runner = self._add(RULE_RUNNER, "rule-runner", self.ports[RULE_RUNNER],
-                           lambda: self._rule_runner_process(reader_cert))
+        runner = self._add(
+            RULE_RUNNER,
+            "rule-runner",
+            self.ports[RULE_RUNNER],
+            lambda: self._rule_runner_process(reader_cert),
+        )
         self._launch(runner)
         self._wait_rule_runner(runner)
 
@@ -377,6 +402,11 @@ class Supervisor:
             assert service.process is not None
             service.process.stop(timeout_s)
             service.last_exit = service.process.returncode
+            if service.last_exit not in (0, None):
+                self._event(
+                    f"{service.name} exited with code {service.last_exit} while stopping; "
+                    f"see {service.process.log_path}"
+                )
 
     def _broker_process(self, server_cert: IssuedCertificate) -> ManagedProcess:
         assert self.pki is not None
@@ -391,14 +421,19 @@ class Supervisor:
             acl_file=self.paths.broker_dir / "acl",
             persistence=settings.persistence,
             autosave_interval_s=settings.autosave_interval_s,
+            max_inflight_messages=BROKER_INFLIGHT_TO_SUBSCRIBERS,
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
         assert config.acl_file is not None
         config.acl_file.write_text(render_acl())
         config_path = config.data_dir / "mosquitto.conf"
         config_path.write_text(render_config(config))
-        return ManagedProcess(BROKER, [require_binary("mosquitto"), "-c", str(config_path)],
-                              self.paths.log(BROKER), stop_timeout_s=30.0)
+        return ManagedProcess(
+            BROKER,
+            [require_binary("mosquitto"), "-c", str(config_path)],
+            self.paths.log(BROKER),
+            stop_timeout_s=30.0,
+        )
 
     def _rule_runner_process(self, reader_cert: IssuedCertificate) -> ManagedProcess:
         assert self.pki is not None
@@ -407,28 +442,46 @@ class Supervisor:
         ready_file.unlink(missing_ok=True)
         argv = python_command(
             "local_stack.rule_runner",
-            "--endpoint", HOST,
-            "--port", str(self.ports[BROKER]),
-            "--ca", str(self.pki.ca.ca_cert_path),
-            "--cert", str(reader_cert.cert_path),
-            "--key", str(reader_cert.key_path),
-            "--flush-interval", str(settings.rule_runner.flush_interval_s),
-            "--max-batch", str(settings.rule_runner.batch_max_messages),
-            "--receive-window", str(BrokerConfig.max_inflight_messages),
-            "--metrics-host", HOST,
-            "--metrics-port", str(self.ports[RULE_RUNNER]),
-            "--ready-file", str(ready_file),
+            "--endpoint",
+            HOST,
+            "--port",
+            str(self.ports[BROKER]),
+            "--ca",
+            str(self.pki.ca.ca_cert_path),
+            "--cert",
+            str(reader_cert.cert_path),
+            "--key",
+            str(reader_cert.key_path),
+            "--flush-interval",
+            str(settings.rule_runner.flush_interval_s),
+            "--max-batch",
+            str(settings.rule_runner.batch_max_messages),
+            "--receive-window",
+            str(BROKER_INFLIGHT_TO_SUBSCRIBERS),
+            "--metrics-host",
+            HOST,
+            "--metrics-port",
+            str(self.ports[RULE_RUNNER]),
+            "--ready-file",
+            str(ready_file),
         )
         environment = _child_environment()
         if settings.archive.s3 is not None:
-            argv += ["--archive", f"s3://{settings.archive.s3.bucket}",
-                     "--s3-endpoint-url", settings.archive.s3.endpoint, "--create-bucket"]
+            argv += [
+                "--archive",
+                f"s3://{settings.archive.s3.bucket}",
+                "--s3-endpoint-url",
+                settings.archive.s3.endpoint,
+                "--create-bucket",
+            ]
             environment.setdefault("AWS_DEFAULT_REGION", settings.archive.s3.region)
         else:
             folder = self.stack.archive_folder(self.paths.root)
             assert folder is not None
             argv += ["--archive", str(folder)]
-        return ManagedProcess(RULE_RUNNER, argv, self.paths.log(RULE_RUNNER), env=environment, cwd=PROJECT_DIR)
+        return ManagedProcess(
+            RULE_RUNNER, argv, self.paths.log(RULE_RUNNER), env=environment, cwd=PROJECT_DIR
+        )
 
     def _wait_rule_runner(self, runner: Service) -> None:
         ready_file = self.paths.root / READY_FILE
@@ -465,21 +518,37 @@ class Supervisor:
         device = self.pki.device(index, service.generation)
         argv = python_command(
             "simulator",
-            "--config", str(self.paths.fleet_config),
-            "--site-index", str(index),
-            "--endpoint", HOST,
-            "--port", str(self.ports[BROKER]),
-            "--ca", str(self.pki.ca.ca_cert_path),
-            "--cert", str(device.cert_path),
-            "--key", str(device.key_path),
-            "--client-id-prefix", "",
-            "--metrics-host", HOST,
-            "--metrics-port", str(self.ports[service.name]),
+            "--config",
+            str(self.paths.fleet_config),
+            "--site-index",
+            str(index),
+            "--endpoint",
+            HOST,
+            "--port",
+            str(self.ports[BROKER]),
+            "--ca",
+            str(self.pki.ca.ca_cert_path),
+            "--cert",
+            str(device.cert_path),
+            "--key",
+            str(device.key_path),
+            "--client-id-prefix",
+            "",
+            "--metrics-host",
+            HOST,
+            "--metrics-port",
+            str(self.ports[service.name]),
         )
         if self._resume_supported:
             argv += ["--state-file", str(self.paths.simulator_state(index))]
-        return ManagedProcess(service.name, argv, self.paths.log(service.name), env=_child_environment(),
-                              cwd=PROJECT_DIR, stop_timeout_s=SIMULATOR_STOP_TIMEOUT_S)
+        return ManagedProcess(
+            service.name,
+            argv,
+            self.paths.log(service.name),
+            env=_child_environment(),
+            cwd=PROJECT_DIR,
+            stop_timeout_s=SIMULATOR_STOP_TIMEOUT_S,
+        )
 
     def _wait_connected(self, service: Service, timeout_s: float) -> None:
         """A simulator is steady once every planned MQTT connection is up."""
@@ -527,7 +596,8 @@ class Supervisor:
     def _wait_archive_quiet(self, runner: Service) -> None:
         """Wait until the rule runner has archived everything (its counters stop moving)."""
         assert runner.port is not None
-        quiet_for = self.stack.local.rule_runner.flush_interval_s + 1.5
+        # The rule runner writes at least every flush interval: quiet for longer means done.
+        quiet_for = self.stack.local.rule_runner.flush_interval_s + 0.5
         deadline = time.monotonic() + QUIET_TIMEOUT_S
         last: float | None = None
         last_change = time.monotonic()
@@ -555,7 +625,8 @@ class Supervisor:
                 self.snapshot = snapshot
                 if self.first_archived_at is None and snapshot.archived_total > 0:
                     self.first_archived_at = time.time()
-            self._stop.wait(SAMPLE_INTERVAL_S)
+            # Faster until the first message is archived: `up --detach` waits for exactly that.
+            self._stop.wait(SAMPLE_INTERVAL_S if self.first_archived_at else 0.2)
 
     def _event(self, message: str) -> None:
         line = f"{_timestamp()} {message}"
@@ -564,8 +635,14 @@ class Supervisor:
         self.say(message)
 
     def outputs(self) -> dict[str, Any]:
-        return stack_outputs(self.stack, self.paths, self.ports, self.grafana_skipped,
-                             self.desired_simulators, self.pki.current_generation if self.pki else None)
+        return stack_outputs(
+            self.stack,
+            self.paths,
+            self.ports,
+            self.grafana_skipped,
+            self.desired_simulators,
+            self.pki.current_generation if self.pki else None,
+        )
 
     def status(self) -> dict[str, Any]:
         with self.lock:
@@ -579,11 +656,18 @@ class Supervisor:
                 "supervisorPid": os.getpid(),
                 "startedAt": self.started_at,
                 "uptimeS": time.time() - self.started_at,
-                "firstArchivedAfterS": (self.first_archived_at - self.started_at) if self.first_archived_at else None,
+                "firstArchivedAfterS": (self.first_archived_at - self.started_at)
+                if self.first_archived_at
+                else None,
                 "simulators": {"desired": self.desired_simulators, "up": simulators_up},
                 "generation": self.pki.current_generation if self.pki else None,
-                "rotation": {"from": record.from_generation, "to": record.to_generation,
-                             "step": record.phase.value} if record else None,
+                "rotation": {
+                    "from": record.from_generation,
+                    "to": record.to_generation,
+                    "step": record.phase.value,
+                }
+                if record
+                else None,
                 "pipeline": self.snapshot.as_dict(),
                 "services": services,
                 "events": list(self.events),
@@ -640,14 +724,19 @@ class Supervisor:
 
     def scale(self, count: int, progress: Progress) -> dict[str, Any]:
         config_module.check_simulator_count(count, "--simulators", "choose a count in that range")
-        current = sorted(i for s in self.services.values() if s.kind == "simulator"
-                         and (i := simulator_index(s.name)) is not None)
+        current = sorted(
+            i
+            for s in self.services.values()
+            if s.kind == "simulator" and (i := simulator_index(s.name)) is not None
+        )
         before = len(current)
         if count > before:
             started = [self._add_simulator(index) for index in range(before, count)]
             for service in started:
-                progress(f"starting {service.name} ({site_id(simulator_index(service.name) or 0)}, "
-                         f"certificate {service.generation})")
+                progress(
+                    f"starting {service.name} ({site_id(simulator_index(service.name) or 0)}, "
+                    f"certificate {service.generation})"
+                )
                 self._launch(service)
             for service in started:
                 self._wait_port(service, SERVICE_START_TIMEOUT_S)
@@ -674,8 +763,12 @@ class Supervisor:
             ),
             archive=f"{HOST}:{self.ports[RULE_RUNNER]}",
         )
-        return prometheus.write_config(self.paths.root, targets, self.stack.local.scrape_interval_s,
-                                       prometheus.url(self.ports[PROMETHEUS]))
+        return prometheus.write_config(
+            self.paths.root,
+            targets,
+            self.stack.local.scrape_interval_s,
+            prometheus.url(self.ports[PROMETHEUS]),
+        )
 
     def _reconfigure_prometheus(self, progress: Progress) -> None:
         self._write_prometheus_config()
@@ -689,10 +782,18 @@ class Supervisor:
         else:
             self._event("prometheus did not pick up the new targets; see " + str(self.paths.log(PROMETHEUS)))
 
-    def rotate(self, progress: Progress, *, rollback: bool = False, stop_after: str | None = None) -> RotationResult:
+    def rotate(
+        self, progress: Progress, *, rollback: bool = False, stop_after: str | None = None
+    ) -> RotationResult:
         assert self.pki is not None
-        return rotate(self.pki, _RunningStack(self), progress, rollback=rollback, stop_after=stop_after,
-                      should_stop=lambda: self._stop.is_set())
+        return rotate(
+            self.pki,
+            _RunningStack(self),
+            progress,
+            rollback=rollback,
+            stop_after=stop_after,
+            should_stop=lambda: self._stop.is_set(),
+        )
 
     def roll_simulator(self, service: Service, generation: str, progress: Progress) -> None:
         """Drain one simulator and start it again on `generation`; its checkpoint keeps `seq` going."""
@@ -815,8 +916,9 @@ class _ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
         self.path.unlink(missing_ok=True)
 
 
-def request(paths: StatePaths, op: str, progress: Progress | None = None, timeout_s: float = 600.0,
-            **args: Any) -> Any:
+def request(
+    paths: StatePaths, op: str, progress: Progress | None = None, timeout_s: float = 600.0, **args: Any
+) -> Any:
     """Send one request to the running supervisor; progress lines go to `progress`."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.settimeout(timeout_s)
@@ -897,11 +999,17 @@ def port_in_use_message(port: int, service: str, key: str, config_path: Path) ->
     )
 
 
-def stack_outputs(stack: StackConfig, paths: StatePaths, ports: dict[str, int], grafana_skipped: str | None,
-                  simulator_count: int, generation: str | None) -> dict[str, Any]:
+def stack_outputs(
+    stack: StackConfig,
+    paths: StatePaths,
+    ports: dict[str, int],
+    grafana_skipped: str | None,
+    simulator_count: int,
+    generation: str | None,
+) -> dict[str, Any]:
     archive_folder = stack.archive_folder(paths.root)
     s3 = stack.local.archive.s3
-    ca = paths.ca_dir / "ca.pem"
+    ca = paths.ca_dir / CA_CERT_FILE
     return {
         "stack": "local",
         "brokerUrl": f"mqtts://{HOST}:{ports[BROKER]}" if BROKER in ports else None,
@@ -912,13 +1020,19 @@ def stack_outputs(stack: StackConfig, paths: StatePaths, ports: dict[str, int], 
         "grafanaUrl": grafana.url(ports[GRAFANA]) if GRAFANA in ports else None,
         "grafanaPasswordFile": str(grafana.password_file(paths.grafana_dir)) if GRAFANA in ports else None,
         "grafanaSkipped": grafana_skipped,
-        "archive": str(archive_folder) if archive_folder else f"s3://{s3.bucket} at {s3.endpoint}" if s3 else None,
+        "archive": str(archive_folder)
+        if archive_folder
+        else f"s3://{s3.bucket} at {s3.endpoint}"
+        if s3
+        else None,
         "logsDir": str(paths.logs_dir),
         "stateDir": str(paths.root),
         "configFile": str(stack.path),
         "simulatorCount": simulator_count,
         "certificateGeneration": generation,
-        "metricsPorts": {name: port for name, port in ports.items() if name not in (BROKER, PROMETHEUS, GRAFANA)},
+        "metricsPorts": {
+            name: port for name, port in ports.items() if name not in (BROKER, PROMETHEUS, GRAFANA)
+        },
     }
 
 

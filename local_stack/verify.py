@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
-from rich.console import Console, Group
-from rich.panel import Panel
+from rich import box
+from rich.console import Console
+from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
@@ -414,7 +415,7 @@ class _Scan:
                 reason = str(entry["reason"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 # Not our envelope (someone else's error output): count it under the key's reason.
-                reason = stored.key[len(QUARANTINE_PREFIX):].split("/", 1)[0]
+                reason = stored.key[len(QUARANTINE_PREFIX) :].split("/", 1)[0]
                 entry = {}
             self.quarantined[reason] += 1
             if len(self.quarantine_samples) < _SAMPLES_KEPT and entry:
@@ -428,8 +429,11 @@ def _quarantine_sample(reason: str, entry: Mapping[str, Any]) -> QuarantineSampl
     except ValueError:
         preview = "?"
     return QuarantineSample(
-        reason, str(entry.get("topic", "")), str(entry.get("detail", ""))[:200],
-        str(entry.get("received_at", "")), preview,
+        reason,
+        str(entry.get("topic", "")),
+        str(entry.get("detail", ""))[:200],
+        str(entry.get("received_at", "")),
+        preview,
     )
 
 
@@ -613,7 +617,7 @@ def _seconds(value: float | None) -> str:
 def _ranges(gaps: Iterable[SeqRange], limit: int = 4) -> str:
     items = list(gaps)
     shown = [
-        (f"{gap.first}" if gap.first == gap.last else f"{gap.first}–{gap.last}")
+        (f"{gap.first}" if gap.first == gap.last else f"{gap.first}-{gap.last}")
         + (f" (run {gap.run + 1})" if gap.run else "")
         for gap in items[:limit]
     ]
@@ -621,78 +625,187 @@ def _ranges(gaps: Iterable[SeqRange], limit: int = 4) -> str:
     return ", ".join(shown) + more
 
 
-def render_report(report: VerifyReport, console: Console | None = None, *, max_streams: int = 50) -> None:
-    """Print the report for people: totals, latency, quarantine, then the streams with problems."""
-    console = console or Console()
-    verdict = (
-        Text("OK: no gaps", style="bold green")
-        if report.ok
-        else Text(f"LOSS: {report.missing} messages missing", style="bold red")
-    )
-    header = Text.assemble(
-        verdict,
-        f"  ·  {report.unique:,} unique messages of {report.messages:,} archived"
-        f"  ·  {report.duplicates:,} duplicates  ·  {report.quarantined_total:,} quarantined"
-        f"  ·  {report.objects:,} objects ({report.bytes / 1e6:.1f} MB) in {report.archive}",
-    )
-    parts: list[Any] = [header]
+# One space between columns and none at the edges: the tables then fit 80 columns.
+_COMPACT: dict[str, Any] = {
+    "box": box.SIMPLE_HEAD,
+    "padding": (0, 1, 0, 0),
+    "pad_edge": False,
+    "show_edge": False,
+}
 
-    totals = Table(title="Per kind", title_justify="left", expand=False)
-    for column in ("kind", "machines", "messages", "unique", "duplicates", "missing", "gaps",
-                   "out of order", "restarts", "p50", "p90", "p99", "max"):
-        totals.add_column(column, justify="left" if column == "kind" else "right")
-    for total in report.totals:
-        latency = total.latency
-        totals.add_row(
-            total.kind, f"{total.machines:,}", f"{total.messages:,}", f"{total.unique:,}",
-            f"{total.duplicates:,}", _styled_count(total.missing), f"{total.gaps:,}",
-            f"{total.out_of_order:,}", f"{total.restarts:,}",
-            *(_seconds(getattr(latency, name)) if latency else "-" for name in ("p50_s", "p90_s", "p99_s", "max_s")),
+
+def render_report(report: VerifyReport, console: Console | None = None, *, max_streams: int = 50) -> None:
+    """Print the report for people: verdict, totals, latency, quarantine, then the streams with problems.
+
+    Laid out to fit 80 columns: `--json` carries every field for machines and wide terminals.
+    """
+    console = console or Console()
+    console.print(Rule("verify: archive reconciliation", align="left"))
+    verdict = (
+        Text("OK: nothing missing", style="bold green")
+        if report.ok
+        else Text(
+            f"LOSS: {report.missing + report.unreadable:,} messages missing or unreadable", style="bold red"
         )
-    parts.append(totals)
-    if not report.latency_meaningful:
-        parts.append(Text("latency: not meaningful for this archive (see notes)", style="yellow"))
+    )
+    console.print(verdict)
+    console.print(
+        f"{report.unique:,} unique of {report.messages:,} archived · {report.duplicates:,} duplicates"
+        f" · {report.quarantined_total:,} quarantined\n{report.objects:,} objects"
+        f" ({report.bytes / 1e6:.1f} MB) in {report.archive}",
+        highlight=False,
+    )
+
+    totals = Table(title="Messages per kind", title_justify="left", **_COMPACT)
+    for column in (
+        "kind",
+        "machines",
+        "messages",
+        "unique",
+        "dups",
+        "missing",
+        "gaps",
+        "reord.",
+        "restarts",
+    ):
+        totals.add_column(column, justify="left" if column == "kind" else "right", no_wrap=True)
+    for total in report.totals:
+        totals.add_row(
+            total.kind,
+            f"{total.machines:,}",
+            f"{total.messages:,}",
+            f"{total.unique:,}",
+            f"{total.duplicates:,}",
+            _styled_count(total.missing),
+            f"{total.gaps:,}",
+            f"{total.out_of_order:,}",
+            f"{total.restarts:,}",
+        )
+    if report.totals:
+        console.print()
+        console.print(totals)
+
+    latency = Table(title="Publish → archive latency", title_justify="left", **_COMPACT)
+    for column in ("kind", "messages", "p50", "p90", "p99", "max"):
+        latency.add_column(column, justify="left" if column == "kind" else "right", no_wrap=True)
+    rows = [(total.kind, total.latency) for total in report.totals] + [("all", report.latency)]
+    for kind, summary in rows:
+        if summary is not None:
+            latency.add_row(
+                kind,
+                f"{summary.count:,}",
+                *(_seconds(value) for value in (summary.p50_s, summary.p90_s, summary.p99_s, summary.max_s)),
+            )
+    if report.latency is not None:
+        console.print()
+        console.print(latency)
+        if not report.latency_meaningful:
+            console.print(
+                Text("latency is not meaningful for this archive: see the note below", style="yellow")
+            )
 
     if report.quarantined:
-        quarantine = Table(title="Quarantined", title_justify="left")
-        quarantine.add_column("reason")
+        quarantine = Table(title="Quarantined", title_justify="left", **_COMPACT)
+        quarantine.add_column("reason", no_wrap=True)
         quarantine.add_column("messages", justify="right")
         for reason, count in report.quarantined.items():
             quarantine.add_row(reason, f"{count:,}")
-        parts.append(quarantine)
+        console.print()
+        console.print(quarantine)
         for sample in report.quarantine_samples:
-            parts.append(Text(f"  {sample.reason} on {sample.topic or '?'}: {sample.detail}", style="dim"))
+            console.print(
+                Text(f"  {sample.reason} on {sample.topic or '?'}: {sample.detail}", style="dim"),
+                highlight=False,
+            )
 
     if report.reconciliation:
-        reconciled = Table(title="Published vs archived", title_justify="left")
-        for column in ("site", "kind", "published", "archived (unique)", "unaccounted"):
-            reconciled.add_column(column, justify="left" if column in ("site", "kind") else "right")
+        reconciled = Table(title="Published vs archived", title_justify="left", **_COMPACT)
+        for column in ("site", "kind", "published", "archived", "unaccounted"):
+            reconciled.add_column(
+                column, justify="left" if column in ("site", "kind") else "right", no_wrap=True
+            )
         for item in report.reconciliation:
-            reconciled.add_row(item.site, item.kind, f"{item.published:,}", f"{item.archived_unique:,}",
-                               _styled_count(max(0, item.unaccounted)))
-        parts.append(reconciled)
+            reconciled.add_row(
+                item.site,
+                item.kind,
+                f"{item.published:,}",
+                f"{item.archived_unique:,}",
+                _styled_count(max(0, item.unaccounted)),
+            )
+        console.print()
+        console.print(reconciled)
 
     troubled = [s for s in report.streams if s.missing or s.duplicates or s.out_of_order or s.runs > 1]
     if troubled:
-        table = Table(title=f"Streams with gaps, duplicates or reordering ({len(troubled)})", title_justify="left")
-        for column in ("machine", "kind", "seq", "unique", "missing", "gaps", "duplicates", "out of order"):
-            table.add_column(column, justify="left" if column in ("machine", "kind", "gaps") else "right")
+        table = Table(
+            title=f"Streams with gaps, duplicates or reordering ({len(troubled):,})",
+            title_justify="left",
+            **_COMPACT,
+        )
+        table.add_column("machine", no_wrap=True)
+        table.add_column("kind", no_wrap=True)
+        table.add_column("seq", justify="right", no_wrap=True)
+        table.add_column("missing", justify="right")
+        table.add_column("gaps")
+        table.add_column("dups", justify="right")
+        table.add_column("reord.", justify="right")
         for stream in troubled[:max_streams]:
             table.add_row(
-                stream.machine, stream.kind, f"{stream.first_seq}–{stream.last_seq}", f"{stream.unique:,}",
-                _styled_count(stream.missing), _ranges(stream.gaps) or "-", f"{stream.duplicates:,}",
+                stream.machine,
+                "gt" if stream.kind == "ground_truth" else "tel",
+                f"{stream.first_seq}-{stream.last_seq}",
+                _styled_count(stream.missing),
+                _ranges(stream.gaps) or "-",
+                f"{stream.duplicates:,}",
                 f"{stream.out_of_order:,}",
             )
-        parts.append(table)
+        console.print()
+        console.print(table)
         if len(troubled) > max_streams:
-            parts.append(Text(f"… and {len(troubled) - max_streams} more streams; --json lists every one"))
+            console.print(f"… and {len(troubled) - max_streams:,} more streams; --json lists every one")
 
     if report.unreadable:
-        parts.append(Text(f"{report.unreadable} unreadable records in data objects:", style="red"))
-        parts += [Text(f"  {sample}", style="dim") for sample in report.unreadable_samples]
-    parts += [Text(f"note: {note}", style="yellow") for note in report.notes]
-    console.print(Panel(Group(*parts), title="verify: archive reconciliation", expand=False))
+        console.print(Text(f"{report.unreadable:,} unreadable records in data objects:", style="red"))
+        for sample in report.unreadable_samples:
+            console.print(Text(f"  {sample}", style="dim"), highlight=False)
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="yellow"), highlight=False)
 
 
 def _styled_count(value: int) -> Text:
     return Text(f"{value:,}", style="red" if value else "green")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m local_stack.verify ARCHIVE`: exit 0 when nothing is missing, 1 when something is."""
+    import argparse
+    import sys
+
+    from local_stack.archive import open_archive
+    from simulator.errors import UsageError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m local_stack.verify", description="Reconcile an archive: gaps, duplicates, latency."
+    )
+    parser.add_argument("archive", help="folder path, file:///path or s3://BUCKET[/PREFIX]")
+    parser.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (moto, MinIO)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--window", action="store_true", help="the archive is a time window: no gap before the first seq"
+    )
+    args = parser.parse_args(argv)
+    try:
+        archive = open_archive(args.archive, endpoint_url=args.s3_endpoint_url)
+        report = verify_archive(archive, expect_seq_from=None if args.window else 1)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.buffer.write(report.to_json_bytes() + b"\n")
+    else:
+        render_report(report)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

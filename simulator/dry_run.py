@@ -15,7 +15,6 @@ from typing import Any, BinaryIO
 import orjson
 
 from simulator.model.site import SiteModel
-from simulator.payload_contract import validate_payloads
 from simulator.settings import FleetSettings
 
 # A fixed default start keeps dry-run output reproducible; callers may pass another start.
@@ -39,22 +38,17 @@ def generate(
     order = sorted(range(len(model.machines)), key=lambda index: (model.next_sample_time_s(index), index))
     if not order:
         return
-    step_s = model.step_s
-    sample = model.sample
-    first_time = {index: model.next_sample_time_s(index) for index in order}
-    round_number = 0
+    sample, next_time = model.sample, model.next_sample_time_s
     while True:
-        offset = round_number * step_s
         emitted = False
         for index in order:
-            if first_time[index] + offset >= duration_s:
+            if next_time(index) >= duration_s:
                 break
             emitted = True
             for message in sample(index):
                 yield message.payload
         if not emitted:
             return
-        round_number += 1
 
 
 def generate_merged(
@@ -122,6 +116,9 @@ def collect(
     """
     payloads = list(generate(fleet, site_index, duration_s, start_epoch_ms))
     if validate:
+        # Imported here: jsonschema is a third of the dry run's start-up and plain runs skip it.
+        from simulator.payload_contract import validate_payloads
+
         validate_payloads(payloads)
     streams: dict[str, MachineStream] = {}
     for payload in payloads:

@@ -91,28 +91,27 @@ class _Runner:
     pending: dict[str, _Pending] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start_all(self) -> None:
+    def start(self, names: tuple[str, ...]) -> None:
         with self.lock:
-            for name, spec in RUNS.items():
+            for name in names:
                 if name not in self.pending:
-                    self.pending[name] = _start(spec)
+                    self.pending[name] = _start(RUNS[name])
 
     def get(self, name: str) -> OfflineRun:
-        self.start_all()
+        self.start((name,))
         pending = self.pending[name]
         with self.lock:
             if pending.result is None and pending.error is None:
                 try:
                     stdout, stderr = pending.process.communicate(timeout=RUN_TIMEOUT_S)
                 finally:
-                    if pending.process.poll() is None:
-                        pending.process.kill()
-                        pending.process.wait()
-                    pending.config_file.unlink(missing_ok=True)
+                    _stop(pending)
                 if pending.process.returncode == 0:
                     pending.result = OfflineRun.from_json(stdout)
                 else:
-                    pending.error = f"offline run {name!r} failed (exit {pending.process.returncode}):\n{stderr[-4000:]}"
+                    pending.error = (
+                        f"offline run {name!r} failed (exit {pending.process.returncode}):\n{stderr[-4000:]}"
+                    )
         if pending.error:
             raise AssertionError(pending.error)
         assert pending.result is not None
@@ -120,10 +119,14 @@ class _Runner:
 
     def stop_all(self) -> None:
         for pending in self.pending.values():
-            if pending.process.poll() is None:
-                pending.process.kill()
-                pending.process.wait()
-            pending.config_file.unlink(missing_ok=True)
+            _stop(pending)
+
+
+def _stop(pending: _Pending) -> None:
+    if pending.process.poll() is None:
+        pending.process.kill()
+    pending.process.communicate()  # reaps it and closes its pipes
+    pending.config_file.unlink(missing_ok=True)
 
 
 def _start(spec: RunSpec) -> _Pending:
@@ -145,21 +148,25 @@ RUNNER = _Runner()
 atexit.register(RUNNER.stop_all)
 
 
+def prefetch(*names: str) -> None:
+    """Start these runs now, side by side, so waiting for the first overlaps the others."""
+    RUNNER.start(names)
+
+
 def offline_run(name: str) -> OfflineRun:
-    """A shared run by name (see RUNS); all runs start in parallel on first use."""
+    """A shared run by name (see RUNS), computed once per test session."""
     return RUNNER.get(name)
 
 
-def run_once(stack: str, config: Mapping[str, str], *, fake_bundle: bool = True) -> subprocess.CompletedProcess[str]:
+def run_once(
+    stack: str, config: Mapping[str, str], *, fake_bundle: bool = True
+) -> subprocess.CompletedProcess[str]:
     """One extra program run (e.g. with a config error); returns the finished process."""
     pending = _start(RunSpec(stack, config, fake_bundle=fake_bundle))
     try:
         stdout, stderr = pending.process.communicate(timeout=RUN_TIMEOUT_S)
     finally:
-        if pending.process.poll() is None:
-            pending.process.kill()
-            pending.process.wait()
-        pending.config_file.unlink(missing_ok=True)
+        _stop(pending)
     return subprocess.CompletedProcess(pending.process.args, pending.process.returncode, stdout, stderr)
 
 
@@ -168,7 +175,9 @@ def run_once(stack: str, config: Mapping[str, str], *, fake_bundle: bool = True)
 
 def one(run: OfflineRun, type_token: str, name_part: str = "") -> ResourceRecord:
     matches = [record for record in run.of_type(type_token) if name_part in record.name]
-    assert len(matches) == 1, f"expected one {type_token} named *{name_part}*, got {[r.name for r in matches]}"
+    assert len(matches) == 1, (
+        f"expected one {type_token} named *{name_part}*, got {[r.name for r in matches]}"
+    )
     return matches[0]
 
 
@@ -234,23 +243,32 @@ def add_insecure_resources() -> None:
     aws.iam.RolePolicy(
         f"{INSECURE_PREFIX}admin",
         role="some-role",
-        policy=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+        policy=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        ),
     )
     aws.iam.RolePolicy(
         f"{INSECURE_PREFIX}star-resource",
         role="some-role",
         policy=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}],
+            }
         ),
     )
     aws.iam.RolePolicyAttachment(
-        f"{INSECURE_PREFIX}managed", role="some-role", policy_arn="arn:aws:iam::aws:policy/AdministratorAccess"
+        f"{INSECURE_PREFIX}managed",
+        role="some-role",
+        policy_arn="arn:aws:iam::aws:policy/AdministratorAccess",
     )
     aws.cloudwatch.LogGroup(f"{INSECURE_PREFIX}logs")
     aws.ecr.Repository(f"{INSECURE_PREFIX}repo", name="insecure", image_tag_mutability="MUTABLE")
     aws.iot.Policy(
         f"{INSECURE_PREFIX}iot",
-        policy=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}),
+        policy=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:*", "Resource": "*"}]}
+        ),
     )
     aws.ecs.TaskDefinition(
         f"{INSECURE_PREFIX}task",
@@ -267,8 +285,9 @@ def add_insecure_resources() -> None:
     )
     aws.ecs.Service(f"{INSECURE_PREFIX}service", cluster="c", task_definition="t", desired_count=1)
     aws.lb.LoadBalancer(f"{INSECURE_PREFIX}alb", load_balancer_type="application", subnets=["a", "b"])
-    aws.s3.BucketObjectv2(f"{INSECURE_PREFIX}key-object", bucket="b", key="k", content="-----BEGIN PRIVATE KEY-----")
-    aws.secretsmanager.SecretVersion(f"{INSECURE_PREFIX}plain-secret", secret_id="s", secret_string="hunter2")
+    aws.s3.BucketObjectv2(
+        f"{INSECURE_PREFIX}key-object", bucket="b", key="k", content="-----BEGIN PRIVATE KEY-----"
+    )
     pulumi.export("insecure", True)
 
 

@@ -31,7 +31,8 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 def test_batch_key_is_firehose_layout_in_utc() -> None:
     key = batch_key("iotfactory-local-archive", WHEN)
     assert re.fullmatch(
-        rf"raw/year=2026/month=03/day=07/hour=09/iotfactory-local-archive-1-2026-03-07-09-05-04-{UUID}\.gz", key
+        rf"raw/year=2026/month=03/day=07/hour=09/iotfactory-local-archive-1-2026-03-07-09-05-04-{UUID}\.gz",
+        key,
     ), key
     # Another zone, same instant: same partition and name time.
     local = WHEN.astimezone(dt.timezone(dt.timedelta(hours=-5)))
@@ -41,7 +42,8 @@ def test_batch_key_is_firehose_layout_in_utc() -> None:
 def test_quarantine_and_direct_keys() -> None:
     key = quarantine_key("schema_violation", "stream", WHEN)
     assert re.fullmatch(
-        rf"quarantine/schema_violation/year=2026/month=03/day=07/hour=09/stream-1-2026-03-07-09-05-04-{UUID}\.gz", key
+        rf"quarantine/schema_violation/year=2026/month=03/day=07/hour=09/stream-1-2026-03-07-09-05-04-{UUID}\.gz",
+        key,
     )
     with pytest.raises(ValueError):
         quarantine_key("../escape", "stream", WHEN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import time
 
@@ -19,7 +20,9 @@ FLEET = FleetSettings(
     seed=7,
     faults=FaultSettings(
         sensor_fault_per_hour=1.0,
-        scheduled=[ScheduledFault(machine="site-00-line-02-air_compressor-01", fault="overheating", at_s=30.0)],
+        scheduled=[
+            ScheduledFault(machine="site-00-line-02-air_compressor-01", fault="overheating", at_s=30.0)
+        ],
     ),
 )
 
@@ -49,7 +52,9 @@ def test_every_sample_of_the_period_is_there_in_time_order() -> None:
     messages = [orjson.loads(payload) for payload in payloads]
     telemetry = [m for m in messages if "signals" in m]
     specs = build_machine_specs(FLEET, 0)
-    expected = {spec.machine_id: math.ceil(duration / FLEET.publish_interval_s - spec.phase) for spec in specs}
+    expected = {
+        spec.machine_id: math.ceil(duration / FLEET.publish_interval_s - spec.phase) for spec in specs
+    }
     counts: dict[str, int] = {}
     for message in telemetry:
         counts[message["machine"]] = counts.get(message["machine"], 0) + 1
@@ -59,7 +64,7 @@ def test_every_sample_of_the_period_is_there_in_time_order() -> None:
     assert stamps[0] >= "2026-01-01T00:00:00.000Z"
     assert stamps[-1] < iso_timestamp(DEFAULT_START_EPOCH_MS + int(duration * 1000))
     # Within one timestamp, ground truth of a machine comes right before that machine's telemetry.
-    for previous, current in zip(messages, messages[1:], strict=False):
+    for previous, current in itertools.pairwise(messages):
         if "event" in previous:
             assert current["machine"] == previous["machine"]
             assert current["ts"] == previous["ts"]

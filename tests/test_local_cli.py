@@ -29,8 +29,12 @@ def stack_file(directory: Path, simulators: int = 2, **local: object) -> Path:
             "iotfactory:fleet": {"seed": 5, "lines_per_site": 1, "publish_interval_s": 0.5},
             "iotfactory:simulatorCount": simulators,
             "iotfactory:local": {
-                "brokerPort": 0, "prometheusPort": 0, "grafanaPort": 0, "metricsPortBase": 0,
-                "scrapeIntervalS": 1, **local,
+                "brokerPort": 0,
+                "prometheusPort": 0,
+                "grafanaPort": 0,
+                "metricsPortBase": 0,
+                "scrapeIntervalS": 1,
+                **local,
             },
         }
     }
@@ -48,8 +52,15 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, CLI, *args], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout, cwd=PROJECT_DIR)
+    return subprocess.run(
+        [sys.executable, CLI, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        cwd=PROJECT_DIR,
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -98,7 +109,10 @@ def test_port_in_use(env: dict[str, str], tmp_path: Path) -> None:
     [
         ("config:\n  iotfactory:local: {brokerPort: [\n", "not valid YAML"),
         ("config:\n  iotfactory:local: {scrapeIntervalS: -1}\n", "iotfactory:local.scrapeIntervalS"),
-        ("config:\n  iotfactory:fleet: {machines_per_line: {robot: 2}}\n", "iotfactory:fleet.machines_per_line"),
+        (
+            "config:\n  iotfactory:fleet: {machines_per_line: {robot: 2}}\n",
+            "iotfactory:fleet.machines_per_line",
+        ),
     ],
 )
 def test_malformed_config(env: dict[str, str], tmp_path: Path, text: str, fragment: str) -> None:
@@ -226,8 +240,15 @@ def test_detached_stack_lifecycle(detached_env: dict[str, str], tmp_path: Path) 
 
 def test_foreground_up_stops_cleanly_on_ctrl_c(env: dict[str, str]) -> None:
     state = Path(env[STATE_DIR_ENV])
-    process = subprocess.Popen([sys.executable, CLI, "up", "--stack", "local"], env=env, cwd=PROJECT_DIR,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, CLI, "up", "--stack", "local"],
+        env=env,
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         archived = 0.0

@@ -61,8 +61,11 @@ def test_fleet_file_for_the_simulators_round_trips(tmp_path: Path) -> None:
         ("config:\n  iotfactory:simulatorCount: 0\n", "iotfactory:simulatorCount: 0 is outside 1..50"),
         ("config:\n  iotfactory:simulatorCount: two\n", "iotfactory:simulatorCount: must be a whole number"),
         ("config:\n  iotfactory:local:\n    brokerPort: 9490\n", "brokerPort: port 9490 is used twice"),
-        ("config:\n  iotfactory:local:\n    archive: {folder: a, s3: {endpoint: 'http://x', bucket: abc}}\n",
-         "set either folder or s3"),
+        (
+            "config:\n  iotfactory:local:\n"
+            "    archive: {folder: a, s3: {endpoint: 'http://x', bucket: abc}}\n",
+            "set either folder or s3",
+        ),
         ("config:\n  iotfactory:fleets: {}\n", "iotfactory:fleets: not used by the local stack"),
         ("config:\n  iotfactory:fleet: [1, 2\n", "not valid YAML"),
         ("- a list\n", "expected a mapping"),
@@ -96,14 +99,17 @@ def test_recording_the_simulator_count_keeps_every_other_line(tmp_path: Path) ->
 
 
 def test_recording_adds_the_key_with_the_files_indentation(tmp_path: Path) -> None:
-    path = _write(tmp_path, """\
+    path = _write(
+        tmp_path,
+        """\
         # my comment
         config:    # the stack's settings
             iotfactory:fleet:
                 seed: 3
             iotfactory:local:
                 brokerPort: 0   # any free port
-        """)
+        """,
+    )
     stack_config.record_simulator_count(path, 3)
     text = path.read_text()
     assert "    iotfactory:simulatorCount: 3\n" in text
@@ -121,12 +127,14 @@ def test_recording_keeps_a_trailing_comment(tmp_path: Path) -> None:
 
 def test_recording_refuses_a_count_out_of_bounds(tmp_path: Path) -> None:
     path = _write(tmp_path, "config:\n  iotfactory:simulatorCount: 2\n")
-    with pytest.raises(UsageError, match="1..50"):
+    with pytest.raises(UsageError, match=r"1\.\.50"):
         stack_config.record_simulator_count(path, 51)
     assert "simulatorCount: 2" in path.read_text()
 
 
-def test_environment_overrides_config_and_state_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_overrides_config_and_state_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(paths_module.CONFIG_ENV, str(tmp_path / "stack.yaml"))
     monkeypatch.setenv(paths_module.STATE_DIR_ENV, str(tmp_path / "state"))
     assert paths_module.config_path() == tmp_path / "stack.yaml"
@@ -161,7 +169,9 @@ def test_port_in_use_message_names_the_config_key() -> None:
 
 def _exposition(published: float, archived: float) -> list[status_view.Sample]:
     return [
-        status_view.Sample(catalog.MESSAGES_PUBLISHED.name, {"site": "site-00", "kind": "telemetry"}, published),
+        status_view.Sample(
+            catalog.MESSAGES_PUBLISHED.name, {"site": "site-00", "kind": "telemetry"}, published
+        ),
         status_view.Sample(catalog.ARCHIVED.name, {"kind": "telemetry"}, archived),
     ]
 

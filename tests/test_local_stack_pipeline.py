@@ -33,7 +33,7 @@ from local_stack.mosquitto import RULE_RUNNER_IDENTITY
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV, StatePaths
 from local_stack.ports import free_port, wait_for_port
 from local_stack.processes import pid_alive, wait_gone
-from local_stack.supervisor import read_state, request, simulator_supports_state_file
+from local_stack.supervisor import read_state, request
 from local_stack.verify import VerifyReport, verify_archive
 from simulator.payload_contract import payload_kind
 
@@ -48,8 +48,12 @@ def write_stack_file(directory: Path, simulators: int, **local: Any) -> Path:
             "iotfactory:fleet": {"seed": 11, "lines_per_site": 1, "publish_interval_s": 0.25},
             "iotfactory:simulatorCount": simulators,
             "iotfactory:local": {
-                "brokerPort": 0, "prometheusPort": 0, "grafanaPort": 0, "metricsPortBase": 0,
-                "scrapeIntervalS": 1, **local,
+                "brokerPort": 0,
+                "prometheusPort": 0,
+                "grafanaPort": 0,
+                "metricsPortBase": 0,
+                "scrapeIntervalS": 1,
+                **local,
             },
         }
     }
@@ -91,7 +95,9 @@ class RunningStack:
             time.sleep(0.2)
         raise AssertionError(f"the archive did not grow beyond {count} within {timeout_s} s: {self.status()}")
 
-    def wait_service(self, name: str, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 20.0) -> None:
+    def wait_service(
+        self, name: str, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 20.0
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if predicate(self.service(name)):
@@ -140,8 +146,9 @@ def start_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         assert not leftovers, f"processes outlived the stack: {leftovers}"
 
 
-def tls_client(stack: RunningStack, cert: IssuedCertificate | None, client_id: str,
-               ca_file: Path | None = None) -> mqtt.Client:
+def tls_client(
+    stack: RunningStack, cert: IssuedCertificate | None, client_id: str, ca_file: Path | None = None
+) -> mqtt.Client:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
     context = ssl.create_default_context(cafile=str(ca_file or stack.paths.ca_dir / "ca.pem"))
     if cert is not None:
@@ -224,7 +231,9 @@ def assert_no_gaps(report: VerifyReport, expected_machines: int, *, continuous: 
     assert all(s.first_seq == 1 for s in telemetry)
     if continuous:
         # A drained and restarted simulator resumed from its checkpoint instead of counting again.
-        assert all(s.runs == 1 for s in report.streams), [(s.machine, s.runs) for s in report.streams if s.runs > 1]
+        assert all(s.runs == 1 for s in report.streams), [
+            (s.machine, s.runs) for s in report.streams if s.runs > 1
+        ]
 
 
 def test_full_pipeline_archives_every_message_exactly_once(start_stack, tmp_path: Path) -> None:
@@ -244,7 +253,13 @@ def test_full_pipeline_archives_every_message_exactly_once(start_stack, tmp_path
     client.connect("127.0.0.1", stack.broker_port)
     client.loop_start()
     marker = "forged-by-site-90"
-    forged = {"schema": 1, "machine": "site-00-line-01-cnc_mill-01", "site": "site-00", "seq": 1, "note": marker}
+    forged = {
+        "schema": 1,
+        "machine": "site-00-line-01-cnc_mill-01",
+        "site": "site-00",
+        "seq": 1,
+        "note": marker,
+    }
     for topic, payload in [
         ("factory/simulator/site-90/line-01/site-90-line-01-cnc_mill-01", b"not json at all"),
         ("factory/simulator/site-90/line-01/site-90-line-01-cnc_mill-01", b'{"schema": 1, "seq": "x"}'),
@@ -310,7 +325,9 @@ def test_scale_up_and_down_while_running_loses_nothing(start_stack) -> None:
     assert_no_gaps(stack.verify(), expected_machines=4 * MACHINES_PER_SITE, continuous=True)
 
 
-def test_rotation_while_running_loses_nothing_and_refuses_the_old_certificate(start_stack, tmp_path: Path) -> None:
+def test_rotation_while_running_loses_nothing_and_refuses_the_old_certificate(
+    start_stack, tmp_path: Path
+) -> None:
     stack = start_stack(simulators=2)
     old_dir = stack.paths.certs_dir / "g1"
     kept = tmp_path / "old-g1"
@@ -369,20 +386,29 @@ def test_broker_sigkill_loss_is_measured(start_stack, capsys: pytest.CaptureFixt
     stack.stop()
     report = stack.verify()
     with capsys.disabled():
-        print(f"\nbroker SIGKILL with autosave 5 s: {report.missing} missing, {report.duplicates} duplicates"
-              f" of {report.unique} unique archived messages")
+        print(
+            f"\nbroker SIGKILL with autosave 5 s: {report.missing} missing, {report.duplicates} duplicates"
+            f" of {report.unique} unique archived messages"
+        )
     assert report.unique > 0
     assert report.unreadable == 0
 
 
-def test_s3_compatible_archive(start_stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_s3_compatible_archive(
+    start_stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     port = free_port()
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
-    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_for_port(port, timeout_s=20)
         endpoint = f"http://127.0.0.1:{port}"

@@ -51,11 +51,24 @@ def test_different_seed_gives_different_data() -> None:
 @pytest.mark.parametrize(
     "bigger",
     [
-        {"machines_per_line": {MachineType.CNC_MILL: 3, MachineType.HYDRAULIC_PRESS: 1,
-                               MachineType.CONVEYOR: 1, MachineType.AIR_COMPRESSOR: 1}},
+        {
+            "machines_per_line": {
+                MachineType.CNC_MILL: 3,
+                MachineType.HYDRAULIC_PRESS: 1,
+                MachineType.CONVEYOR: 1,
+                MachineType.AIR_COMPRESSOR: 1,
+            }
+        },
         {"lines_per_site": 3},
-        {"machines_per_line": {MachineType.CNC_MILL: 2, MachineType.HYDRAULIC_PRESS: 2,
-                               MachineType.CONVEYOR: 2, MachineType.AIR_COMPRESSOR: 1}, "lines_per_site": 3},
+        {
+            "machines_per_line": {
+                MachineType.CNC_MILL: 2,
+                MachineType.HYDRAULIC_PRESS: 2,
+                MachineType.CONVEYOR: 2,
+                MachineType.AIR_COMPRESSOR: 1,
+            },
+            "lines_per_site": 3,
+        },
     ],
     ids=["one-more-mill", "one-more-line", "more-of-everything"],
 )
@@ -130,7 +143,9 @@ def test_machine_ids_topics_and_phases() -> None:
     for spec in specs:
         assert re.fullmatch(rf"site-03-{spec.line}-{spec.type.value}-\d\d", spec.machine_id)
         assert spec.telemetry_topic == f"factory/simulator/site-03/{spec.line}/{spec.machine_id}"
-        assert spec.ground_truth_topic == f"factory/simulator/ground-truth/site-03/{spec.line}/{spec.machine_id}"
+        assert (
+            spec.ground_truth_topic == f"factory/simulator/ground-truth/site-03/{spec.line}/{spec.machine_id}"
+        )
         assert 0.0 <= spec.phase < 1.0
         # The phase comes from the machine's own id and the seed only.
         assert spec.phase == machine_stream(7, spec.machine_id).phase
@@ -148,3 +163,18 @@ def test_sample_times_follow_phase_and_speed() -> None:
             assert model.next_sample_time_s(index) == pytest.approx((n + spec.phase) * 60.0)
             model.sample(index)
             assert model.sim_time_s(index) == pytest.approx((n + spec.phase) * 60.0)
+
+
+def test_pickled_model_continues_byte_identically() -> None:
+    """A checkpointed model (the simulator pickles it on drain) resumes exactly where it stopped."""
+    import pickle
+
+    settings = fleet()
+    straight, interrupted = SiteModel(settings, 0, 0), SiteModel(settings, 0, 0)
+    count = len(straight.machines)
+    straight_bytes = [m.payload for _ in range(400) for i in range(count) for m in straight.sample(i)]
+    first_half = [m.payload for _ in range(200) for i in range(count) for m in interrupted.sample(i)]
+    resumed = pickle.loads(pickle.dumps(interrupted, protocol=pickle.HIGHEST_PROTOCOL))
+    second_half = [m.payload for _ in range(200) for i in range(count) for m in resumed.sample(i)]
+    assert first_half + second_half == straight_bytes
+    validate_payloads(straight_bytes)

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from simulator.dry_run import MachineStream, collect
-from simulator.model import SiteModel
+from simulator.model import SiteModel, unknown_scheduled_machines
 from simulator.payload_contract import validate_payloads
 from simulator.settings import FaultSettings, FleetSettings, ScheduledFault
 
@@ -56,7 +56,8 @@ def test_scheduled_faults_are_labelled_with_machine_type_and_onset(streams: dict
             assert item.machine.startswith("site-01")
             continue
         starts = [
-            event for event in streams[item.machine].ground_truth
+            event
+            for event in streams[item.machine].ground_truth
             if event["event"] == "fault_start" and event["scheduled"] and event["fault"] == item.fault
         ]
         assert len(starts) == 1, (item, starts)
@@ -64,15 +65,23 @@ def test_scheduled_faults_are_labelled_with_machine_type_and_onset(streams: dict
         assert start["onset"] == iso(item.at_s)
         assert start["severity"] == item.severity
         assert start["onset"] <= start["ts"]
-        assert start["fault_class"] == ("sensor" if item.fault in ("dropout", "drift", "stuck") else "failure_mode")
+        assert start["fault_class"] == (
+            "sensor" if item.fault in ("dropout", "drift", "stuck") else "failure_mode"
+        )
         _, _, _, line_number, machine_type, _ = item.machine.split("-")
         header = {k: start[k] for k in ("machine", "site", "line", "type")}
         assert header == {
-            "machine": item.machine, "site": "site-00", "line": f"line-{line_number}", "type": machine_type
+            "machine": item.machine,
+            "site": "site-00",
+            "line": f"line-{line_number}",
+            "type": machine_type,
         }
         if item.duration_s is not None:
-            ends = [e for e in streams[item.machine].ground_truth
-                    if e["event"] == "fault_end" and e["fault_id"] == start["fault_id"]]
+            ends = [
+                e
+                for e in streams[item.machine].ground_truth
+                if e["event"] == "fault_end" and e["fault_id"] == start["fault_id"]
+            ]
             assert len(ends) == 1
             end = ends[0]
             # Ends when its duration runs out, unless maintenance repaired it earlier.
@@ -88,7 +97,16 @@ def test_no_telemetry_carries_labels(streams: dict[str, MachineStream]) -> None:
     for stream in streams.values():
         for message in stream.telemetry:
             assert set(message) == {
-                "schema", "machine", "site", "line", "type", "ts", "seq", "state", "signals", "parts"
+                "schema",
+                "machine",
+                "site",
+                "line",
+                "type",
+                "ts",
+                "seq",
+                "state",
+                "signals",
+                "parts",
             }
 
 
@@ -132,7 +150,10 @@ def test_every_fault_end_closes_a_started_fault(streams: dict[str, MachineStream
             elif event["event"] == "fault_end":
                 start = open_faults.pop(event["fault_id"])
                 assert (event["fault"], event["onset"], event["severity"]) == (
-                    start["fault"], start["onset"], start["severity"])
+                    start["fault"],
+                    start["onset"],
+                    start["severity"],
+                )
                 assert start["onset"] <= event["end"] <= event["ts"]
                 if event["reason"] == "repaired":
                     assert event["fault_class"] == "failure_mode"
@@ -149,7 +170,12 @@ def test_fault_states_are_caused_by_labelled_faults(streams: dict[str, MachineSt
                 started.add(event["fault_id"])
             if event["event"] == "state_change" and event["to_state"] == "fault":
                 trips += 1
-                assert event["reason"] in ("overtemperature_trip", "bearing_failure", "tool_breakage", "worn_out")
+                assert event["reason"] in (
+                    "overtemperature_trip",
+                    "bearing_failure",
+                    "tool_breakage",
+                    "worn_out",
+                )
                 if event["reason"] != "worn_out" and event["fault_id"] is not None:
                     assert event["fault_id"] in started
     assert trips >= 1
@@ -165,9 +191,15 @@ def test_timestamps_are_ordered_and_onsets_not_in_the_future(streams: dict[str, 
 
 def test_view_active_faults_match_ground_truth() -> None:
     fleet = FleetSettings(
-        seed=4, speed=10.0,
-        faults=FaultSettings(sensor_fault_per_hour=2.0, bearing_wear_per_hour=0.5, overheating_per_hour=0.5,
-                             tool_wear_per_hour=0.5, mean_repair_s=600.0),
+        seed=4,
+        speed=10.0,
+        faults=FaultSettings(
+            sensor_fault_per_hour=2.0,
+            bearing_wear_per_hour=0.5,
+            overheating_per_hour=0.5,
+            tool_wear_per_hour=0.5,
+            mean_repair_s=600.0,
+        ),
     )
     model = SiteModel(fleet, 0, START_MS)
     payloads = []
@@ -184,3 +216,29 @@ def test_view_active_faults_match_ground_truth() -> None:
                     active.pop(event["fault_id"])
             assert model.view(index).active_faults == set(active.values())
     validate_payloads(payloads)
+
+
+def test_unknown_scheduled_machines_are_reported() -> None:
+    fleet = FleetSettings(
+        lines_per_site=2,
+        faults=FaultSettings(
+            scheduled=[
+                ScheduledFault(machine="site-00-line-01-cnc_mill-02", fault="stuck", at_s=1.0),
+                ScheduledFault(machine="site-07-line-02-air_compressor-01", fault="stuck", at_s=1.0),
+                ScheduledFault(machine="site-00-line-03-cnc_mill-01", fault="stuck", at_s=1.0),  # no line 3
+                ScheduledFault(
+                    machine="site-00-line-01-cnc_mill-03", fault="stuck", at_s=1.0
+                ),  # only 2 mills
+                ScheduledFault(machine="site-00-line-01-robot-01", fault="stuck", at_s=1.0),
+                ScheduledFault(machine="site-0-line-1-cnc_mill-1", fault="stuck", at_s=1.0),
+                ScheduledFault(machine="mill", fault="stuck", at_s=1.0),
+            ]
+        ),
+    )
+    assert unknown_scheduled_machines(fleet) == [
+        "site-00-line-03-cnc_mill-01",
+        "site-00-line-01-cnc_mill-03",
+        "site-00-line-01-robot-01",
+        "site-0-line-1-cnc_mill-1",
+        "mill",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ def run(settings: FleetSettings, duration_s: float) -> list[list[Sample]]:
             messages = model.sample(index)
             payloads += [message.payload for message in messages]
             decoded = [orjson.loads(message.payload) for message in messages]
-            samples[index].append(Sample(model.sim_time_s(index), decoded[-1], decoded[:-1], model.view(index)))
+            samples[index].append(
+                Sample(model.sim_time_s(index), decoded[-1], decoded[:-1], model.view(index))
+            )
     validate_payloads(payloads)
     return samples
 
@@ -63,8 +66,13 @@ def faults(**settings: Any) -> FaultSettings:
 
 def single_machine(machine_type: MachineType, fault_settings: FaultSettings, **fleet: Any) -> FleetSettings:
     return FleetSettings.model_validate(
-        {"seed": 11, "lines_per_site": 1, "machines_per_line": {machine_type: 1},
-         "faults": fault_settings, **fleet}
+        {
+            "seed": 11,
+            "lines_per_site": 1,
+            "machines_per_line": {machine_type: 1},
+            "faults": fault_settings,
+            **fleet,
+        }
     )
 
 
@@ -97,8 +105,12 @@ def long_run() -> list[list[Sample]]:
         lines_per_site=1,
         machines_per_line=ONE_OF_EACH,
         speed=LONG_STEP_S,
-        faults=faults(bearing_wear_per_hour=0.05, overheating_per_hour=0.05, tool_wear_per_hour=0.05,
-                      mean_repair_s=1_800.0),
+        faults=faults(
+            bearing_wear_per_hour=0.05,
+            overheating_per_hour=0.05,
+            tool_wear_per_hour=0.05,
+            mean_repair_s=1_800.0,
+        ),
     )
     return run(settings, LONG_RUN_HOURS * 3_600.0)
 
@@ -122,8 +134,11 @@ def test_every_type_stays_in_physical_bounds(long_run: list[list[Sample]]) -> No
             bearing = "bearing_wear" in sample.view.active_faults
             if sample.state == "running":
                 nominal = profile.nominal_speed_rpm
-                assert nominal * (1 - profile.speed_spread) * 0.98 <= speed <= nominal * (
-                    1 + profile.speed_spread) * 1.02
+                assert (
+                    nominal * (1 - profile.speed_spread) * 0.98
+                    <= speed
+                    <= nominal * (1 + profile.speed_spread) * 1.02
+                )
                 # ISO 10816: a healthy machine runs in zones A/B; only a bearing fault reaches D.
                 assert vibration <= (4.5 if not bearing else 15.0), (spec.machine_id, sample.telemetry)
                 assert power >= profile.idle_power_kw
@@ -134,7 +149,7 @@ def test_every_type_stays_in_physical_bounds(long_run: list[list[Sample]]) -> No
             if spec.type is MachineType.AIR_COMPRESSOR:
                 pressure = sample.signal("pressure")
                 assert pressure is not None and 0.0 <= pressure <= 8.1
-                settled = all(s.state == "running" for s in samples[max(0, position - 3):position + 1])
+                settled = all(s.state == "running" for s in samples[max(0, position - 3) : position + 1])
                 if settled:  # after a restart the receiver needs a few minutes to fill
                     assert pressure >= 6.2  # cut-in is at 6.3-7.0 bar
             if spec.type is MachineType.HYDRAULIC_PRESS:
@@ -154,11 +169,19 @@ def test_counters_are_monotonic_and_grow_only_while_running(long_run: list[list[
         previous = samples[0]
         for sample in samples[1:]:
             good, rejected = sample.telemetry["parts"]["good"], sample.telemetry["parts"]["rejected"]
-            old_good, old_rejected = previous.telemetry["parts"]["good"], previous.telemetry["parts"]["rejected"]
+            old_good, old_rejected = (
+                previous.telemetry["parts"]["good"],
+                previous.telemetry["parts"]["rejected"],
+            )
             assert good >= old_good and rejected >= old_rejected
             made = good + rejected - old_good - old_rejected
-            ran = previous.state == "running" or sample.state == "running" or any(
-                event["event"] == "state_change" and event["to_state"] == "running" for event in sample.events
+            ran = (
+                previous.state == "running"
+                or sample.state == "running"
+                or any(
+                    event["event"] == "state_change" and event["to_state"] == "running"
+                    for event in sample.events
+                )
             )
             if not ran:
                 assert made == 0, (spec.machine_id, sample.telemetry)
@@ -196,8 +219,12 @@ def test_temperature_has_thermal_inertia(long_run: list[list[Sample]]) -> None:
     checked = 0
     for samples in long_run:
         tau = PROFILES[samples[0].view.spec.type].thermal_time_constant_s
-        for before, after in zip(samples, samples[1:], strict=False):
-            if before.state == "running" and after.state in ("idle", "setup") and not after.view.active_faults:
+        for before, after in itertools.pairwise(samples):
+            if (
+                before.state == "running"
+                and after.state in ("idle", "setup")
+                and not after.view.active_faults
+            ):
                 drop = before.signal("temperature") - after.signal("temperature")  # type: ignore[operator]
                 rise = PROFILES[before.view.spec.type].temperature_rise_running_c
                 # At most what a first-order lag allows in one step (plus noise), never the full step.
@@ -211,7 +238,9 @@ def test_compressor_cycles_between_load_and_unload() -> None:
     settings = single_machine(MachineType.AIR_COMPRESSOR, faults(), speed=5.0)  # a load cycle is ~1 min
     everything = run(settings, 4 * 3_600.0)[0]
     # Settled: running for the last 5 minutes (after a restart the receiver first has to fill up).
-    samples = [s for i, s in enumerate(everything) if all(x.state == "running" for x in everything[i - 60:i + 1])]
+    samples = [
+        s for i, s in enumerate(everything) if all(x.state == "running" for x in everything[i - 60 : i + 1])
+    ]
     assert len(samples) > 500
     pressures = [s.signal("pressure") for s in samples]
     powers = [s.signal("power") for s in samples]
@@ -241,8 +270,14 @@ def test_press_pressure_follows_the_stroke() -> None:
 def test_overheating_exceeds_85_celsius_within_minutes(machine_type: MachineType) -> None:
     onset = 600.0
     settings = single_machine(
-        machine_type, faults(scheduled=[ScheduledFault(machine=machine_id(machine_type), fault="overheating",
-                                                       at_s=onset, severity=0.9)])
+        machine_type,
+        faults(
+            scheduled=[
+                ScheduledFault(
+                    machine=machine_id(machine_type), fault="overheating", at_s=onset, severity=0.9
+                )
+            ]
+        ),
     )
     samples = run(settings, onset + 900.0)[0]
     before = [s.signal("temperature") for s in samples if s.time_s < onset]
@@ -262,8 +297,13 @@ def test_overheating_exceeds_85_celsius_within_minutes(machine_type: MachineType
 def test_mild_overheating_runs_hot_without_tripping() -> None:
     settings = single_machine(
         MachineType.CNC_MILL,
-        faults(scheduled=[ScheduledFault(machine=machine_id(MachineType.CNC_MILL), fault="overheating",
-                                         at_s=0.0, severity=0.2)]),
+        faults(
+            scheduled=[
+                ScheduledFault(
+                    machine=machine_id(MachineType.CNC_MILL), fault="overheating", at_s=0.0, severity=0.2
+                )
+            ]
+        ),
         speed=20.0,
     )
     samples = run(settings, 3 * 3_600.0)[0]
@@ -279,15 +319,24 @@ def test_bearing_wear_raises_vibration_over_hours(machine_type: MachineType) -> 
     onset = 1_800.0
     settings = single_machine(
         machine_type,
-        faults(scheduled=[ScheduledFault(machine=machine_id(machine_type), fault="bearing_wear",
-                                         at_s=onset, severity=0.8)]),
+        faults(
+            scheduled=[
+                ScheduledFault(
+                    machine=machine_id(machine_type), fault="bearing_wear", at_s=onset, severity=0.8
+                )
+            ]
+        ),
         speed=20.0,
     )
     samples = run(settings, 8 * 3_600.0)[0]
     # Look at running samples until the bearing is repaired (it trips once fully developed).
     repaired_at = next(
-        (i for i, s in enumerate(samples)
-         for e in s.events if e["event"] == "fault_end" and e["fault"] == "bearing_wear"),
+        (
+            i
+            for i, s in enumerate(samples)
+            for e in s.events
+            if e["event"] == "fault_end" and e["fault"] == "bearing_wear"
+        ),
         len(samples),
     )
     running = [(s.time_s, s.signal("vibration_rms")) for s in samples[:repaired_at] if s.state == "running"]
@@ -330,8 +379,14 @@ def test_tool_wear_raises_reject_rate() -> None:
 def test_severe_tool_wear_ends_in_breakage_then_maintenance_restores_health() -> None:
     settings = single_machine(
         MachineType.CNC_MILL,
-        faults(scheduled=[ScheduledFault(machine=machine_id(MachineType.CNC_MILL), fault="tool_wear",
-                                         at_s=0.0, severity=1.0)], mean_repair_s=1_200.0),
+        faults(
+            scheduled=[
+                ScheduledFault(
+                    machine=machine_id(MachineType.CNC_MILL), fault="tool_wear", at_s=0.0, severity=1.0
+                )
+            ],
+            mean_repair_s=1_200.0,
+        ),
         speed=20.0,
     )
     samples = run(settings, 6 * 3_600.0)[0]
@@ -357,12 +412,14 @@ def test_health_degrades_with_running_hours_and_maintenance_restores_it() -> Non
     preventive = [e for s in samples for e in s.events if e["reason"] == "preventive_maintenance"]
     assert repairs and preventive, "a worn machine should get planned maintenance"
     first_repair = repairs[0]
-    worn = samples[: first_repair]
-    assert all(b.view.health <= a.view.health + 1e-12 for a, b in zip(worn, worn[1:], strict=False))
+    worn = samples[:first_repair]
+    assert all(b.view.health <= a.view.health + 1e-12 for a, b in itertools.pairwise(worn))
     # Wear accrues fully while running and at a quarter rate while idle or in setup.
     seconds = worn[-1].view.state_seconds
     loaded_hours = (seconds["running"] + 0.25 * (seconds["idle"] + seconds["setup"])) / 3_600.0
-    assert worn[0].view.health - worn[-1].view.health == pytest.approx(decay_per_hour * loaded_hours, rel=0.05)
+    assert worn[0].view.health - worn[-1].view.health == pytest.approx(
+        decay_per_hour * loaded_hours, rel=0.05
+    )
     assert worn[-1].view.health < 0.6
     assert samples[first_repair].view.health >= 0.95
 
@@ -371,8 +428,9 @@ def test_health_degrades_with_running_hours_and_maintenance_restores_it() -> Non
 def test_sensor_faults_corrupt_one_reading(kind: str) -> None:
     machine_type = MachineType.HYDRAULIC_PRESS
     duration = 0 if kind == "spike" else 600.0
-    scheduled = ScheduledFault(machine=machine_id(machine_type), fault=kind, at_s=600.0, severity=1.0,
-                               duration_s=duration or None)
+    scheduled = ScheduledFault(
+        machine=machine_id(machine_type), fault=kind, at_s=600.0, severity=1.0, duration_s=duration or None
+    )
     faulty = run(single_machine(machine_type, faults(scheduled=[scheduled]), speed=2.0), 1_500.0)[0]
     clean = run(single_machine(machine_type, faults(), speed=2.0), 1_500.0)[0]
     starts = [e for s in faulty for e in s.events if e["event"] == "fault_start"]
@@ -383,7 +441,9 @@ def test_sensor_faults_corrupt_one_reading(kind: str) -> None:
     window = [i for i, s in enumerate(faulty) if s.view.active_faults]
     assert window
     # The machine itself is unaffected: same states and counters as without the fault.
-    assert [(s.state, s.telemetry["parts"]) for s in faulty] == [(s.state, s.telemetry["parts"]) for s in clean]
+    assert [(s.state, s.telemetry["parts"]) for s in faulty] == [
+        (s.state, s.telemetry["parts"]) for s in clean
+    ]
     reported = [faulty[i].signal(signal) for i in window]
     true = [clean[i].signal(signal) for i in window]
     # Every other reading, and this one outside the window, is exactly what it would have been.
@@ -408,7 +468,10 @@ def test_sensor_faults_corrupt_one_reading(kind: str) -> None:
 
 def test_random_sensor_faults_stay_in_sensor_range() -> None:
     settings = FleetSettings(
-        seed=9, lines_per_site=1, machines_per_line=ONE_OF_EACH, speed=60.0,
+        seed=9,
+        lines_per_site=1,
+        machines_per_line=ONE_OF_EACH,
+        speed=60.0,
         faults=faults(sensor_fault_per_hour=3.0),
     )
     runs = run(settings, 12 * 3_600.0)

@@ -31,9 +31,13 @@ def samples() -> dict[str, dict[str, Any]]:
     fleet = FleetSettings(
         seed=2,
         lines_per_site=1,
-        faults=FaultSettings(scheduled=[
-            ScheduledFault(machine="site-00-line-01-cnc_mill-01", fault="dropout", at_s=5.0, duration_s=3.0),
-        ]),
+        faults=FaultSettings(
+            scheduled=[
+                ScheduledFault(
+                    machine="site-00-line-01-cnc_mill-01", fault="dropout", at_s=5.0, duration_s=3.0
+                ),
+            ]
+        ),
     )
     payloads = list(generate(fleet, 0, 30.0))
     validate_payloads(payloads)
@@ -126,8 +130,12 @@ TELEMETRY_BREAKAGES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "path", "value"), TELEMETRY_BREAKAGES, ids=[c[0] for c in TELEMETRY_BREAKAGES])
-def test_telemetry_schema_rejects(samples: dict[str, dict[str, Any]], case: str, path: tuple, value: Any) -> None:
+@pytest.mark.parametrize(
+    ("case", "path", "value"), TELEMETRY_BREAKAGES, ids=[c[0] for c in TELEMETRY_BREAKAGES]
+)
+def test_telemetry_schema_rejects(
+    samples: dict[str, dict[str, Any]], case: str, path: tuple, value: Any
+) -> None:
     message = _broken(samples["cnc_mill"], path, value)
     assert payload_errors(message, "telemetry"), case
     with pytest.raises(PayloadInvalid):
@@ -162,8 +170,9 @@ GROUND_TRUTH_BREAKAGES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "kind", "path", "value"), GROUND_TRUTH_BREAKAGES,
-                         ids=[c[0] for c in GROUND_TRUTH_BREAKAGES])
+@pytest.mark.parametrize(
+    ("case", "kind", "path", "value"), GROUND_TRUTH_BREAKAGES, ids=[c[0] for c in GROUND_TRUTH_BREAKAGES]
+)
 def test_ground_truth_schema_rejects(
     samples: dict[str, dict[str, Any]], case: str, kind: str, path: tuple, value: Any
 ) -> None:

@@ -117,8 +117,9 @@ def test_garbage_is_quarantined_and_the_runner_keeps_archiving(broker: Broker, t
         ("factory/simulator/site-00/line-01", orjson.dumps(valid), "topic_mismatch"),
         (topic, b'{"pad": "' + b"x" * (129 * 1024) + b'"}', "payload_too_large"),
     ]
-    with running_runner(broker, str(archive.root), tmp_path,
-                        ["--flush-interval", "0.2", "--metrics-port", str(metrics_port)]) as runner:
+    with running_runner(
+        broker, str(archive.root), tmp_path, ["--flush-interval", "0.2", "--metrics-port", str(metrics_port)]
+    ) as runner:
         device = DevicePublisher(broker)
         try:
             device.publish_all(good_before)
@@ -131,14 +132,14 @@ def test_garbage_is_quarantined_and_the_runner_keeps_archiving(broker: Broker, t
         records = _wait_for_records(archive, len(good_before) + len(good_after))
         quarantine = wait_for_objects(archive, QUARANTINE_PREFIX, 4, 10)
         assert runner.alive()
-        exposition = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        exposition = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        )
         assert runner.stop() == 0
 
     assert sorted(records) == sorted(m.payload for m in good_before + good_after)
     entries = [
-        orjson.loads(line)
-        for info in quarantine
-        for line in iter_records(archive.get_object(info.key).body)
+        orjson.loads(line) for info in quarantine for line in iter_records(archive.get_object(info.key).body)
     ]
     by_payload = {base64.b64decode(entry["payload_base64"]): entry for entry in entries}
     assert len(entries) == len(garbage)
@@ -148,22 +149,29 @@ def test_garbage_is_quarantined_and_the_runner_keeps_archiving(broker: Broker, t
         assert entry["detail"] and entry["received_at"].endswith("Z")
     for info in quarantine:
         reason = info.key.split("/")[1]
-        assert re.match(rf"^quarantine/{reason}/year=\d{{4}}/month=\d\d/day=\d\d/hour=\d\d/iotfactory-", info.key)
+        assert re.match(
+            rf"^quarantine/{reason}/year=\d{{4}}/month=\d\d/day=\d\d/hour=\d\d/iotfactory-", info.key
+        )
 
     assert 'archive_messages_quarantined_total{reason="invalid_json"} 2.0' in exposition
     assert 'archive_messages_quarantined_total{reason="schema_violation"} 3.0' in exposition
     assert 'archive_messages_quarantined_total{reason="topic_mismatch"} 2.0' in exposition
     assert 'archive_messages_quarantined_total{reason="payload_too_large"} 1.0' in exposition
     archived = sum(
-        float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+        float(line.rsplit(" ", 1)[1])
+        for line in exposition.splitlines()
         if line.startswith("archive_messages_archived_total{")
     )
     assert archived == len(good_before) + len(good_after)
     assert "archive_batches_written_total" in exposition and "archive_lag_seconds" in exposition
 
     report = verify_archive(archive)
-    assert report.quarantined == {"invalid_json": 2, "payload_too_large": 1, "schema_violation": 3,
-                                  "topic_mismatch": 2}
+    assert report.quarantined == {
+        "invalid_json": 2,
+        "payload_too_large": 1,
+        "schema_violation": 3,
+        "topic_mismatch": 2,
+    }
     assert report.ok
 
 
@@ -183,7 +191,9 @@ def test_metrics_exposition_passes_promtool(broker: Broker, tmp_path: Path) -> N
         wait_for_objects(archive, RAW_PREFIX, 1, 10)
         exposition = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
         assert runner.stop() == 0
-    checked = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30)
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
@@ -193,7 +203,7 @@ def test_broker_restart_mid_stream_loses_nothing(broker: Broker, tmp_path: Path)
     with running_runner(broker, str(archive.root), tmp_path, ["--flush-interval", "0.2"]) as runner:
         device = DevicePublisher(broker)
         try:
-            first, second = messages[: len(messages) // 3], messages[len(messages) // 3:]
+            first, second = messages[: len(messages) // 3], messages[len(messages) // 3 :]
             device.publish_all(first, rate_per_s=2000)
             broker.process.stop()  # SIGTERM: Mosquitto saves sessions and queued messages
             device.publish_all(second[:200])  # queued in the device while the broker is down
@@ -226,7 +236,7 @@ def test_rule_runner_sigkill_mid_stream_loses_nothing(broker: Broker, tmp_path: 
             runner.kill()  # SIGKILL: whatever it held unwritten was never acknowledged
             device.publish_all(messages[third : 2 * third], rate_per_s=3000)  # queued in its session
             runner.start()
-            device.publish_all(messages[2 * third:], rate_per_s=3000)
+            device.publish_all(messages[2 * third :], rate_per_s=3000)
             device.wait_all_acknowledged()
         finally:
             device.close()
@@ -267,7 +277,10 @@ def test_s3_archive_against_moto_server(broker: Broker, tmp_path: Path) -> None:
                 assert runner.stop() == 0, runner.log()
                 keys = [info.key for info in archive.list_objects()]
                 report = verify_archive(archive)
-                raw_keys = [info["Key"] for info in archive._client.list_objects_v2(Bucket="factory-archive")["Contents"]]
+                raw_keys = [
+                    info["Key"]
+                    for info in archive._client.list_objects_v2(Bucket="factory-archive")["Contents"]
+                ]
 
     assert sorted(records) == sorted(m.payload for m in messages)
     assert all(BATCH_KEY.match(key) for key in keys if key.startswith(RAW_PREFIX))
@@ -280,7 +293,9 @@ def test_s3_archive_against_moto_server(broker: Broker, tmp_path: Path) -> None:
 def test_direct_mode_writes_one_object_per_message(broker: Broker, tmp_path: Path) -> None:
     archive = LocalArchive(tmp_path / "archive")
     messages = fleet_messages(rounds=5)
-    with running_runner(broker, str(archive.root), tmp_path, ["--mode", "direct", "--flush-interval", "0.2"]) as runner:
+    with running_runner(
+        broker, str(archive.root), tmp_path, ["--mode", "direct", "--flush-interval", "0.2"]
+    ) as runner:
         device = DevicePublisher(broker)
         try:
             device.publish_all(messages)
@@ -298,17 +313,40 @@ def test_direct_mode_writes_one_object_per_message(broker: Broker, tmp_path: Pat
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "local_stack.rule_runner", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "local_stack.rule_runner", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_bad_input_is_one_line_and_exit_2(broker: Broker, tmp_path: Path) -> None:
     pki = broker.pki
-    base = ["--endpoint", broker.host, "--port", str(broker.port), "--ca", str(pki.ca.ca_cert_path),
-            "--cert", str(pki.reader.cert_path), "--key", str(pki.reader.key_path)]
+    base = [
+        "--endpoint",
+        broker.host,
+        "--port",
+        str(broker.port),
+        "--ca",
+        str(pki.ca.ca_cert_path),
+        "--cert",
+        str(pki.reader.cert_path),
+        "--key",
+        str(pki.reader.key_path),
+    ]
     cases = {
-        "missing cert": ["--endpoint", "127.0.0.1", "--ca", str(pki.ca.ca_cert_path),
-                         "--cert", str(tmp_path / "nope.pem"), "--key", str(pki.reader.key_path)],
+        "missing cert": [
+            "--endpoint",
+            "127.0.0.1",
+            "--ca",
+            str(pki.ca.ca_cert_path),
+            "--cert",
+            str(tmp_path / "nope.pem"),
+            "--key",
+            str(pki.reader.key_path),
+        ],
         "bad flush interval": [*base, "--flush-interval", "-1"],
         "bad archive": [*base, "--archive", "ftp://somewhere"],
         "bad stream name": [*base, "--stream-name", "has space"],
@@ -326,16 +364,29 @@ def test_bad_input_is_one_line_and_exit_2(broker: Broker, tmp_path: Path) -> Non
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = _run_cli(*base, "--archive", str(tmp_path / "a"), "--metrics-port", str(taken.getsockname()[1]))
+        result = _run_cli(
+            *base, "--archive", str(tmp_path / "a"), "--metrics-port", str(taken.getsockname()[1])
+        )
     assert result.returncode == 2 and "already in use" in result.stderr
 
 
 def test_untrusted_broker_certificate_is_exit_2(broker: Broker, tmp_path: Path) -> None:
     other = CertificateAuthority.create(tmp_path / "other-ca")
     pki = broker.pki
-    result = _run_cli("--endpoint", broker.host, "--port", str(broker.port), "--ca", str(other.ca_cert_path),
-                      "--cert", str(pki.reader.cert_path), "--key", str(pki.reader.key_path),
-                      "--archive", str(tmp_path / "a"))
+    result = _run_cli(
+        "--endpoint",
+        broker.host,
+        "--port",
+        str(broker.port),
+        "--ca",
+        str(other.ca_cert_path),
+        "--cert",
+        str(pki.reader.cert_path),
+        "--key",
+        str(pki.reader.key_path),
+        "--archive",
+        str(tmp_path / "a"),
+    )
     assert result.returncode == 2, result.stderr
     assert "not trusted" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr

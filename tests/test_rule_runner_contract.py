@@ -1,4 +1,4 @@
-"""The rule runner's payload checks: reasons per kind of garbage, and the fast validator agreeing with jsonschema."""
+"""Rule runner payload checks: a reason per kind of garbage; the fast validator agrees with jsonschema."""
 
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ def test_real_payloads_are_archived_with_their_kind() -> None:
 def test_topic_kinds() -> None:
     assert topic_kind("factory/simulator/site-00/line-01/m") == "telemetry"
     assert topic_kind("factory/simulator/ground-truth/site-00/line-01/m") == "ground_truth"
-    for other in ("factory/simulator/site-00/line-01", "factory/other/a/b/c", "factory/simulator/ground-truth/a/b"):
+    for other in (
+        "factory/simulator/site-00/line-01",
+        "factory/other/a/b/c",
+        "factory/simulator/ground-truth/a/b",
+    ):
         assert topic_kind(other) is None
 
 

@@ -30,8 +30,9 @@ SMALL_FLEET = FleetSettings(
 )
 
 
-def fleet_messages(rounds: int, site_index: int = 0, fleet: FleetSettings = SMALL_FLEET,
-                   start_epoch_ms: int | None = None) -> list[Message]:
+def fleet_messages(
+    rounds: int, site_index: int = 0, fleet: FleetSettings = SMALL_FLEET, start_epoch_ms: int | None = None
+) -> list[Message]:
     """Real simulator payloads (telemetry and ground truth) for `rounds` samples of every machine."""
     start = int(time.time() * 1000) if start_epoch_ms is None else start_epoch_ms
     model = SiteModel(fleet, site_index, start)
@@ -42,9 +43,15 @@ def fleet_messages(rounds: int, site_index: int = 0, fleet: FleetSettings = SMAL
     return messages
 
 
-def tls_client(broker: Broker, cert: IssuedCertificate, client_id: str, *, clean_session: bool) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
-                         protocol=mqtt.MQTTv311)
+def tls_client(
+    broker: Broker, cert: IssuedCertificate, client_id: str, *, clean_session: bool
+) -> mqtt.Client:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session,
+        protocol=mqtt.MQTTv311,
+    )
     context = ssl.create_default_context(cafile=str(broker.pki.ca.ca_cert_path))
     context.load_cert_chain(str(cert.cert_path), str(cert.key_path))
     client.tls_set_context(context)
@@ -68,7 +75,9 @@ class DevicePublisher:
         assert self.connected.wait(10), "device could not connect"
         self.published = 0
 
-    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object
+    ) -> None:
         with self._lock:
             self.acknowledged += 1
 
@@ -102,16 +111,35 @@ class DevicePublisher:
 class RunnerProcess:
     """`python -m local_stack.rule_runner` as a child process, the way the local stack runs it."""
 
-    def __init__(self, broker: Broker, archive: str, work_dir: Path, extra: Sequence[str] = (),
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        archive: str,
+        work_dir: Path,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.ready_file = work_dir / "rule-runner.ready"
         self.log_path = work_dir / "rule-runner.log"
         self.args = [
-            sys.executable, "-m", "local_stack.rule_runner",
-            "--endpoint", broker.host, "--port", str(broker.port),
-            "--ca", str(broker.pki.ca.ca_cert_path),
-            "--cert", str(broker.pki.reader.cert_path), "--key", str(broker.pki.reader.key_path),
-            "--archive", archive, "--ready-file", str(self.ready_file), *extra,
+            sys.executable,
+            "-m",
+            "local_stack.rule_runner",
+            "--endpoint",
+            broker.host,
+            "--port",
+            str(broker.port),
+            "--ca",
+            str(broker.pki.ca.ca_cert_path),
+            "--cert",
+            str(broker.pki.reader.cert_path),
+            "--key",
+            str(broker.pki.reader.key_path),
+            "--archive",
+            archive,
+            "--ready-file",
+            str(self.ready_file),
+            *extra,
         ]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
@@ -119,8 +147,14 @@ class RunnerProcess:
     def start(self, timeout_s: float = 20) -> None:
         self.ready_file.unlink(missing_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=self.env)
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
         deadline = time.monotonic() + timeout_s
         while not self.ready_file.exists():
             if self.process.poll() is not None:
@@ -149,8 +183,9 @@ class RunnerProcess:
 
 
 @contextmanager
-def running_runner(broker: Broker, archive: str, work_dir: Path, extra: Sequence[str] = (),
-                   env: dict[str, str] | None = None) -> Iterator[RunnerProcess]:
+def running_runner(
+    broker: Broker, archive: str, work_dir: Path, extra: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[RunnerProcess]:
     runner = RunnerProcess(broker, archive, work_dir, extra, env)
     runner.start()
     try:
@@ -164,8 +199,12 @@ def moto_s3_server() -> Iterator[str]:
     """moto's S3 server on an ephemeral loopback port; yields its endpoint URL."""
     port = free_port()
     binary = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert wait_for_port(port, timeout_s=20), "moto_server did not start"
         yield f"http://127.0.0.1:{port}"

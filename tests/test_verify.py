@@ -1,4 +1,4 @@
-"""`verify` on archives built with known gaps, duplicates, restarts and quarantine: it must find exactly those."""
+"""`verify` on archives built with known gaps, duplicates, restarts and quarantine: it finds exactly those."""
 
 from __future__ import annotations
 
@@ -21,15 +21,36 @@ OTHER = "site-01-line-02-cnc_mill-01"
 
 def telemetry(machine: str, seq: int, ts_ms: int) -> bytes:
     site, line = machine[:7], machine[8:15]
-    return orjson.dumps({"schema": 1, "machine": machine, "site": site, "line": line, "type": "conveyor",
-                         "ts": iso_timestamp(ts_ms), "seq": seq, "state": "running", "signals": {},
-                         "parts": {"good": 0, "rejected": 0}})
+    return orjson.dumps(
+        {
+            "schema": 1,
+            "machine": machine,
+            "site": site,
+            "line": line,
+            "type": "conveyor",
+            "ts": iso_timestamp(ts_ms),
+            "seq": seq,
+            "state": "running",
+            "signals": {},
+            "parts": {"good": 0, "rejected": 0},
+        }
+    )
 
 
 def ground_truth(machine: str, seq: int, ts_ms: int) -> bytes:
     site, line = machine[:7], machine[8:15]
-    return orjson.dumps({"schema": 1, "machine": machine, "site": site, "line": line, "type": "conveyor",
-                         "ts": iso_timestamp(ts_ms), "seq": seq, "event": "state_change"})
+    return orjson.dumps(
+        {
+            "schema": 1,
+            "machine": machine,
+            "site": site,
+            "line": line,
+            "type": "conveyor",
+            "ts": iso_timestamp(ts_ms),
+            "seq": seq,
+            "event": "state_change",
+        }
+    )
 
 
 def write_batches(archive: LocalArchive, batches: list[list[bytes]]) -> None:
@@ -76,7 +97,10 @@ def test_verify_finds_known_gaps_duplicates_and_reordering(tmp_path: Path) -> No
     # Out of order: 30 arrives after 31; duplicates: 10 and 11 again in a later batch, 60 twice.
     delivered.remove(30)
     delivered.insert(delivered.index(31) + 1, 30)
-    batches = [[sent[s] for s in delivered[:40]], [sent[s] for s in delivered[40:]] + [sent[10], sent[11], sent[60]]]
+    batches = [
+        [sent[s] for s in delivered[:40]],
+        [sent[s] for s in delivered[40:]] + [sent[10], sent[11], sent[60]],
+    ]
     batches[1].insert(batches[1].index(sent[60]) + 1, sent[60])
     other = [telemetry(OTHER, seq, now_ms + seq) for seq in range(3, 21)]  # archive starts at seq 3
     labels = [ground_truth(MACHINE, seq, now_ms + seq) for seq in (1, 2, 3, 5)]
@@ -123,9 +147,19 @@ def test_quarantine_unreadable_and_reconciliation(tmp_path: Path) -> None:
     archive = LocalArchive(tmp_path / "archive")
     now = dt.datetime.now(dt.UTC)
     base_ms = int(now.timestamp() * 1000) - 5_000
-    write_batches(archive, [[telemetry(MACHINE, seq, base_ms) for seq in range(1, 11)] + [b"{broken", b'{"x": 1}']])
-    envelope = orjson.dumps({"reason": "invalid_json", "detail": "bad", "topic": "factory/simulator/site-00/a/b",
-                             "received_at": "2026-01-01T00:00:00.000Z", "qos": 1, "payload_base64": "eyJ4"})
+    write_batches(
+        archive, [[telemetry(MACHINE, seq, base_ms) for seq in range(1, 11)] + [b"{broken", b'{"x": 1}']]
+    )
+    envelope = orjson.dumps(
+        {
+            "reason": "invalid_json",
+            "detail": "bad",
+            "topic": "factory/simulator/site-00/a/b",
+            "received_at": "2026-01-01T00:00:00.000Z",
+            "qos": 1,
+            "payload_base64": "eyJ4",
+        }
+    )
     archive.put_object(quarantine_key("invalid_json", "test", now), encode_batch([envelope, envelope]))
     archive.put_object(quarantine_key("schema_violation", "test", now), encode_batch([b"not an envelope"]))
     report = verify_archive(archive, published={("site-00", "telemetry"): 12, ("site-01", "telemetry"): 0})

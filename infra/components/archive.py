@@ -55,7 +55,9 @@ class TelemetryArchiveArgs:
 class TelemetryArchive(pulumi.ComponentResource):
     """Archive bucket + topic rule (+ Firehose in batched mode) + error log group and roles."""
 
-    def __init__(self, name: str, args: TelemetryArchiveArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: TelemetryArchiveArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("iotfactory:archive:TelemetryArchive", name, None, opts)
         if args.mode not in ("direct", "batched"):
             raise ValueError(f"iotfactory:archiveMode must be direct or batched (got {args.mode!r})")
@@ -111,7 +113,13 @@ class TelemetryArchive(pulumi.ComponentResource):
                 opts=child,
             )
             actions: dict[str, object] = {
-                "s3": [{"bucket_name": self.bucket.bucket_name, "key": DIRECT_KEY, "role_arn": self.rule_role.arn}]
+                "s3": [
+                    {
+                        "bucket_name": self.bucket.bucket_name,
+                        "key": DIRECT_KEY,
+                        "role_arn": self.rule_role.arn,
+                    }
+                ]
             }
         else:
             self.delivery_stream = self._firehose(name, args)
@@ -170,7 +178,9 @@ class TelemetryArchive(pulumi.ComponentResource):
             retention_in_days=args.log_retention_days,
             opts=child,
         )
-        aws.cloudwatch.LogStream(f"{name}-firehose", name=FIREHOSE_LOG_STREAM, log_group_name=log_group.name, opts=child)
+        aws.cloudwatch.LogStream(
+            f"{name}-firehose", name=FIREHOSE_LOG_STREAM, log_group_name=log_group.name, opts=child
+        )
         role = aws.iam.Role(
             f"{name}-firehose",
             description="Assumed by Firehose: write batches to the archive bucket and its delivery log",
@@ -184,7 +194,9 @@ class TelemetryArchive(pulumi.ComponentResource):
             f"{name}-firehose",
             role=role.id,
             policy=iam.document(
-                iam.allow(["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"], [bucket_arn]),
+                iam.allow(
+                    ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"], [bucket_arn]
+                ),
                 iam.allow(
                     ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"],
                     [

@@ -62,6 +62,4 @@ class ContainerPlatform(pulumi.ComponentResource):
         self.cluster_name: pulumi.Output[str] = self.cluster.name
         self.cluster_arn: pulumi.Output[str] = self.cluster.arn
         self.discovery_dns_name = f"{SIMULATORS_SERVICE}.{args.namespace}"
-        self.register_outputs(
-            {"clusterName": self.cluster_name, "discoveryDnsName": self.discovery_dns_name}
-        )
+        self.register_outputs({"clusterName": self.cluster_name, "discoveryDnsName": self.discovery_dns_name})

@@ -36,7 +36,9 @@ class Firewall(pulumi.ComponentResource):
             raise ValueError("iotfactory:allowedCidrs: at least one CIDR must be allowed to reach the ALB")
         self._child = pulumi.ResourceOptions(parent=self)
 
-        self.load_balancer = self._group(f"{name}-alb", args.vpc_id, "Load balancer: HTTP(S) from allowed CIDRs")
+        self.load_balancer = self._group(
+            f"{name}-alb", args.vpc_id, "Load balancer: HTTP(S) from allowed CIDRs"
+        )
         self.monitoring = self._group(f"{name}-monitoring", args.vpc_id, "Prometheus and Grafana task")
         self.simulators = self._group(f"{name}-simulators", args.vpc_id, "Simulator tasks")
 
@@ -55,10 +57,18 @@ class Firewall(pulumi.ComponentResource):
                 )
         for port in (GRAFANA_PORT, PROMETHEUS_PORT):
             self._between(
-                f"{name}-alb-to-monitoring-{port}", self.load_balancer, self.monitoring, port, "ALB to monitoring"
+                f"{name}-alb-to-monitoring-{port}",
+                self.load_balancer,
+                self.monitoring,
+                port,
+                "ALB to monitoring",
             )
         self._between(
-            f"{name}-prometheus-scrape", self.monitoring, self.simulators, args.metrics_port, "Prometheus scrape"
+            f"{name}-prometheus-scrape",
+            self.monitoring,
+            self.simulators,
+            args.metrics_port,
+            "Prometheus scrape",
         )
 
         # Outbound: AWS APIs, image registries and S3 over HTTPS; the simulators also MQTT over TLS.

@@ -40,7 +40,9 @@ class SimulatorImageArgs:
 class SimulatorImage(pulumi.ComponentResource):
     """ECR repository plus the simulator image pushed to it; `image_ref` is `<repo>@sha256:...`."""
 
-    def __init__(self, name: str, args: SimulatorImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: SimulatorImageArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("iotfactory:image:SimulatorImage", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.repository = aws.ecr.Repository(

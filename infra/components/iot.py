@@ -56,7 +56,9 @@ def shard_policy_document(
 ) -> pulumi.Output[str]:
     """Connect as this site's client IDs only; publish to this site's telemetry and ground truth only."""
     return iam.document(
-        iam.allow(["iot:Connect"], [account.arn("iot", f"client/{client_id_prefix}{site}-c*")], sid="ConnectAsShard"),
+        iam.allow(
+            ["iot:Connect"], [account.arn("iot", f"client/{client_id_prefix}{site}-c*")], sid="ConnectAsShard"
+        ),
         iam.allow(
             ["iot:Publish"],
             [
@@ -75,17 +77,19 @@ class DeviceFleet(pulumi.ComponentResource):
         super().__init__("iotfactory:iot:DeviceFleet", name, None, opts)
         names = [generation.name for generation in args.generations]
         if args.serving_generation not in names:
-            raise ValueError(f"iotfactory:certGenerations: serving generation {args.serving_generation} is not listed")
+            raise ValueError(
+                f"iotfactory:certGenerations: serving generation {args.serving_generation} is not listed"
+            )
         if not next(g for g in args.generations if g.name == args.serving_generation).active:
-            raise ValueError(f"iotfactory:certGenerations: generation {args.serving_generation} is not ACTIVE")
+            raise ValueError(
+                f"iotfactory:certGenerations: generation {args.serving_generation} is not ACTIVE"
+            )
         child = pulumi.ResourceOptions(parent=self)
         self.shards: dict[str, ShardIdentity] = {}
 
         for site in args.sites:
             thing_name = f"{args.client_id_prefix}{site}"
-            thing = aws.iot.Thing(
-                f"{name}-{site}", name=thing_name, attributes={"site": site}, opts=child
-            )
+            thing = aws.iot.Thing(f"{name}-{site}", name=thing_name, attributes={"site": site}, opts=child)
             policy = aws.iot.Policy(
                 f"{name}-{site}",
                 name=f"{thing_name}-publish",
@@ -95,7 +99,10 @@ class DeviceFleet(pulumi.ComponentResource):
                 opts=child,
             )
             shard = ShardIdentity(
-                site=site, thing_name=thing_name, client_id_prefix=args.client_id_prefix, policy_name=policy.name
+                site=site,
+                thing_name=thing_name,
+                client_id_prefix=args.client_id_prefix,
+                policy_name=policy.name,
             )
             for generation in args.generations:
                 self._add_generation(name, args, shard, thing, policy, generation)
@@ -133,7 +140,7 @@ class DeviceFleet(pulumi.ComponentResource):
         )
         secret = aws.secretsmanager.Secret(
             label,
-            description=f"AWS IoT certificate and private key of {shard.thing_name}, generation {generation.name}",
+            description=f"AWS IoT certificate and key of {shard.thing_name}, generation {generation.name}",
             recovery_window_in_days=args.secret_recovery_days,
             opts=child,
         )

@@ -35,7 +35,6 @@ class PublicLoadBalancerArgs:
     deletion_protection: bool
 
 
-
 def listener_ports(certificate_arn: str | None) -> tuple[int, ...]:
     """Ports the ALB listens on (and the internet may reach): 80, plus 443 with a certificate."""
     return (HTTP_PORT, HTTPS_PORT) if certificate_arn else (HTTP_PORT,)
@@ -63,13 +62,19 @@ class PublicLoadBalancer(pulumi.ComponentResource):
             enable_deletion_protection=args.deletion_protection,
             opts=child,
         )
-        self.prometheus_targets = self._target_group(f"{name}-prometheus", args, PROMETHEUS_PORT, PROMETHEUS_HEALTH_PATH)
+        self.prometheus_targets = self._target_group(
+            f"{name}-prometheus", args, PROMETHEUS_PORT, PROMETHEUS_HEALTH_PATH
+        )
         self.grafana_targets = self._target_group(f"{name}-grafana", args, GRAFANA_PORT, GRAFANA_HEALTH_PATH)
 
         not_found = [
             {
                 "type": "fixed-response",
-                "fixed_response": {"content_type": "text/plain", "message_body": "not found", "status_code": "404"},
+                "fixed_response": {
+                    "content_type": "text/plain",
+                    "message_body": "not found",
+                    "status_code": "404",
+                },
             }
         ]
         if args.certificate_arn:

@@ -102,10 +102,14 @@ class MonitoringServiceArgs:
 class MonitoringService(pulumi.ComponentResource):
     """Config objects, admin password secret, log group, roles, task definition and ECS service."""
 
-    def __init__(self, name: str, args: MonitoringServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: MonitoringServiceArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("iotfactory:monitoring:MonitoringService", name, None, opts)
         if not args.config_files:
-            raise ValueError("the monitoring config bundle is empty; observability.config_bundle produced nothing")
+            raise ValueError(
+                "the monitoring config bundle is empty; observability.config_bundle produced nothing"
+            )
         if PROMETHEUS_CONFIG_KEY not in args.config_files:
             raise ValueError(f"the monitoring config bundle has no {PROMETHEUS_CONFIG_KEY}")
         for key in args.config_files:
@@ -158,7 +162,9 @@ class MonitoringService(pulumi.ComponentResource):
             role=execution_role.id,
             policy=iam.document(
                 iam.allow(["logs:CreateLogStream"], [account.log_group_arn(self.log_group.name)]),
-                iam.allow(["logs:PutLogEvents"], [account.log_stream_arn(self.log_group.name, "monitoring/*")]),
+                iam.allow(
+                    ["logs:PutLogEvents"], [account.log_stream_arn(self.log_group.name, "monitoring/*")]
+                ),
                 iam.allow(["secretsmanager:GetSecretValue"], readable_secrets),
             ),
             opts=child,
@@ -316,10 +322,18 @@ class MonitoringService(pulumi.ComponentResource):
             ),
             "mountPoints": [
                 *(
-                    {"sourceVolume": layout.volume(prefix), "containerPath": f"/mnt/{layout.volume(prefix)}", "readOnly": False}
+                    {
+                        "sourceVolume": layout.volume(prefix),
+                        "containerPath": f"/mnt/{layout.volume(prefix)}",
+                        "readOnly": False,
+                    }
                     for prefix in sorted(layout.directories)
                 ),
-                {"sourceVolume": "prometheus-data", "containerPath": "/mnt/prometheus-data", "readOnly": False},
+                {
+                    "sourceVolume": "prometheus-data",
+                    "containerPath": "/mnt/prometheus-data",
+                    "readOnly": False,
+                },
                 {"sourceVolume": "grafana-data", "containerPath": "/mnt/grafana-data", "readOnly": False},
                 {"sourceVolume": "grafana-tmp", "containerPath": "/mnt/grafana-tmp", "readOnly": False},
                 {"sourceVolume": "init-tmp", "containerPath": "/tmp", "readOnly": False},
@@ -329,8 +343,17 @@ class MonitoringService(pulumi.ComponentResource):
                 "initProcessEnabled": True,
                 "capabilities": {
                     "drop": [
-                        "AUDIT_WRITE", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "NET_RAW",
-                        "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+                        "AUDIT_WRITE",
+                        "FSETID",
+                        "KILL",
+                        "MKNOD",
+                        "NET_BIND_SERVICE",
+                        "NET_RAW",
+                        "SETFCAP",
+                        "SETGID",
+                        "SETPCAP",
+                        "SETUID",
+                        "SYS_CHROOT",
                     ]
                 },
             },
@@ -356,12 +379,20 @@ class MonitoringService(pulumi.ComponentResource):
             "portMappings": [{"containerPort": PROMETHEUS_PORT, "protocol": "tcp"}],
             "dependsOn": [{"containerName": INIT_CONTAINER, "condition": "SUCCESS"}],
             "mountPoints": [
-                {"sourceVolume": layout.volume("prometheus/"), "containerPath": prometheus_config_dir, "readOnly": True},
+                {
+                    "sourceVolume": layout.volume("prometheus/"),
+                    "containerPath": prometheus_config_dir,
+                    "readOnly": True,
+                },
                 {"sourceVolume": "prometheus-data", "containerPath": PROMETHEUS_DATA, "readOnly": False},
             ],
             "healthCheck": {
                 "command": [
-                    "CMD", "wget", "-q", "-O", "/dev/null",
+                    "CMD",
+                    "wget",
+                    "-q",
+                    "-O",
+                    "/dev/null",
                     f"http://127.0.0.1:{PROMETHEUS_PORT}{PROMETHEUS_PATH}/-/healthy",
                 ],
                 "interval": 15,
@@ -387,7 +418,9 @@ class MonitoringService(pulumi.ComponentResource):
             "GF_SMTP_ENABLED": "true" if args.smtp else "false",
             # The provisioned e-mail contact point reads its recipients from here; without SMTP
             # nothing is sent, but the contact point still needs a syntactically valid address.
-            layout.alert_email_env: args.smtp.to_addresses if args.smtp else "alerts-disabled@example.invalid",
+            layout.alert_email_env: args.smtp.to_addresses
+            if args.smtp
+            else "alerts-disabled@example.invalid",
             "CONFIG_SHA256": self.config_sha256,
         }
         secrets = [{"name": "GF_SECURITY_ADMIN_PASSWORD", "valueFrom": values["admin_secret"]}]
@@ -415,12 +448,23 @@ class MonitoringService(pulumi.ComponentResource):
                 {"containerName": PROMETHEUS_CONTAINER, "condition": "START"},
             ],
             "mountPoints": [
-                {"sourceVolume": layout.volume("grafana/"), "containerPath": layout.directory_of("grafana/"), "readOnly": True},
+                {
+                    "sourceVolume": layout.volume("grafana/"),
+                    "containerPath": layout.directory_of("grafana/"),
+                    "readOnly": True,
+                },
                 {"sourceVolume": "grafana-data", "containerPath": GRAFANA_DATA, "readOnly": False},
                 {"sourceVolume": "grafana-tmp", "containerPath": "/tmp", "readOnly": False},
             ],
             "healthCheck": {
-                "command": ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
+                "command": [
+                    "CMD",
+                    "wget",
+                    "-q",
+                    "-O",
+                    "/dev/null",
+                    f"http://127.0.0.1:{GRAFANA_PORT}/api/health",
+                ],
                 "interval": 15,
                 "timeout": 5,
                 "retries": 3,

@@ -52,7 +52,9 @@ class SimulatorFleetArgs:
 class SimulatorFleet(pulumi.ComponentResource):
     """The fleet's log group and one `SimulatorShard` per site."""
 
-    def __init__(self, name: str, args: SimulatorFleetArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: SimulatorFleetArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("iotfactory:simulators:SimulatorFleet", name, None, opts)
         self.log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs",
@@ -61,7 +63,9 @@ class SimulatorFleet(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.shards = [
-            SimulatorShard(f"{name}-{site}", index, identity, args, self.log_group, pulumi.ResourceOptions(parent=self))
+            SimulatorShard(
+                f"{name}-{site}", index, identity, args, self.log_group, pulumi.ResourceOptions(parent=self)
+            )
             for index, (site, identity) in enumerate(args.shards.items())
         ]
         self.service_names: list[pulumi.Output[str]] = [shard.service.name for shard in self.shards]
@@ -89,7 +93,7 @@ class SimulatorShard(pulumi.ComponentResource):
 
         execution_role = aws.iam.Role(
             f"{name}-execution",
-            description=f"ECS agent for simulator {site}: pull the image, write its logs, read its certificate",
+            description=f"ECS agent for simulator {site}: pull the image, write logs, read its certificate",
             assume_role_policy=iam.service_trust(iam.ECS_TASKS),
             opts=child,
         )
@@ -107,12 +111,16 @@ class SimulatorShard(pulumi.ComponentResource):
                     args.pull_repository_arns,
                 ),
             ]
-        aws.iam.RolePolicy(f"{name}-execution", role=execution_role.id, policy=iam.document(*statements), opts=child)
+        aws.iam.RolePolicy(
+            f"{name}-execution", role=execution_role.id, policy=iam.document(*statements), opts=child
+        )
         # The simulator talks MQTT with its certificate and calls no AWS API: its task role has no policy.
         task_role = aws.iam.Role(
             f"{name}-task",
-            description=f"Simulator {site} task: no AWS permissions (it authenticates to AWS IoT by certificate)",
-            assume_role_policy=iam.service_trust(iam.ECS_TASKS, iam.same_account(account, account.arn("ecs", "*"))),
+            description=f"Simulator {site} task: no AWS permissions (AWS IoT authenticates its certificate)",
+            assume_role_policy=iam.service_trust(
+                iam.ECS_TASKS, iam.same_account(account, account.arn("ecs", "*"))
+            ),
             opts=child,
         )
 
@@ -220,7 +228,7 @@ def _container(
         "readonlyRootFilesystem": True,
         "stopTimeout": STOP_TIMEOUT_S,
         "environment": [{"name": key, "value": value} for key, value in sorted(environment.items())],
-        # ECS reads the JSON keys of the shard's secret at task start; the key never enters the task definition.
+        # ECS reads the JSON keys of the shard's secret at task start; the key stays out of the definition.
         "secrets": [
             {"name": "FACTORY_CERT_PEM", "valueFrom": f"{secret}:{CERTIFICATE_PEM_KEY}::"},
             {"name": "FACTORY_KEY_PEM", "valueFrom": f"{secret}:{PRIVATE_KEY_PEM_KEY}::"},
@@ -235,7 +243,8 @@ def _container(
                 "CMD",
                 "python",
                 "-c",
-                f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=4).read(1)",
+                "import urllib.request; "
+                f"urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=4).read(1)",
             ],
             "interval": 30,
             "timeout": 5,

@@ -29,7 +29,7 @@ from simulator.settings import ScheduledFault
 from simulator.transport.publisher import KINDS, TransportSnapshot
 
 FAULT_KINDS: tuple[str, ...] = get_args(ScheduledFault.model_fields["fault"].annotation)
-FAILURE_REASONS = ("queue_full", "publish_error", "connection_lost", "connect_error", "shutdown")
+FAILURE_REASONS = ("queue_full", "publish_error", "connect_error", "shutdown")
 _SIGNAL_METRICS = tuple(m for m in catalog.MACHINE_SIGNALS if m.signal is not None)
 _HEALTH = catalog.by_name("factory_machine_health_ratio")
 _TEMPERATURE = catalog.by_name("factory_machine_temperature_celsius")

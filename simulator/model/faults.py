@@ -20,8 +20,11 @@ FAILURE_MODE, SENSOR = "failure_mode", "sensor"
 
 # A failure mode of at least this severity ends in the fault state once fully developed.
 TRIP_SEVERITY = 0.5
-# Overheating: extra heat of a failed cooler at severity 1, in °C per second while powered.
-OVERHEAT_RATE_C_PER_S = 0.4
+# Overheating (a failed cooler): the temperature heads for this much above normal at severity 1,
+# with the hot spot's time constant, so severity means the same on every type: from about 0.55-0.7
+# (by type) it reaches the trip point, 0.2 runs some 20 °C hot.
+OVERHEAT_RISE_C = 100.0
+OVERHEAT_TIME_CONSTANT_S = 240.0
 OVERHEAT_RAMP_S = 60.0
 # Mean durations of sensor faults that were not given a duration (seconds); 0 = a single reading.
 SENSOR_FAULT_MEAN_S: Final[dict[str, float]] = {

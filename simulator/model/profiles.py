@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from simulator.metrics.catalog import MACHINE_SIGNALS, MACHINE_STATES
 from simulator.settings import MachineType
@@ -57,6 +57,16 @@ class MachineProfile:
     mean_setup_s: float
     changeover_probability: float  # after a run ends: setup instead of idle
     initial_running_probability: float
+
+    # (signal, low, high, decimals) in payload order: how each reading is clamped and rounded.
+    output_format: tuple[tuple[str, float, float, int], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        output_format = tuple(
+            (name, self.ranges[name].low, self.ranges[name].high, self.ranges[name].decimals)
+            for name in self.signals
+        )
+        object.__setattr__(self, "output_format", output_format)  # derived once; the class is frozen
 
 
 _TEMPERATURE = SensorRange(-20.0, 150.0, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -113,6 +114,33 @@ def build_machine_specs(fleet: FleetSettings, site_index: int) -> tuple[MachineS
                     )
                 )
     return tuple(specs)
+
+
+_MACHINE_ID = re.compile(r"site-(\d{2,})-line-(\d{2,})-([a-z_]+)-(\d{2,})")
+
+
+def unknown_scheduled_machines(fleet: FleetSettings) -> list[str]:
+    """Machine ids in `faults.scheduled` that no site of this fleet has (for config checks).
+
+    Any site index is accepted: each simulator process simulates one site of the same shape.
+    """
+    return [item.machine for item in fleet.faults.scheduled if not _fits_fleet(fleet, item.machine)]
+
+
+def _fits_fleet(fleet: FleetSettings, machine: str) -> bool:
+    match = _MACHINE_ID.fullmatch(machine)
+    if match is None:
+        return False
+    try:
+        machine_type = MachineType(match[3])
+    except ValueError:
+        return False
+    line_number, number = int(match[2]), int(match[4])
+    return (
+        1 <= line_number <= fleet.lines_per_site
+        and 1 <= number <= fleet.machines_per_line.get(machine_type, 0)
+        and machine == machine_id(site_id(int(match[1])), line_id(line_number), machine_type, number)
+    )
 
 
 def scheduled_faults_by_machine(fleet: FleetSettings) -> dict[str, list[ScheduledFault]]:

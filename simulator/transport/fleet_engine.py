@@ -21,6 +21,7 @@ import random
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections import deque
@@ -28,6 +29,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from simulator.errors import UsageError
 from simulator.transport.publisher import (
@@ -48,23 +52,27 @@ MISC_INTERVAL_S = 1.0
 POLL_EVERY_MESSAGES = 32
 # QoS 0 has no acknowledgement to wait for: stop handing paho messages while this much is unsent.
 MAX_BUFFERED_BYTES = 1 << 20
+READ_CHUNK_BYTES = 1 << 16
 _DOWN, _CONNECTING, _UP, _CLOSED = "down", "connecting", "up", "closed"
 
 
 class _CoalescingSocket:
-    """Collects paho's writes and sends them in one TLS record batch per loop round.
+    """Batches paho's socket calls: one TLS write per loop round, one TLS read per 64 KiB.
 
-    paho writes every packet with its own `send`; over TLS on a busy host that call (encryption,
-    syscall, waking the broker) costs more than everything else per message. paho only calls
-    `send`, `recv`, `pending`, `setblocking`, `fileno` and `close` on its socket, so this wrapper
-    (installed after the handshake) accepts writes into a buffer that `flush` drains.
+    paho writes every packet with its own `send` and reads every packet in two or three tiny
+    `recv` calls; over TLS on a busy host those calls (record encryption, syscalls, waking the
+    broker) cost more than the rest of the client. paho only calls `send`, `recv`, `pending`,
+    `setblocking`, `fileno` and `close` on its socket, so this wrapper, installed after the
+    handshake, buffers writes until `flush` and serves reads from one large read.
     """
 
-    __slots__ = ("buffer", "sock")
+    __slots__ = ("buffer", "read_buffer", "read_position", "sock")
 
     def __init__(self, sock: Any) -> None:
         self.sock = sock
         self.buffer = bytearray()
+        self.read_buffer = b""
+        self.read_position = 0
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         self.buffer += data
@@ -82,10 +90,21 @@ class _CoalescingSocket:
         return True
 
     def recv(self, size: int) -> bytes:
-        return bytes(self.sock.recv(size))
+        if self.read_position >= len(self.read_buffer):
+            # Raises SSLWantReadError when nothing is there; paho treats that as "try later".
+            self.read_buffer = self.sock.recv(READ_CHUNK_BYTES)
+            self.read_position = 0
+            if not self.read_buffer:
+                return b""
+        start = self.read_position
+        self.read_position = start + size
+        return self.read_buffer[start : start + size]
+
+    def buffered_input(self) -> bool:
+        return self.read_position < len(self.read_buffer)
 
     def pending(self) -> int:
-        return int(self.sock.pending())
+        return len(self.read_buffer) - self.read_position + int(self.sock.pending())
 
     def setblocking(self, flag: bool) -> None:
         self.sock.setblocking(flag)
@@ -101,6 +120,37 @@ class _CoalescingSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.sock, name)
+
+
+_SUCCESS = ReasonCode(PacketTypes.PUBACK)
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+_MID = struct.Struct("!H")
+
+
+def _install_fast_puback(client: mqtt.Client) -> None:
+    """Skip paho's generic PUBACK decoding for MQTT 3.1.1, keeping its bookkeeping.
+
+    paho builds a ReasonCode and a Properties object for every PUBACK, even on MQTT 3.1.1 where a
+    PUBACK is just a packet id; that was a fifth of the CPU per message. This handler reads the
+    id and calls paho's own `_do_on_publish` (callback, `_out_messages`, in-flight accounting).
+    It relies on paho 2.x internals (verified on 2.2); if they are missing, paho's handler stays.
+    """
+    required = ("_in_packet", "_out_message_mutex", "_out_messages", "_do_on_publish", "_handle_pubackcomp")
+    if not all(hasattr(client, name) for name in required):
+        return
+    generic = client._handle_pubackcomp
+
+    def handle(cmd: str) -> MQTTErrorCode:
+        packet = client._in_packet["packet"]
+        if cmd != "PUBACK" or len(packet) != 2:
+            return generic(cmd)  # type: ignore[arg-type]
+        (mid,) = _MID.unpack(packet)
+        with client._out_message_mutex:
+            if mid in client._out_messages:
+                return client._do_on_publish(mid, _SUCCESS, _NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    client._handle_pubackcomp = handle  # type: ignore[method-assign]
 
 
 class _Connection:
@@ -121,7 +171,6 @@ class _Connection:
         "socket",
         "state",
         "stats",
-        "unwritten",
         "writing",
     )
 
@@ -135,7 +184,6 @@ class _Connection:
         self.pending: deque[Publishable] = deque()
         # QoS 1: mid -> (send order, sent at, message); requeued in send order after a drop.
         self.inflight: dict[int, tuple[int, float, Publishable]] = {}
-        self.unwritten: deque[Publishable] = deque()  # QoS 0 messages paho has not written yet
         self.send_seq = 0
         self.stats = ConnectionStats()
         self.bucket = bucket
@@ -193,7 +241,11 @@ class FleetPublisher(Publisher):
         return len(self._connections[connection].pending)
 
     def unsent(self) -> int:
-        return sum(len(c.pending) + len(c.inflight) + len(c.unwritten) for c in self._connections)
+        # A write buffer not yet taken by the kernel counts as one: flush() must wait for it too.
+        return sum(
+            len(c.pending) + len(c.inflight) + (1 if c.socket is not None and c.socket.buffer else 0)
+            for c in self._connections
+        )
 
     def snapshot(self) -> TransportSnapshot:
         conns = self._connections
@@ -201,7 +253,7 @@ class FleetPublisher(Publisher):
             [c.stats for c in conns],
             planned=len(conns),
             up=sum(1 for c in conns if c.state == _UP),
-            inflight=sum(len(c.inflight) + len(c.unwritten) for c in conns),
+            inflight=sum(len(c.inflight) for c in conns),
             queued=sum(len(c.pending) for c in conns),
         )
 
@@ -242,12 +294,11 @@ class FleetPublisher(Publisher):
                 client.socket().close()  # type: ignore[union-attr]
         self._disconnect_all()
         for conn in self._connections:
-            left = len(conn.pending) + len(conn.inflight) + len(conn.unwritten)
+            left = len(conn.pending) + len(conn.inflight)
             if left:
                 conn.stats.fail("shutdown", left)
                 conn.pending.clear()
                 conn.inflight.clear()
-                conn.unwritten.clear()
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()
@@ -284,8 +335,13 @@ class FleetPublisher(Publisher):
         client.connect_timeout = self.options.connect_timeout_s
         client.max_inflight_messages_set(max(self.plan.window, 1))
         client.on_connect = self._on_connect
-        client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
+        if self.options.qos == 1:
+            client.on_publish = self._on_publish
+            _install_fast_puback(client)
+        # QoS 0: no callback (paho would build a ReasonCode and Properties per message); a
+        # message counts as published once paho has taken it, and the write buffer's size is
+        # the back-pressure.
         try:
             client.connect(self.options.endpoint, self.options.port, keepalive=self.options.keepalive_s)
             if client._sock is None:  # the broker hung up while CONNECT was being written
@@ -348,10 +404,15 @@ class FleetPublisher(Publisher):
         if client is None:
             return
         if mask & selectors.EVENT_READ:
-            rc = client.loop_read()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or conn.lost:
-                self._lost(conn)
-                return
+            while True:
+                rc = client.loop_read()
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or conn.lost:
+                    self._lost(conn)
+                    return
+                # Packets already read into our buffer raise no further socket event.
+                sock = conn.socket
+                if sock is None or not sock.buffered_input():
+                    break
         if not self._watch_writes(conn):
             return
         if conn.state == _UP and conn.pending:
@@ -421,11 +482,6 @@ class FleetPublisher(Publisher):
         self._to_pump.add(conn.index)
 
     def _on_publish(self, client: mqtt.Client, conn: _Connection, mid: int, reason: Any, props: Any) -> None:
-        if self.options.qos == 0:
-            if conn.unwritten:
-                message = conn.unwritten.popleft()
-                conn.stats.published[message.kind] += 1
-            return
         entry = conn.inflight.pop(mid, None)
         if entry is None:
             return
@@ -443,22 +499,18 @@ class FleetPublisher(Publisher):
         client = conn.client
         qos = self.options.qos
         window = self._window
-        inflight = conn.unwritten if qos == 0 else conn.inflight
+        inflight = conn.inflight
         pending = conn.pending
         bucket = conn.bucket
-        while pending and len(inflight) < window:
+        while pending and (qos == 0 or len(inflight) < window):
             if qos == 0 and self._buffer_full(conn):
                 break
             if bucket is not None and not bucket.take(now):
                 self._throttled[conn.index] = bucket.ready_at(now)
                 break
             message = pending.popleft()
-            if qos == 0:
-                conn.unwritten.append(message)
             info = client.publish(message.topic, message.payload, qos)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                if qos == 0:
-                    conn.unwritten.pop()
                 pending.appendleft(message)
                 if info.rc in (MQTTErrorCode.MQTT_ERR_NO_CONN, MQTTErrorCode.MQTT_ERR_CONN_LOST):
                     conn.lost = True
@@ -466,6 +518,8 @@ class FleetPublisher(Publisher):
             if qos == 1:
                 conn.send_seq += 1
                 conn.inflight[info.mid] = (conn.send_seq, now, message)
+            else:
+                conn.stats.published[message.kind] += 1
         if conn.lost or conn.client is None or conn.client.socket() is None:
             self._lost(conn)
             return
@@ -509,9 +563,6 @@ class FleetPublisher(Publisher):
             resend = [entry[2] for entry in sorted(conn.inflight.values(), key=lambda item: item[0])]
             conn.inflight.clear()
             conn.pending.extendleft(reversed(resend))
-        if conn.unwritten:
-            conn.stats.fail("connection_lost", len(conn.unwritten))  # QoS 0 is at most once
-            conn.unwritten.clear()
         was_up = conn.state == _UP
         conn.state = _DOWN
         conn.writing = False

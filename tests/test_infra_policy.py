@@ -1,0 +1,142 @@
+"""The policy pack: clean on the real program (dev, prod), and it catches deliberately insecure resources."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from infra_mocks import INSECURE_PREFIX, RUNS, containers, offline_run, one, prefetch
+
+from infra import iam
+from infra.components.monitoring import bundle_sha256
+from infra.policy import PolicyContext, check, is_taggable
+from infra.settings import load_settings
+
+
+def _bundle_available() -> bool:
+    if importlib.util.find_spec("observability.config_bundle") is None:
+        return False
+    from observability import config_bundle
+
+    return hasattr(config_bundle, "cloud_bundle")
+
+
+needs_real_bundle = pytest.mark.skipif(
+    not _bundle_available(), reason="observability.config_bundle.cloud_bundle is not in the tree yet"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_runs() -> None:
+    prefetch("dev", "prod", "insecure", *(["real-bundle"] if _bundle_available() else []))
+
+
+def context_of(name: str) -> PolicyContext:
+    spec = RUNS[name]
+    return PolicyContext(allowed_ingress_cidrs=load_settings(spec.stack, spec.config).allowed_cidrs)
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_real_program_passes(name: str) -> None:
+    run = offline_run(name)
+    assert len(run.records) > 100
+    assert check(run.records, context_of(name)) == []
+
+
+def test_insecure_resources_fail_each_rule_and_nothing_else_does() -> None:
+    run = offline_run("insecure")
+    violations = check(run.records, context_of("insecure"))
+    found = {(v.rule, v.resource.split("::")[1]) for v in violations}
+    expected = {
+        ("s3-bucket-hardening", f"{INSECURE_PREFIX}bucket"),
+        ("network-ingress", f"{INSECURE_PREFIX}ssh"),
+        ("iam-least-privilege", f"{INSECURE_PREFIX}admin"),
+        ("iam-least-privilege", f"{INSECURE_PREFIX}star-resource"),
+        ("iam-least-privilege", f"{INSECURE_PREFIX}managed"),
+        ("log-retention", f"{INSECURE_PREFIX}logs"),
+        ("ecr-repository", f"{INSECURE_PREFIX}repo"),
+        ("iot-device-policy", f"{INSECURE_PREFIX}iot"),
+        ("ecs-hardening", f"{INSECURE_PREFIX}task"),
+        ("ecs-hardening", f"{INSECURE_PREFIX}service"),
+        ("load-balancer", f"{INSECURE_PREFIX}alb"),
+        ("no-secrets-in-plain-config", f"{INSECURE_PREFIX}key-object"),
+        ("no-secrets-in-plain-config", f"{INSECURE_PREFIX}task"),
+        # Registered without the stack's provider: no default tags.
+        ("tags", f"{INSECURE_PREFIX}bucket"),
+        ("tags", f"{INSECURE_PREFIX}ssh"),
+    }
+    assert expected <= found
+    assert all(name.startswith(INSECURE_PREFIX) for _, name in found), sorted(found)
+    messages = {str(v) for v in violations}
+    assert any("port 22" in message for message in messages)
+    assert any("wildcard action '*'" in message for message in messages)
+    assert any("s3:GetObject" in message and "Resource '*'" in message for message in messages)
+    assert any("runs as root" in message for message in messages)
+    assert any("writable root filesystem" in message for message in messages)
+    assert any("circuit breaker" in message for message in messages)
+    assert any("public access block" in message for message in messages)
+    assert any("image tags are mutable" in message for message in messages)
+
+
+def test_ingress_rule_checks_sources_and_ports() -> None:
+    run = offline_run("dev")
+    alb_rule = next(
+        r
+        for r in run.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        if r.inputs.get("cidrIpv4")
+    )
+    wider = [*run.records]
+    wider[wider.index(alb_rule)] = type(alb_rule)(
+        **{
+            **alb_rule.__dict__,
+            "inputs": {**alb_rule.inputs, "cidrIpv4": "0.0.0.0/0", "fromPort": 0, "toPort": 65535},
+        }
+    )
+    messages = [str(v) for v in check(wider, context_of("dev"))]
+    assert any("not in iotfactory:allowedCidrs" in m for m in messages)
+    assert any("only listener ports [80]" in m for m in messages)
+    assert any("port 22" in m for m in messages)
+
+
+def test_wildcard_resource_actions_are_listed_with_reasons() -> None:
+    assert dict(iam.WILDCARD_RESOURCE_ACTIONS).keys() == {"ecr:GetAuthorizationToken"}
+    assert all(len(reason) > 30 for reason in iam.WILDCARD_RESOURCE_ACTIONS.values())
+    with pytest.raises(ValueError, match="may not be granted on"):
+        iam.wildcard_resource(["s3:GetObject"])
+    assert iam.wildcard_resource(["ecr:GetAuthorizationToken"])["Resource"] == ["*"]
+    with pytest.raises(ValueError):
+        iam.allow([], ["arn:aws:s3:::b"])
+
+
+def test_taggable_types_come_from_the_provider_schema() -> None:
+    assert is_taggable("aws:s3/bucket:Bucket") and is_taggable("aws:ecs/service:Service")
+    assert not is_taggable("aws:iam/rolePolicy:RolePolicy")
+    assert not is_taggable("aws:s3/bucketPolicy:BucketPolicy")
+    assert not is_taggable("random:index/randomPassword:RandomPassword")
+
+
+@needs_real_bundle
+def test_real_config_bundle_is_uploaded_whole_and_hashed() -> None:
+    from observability.config_bundle import cloud_bundle
+
+    run = offline_run("real-bundle")
+    assert check(run.records, context_of("real-bundle")) == []
+    settings = load_settings("dev", RUNS["real-bundle"].config)
+    expected = cloud_bundle(
+        discovery_dns_name="simulators.dev.iotfactory.internal",
+        metrics_port=9100,
+        scrape_interval_s=settings.scrape_interval_s,
+    )
+    objects = run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    uploaded = {o.inputs["key"].removeprefix("monitoring/"): o.inputs["content"] for o in objects}
+    assert uploaded == expected
+    assert "simulators.dev.iotfactory.internal" in uploaded["prometheus/prometheus.yml"]
+    init = containers(one(run, "aws:ecs/taskDefinition:TaskDefinition", "monitoring"))["config-init"]
+    assert {"name": "CONFIG_SHA256", "value": bundle_sha256(expected)} in init["environment"]
+
+
+def test_policy_command_needs_a_stack_file(capsys: pytest.CaptureFixture[str]) -> None:
+    from infra.policy import main
+
+    assert main(["--stack", "nosuchstack"]) == 2
+    assert "no Pulumi.nosuchstack.yaml" in capsys.readouterr().err

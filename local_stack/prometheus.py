@@ -13,7 +13,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from local_stack.processes import ManagedProcess, require_binary
-from observability import config_bundle
 from observability.prometheus_config import SIMULATOR_JOB
 
 HOST = "127.0.0.1"
@@ -33,6 +32,9 @@ def write_config(
     Rewritten on every start and every scale; each file is replaced atomically, so a reload never
     reads half a file. The Grafana half is written too: it costs nothing and is ready if Grafana is.
     """
+    # Imported here: the dashboards behind it take a while to import, and `cli.py` does not need them.
+    from observability import config_bundle
+
     bundle = config_bundle.local_bundle(
         simulator_targets=list(targets.simulators),
         archive_targets=[targets.archive],

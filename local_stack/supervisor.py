@@ -53,7 +53,7 @@ from local_stack.stack_config import StackConfig
 from local_stack.status_view import PipelineSampler, PipelineSnapshot, scrape, total
 from simulator.errors import OperationFailed, UsageError
 from simulator.metrics import catalog
-from simulator.settings import site_id
+from simulator.settings import TOPIC_ROOT, site_id
 
 LOCK_FILE = "supervisor.lock"
 READY_FILE = "rule-runner.ready"
@@ -208,6 +208,19 @@ class Supervisor:
         broker = self._add(BROKER, "broker", self.ports[BROKER], lambda: self._broker_process(server_cert))
         self._launch(broker)
         self._wait_port(broker, SERVICE_START_TIMEOUT_S)
+        # The archive's session must exist before any simulator publishes: the broker drops what
+        # nobody subscribed to. Creating it here (a moment's work) lets the rule runner and the
+        # simulators boot in parallel; the broker queues for the session until the runner attaches.
+        ensure_archive_session(self.ports[BROKER], self.pki.ca.ca_cert_path, reader_cert)
+        runner = self._add(
+            RULE_RUNNER,
+            "rule-runner",
+            self.ports[RULE_RUNNER],
+            lambda: self._rule_runner_process(reader_cert),
+        )
+        self._launch(runner)
+        for index in range(self.desired_simulators):
+            self._launch(self._add_simulator(index))
 
         prometheus_config = self._write_prometheus_config()
         self._launch(
@@ -239,20 +252,7 @@ class Supervisor:
                     ),
                 )
             )
-
-        # The rule runner subscribes before any simulator publishes: on a first start its session
-        # does not exist yet, and the broker drops what nobody subscribed to.
-        runner = self._add(
-            RULE_RUNNER,
-            "rule-runner",
-            self.ports[RULE_RUNNER],
-            lambda: self._rule_runner_process(reader_cert),
-        )
-        self._launch(runner)
         self._wait_rule_runner(runner)
-
-        for index in range(self.desired_simulators):
-            self._launch(self._add_simulator(index))
         for index in range(self.desired_simulators):
             self._wait_port(self.services[simulator_service(index)], SERVICE_START_TIMEOUT_S)
         self._wait_port(self.services[PROMETHEUS], SERVICE_START_TIMEOUT_S)
@@ -1034,6 +1034,56 @@ def stack_outputs(
             name: port for name, port in ports.items() if name not in (BROKER, PROMETHEUS, GRAFANA)
         },
     }
+
+
+def ensure_archive_session(
+    broker_port: int, ca_file: Path, reader: IssuedCertificate, timeout_s: float = 10.0
+) -> None:
+    """Create (or keep) the rule runner's persistent session: clean session off, QoS 1 subscription.
+
+    Same client id and identity as the rule runner, so when it connects the broker resumes this
+    session and delivers what it queued meanwhile.
+    """
+    import ssl
+
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=RULE_RUNNER_IDENTITY,
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+    )
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.load_cert_chain(str(reader.cert_path), str(reader.key_path))
+    client.tls_set_context(context)
+    subscribed = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(c: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+            subscribed.set()
+        elif flags.session_present:
+            subscribed.set()
+        else:
+            c.subscribe(f"{TOPIC_ROOT}/#", qos=1)
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *_args: subscribed.set()
+    try:
+        client.connect(HOST, broker_port, keepalive=30)
+        client.loop_start()
+        if not subscribed.wait(timeout_s) or refused:
+            raise OperationFailed(
+                f"could not create the archive's session on the broker ({', '.join(refused) or 'no answer'});"
+                " see the broker log"
+            )
+    except (OSError, ssl.SSLError) as error:
+        raise OperationFailed(f"could not reach the broker on {HOST}:{broker_port}: {error}") from None
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def _free_port_except(taken: set[int]) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -60,8 +61,14 @@ class _SdkConnection:
         self.ever_online = False
         self.offline_seen = threading.Event()
         self.connack = threading.Event()
+        # Set when the first connect failed: the pacer retries it (the SDK only reconnects
+        # clients that connected once).
+        self.retry_at: float | None = None
+        self.backoff_s = 1.0
 
     def stable(self) -> bool:
+        if self.client is None:
+            return False
         core = getattr(self.client, "_mqtt_core", None)
         status = getattr(core, "_client_status", None)
         if status is None:  # a future SDK without the attribute: trust the callbacks
@@ -70,6 +77,8 @@ class _SdkConnection:
 
     def out_packet_backlog(self) -> int:
         """QoS 0 packets the SDK's paho has not written yet (it offers no public counter)."""
+        if self.client is None:
+            return 0
         try:
             return len(self.client._mqtt_core._internal_async_client._paho_client._out_packet)
         except AttributeError:
@@ -119,17 +128,19 @@ class SdkPublisher(Publisher):
         if rest:
             # Each SDK connect blocks for its handshake and CONNACK; a few at a time.
             with ThreadPoolExecutor(max_workers=8) as pool:
-                for conn, error in zip(rest, pool.map(lambda c: self._try_connect(c, timeout_s), rest),
-                                       strict=True):
-                    if error is not None:
-                        conn.stats.fail("connect_error")
+                list(pool.map(lambda c: self._try_connect(c, timeout_s), rest))
         self._pacer.start()
 
     def _try_connect(self, conn: _SdkConnection, timeout_s: float) -> str | None:
         try:
             self._connect(conn, timeout_s)
         except UsageError as error:
+            conn.stats.fail("connect_error")
+            conn.client = None
+            conn.retry_at = time.monotonic() + conn.backoff_s * random.uniform(0.5, 1.0)
+            conn.backoff_s = min(self.options.reconnect_max_s, conn.backoff_s * 2)
             return str(error)
+        conn.retry_at = None
         return None
 
     def _connect(self, conn: _SdkConnection, timeout_s: float) -> None:
@@ -277,7 +288,11 @@ class SdkPublisher(Publisher):
         while not self._closing.wait(PACER_INTERVAL_S):
             now = time.monotonic()
             for conn in self._connections:
-                if conn.pending and now >= conn.paused_until:
+                if conn.retry_at is not None and now >= conn.retry_at:
+                    conn.connack.clear()
+                    conn.offline_seen.clear()
+                    self._try_connect(conn, self.options.connect_timeout_s)
+                elif conn.pending and now >= conn.paused_until:
                     self._pump(conn, now)
 
     # ---- introspection ----------------------------------------------------------------------

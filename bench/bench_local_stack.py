@@ -199,14 +199,15 @@ def main() -> int:
             f"\n{'offered':>8} {'archived/s':>11} {'published':>10} {'unique':>9} {'ratio':>6} "
             f"{'missing':>8} {'dups':>6} {'p50 s':>7} {'p99 s':>7}"
         )
-        runs = [pipeline(workdir, rate, args.seconds) for rate in rates]
-        if args.kill_broker:
-            runs.append(pipeline(workdir, rates[0], args.seconds, kill_broker=True))
-        for index, run in enumerate(runs):
-            label = f"{run.offered:>8.0f}" + (" (broker SIGKILL)" if index >= len(rates) else "")
+        plan = [(rate, False) for rate in rates] + ([(rates[0], True)] if args.kill_broker else [])
+        for rate, kill in plan:
+            run = pipeline(workdir, rate, args.seconds, kill_broker=kill)
+            label = f"{run.offered:>8.0f}"
             print(
                 f"{label} {run.archived_per_s:>11.0f} {run.published:>10} {run.unique:>9} {run.ratio:>6.3f} "
                 f"{run.missing:>8} {run.duplicates:>6} {_seconds(run.p50_s):>7} {_seconds(run.p99_s):>7}"
+                + ("  (broker SIGKILLed mid-run)" if kill else ""),
+                flush=True,
             )
         print(
             "\nratio = unique archived / published by the simulators (goal 1.000); "

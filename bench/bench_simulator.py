@@ -358,6 +358,7 @@ def scenario_scale(
         "p50_ms": summary["p50"],
         "rss_mb": run.peak_rss_mb,
         "cpu": run.cpu_percent,
+        "cpu_us": 1e6 * run.cpu_s / max(1.0, summary["published"]),
         "rate": run.rate,
     }
     print(
@@ -365,7 +366,7 @@ def scenario_scale(
         f" ({result['rate_planned']:.0f} msg/s) over"
         f" {result['connections']:.0f} connections: delivered {result['rate']:.0f} msg/s,"
         f" lost {result['lost']:.0f}, lateness p50 {result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms,"
-        f" peak RSS {result['rss_mb']:.0f} MB, CPU {result['cpu']:.0f} %",
+        f" peak RSS {result['rss_mb']:.0f} MB, CPU {result['cpu']:.0f} % ({result['cpu_us']:.0f} CPU-µs/msg)",
         flush=True,
     )
     return result
@@ -420,6 +421,7 @@ def main() -> None:
                 for engine in args.engines.split(","):
                     scenario_scale(stack, engine, 10_000, 1.0, scale_seconds)
                 scenario_scale(stack, "fleet", 20_000, 1.0, scale_seconds)
+            print(f"load average at the end: {os.getloadavg()[0]:.1f}")
         finally:
             stack.broker.stop()
 

@@ -1,7 +1,7 @@
 """The AWS platform of the factory simulator: read the stack's settings once, then wire the components.
 
 devices (IoT things, certs) --MQTT/TLS--> AWS IoT Core --topic rule--> archive (S3 | Firehose->S3)
-simulators (ECS, one service per site) <--scrape (Cloud Map DNS)-- monitoring (Prometheus+Grafana)
+simulators (ECS, one service per site) <--scrape (Cloud Map DNS, one name per site)-- monitoring
 internet --allowed CIDRs--> ALB --/prometheus/*--> Prometheus, --/*--> Grafana
 """
 
@@ -22,11 +22,7 @@ import pulumi_aws as aws  # noqa: E402
 
 from infra import iam  # noqa: E402
 from infra.components.archive import TelemetryArchive, TelemetryArchiveArgs  # noqa: E402
-from infra.components.cluster import (  # noqa: E402
-    DNS_MULTIVALUE_ANSWER_LIMIT,
-    ContainerPlatform,
-    ContainerPlatformArgs,
-)
+from infra.components.cluster import ContainerPlatform, ContainerPlatformArgs  # noqa: E402
 from infra.components.firewall import Firewall, FirewallArgs  # noqa: E402
 from infra.components.image import SimulatorImage, SimulatorImageArgs, ecr_repository_arn  # noqa: E402
 from infra.components.iot import DeviceFleet, DeviceFleetArgs, GenerationSpec  # noqa: E402
@@ -60,10 +56,14 @@ BUNDLE_LAYOUT_NAMES = (
 
 
 def load_monitoring_bundle(
-    discovery_dns_name: str, metrics_port: int, scrape_interval_s: int
+    discovery_dns_names: list[str], metrics_port: int, scrape_interval_s: int
 ) -> tuple[dict[str, str], ConfigLayout]:
     """Prometheus config, alert rules, Grafana provisioning and dashboards rendered for the cloud,
-    and where the monitoring task must mount them (both defined by observability/config_bundle.py)."""
+    and where the monitoring task must mount them (both defined by observability/config_bundle.py).
+
+    The files depend on the discovery names (one per site), so scaling the fleet changes the
+    bundle's hash and rolls the monitoring service onto the new scrape config.
+    """
     try:
         module = importlib.import_module(BUNDLE_MODULE)
     except ModuleNotFoundError as exc:
@@ -81,7 +81,7 @@ def load_monitoring_bundle(
         )
     files = dict(
         module.cloud_bundle(
-            discovery_dns_name=discovery_dns_name,
+            discovery_dns_names=discovery_dns_names,
             metrics_port=metrics_port,
             scrape_interval_s=scrape_interval_s,
         )
@@ -120,11 +120,6 @@ def main() -> None:
     stack = settings.stack
     logs = f"/{PROJECT}/{stack}"
     secret_recovery_days = 7 if settings.production else 0
-    if settings.simulator_count > DNS_MULTIVALUE_ANSWER_LIMIT:
-        pulumi.log.warn(
-            f"iotfactory:simulatorCount is {settings.simulator_count}: Cloud Map answers a DNS query with "
-            f"at most {DNS_MULTIVALUE_ANSWER_LIMIT} simulator addresses; Prometheus sees a changing subset"
-        )
 
     network = Network(
         "network",
@@ -204,6 +199,7 @@ def main() -> None:
             vpc_id=network.vpc_id,
             namespace=f"{stack}.{PROJECT}.internal",
             container_insights=settings.container_insights,
+            sites=settings.sites,
         ),
         opts=uses_provider,
     )
@@ -229,8 +225,10 @@ def main() -> None:
             from_address=settings.smtp.from_address,
             to_addresses=settings.smtp.to_addresses,
         )
+    # Every site's name, in site order: Prometheus scrapes each one (see docs/infra.md, Compute).
+    discovery_names = [platform.discovery_dns_names[site] for site in settings.sites]
     config_files, config_layout = load_monitoring_bundle(
-        platform.discovery_dns_name, METRICS_PORT, settings.scrape_interval_s
+        discovery_names, METRICS_PORT, settings.scrape_interval_s
     )
     monitoring = MonitoringService(
         "monitoring",
@@ -275,7 +273,9 @@ def main() -> None:
             subnet_ids=network.task_subnet_ids,
             security_group_id=firewall.simulators_id,
             assign_public_ip=network.tasks_need_public_ip,
-            discovery_service_arn=platform.discovery_service.arn,
+            discovery_service_arns={
+                site: service.arn for site, service in platform.discovery_services.items()
+            },
             image_ref=image.image_ref,
             pull_repository_arns=pull_repositories,
             iot_endpoint=iot_endpoint,
@@ -318,7 +318,7 @@ def main() -> None:
     )
     pulumi.export("certGenerations", [g.model_dump() for g in settings.cert_generations])
     pulumi.export("servingCertGeneration", settings.serving_generation.name)
-    pulumi.export("discoveryDnsName", platform.discovery_dns_name)
+    pulumi.export("discoveryDnsNames", platform.discovery_dns_names)
     pulumi.export("ecrRepositoryUrl", image.repository_url)
     pulumi.export("simulatorImage", image.image_ref)
     pulumi.export(

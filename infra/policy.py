@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,12 @@ ECR_LIFECYCLE = "aws:ecr/lifecyclePolicy:LifecyclePolicy"
 TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
 ECS_SERVICE = "aws:ecs/service:Service"
 FIREHOSE = "aws:kinesis/firehoseDeliveryStream:FirehoseDeliveryStream"
+DISCOVERY_SERVICE = "aws:servicediscovery/service:Service"
+# Records Route 53 puts in one answer, by Cloud Map routing policy (multivalue: at most 8 healthy
+# records; weighted: one record picked at random).
+DNS_ANSWER_RECORDS = {"MULTIVALUE": 8, "WEIGHTED": 1}
+# ECS's default deploymentMaximumPercent: a rolling deployment may run twice the desired tasks.
+ECS_DEFAULT_MAXIMUM_PERCENT = 200
 AWS_PROVIDER = "pulumi:providers:aws"
 
 
@@ -417,6 +424,36 @@ def _ecs(index: _Index, context: PolicyContext) -> Iterator[Violation]:
         if not (breaker.get("enable") and breaker.get("rollback")):
             yield Violation(
                 "ecs-hardening", _label(record), "deployment circuit breaker with rollback is off"
+            )
+
+
+@rule("service-discovery")
+def _discovery(index: _Index, context: PolicyContext) -> Iterator[Violation]:
+    """Every task registered under one Cloud Map name must fit in one DNS answer, or Prometheus,
+    resolving that name, scrapes a changing subset of them."""
+    peak_tasks: dict[str, int] = {}
+    registrants: dict[str, list[ResourceRecord]] = {}
+    for service in index.of(ECS_SERVICE):
+        desired = int(service.inputs.get("desiredCount") or 0)
+        maximum_percent = int(service.inputs.get("deploymentMaximumPercent") or ECS_DEFAULT_MAXIMUM_PERCENT)
+        for registry in _as_list(service.inputs.get("serviceRegistries")):
+            arn = str(registry.get("registryArn"))
+            peak_tasks[arn] = peak_tasks.get(arn, 0) + math.ceil(desired * maximum_percent / 100)
+            registrants.setdefault(arn, []).append(service)
+    discovery_by_arn = {record.arn: record for record in index.of(DISCOVERY_SERVICE)}
+    for arn, peak in peak_tasks.items():
+        discovery = discovery_by_arn.get(arn)
+        dns_config = (discovery.inputs.get("dnsConfig") if discovery else None) or {}
+        policy = str(dns_config.get("routingPolicy") or "MULTIVALUE")
+        limit = DNS_ANSWER_RECORDS.get(policy, 1)
+        if peak > limit:
+            services = sorted(str(record.inputs.get("name") or record.name) for record in registrants[arn])
+            yield Violation(
+                "service-discovery",
+                _label(discovery or registrants[arn][0]),
+                f"up to {peak} tasks of {services} register under one name, but a {policy} DNS answer "
+                f"holds at most {limit}: Prometheus would scrape a changing subset; give each its own "
+                "Cloud Map service",
             )
 
 

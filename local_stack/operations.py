@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from local_stack import grafana, status_view
 from local_stack import stack_config as config_module
-from local_stack import status_view
 from local_stack.paths import (
     BROKER,
     GRAFANA,
@@ -37,6 +37,7 @@ from local_stack.paths import (
     StatePaths,
     config_path,
     simulator_index,
+    simulator_service,
 )
 from local_stack.ports import port_in_use
 from local_stack.processes import pid_alive, process_command_line, require_binary, wait_gone
@@ -99,11 +100,9 @@ def preflight(stack: StackConfig, paths: StatePaths) -> None:
     ]
     if local.metrics_port_base:
         fixed += [
-            (f"simulator-{i:02d}", local.metrics_port_base + 1 + i, "metricsPortBase")
+            (simulator_service(i), local.metrics_port_base + 1 + i, "metricsPortBase")
             for i in range(stack.simulator_count)
         ]
-    from local_stack import grafana
-
     if grafana.find_install() is not None:
         fixed.append((GRAFANA, local.grafana_port, "grafanaPort"))
     for service, port, key in fixed:

@@ -397,7 +397,10 @@ class RuleRunner:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self.messages_received += 1
-        topic = message.topic
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # MQTT requires UTF-8 topics and Mosquitto enforces it; still
+            topic = "<topic not UTF-8>"
         payload = bytes(message.payload)
         if message.retain:
             # Sent because we subscribed, not because a device published now: the cloud rule sees
@@ -413,9 +416,12 @@ class RuleRunner:
                 return
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append(
-            Received(message.mid, message.qos, topic, payload, time.time(), check_message(topic, payload))
-        )
+        try:
+            verdict = check_message(topic, payload)
+        except Exception as error:  # a checker bug must cost one message's quarantine, not the runner
+            log.exception("checking a message on %s failed", topic)
+            verdict = Verdict(topic_kind(topic), "schema_violation", f"could not be checked: {error!r}")
+        self._pending.append(Received(message.mid, message.qos, topic, payload, time.time(), verdict))
 
     def _ack(self, mid: int, qos: int) -> None:
         if qos > 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from observability import grafana_provisioning
@@ -67,13 +68,19 @@ def _dashboards(target: Target) -> dict[str, str]:
     }
 
 
-def cloud_bundle(discovery_dns_name: str, metrics_port: int, scrape_interval_s: int) -> dict[str, str]:
-    """The monitoring task's config: Cloud Map discovery of the simulators, e-mail alerting."""
-    if not discovery_dns_name or any(c.isspace() for c in discovery_dns_name):
-        raise ValueError(f"discovery_dns_name {discovery_dns_name!r} is not a DNS name")
+def cloud_bundle(
+    discovery_dns_names: Sequence[str], metrics_port: int, scrape_interval_s: int
+) -> dict[str, str]:
+    """The monitoring task's config: Cloud Map discovery of the simulators, e-mail alerting.
+
+    `discovery_dns_names` holds one `<site>.<namespace>` name per simulator site (each its own
+    Cloud Map service); Prometheus takes the `site` label from the name's first DNS label. The
+    bundle depends on the names, so adding or removing a site changes its hash and rolls the
+    monitoring service that reads it.
+    """
     return {
         PROMETHEUS_CONFIG_KEY: render_prometheus_config(
-            dns_sd_name=discovery_dns_name,
+            dns_sd_names=discovery_dns_names,
             metrics_port=metrics_port,
             scrape_interval_s=scrape_interval_s,
             rule_files=[RULES_PATH_FROM_CONFIG],

@@ -1,14 +1,23 @@
 """Prometheus configuration for both targets, rendered from one template: static targets locally,
-Cloud Map DNS discovery (`dns_sd_configs`, type A) in the cloud."""
+Cloud Map DNS discovery (`dns_sd_configs`, type A, one name per site) in the cloud."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
 SIMULATOR_JOB = "simulator"
 ARCHIVE_JOB = "archive"
+# The label every simulator series carries (simulator/metrics/catalog.py SIMULATOR_LABELS).
+SITE_LABEL = "site"
+DNS_REFRESH_INTERVAL = "30s"
+# Cloud discovery names are `<site>.<namespace>`: the first DNS label is the site.
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})+")
+_MAX_DNS_NAME_LENGTH = 253
 
 
 def format_duration(seconds: float) -> str:
@@ -33,18 +42,78 @@ def _static_job(name: str, targets: list[str], scrape_interval: str) -> dict[str
     }
 
 
+def check_dns_names(names: Sequence[str]) -> list[str]:
+    """The cloud's discovery names, validated: one `<site>.<namespace>` name per site, no repeats."""
+    if isinstance(names, str):
+        raise ValueError(
+            f"discovery names must be a list with one DNS name per site, not the string {names!r}"
+        )
+    checked = list(names)
+    for name in checked:
+        if not isinstance(name, str) or len(name) > _MAX_DNS_NAME_LENGTH or not _DNS_NAME.fullmatch(name):
+            raise ValueError(
+                f"discovery name {name!r} is not a DNS name of the form <site>.<namespace> "
+                "(lower-case letters, digits, hyphens; e.g. site-00.dev.iotfactory.internal)"
+            )
+    sites = [name.split(".", 1)[0] for name in checked]
+    repeated = sorted({site for site in sites if sites.count(site) > 1})
+    if repeated:
+        raise ValueError(
+            f"discovery names repeat the site {repeated[0]!r}: give one <site>.<namespace> name per site"
+        )
+    return checked
+
+
+def _dns_job(names: list[str], metrics_port: int, interval: str) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "job_name": SIMULATOR_JOB,
+        "scrape_interval": interval,
+        # Every series the simulator exports already carries `site`; with the default
+        # (honor_labels: false) Prometheus would move it to `exported_site` because the target
+        # sets `site` too. The two are the same value, so the exporter's label is kept and the
+        # target's fills in Prometheus's own series (`up`, `scrape_*`).
+        "honor_labels": True,
+    }
+    if not names:  # no simulator (simulatorCount 0): a job without targets; Prometheus rejects `names: []`
+        return job
+    # One Cloud Map service per site, each holding the A record of the site's one task: Route 53
+    # answers a multivalue query with at most 8 records, so one name for the whole fleet would let
+    # Prometheus see only a changing subset of the simulators once there are more than 8.
+    job["dns_sd_configs"] = [
+        {"names": names, "type": "A", "port": metrics_port, "refresh_interval": DNS_REFRESH_INTERVAL}
+    ]
+    job["relabel_configs"] = [
+        # `site` from the name, so `up == 0` (the target is unreachable) names the site.
+        {
+            "source_labels": ["__meta_dns_name"],
+            "regex": r"([^.]+)\..+",
+            "target_label": SITE_LABEL,
+            "replacement": "$1",
+        },
+        # The stable name instead of the task's IP: a replaced task continues the same series, and
+        # alerts that quote `instance` name the site.
+        {
+            "source_labels": ["__meta_dns_name"],
+            "regex": "(.+)",
+            "target_label": "instance",
+            "replacement": f"$1:{metrics_port}",
+        },
+    ]
+    return job
+
+
 def render_prometheus_config(
     *,
     static_targets: list[str] | None = None,
-    dns_sd_name: str | None = None,
+    dns_sd_names: Sequence[str] | None = None,
     metrics_port: int = 9100,
     scrape_interval_s: float = 15,
     rule_files: list[str],
     extra_static_jobs: dict[str, list[str]] | None = None,
 ) -> str:
-    """prometheus.yml for the simulators (static `host:port` targets XOR one DNS name), plus jobs."""
-    if (static_targets is None) == (dns_sd_name is None):
-        raise ValueError("give exactly one of static_targets (local stack) or dns_sd_name (cloud)")
+    """prometheus.yml for the simulators (static `host:port` targets XOR one DNS name per site), plus jobs."""
+    if (static_targets is None) == (dns_sd_names is None):
+        raise ValueError("give exactly one of static_targets (local stack) or dns_sd_names (cloud)")
     if static_targets is not None and not static_targets:
         raise ValueError("static_targets is empty; list one host:port per simulator metrics port")
     if scrape_interval_s <= 0:
@@ -55,17 +124,10 @@ def render_prometheus_config(
     interval = format_duration(scrape_interval_s)
     # A scrape must finish before the next one starts; Prometheus rejects timeout > interval.
     timeout = format_duration(min(10.0, scrape_interval_s))
-    if static_targets is not None:
-        simulator_job = _static_job(SIMULATOR_JOB, static_targets, interval)
+    if dns_sd_names is not None:
+        simulator_job = _dns_job(check_dns_names(dns_sd_names), metrics_port, interval)
     else:
-        simulator_job = {
-            "job_name": SIMULATOR_JOB,
-            "scrape_interval": interval,
-            # Cloud Map registers one A record per running simulator task (awsvpc: the task's IP).
-            "dns_sd_configs": [
-                {"names": [dns_sd_name], "type": "A", "port": metrics_port, "refresh_interval": "30s"}
-            ],
-        }
+        simulator_job = _static_job(SIMULATOR_JOB, static_targets or [], interval)
     jobs = [simulator_job]
     for name, targets in sorted((extra_static_jobs or {}).items()):
         if name == SIMULATOR_JOB:

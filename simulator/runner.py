@@ -209,6 +209,7 @@ def transport_options(config: RunConfig, connections: int) -> TransportOptions:
         queue_limit_per_connection=max(1, math.ceil(fleet.offline_queue_limit / connections)),
         keepalive_s=connection.keepalive_s,
         rate_limit_per_connection=None if config.max_rate else TransportOptions.rate_limit_per_connection,
+        linger_s=0.0 if config.max_rate else TransportOptions.linger_s,
     )
 
 
@@ -265,12 +266,13 @@ def run_live(config: RunConfig) -> RunSummary:
             _say(warning)
         if metrics_port:
             _say(f"metrics: http://{config.connection.metrics_host}:{metrics_port}/metrics")
-        # Time starts once connected, so the first slots are not late by the connect time.
+        # Building 10,000 machines takes most of a second, so the model is built first and the
+        # clock starts after it, once connected: the first slots are late by neither. The model
+        # only reads `start_epoch_ms` when it encodes a sample, so it can be set now.
+        model = SiteModel(fleet, config.site_index, config.start_epoch_ms or 0)
         start_monotonic = time.monotonic()
-        start_epoch_ms = config.start_epoch_ms
-        if start_epoch_ms is None:
-            start_epoch_ms = int(time.time() * 1000)
-        model = SiteModel(fleet, config.site_index, start_epoch_ms)
+        if config.start_epoch_ms is None:
+            model.start_epoch_ms = int(time.time() * 1000)
         scheduler = Scheduler(
             model, publisher, config, [plan.connection_for(i) for i in range(len(model.machines))], stop,
             live.model_lock,

@@ -35,6 +35,7 @@ TEST_CERTIFICATE_ARN = "arn:aws:acm:eu-west-1:123456789012:certificate/11111111-
 TEST_DOMAIN = "factory.example.com"
 INSECURE_PREFIX = "insecure-"
 RUN_TIMEOUT_S = 120
+LARGE_FLEET = 12
 
 
 def stack_config(stack: str, **overrides: Any) -> dict[str, str]:
@@ -75,6 +76,8 @@ RUNS: dict[str, RunSpec] = {
     ),
     "insecure": RunSpec("dev", stack_config("dev", simulatorCount=1), inject="insecure"),
     "real-bundle": RunSpec("dev", stack_config("dev", simulatorCount=2), fake_bundle=False),
+    # More sites than Route 53 puts in one multivalue answer (8), with the real Prometheus config.
+    "dev-large": RunSpec("dev", stack_config("dev", simulatorCount=LARGE_FLEET), fake_bundle=False),
 }
 
 
@@ -208,12 +211,12 @@ def install_fake_bundle() -> None:
     """A tiny stand-in for observability.config_bundle, for tests that are not about its content."""
     module = types.ModuleType("observability.config_bundle")
 
-    def cloud_bundle(discovery_dns_name: str, metrics_port: int, scrape_interval_s: int) -> dict[str, str]:
-        return {
-            **FAKE_BUNDLE,
-            "prometheus/prometheus.yml": FAKE_BUNDLE["prometheus/prometheus.yml"]
-            + f"# {discovery_dns_name}:{metrics_port} every {scrape_interval_s}s\n",
-        }
+    def cloud_bundle(
+        discovery_dns_names: list[str], metrics_port: int, scrape_interval_s: int
+    ) -> dict[str, str]:
+        key = "prometheus/prometheus.yml"
+        targets = [f"# {name}:{metrics_port} every {scrape_interval_s}s\n" for name in discovery_dns_names]
+        return {**FAKE_BUNDLE, key: FAKE_BUNDLE[key] + "".join(targets)}
 
     module.cloud_bundle = cloud_bundle  # type: ignore[attr-defined]
     module.PROMETHEUS_PREFIX = "prometheus/"  # type: ignore[attr-defined]

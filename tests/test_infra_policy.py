@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
 import pytest
 from infra_mocks import INSECURE_PREFIX, RUNS, containers, offline_run, one, prefetch
 
 from infra import iam
 from infra.components.monitoring import bundle_sha256
-from infra.policy import PolicyContext, check, is_taggable
+from infra.offline import ResourceRecord
+from infra.policy import DISCOVERY_SERVICE, ECS_SERVICE, PolicyContext, check, is_taggable
 from infra.settings import load_settings
 
 
@@ -98,6 +100,28 @@ def test_ingress_rule_checks_sources_and_ports() -> None:
     assert any("port 22" in m for m in messages)
 
 
+def test_discovery_rule_catches_more_tasks_under_one_name_than_a_dns_answer_holds() -> None:
+    run = offline_run("dev")
+    discovery = run.of_type(DISCOVERY_SERVICE)
+    services = {r.urn for r in run.of_type(ECS_SERVICE) if "serviceRegistries" in r.inputs}
+    assert len(discovery) == len(services) == 2 and check(run.records, context_of("dev")) == []
+    shared = discovery[0].arn
+
+    def registered(record: ResourceRecord, desired: int, maximum_percent: int) -> ResourceRecord:
+        inputs = {**record.inputs, "serviceRegistries": {"registryArn": shared}, "desiredCount": desired,
+                  "deploymentMaximumPercent": maximum_percent}
+        return replace(record, inputs=inputs)
+
+    # Two services of 4 tasks that may double during a deployment: up to 16 addresses, 8 per answer.
+    wider = [registered(r, 4, 200) if r.urn in services else r for r in run.records]
+    (violation,) = [v for v in check(wider, context_of("dev")) if v.rule == "service-discovery"]
+    assert violation.resource.endswith(discovery[0].name)
+    assert "up to 16 tasks" in violation.message and "at most 8" in violation.message
+    # The same tasks with deployments that never overlap (stop before start): 8 fit in one answer.
+    fits = [registered(r, 4, 100) if r.urn in services else r for r in run.records]
+    assert not [v for v in check(fits, context_of("dev")) if v.rule == "service-discovery"]
+
+
 def test_wildcard_resource_actions_are_listed_with_reasons() -> None:
     assert dict(iam.WILDCARD_RESOURCE_ACTIONS).keys() == {"ecr:GetAuthorizationToken"}
     assert all(len(reason) > 30 for reason in iam.WILDCARD_RESOURCE_ACTIONS.values())
@@ -122,15 +146,15 @@ def test_real_config_bundle_is_uploaded_whole_and_hashed() -> None:
     run = offline_run("real-bundle")
     assert check(run.records, context_of("real-bundle")) == []
     settings = load_settings("dev", RUNS["real-bundle"].config)
+    names = [f"{site}.dev.iotfactory.internal" for site in settings.sites]
     expected = cloud_bundle(
-        discovery_dns_name="simulators.dev.iotfactory.internal",
-        metrics_port=9100,
-        scrape_interval_s=settings.scrape_interval_s,
+        discovery_dns_names=names, metrics_port=9100, scrape_interval_s=settings.scrape_interval_s
     )
     objects = run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
     uploaded = {o.inputs["key"].removeprefix("monitoring/"): o.inputs["content"] for o in objects}
     assert uploaded == expected
-    assert "simulators.dev.iotfactory.internal" in uploaded["prometheus/prometheus.yml"]
+    assert names == ["site-00.dev.iotfactory.internal", "site-01.dev.iotfactory.internal"]
+    assert all(name in uploaded["prometheus/prometheus.yml"] for name in names)
     init = containers(one(run, "aws:ecs/taskDefinition:TaskDefinition", "monitoring"))["config-init"]
     assert {"name": "CONFIG_SHA256", "value": bundle_sha256(expected)} in init["environment"]
 

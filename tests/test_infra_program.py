@@ -12,8 +12,10 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from infra_mocks import (
     ALLOWED_CIDR_DEV,
+    LARGE_FLEET,
     RUNS,
     TEST_CERTIFICATE_ARN,
     TEST_DOMAIN,
@@ -28,7 +30,7 @@ from infra_mocks import (
 from infra.components.monitoring import bundle_sha256
 from infra.iam import WILDCARD_RESOURCE_ACTIONS
 from infra.offline import OfflineRun, ResourceRecord
-from infra.policy import is_taggable
+from infra.policy import PolicyContext, check, is_taggable
 from infra.settings import load_settings
 from simulator.settings import FleetSettings
 
@@ -47,11 +49,14 @@ LISTENER_RULE = "aws:lb/listenerRule:ListenerRule"
 TARGET_GROUP = "aws:lb/targetGroup:TargetGroup"
 CERTIFICATE = "aws:iot/certificate:Certificate"
 SECRET = "aws:secretsmanager/secret:Secret"
+DISCOVERY = "aws:servicediscovery/service:Service"
+NAMESPACE = "aws:servicediscovery/privateDnsNamespace:PrivateDnsNamespace"
+BUCKET_OBJECT = "aws:s3/bucketObjectv2:BucketObjectv2"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _start_runs() -> None:
-    prefetch(*STACKS)
+    prefetch(*STACKS, "dev-large", "real-bundle")
 
 
 @pytest.fixture(scope="module", params=STACKS)
@@ -425,18 +430,66 @@ def test_one_single_task_service_per_shard_that_never_overlaps(run: OfflineRun, 
     services = {s.inputs["name"]: s for s in run.of_type(SERVICE)}
     sites = [f"site-{index:02d}" for index in range(SIMULATORS[stack])]
     assert sorted(services) == sorted(["monitoring", *(f"simulator-{site}" for site in sites)])
-    discovery = one(run, "aws:servicediscovery/service:Service")
     for site in sites:
         service = services[f"simulator-{site}"].inputs
         assert service["desiredCount"] == 1 and service["launchType"] == "FARGATE"
         # A shard's old task stops before the new one connects with the same client IDs.
         assert (service["deploymentMinimumHealthyPercent"], service["deploymentMaximumPercent"]) == (0, 100)
         assert service["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
-        assert service["serviceRegistries"]["registryArn"] == discovery.arn
         assert service["waitForSteadyState"] is True
-    assert discovery.inputs["dnsConfig"]["dnsRecords"] == [{"type": "A", "ttl": 10}]
-    assert run.outputs["discoveryDnsName"] == f"simulators.{stack}.iotfactory.internal"
     assert run.outputs["simulatorServiceNames"] == [f"simulator-{site}" for site in sites]
+    assert_one_discovery_name_per_site(run, sites)
+
+
+def assert_one_discovery_name_per_site(run: OfflineRun, sites: list[str]) -> list[str]:
+    """Each site's service registers its one task in its own Cloud Map service; returns the names."""
+    namespace = one(run, NAMESPACE)
+    assert namespace.inputs["name"] == f"{run.stack}.iotfactory.internal"
+    discovery = {record.inputs["name"]: record for record in run.of_type(DISCOVERY)}
+    assert sorted(discovery) == sites
+    services = {s.inputs["name"]: s.inputs for s in run.of_type(SERVICE)}
+    arns = [inputs["serviceRegistries"]["registryArn"] for inputs in services.values()
+            if "serviceRegistries" in inputs]
+    assert len(arns) == len(set(arns)) == len(sites)  # no two services share a name
+    for site in sites:
+        record = discovery[site]
+        assert record.inputs["namespaceId"] == namespace.id
+        assert record.inputs["dnsConfig"]["dnsRecords"] == [{"type": "A", "ttl": 10}]
+        assert record.inputs["healthCheckCustomConfig"] == {"failureThreshold": 1}
+        assert services[f"simulator-{site}"]["serviceRegistries"] == {"registryArn": record.arn}
+    names = [f"{site}.{namespace.inputs['name']}" for site in sites]
+    assert run.outputs["discoveryDnsNames"] == dict(zip(sites, names, strict=True))
+    return names
+
+
+def uploaded_bundle(run: OfflineRun) -> dict[str, str]:
+    objects = run.of_type(BUCKET_OBJECT)
+    return {o.inputs["key"].removeprefix("monitoring/"): o.inputs["content"] for o in objects}
+
+
+def test_more_sites_than_one_dns_answer_holds_are_all_scraped_by_name() -> None:
+    """Route 53 answers a multivalue query with at most 8 records: past 8 sites every site needs
+    its own name, and Prometheus must list them all."""
+    run = offline_run("dev-large")
+    sites = [f"site-{index:02d}" for index in range(LARGE_FLEET)]
+    assert LARGE_FLEET > 8
+    names = assert_one_discovery_name_per_site(run, sites)
+    config = yaml.safe_load(uploaded_bundle(run)["prometheus/prometheus.yml"])
+    (job,) = config["scrape_configs"]
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery == {"names": names, "type": "A", "port": 9100, "refresh_interval": "30s"}
+    site_rule = next(rule for rule in job["relabel_configs"] if rule["target_label"] == "site")
+    assert site_rule["source_labels"] == ["__meta_dns_name"]
+    context = PolicyContext(allowed_ingress_cidrs=settings_of("dev-large").allowed_cidrs)
+    assert check(run.records, context) == []
+    # The bundle is a function of the names: another site is another hash, so the monitoring
+    # service rolls onto the new scrape config.
+    smaller = offline_run("real-bundle")
+    assert run.outputs["configSha256"] != smaller.outputs["configSha256"]
+    assert run.outputs["configSha256"] == bundle_sha256(uploaded_bundle(run))
+    for each in (run, smaller):
+        init = containers(one(each, TASK_DEFINITION, "monitoring"))["config-init"]
+        assert environment(init)["CONFIG_SHA256"] == each.outputs["configSha256"]
 
 
 def test_simulator_task_gets_its_identity_config_and_secrets(run: OfflineRun, stack: str) -> None:
@@ -516,13 +569,14 @@ def test_monitoring_is_one_task_with_init_prometheus_and_grafana(run: OfflineRun
 
 def test_config_bundle_is_uploaded_and_its_hash_is_in_the_task_definition(run: OfflineRun) -> None:
     config_bucket = one(run, BUCKET, "config").id
-    objects = run.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    objects = run.of_type(BUCKET_OBJECT)
     assert objects and all(o.inputs["bucket"] == config_bucket for o in objects)
     assert all(o.inputs["serverSideEncryption"] == "AES256" for o in objects)
-    uploaded = {o.inputs["key"].removeprefix("monitoring/"): o.inputs["content"] for o in objects}
+    uploaded = uploaded_bundle(run)
     assert all(o.inputs["key"].startswith("monitoring/") for o in objects)
     assert "prometheus/prometheus.yml" in uploaded
-    assert f"simulators.{run.stack}.iotfactory.internal:9100" in uploaded["prometheus/prometheus.yml"]
+    for name in run.outputs["discoveryDnsNames"].values():  # the fake bundle lists what it was given
+        assert f"# {name}:9100 every 15s\n" in uploaded["prometheus/prometheus.yml"]
     init = containers(one(run, TASK_DEFINITION, "monitoring"))["config-init"]
     assert environment(init)["CONFIG_SHA256"] == bundle_sha256(uploaded) == run.outputs["configSha256"]
     script = init["command"][0]

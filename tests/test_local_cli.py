@@ -204,7 +204,6 @@ def test_detached_stack_lifecycle(detached_env: dict[str, str], tmp_path: Path) 
     everything = cli("logs", "--stack", "local", "-n", "1", env=env)
     assert "==> simulator-01 <==" in everything.stdout and "==> rule-runner <==" in everything.stdout
     assert_one_line_error(cli("logs", "--stack", "local", "mosquitto", env=env), "broker", "simulator-00")
-
     # Grafana got the provisioning of the config bundle, on this stack's Prometheus.
     record = json.loads((tmp_path / "grafana-record.json").read_text())
     provisioning = Path(record["env"]["GF_PATHS_PROVISIONING"])
@@ -216,7 +215,22 @@ def test_detached_stack_lifecycle(detached_env: dict[str, str], tmp_path: Path) 
     assert record["env"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == str(password_file)
     assert record["env"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
 
+    follower = subprocess.Popen(
+        [sys.executable, CLI, "logs", "--stack", "local", "-f", "-n", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=PROJECT_DIR,
+    )
+    time.sleep(1.5)
     scaled = cli("scale", "--stack", "local", "--simulators", "3", env=env)
+    time.sleep(1.0)
+    follower.send_signal(signal.SIGINT)
+    followed, _ = follower.communicate(timeout=10)
+    assert follower.returncode == 0
+    # `logs -f` picks up the new simulator's log and the broker's line about its connection.
+    assert any(line.startswith("simulator-02 | plan: site-02") for line in followed.splitlines()), followed
+    assert "as site-02-c00" in followed
     assert scaled.returncode == 0, scaled.stderr
     assert "scaled from 2 to 3" in scaled.stdout
     assert yaml.safe_load(Path(env[CONFIG_ENV]).read_text())["config"]["iotfactory:simulatorCount"] == 3

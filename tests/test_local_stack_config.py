@@ -44,6 +44,16 @@ def test_fleet_section_is_the_shared_schema_and_the_simulator_reads_it() -> None
     assert FleetSettings.model_validate(read_fleet_file(COMMITTED)) == config.fleet
 
 
+def test_every_stack_file_uses_the_same_fleet_schema() -> None:
+    """Config parity: local, dev and prod describe their fleet with one schema."""
+    stack_files = sorted(paths_module.PROJECT_DIR.glob("Pulumi.*.yaml"))
+    fleets = {path.name: read_fleet_file(path) for path in stack_files}
+    assert "Pulumi.local.yaml" in fleets and len(fleets) >= 2
+    for name, fleet in fleets.items():
+        assert fleet, f"{name} has no iotfactory:fleet"
+        FleetSettings.model_validate(fleet)
+
+
 def test_fleet_file_for_the_simulators_round_trips(tmp_path: Path) -> None:
     config = stack_config.load(COMMITTED)
     fleet_file = tmp_path / "fleet.yaml"

@@ -17,11 +17,12 @@ from observability.dashboards import dashboards_for
 from observability.prometheus_config import ARCHIVE_JOB, SIMULATOR_JOB
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool")
-DNS_NAME = "simulator.iotfactory-dev.local"
+# One Cloud Map name per site, more than the 8 records Route 53 puts in one multivalue answer.
+DNS_NAMES = [f"site-{index:02d}.dev.iotfactory.internal" for index in range(10)]
 
 
-def _cloud() -> dict[str, str]:
-    return cb.cloud_bundle(DNS_NAME, 9100, 15)
+def _cloud(names: list[str] = DNS_NAMES) -> dict[str, str]:
+    return cb.cloud_bundle(names, 9100, 15)
 
 
 def _local(tmp_path: Path, alert_email: str | None = None) -> dict[str, str]:
@@ -44,12 +45,13 @@ def test_cloud_bundle_holds_every_file_prometheus_and_grafana_read() -> None:
     assert all(isinstance(text, str) and text for text in bundle.values())
 
 
-def test_cloud_prometheus_discovers_the_simulator_service_and_loads_its_rules() -> None:
+def test_cloud_prometheus_discovers_every_site_and_loads_its_rules() -> None:
     config = yaml.safe_load(_cloud()[cb.PROMETHEUS_CONFIG_KEY])
     (job,) = config["scrape_configs"]
     assert job["job_name"] == SIMULATOR_JOB
-    assert job["dns_sd_configs"][0]["names"] == [DNS_NAME]
-    assert job["dns_sd_configs"][0]["port"] == 9100
+    (discovery,) = job["dns_sd_configs"]
+    assert (discovery["names"], discovery["type"], discovery["port"]) == (DNS_NAMES, "A", 9100)
+    assert {rule["target_label"] for rule in job["relabel_configs"]} == {"site", "instance"}
     # Relative to prometheus.yml, which the init container puts next to rules/.
     (rules,) = config["rule_files"]
     config_dir = Path(cb.container_path(cb.PROMETHEUS_CONFIG_KEY)).parent
@@ -143,5 +145,15 @@ def test_write_bundle_refuses_keys_outside_its_folder(tmp_path: Path) -> None:
 
 
 def test_cloud_bundle_rejects_a_bad_dns_name() -> None:
-    with pytest.raises(ValueError, match="DNS name"):
-        cb.cloud_bundle("", 9100, 15)
+    with pytest.raises(ValueError, match="not a DNS name"):
+        cb.cloud_bundle([""], 9100, 15)
+    with pytest.raises(ValueError, match="not the string"):
+        cb.cloud_bundle(DNS_NAMES[0], 9100, 15)  # type: ignore[arg-type]
+
+
+def test_adding_a_site_changes_only_the_prometheus_config() -> None:
+    # The program hashes the bundle into the monitoring task definition: a new site rolls it.
+    smaller, larger = _cloud(DNS_NAMES[:9]), _cloud(DNS_NAMES)
+    changed = {key for key in larger if smaller.get(key) != larger[key]}
+    assert changed == {cb.PROMETHEUS_CONFIG_KEY}
+    assert set(smaller) == set(larger)

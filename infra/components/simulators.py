@@ -3,8 +3,8 @@
 Shard i runs site `site-<i:02d>` with the certificate of its own IoT thing, read from Secrets
 Manager by its own execution role. A shard never runs two tasks at once (deployments stop the old
 task before starting the new one): two tasks of one shard would share client IDs, and AWS IoT
-disconnects the older connection of a duplicate client ID. Every task registers its IP in Cloud
-Map, where Prometheus discovers it.
+disconnects the older connection of a duplicate client ID. Every task registers its IP in its
+site's own Cloud Map service (`<site>.<namespace>`), where Prometheus discovers it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class SimulatorFleetArgs:
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
     assign_public_ip: bool
-    discovery_service_arn: pulumi.Input[str]
+    discovery_service_arns: Mapping[str, pulumi.Input[str]]  # site -> its Cloud Map service
     image_ref: pulumi.Input[str]  # `<repo>@sha256:...`
     pull_repository_arns: list[pulumi.Input[str]]  # ECR repositories the image may come from
     iot_endpoint: pulumi.Input[str]
@@ -90,6 +90,8 @@ class SimulatorShard(pulumi.ComponentResource):
         site = identity.site
         if identity.serving_secret_arn is None:
             raise ValueError(f"{site}: no certificate secret for generation {args.serving_generation}")
+        if site not in args.discovery_service_arns:
+            raise ValueError(f"{site}: no Cloud Map service to register its task in")
 
         execution_role = aws.iam.Role(
             f"{name}-execution",
@@ -163,7 +165,8 @@ class SimulatorShard(pulumi.ComponentResource):
                 "security_groups": [args.security_group_id],
                 "assign_public_ip": args.assign_public_ip,
             },
-            service_registries={"registry_arn": args.discovery_service_arn},
+            # The site's own discovery name: it resolves to this service's one task only.
+            service_registries={"registry_arn": args.discovery_service_arns[site]},
             enable_ecs_managed_tags=True,
             propagate_tags="SERVICE",
             # `up` returns once the shard runs its new task: the rotation contract relies on it.

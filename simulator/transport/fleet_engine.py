@@ -53,6 +53,8 @@ POLL_EVERY_MESSAGES = 32
 # QoS 0 has no acknowledgement to wait for: stop handing paho messages while this much is unsent.
 MAX_BUFFERED_BYTES = 1 << 20
 READ_CHUNK_BYTES = 1 << 16
+# A lingering buffer is sent early once it holds this much.
+FLUSH_BYTES = 16 << 10
 _DOWN, _CONNECTING, _UP, _CLOSED = "down", "connecting", "up", "closed"
 
 
@@ -215,7 +217,8 @@ class FleetPublisher(Publisher):
         self._connect_requests: queue.Queue[tuple[float, _Connection] | None] = queue.Queue()
         self._throttled: dict[int, float] = {}
         self._to_pump: set[int] = set()
-        self._unflushed: set[int] = set()
+        # connection index -> when its write buffer got its first unsent message
+        self._unflushed: dict[int, float] = {}
         self._closed = False
         self._first_result = False
         self._since_poll = 0
@@ -349,8 +352,9 @@ class FleetPublisher(Publisher):
             # CONNECT went out unbuffered inside connect(); everything after goes through flush().
             client._sock = _CoalescingSocket(client._sock)
         except (OSError, ValueError) as error:
-            self._handoffs.append((conn, None, describe_connect_error(error, self.options.endpoint,
-                                                                      self.options.port)))
+            self._handoffs.append(
+                (conn, None, describe_connect_error(error, self.options.endpoint, self.options.port))
+            )
         else:
             self._handoffs.append((conn, client, None))
         with contextlib.suppress(OSError):
@@ -365,11 +369,11 @@ class FleetPublisher(Publisher):
                 time.sleep(timeout_s)
             return
         self._since_poll = 0
-        self._flush_all()
         now = time.monotonic()
+        self._flush_due(now)
         if self._throttled:
             timeout_s = min(timeout_s, min(self._throttled.values()) - now)
-        timeout_s = min(timeout_s, self._next_misc - now)
+        timeout_s = min(timeout_s, self._next_misc - now, self._next_flush_in(now))
         to_pump = self._to_pump
         for key, mask in self._selector.select(max(0.0, timeout_s)):
             conn = key.data
@@ -392,7 +396,7 @@ class FleetPublisher(Publisher):
         if now >= self._next_misc:
             self._next_misc = now + MISC_INTERVAL_S
             self._misc()
-        self._flush_all()
+        self._flush_due(now)
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -523,16 +527,27 @@ class FleetPublisher(Publisher):
         if conn.lost or conn.client is None or conn.client.socket() is None:
             self._lost(conn)
             return
-        # Sent at the next poll (at most POLL_EVERY_MESSAGES later, or before the scheduler
-        # sleeps), so that messages for one connection share TLS records and syscalls.
-        self._unflushed.add(conn.index)
+        # Sent at the next poll once it has waited `linger_s` (or at once when that is 0), so
+        # that messages for one connection share TLS records, syscalls and PUBACK reads.
+        self._unflushed.setdefault(conn.index, now)
 
-    def _flush_all(self) -> None:
-        if self._unflushed:
-            connections = self._connections
-            for index in self._unflushed:
+    def _flush_due(self, now: float) -> None:
+        if not self._unflushed:
+            return
+        linger = self.options.linger_s
+        connections = self._connections
+        for index, since in list(self._unflushed.items()):
+            sock = connections[index].socket
+            if sock is None:  # lost meanwhile; its messages were put back in the queue
+                del self._unflushed[index]
+            elif linger <= 0 or now - since >= linger or len(sock.buffer) >= FLUSH_BYTES:
+                del self._unflushed[index]
                 self._watch_writes(connections[index])
-            self._unflushed.clear()
+
+    def _next_flush_in(self, now: float) -> float:
+        if not self._unflushed:
+            return MISC_INTERVAL_S
+        return min(self._unflushed.values()) + self.options.linger_s - now
 
     def _buffer_full(self, conn: _Connection) -> bool:
         sock = conn.socket

@@ -43,6 +43,7 @@ from local_stack.verify import verify_archive  # noqa: E402
 CLI = str(REPO_ROOT / "cli.py")
 SIMULATORS = 2
 MACHINES_PER_LINE = {"cnc_mill": 40, "hydraulic_press": 20, "conveyor": 20, "air_compressor": 20}
+BACKLOG_S = 8.0
 _PUBLISHED = re.compile(r"^done: .*?published (\d+)", re.MULTILINE)
 
 
@@ -122,9 +123,13 @@ class PipelineRun:
         return self.unique / self.published if self.published else 0.0
 
 
-def pipeline(workdir: Path, rate: float, seconds: float, kill_broker: bool = False) -> PipelineRun:
-    state = workdir / f"state-{int(rate)}{'-kill' if kill_broker else ''}"
-    env = environment(stack_file(workdir, rate), state)
+def pipeline(
+    workdir: Path, rate: float, seconds: float, kill_broker: str | None = None, autosave_s: int = 5
+) -> PipelineRun:
+    """`kill_broker`: None; "now" (SIGKILL mid-run); "backlog" (the rule runner paused for
+    BACKLOG_S first, so the broker holds a queue for it when it is killed)."""
+    state = workdir / f"state-{int(rate)}-{kill_broker or 'clean'}-{autosave_s}"
+    env = environment(stack_file(workdir, rate, autosave_s), state)
     paths = StatePaths(state)
     result = cli(env, "up", "--stack", "local", "--detach", "--json")
     if result.returncode != 0:
@@ -139,8 +144,13 @@ def pipeline(workdir: Path, rate: float, seconds: float, kill_broker: bool = Fal
             if time.monotonic() - began > 5:  # past the connect ramp
                 samples.append(float(status["pipeline"]["archived_per_s"]))
             if kill_broker and not killed and time.monotonic() - began > seconds / 2:
-                broker = next(s for s in status["services"] if s["name"] == "broker")
-                os.kill(int(broker["pid"]), signal.SIGKILL)
+                pid_of = {s["name"]: int(s["pid"]) for s in status["services"] if s["pid"]}
+                if kill_broker == "backlog":
+                    os.kill(pid_of["rule-runner"], signal.SIGSTOP)
+                    time.sleep(BACKLOG_S)
+                os.kill(pid_of["broker"], signal.SIGKILL)
+                if kill_broker == "backlog":
+                    os.kill(pid_of["rule-runner"], signal.SIGCONT)
                 killed = True
         # A clean stop (what Ctrl-C does): simulators drain, the archive catches up, then verify.
         os.environ[CONFIG_ENV], os.environ[STATE_DIR_ENV] = env[CONFIG_ENV], env[STATE_DIR_ENV]
@@ -178,7 +188,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of the up->first-archive measurement")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each pipeline run")
     parser.add_argument("--rates", default="2000,6000", help="offered msg/s (all simulators together)")
-    parser.add_argument("--kill-broker", action="store_true", help="also measure loss after a broker SIGKILL")
+    parser.add_argument("--kill-broker", action="store_true", help="also measure loss after broker SIGKILLs")
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",") if rate]
 
@@ -199,14 +209,21 @@ def main() -> int:
             f"\n{'offered':>8} {'archived/s':>11} {'published':>10} {'unique':>9} {'ratio':>6} "
             f"{'missing':>8} {'dups':>6} {'p50 s':>7} {'p99 s':>7}"
         )
-        plan = [(rate, False) for rate in rates] + ([(rates[0], True)] if args.kill_broker else [])
-        for rate, kill in plan:
-            run = pipeline(workdir, rate, args.seconds, kill_broker=kill)
+        kills = [(rates[0], "now", 5), (rates[0], "backlog", 5), (rates[0], "backlog", 1)]
+        plan: list[tuple[float, str | None, int]] = [(rate, None, 5) for rate in rates]
+        plan += kills if args.kill_broker else []
+        for rate, kill, autosave_s in plan:
+            run = pipeline(workdir, rate, args.seconds, kill_broker=kill, autosave_s=autosave_s)
             label = f"{run.offered:>8.0f}"
             print(
                 f"{label} {run.archived_per_s:>11.0f} {run.published:>10} {run.unique:>9} {run.ratio:>6.3f} "
                 f"{run.missing:>8} {run.duplicates:>6} {_seconds(run.p50_s):>7} {_seconds(run.p99_s):>7}"
-                + ("  (broker SIGKILLed mid-run)" if kill else ""),
+                + {
+                    None: "",
+                    "now": f"  (broker SIGKILLed mid-run; autosave {autosave_s} s)",
+                    "backlog": f"  (rule runner paused {BACKLOG_S:g} s, then broker SIGKILLed;"
+                    f" autosave {autosave_s} s)",
+                }[kill],
                 flush=True,
             )
         print(

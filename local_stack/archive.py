@@ -256,10 +256,11 @@ class LocalArchive:
         except FileNotFoundError:
             return
         # Sort as keys sort: a folder `a` contributes keys `a/...`, which sort after `a.gz` and `a-1`.
+        # Names starting with "." are in-flight temp files, never objects.
+        visible = [entry for entry in entries if not entry.name.startswith(".")]
         named = sorted(
-            ((entry.name + "/" if entry.is_dir() else entry.name), entry)
-            for entry in entries
-            if not entry.name.startswith(".")  # in-flight temp files
+            ((entry.name + "/" if entry.is_dir() else entry.name, entry) for entry in visible),
+            key=lambda pair: pair[0],
         )
         for name, entry in named:
             key = key_prefix + name

@@ -127,7 +127,7 @@ class StatePaths:
 
     def simulator_state(self, index: int) -> Path:
         """The simulator's model checkpoint: a restarted simulator resumes `seq` from it."""
-        return self.simulators_dir / f"{simulator_service(index)}.state.json"
+        return self.simulators_dir / f"{simulator_service(index)}.checkpoint"
 
     def exists(self) -> bool:
         return self.marker.is_file()

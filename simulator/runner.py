@@ -40,9 +40,9 @@ SHUTDOWN_FLUSH_S = 20.0
 # Waits longer than this are cut into slices so that a signal is noticed quickly.
 SLEEP_SLICE_S = 0.25
 LAG_RESERVOIR = 100_000
-# A sample due within this much is sent now: one select() per message costs more at 10k msg/s
-# than the millisecond is worth (timestamps are model time either way).
-EARLY_S = 0.001
+# A sample due within this much is generated now: a select() per message would cost more at
+# 10k msg/s than the few milliseconds are worth (timestamps are model time either way).
+EARLY_S = 0.005
 
 
 @dataclass(frozen=True)

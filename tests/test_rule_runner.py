@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -176,7 +177,7 @@ def test_garbage_is_quarantined_and_the_runner_keeps_archiving(broker: Broker, t
 
 
 def test_metrics_exposition_passes_promtool(broker: Broker, tmp_path: Path) -> None:
-    promtool = pytest.importorskip("shutil").which("promtool")
+    promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed")
     metrics_port = free_port()

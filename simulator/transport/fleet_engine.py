@@ -532,22 +532,27 @@ class FleetPublisher(Publisher):
         self._unflushed.setdefault(conn.index, now)
 
     def _flush_due(self, now: float) -> None:
-        if not self._unflushed:
+        # Insertion order is time order (setdefault keeps the first time), so the walk stops at
+        # the first connection that may still linger.
+        unflushed = self._unflushed
+        if not unflushed:
             return
         linger = self.options.linger_s
         connections = self._connections
-        for index, since in list(self._unflushed.items()):
+        for index, since in list(unflushed.items()):
             sock = connections[index].socket
             if sock is None:  # lost meanwhile; its messages were put back in the queue
-                del self._unflushed[index]
+                del unflushed[index]
             elif linger <= 0 or now - since >= linger or len(sock.buffer) >= FLUSH_BYTES:
-                del self._unflushed[index]
+                del unflushed[index]
                 self._watch_writes(connections[index])
+            else:
+                break
 
     def _next_flush_in(self, now: float) -> float:
-        if not self._unflushed:
-            return MISC_INTERVAL_S
-        return min(self._unflushed.values()) + self.options.linger_s - now
+        for since in self._unflushed.values():
+            return since + self.options.linger_s - now
+        return MISC_INTERVAL_S
 
     def _buffer_full(self, conn: _Connection) -> bool:
         sock = conn.socket

@@ -74,4 +74,6 @@ def process(install: GrafanaInstall, directory: Path, port: int, log_path: Path)
     argv = list(install.argv_prefix)
     if install.home:
         argv += ["--homepath", install.home]
+    # Same as GF_PATHS_DATA, but on the command line, where `destroy` recognises its own process.
+    argv.append(f"cfg:default.paths.data={directory / 'data'}")
     return ManagedProcess("grafana", argv, log_path, env=environment, stop_timeout_s=20.0)

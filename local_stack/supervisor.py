@@ -621,10 +621,16 @@ class Supervisor:
                 if service.kind in ("simulator", "rule-runner") and service.port and service.running
             }
             snapshot = self._sampler.sample(exporters)
+            first = False
             with self.lock:
                 self.snapshot = snapshot
                 if self.first_archived_at is None and snapshot.archived_total > 0:
                     self.first_archived_at = time.time()
+                    first = True
+            if first:
+                self._event(
+                    f"pipeline up: first message archived {time.time() - self.started_at:.1f} s after start"
+                )
             # Faster until the first message is archived: `up --detach` waits for exactly that.
             self._stop.wait(SAMPLE_INTERVAL_S if self.first_archived_at else 0.2)
 
@@ -738,23 +744,31 @@ class Supervisor:
                     f"certificate {service.generation})"
                 )
                 self._launch(service)
-            for service in started:
-                self._wait_port(service, SERVICE_START_TIMEOUT_S)
-                self._wait_connected(service, SIMULATOR_CONNECT_TIMEOUT_S)
+            try:
+                for service in started:
+                    self._wait_port(service, SERVICE_START_TIMEOUT_S)
+                    self._wait_connected(service, SIMULATOR_CONNECT_TIMEOUT_S)
+            except (OperationFailed, UsageError):
+                # All or nothing: the fleet stays as it was, and so do Prometheus and the config.
+                self._remove_simulators(started)
+                raise
         elif count < before:
             leaving = [self.services[simulator_service(index)] for index in current[count:]]
             progress(f"draining {', '.join(s.name for s in leaving)}")
-            self._stop_services(leaving, SIMULATOR_STOP_TIMEOUT_S)
-            with self.lock:
-                for service in leaving:
-                    del self.services[service.name]
-                    self.ports.pop(service.name, None)
+            self._remove_simulators(leaving)
         self.desired_simulators = count
         self._reconfigure_prometheus(progress)
         changed = config_module.record_simulator_count(self.stack.path, count)
         if changed:
             progress(f"recorded iotfactory:simulatorCount: {count} in {self.stack.path}")
         return {"simulators": count, "before": before, "configFile": str(self.stack.path)}
+
+    def _remove_simulators(self, services: list[Service]) -> None:
+        self._stop_services(services, SIMULATOR_STOP_TIMEOUT_S)
+        with self.lock:
+            for service in services:
+                self.services.pop(service.name, None)
+                self.ports.pop(service.name, None)
 
     def _write_prometheus_config(self) -> Path:
         targets = prometheus.ScrapeTargets(
@@ -900,6 +914,12 @@ class _ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
         self.supervisor = supervisor
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = path.parent.stat()
+        if folder.st_uid != os.getuid() or folder.st_mode & 0o077:
+            raise UsageError(
+                f"{path.parent} must belong to you and be private (mode 0700) to hold the control socket;"
+                " fix it, or use a shorter IOTFACTORY_STATE_DIR"
+            )
         path.unlink(missing_ok=True)
         # The socket starts out private: 0o177 leaves read/write for its owner only.
         previous = os.umask(0o177)

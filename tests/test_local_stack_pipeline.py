@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -109,7 +108,9 @@ class RunningStack:
         time.sleep(max(0.0, self.started_at + seconds_since_start - time.monotonic()))
 
     def all_pids(self) -> list[int]:
-        state = read_state(self.paths) or {}
+        state = read_state(self.paths)
+        if state is None:  # destroyed
+            return []
         return [int(state["supervisorPid"]), *[int(pid) for pid in state.get("pids", [])]]
 
     def stop(self) -> None:
@@ -338,7 +339,17 @@ def test_rotation_while_running_loses_nothing_and_refuses_the_old_certificate(
     assert connects(stack, old, "site-00-probe")
     stack.run_until(3)
 
-    # Interrupted after the first step, then resumed by the CLI: the cloud's step semantics.
+    # Interrupted after the first step and rolled back: the simulators return to g1, g2 is revoked.
+    result = request(stack.paths, "rotate", stop_after="add")
+    assert result["steps"] == ["add"] and not result["finished"]
+    assert operations.rotate_certs("local", rollback=True, json_output=True) == 0
+    status = stack.status()
+    assert status["generation"] == "g1" and status["rotation"] is None
+    assert {s["generation"] for s in status["services"] if s["kind"] == "simulator"} == {"g1"}
+    assert all(s["state"] == "running" for s in status["services"])
+    assert connects(stack, old, "site-00-probe")
+
+    # Again (the name g2 is reused: its first certificates are revoked and gone), then resumed.
     result = request(stack.paths, "rotate", stop_after="add")
     assert result["steps"] == ["add"] and not result["finished"]
     status = stack.status()
@@ -433,5 +444,7 @@ def test_supervisor_killed_outright_leaves_no_orphans(start_stack) -> None:
     os.kill(stack.all_pids()[0], signal.SIGKILL)
     # Each child gets SIGTERM from the kernel when the supervisor dies (PR_SET_PDEATHSIG).
     assert wait_gone(children, 40.0), [pid for pid in children if pid_alive(pid)]
-    assert socket.socket  # the control socket is gone with its owner; `stop` must still work
+    # The control socket died with its owner: `stop` and `destroy` still work on what is left.
     assert operations.stop("local", json_output=True) == 0
+    assert operations.destroy("local", json_output=True) == 0
+    assert not stack.paths.root.exists()

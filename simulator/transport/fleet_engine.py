@@ -35,7 +35,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from simulator.errors import UsageError
 from simulator.transport.publisher import (
-    QOS0_SEND_BACKLOG,
     ConnectionPlan,
     ConnectionStats,
     Publishable,
@@ -203,7 +202,7 @@ class FleetPublisher(Publisher):
     def __init__(self, plan: ConnectionPlan, options: TransportOptions) -> None:
         super().__init__(plan, options)
         self._context = client_ssl_context(options)
-        self._window = plan.window if options.qos == 1 else QOS0_SEND_BACKLOG
+        self._window = plan.window
         self._connections = [
             _Connection(index, client_id, governor(options), options.reconnect_base_s)
             for index, client_id in enumerate(plan.client_ids)
@@ -214,7 +213,8 @@ class FleetPublisher(Publisher):
         self._wake_writer.setblocking(False)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
         self._handoffs: deque[tuple[_Connection, mqtt.Client | None, str | None]] = deque()
-        self._connect_requests: queue.Queue[tuple[float, _Connection] | None] = queue.Queue()
+        # (not before, connection); None stops the connector
+        self._connect_requests: queue.Queue[tuple[float, _Connection | None] | None] = queue.Queue()
         self._throttled: dict[int, float] = {}
         self._to_pump: set[int] = set()
         # connection index -> when its write buffer got its first unsent message
@@ -314,13 +314,13 @@ class FleetPublisher(Publisher):
             timeout = max(0.0, due[0][0] - time.monotonic()) if due else None
             try:
                 request = self._connect_requests.get(timeout=timeout)
-            except queue.Empty:
-                request = ("tick",)  # type: ignore[assignment]
+            except queue.Empty:  # the earliest retry is due
+                request = (0.0, None)
             if request is None:
                 return
-            if len(request) == 2:
-                at, conn = request  # type: ignore[misc]
-                heapq.heappush(due, (at, conn.index, conn))
+            at, requested = request
+            if requested is not None:
+                heapq.heappush(due, (at, requested.index, requested))
             while due and due[0][0] <= time.monotonic() and not self._closed:
                 _, _, conn = heapq.heappop(due)
                 self._open(conn)

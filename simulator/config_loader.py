@@ -45,6 +45,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FACTORY_CLIENT_ID_PREFIX": f"client id prefix (default {DEFAULT_CLIENT_ID_PREFIX})",
     "FACTORY_METRICS_PORT": f"Prometheus exporter port (default {DEFAULT_METRICS_PORT}; 0 = off)",
     "FACTORY_METRICS_HOST": "address the exporter binds (default 0.0.0.0)",
+    "FACTORY_STATE_FILE": "model checkpoint, saved on exit and resumed from on start",
 }
 
 
@@ -59,12 +60,18 @@ class RunConfig:
     max_rate: bool = False
     start_epoch_ms: int | None = None
     check_config: Path | None = None
+    state_file: Path | None = None  # model checkpoint: saved on exit, resumed from on start
     sources: tuple[str, ...] = ()
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message}; see python -m simulator --help")
+
+
+def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
+    value = environ.get(name, "").strip()
+    return Path(value) if value else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--count", type=int, metavar="N", help="stop after N telemetry messages")
     run.add_argument("--start", metavar="ISO8601",
                      help="simulated start time (dry-run default 2026-01-01T00:00:00Z; live: now)")
+    run.add_argument("--state-file", type=Path, metavar="FILE",
+                     help="save the model here on exit and resume from it on start, so a restarted"
+                     " simulator continues every machine's seq (env FACTORY_STATE_FILE)")
     run.add_argument("--max-rate", action="store_true",
                      help="ignore the schedule and publish as fast as the broker acknowledges"
                           " (benchmarks against a local broker; exceeds AWS quotas)")
@@ -311,6 +321,7 @@ def load_run_config(argv: Sequence[str], environ: Mapping[str, str]) -> RunConfi
         dry_run=args.dry_run,
         max_rate=args.max_rate,
         start_epoch_ms=_parse_start(args.start) if args.start else None,
+        state_file=args.state_file or _env_path(environ, "FACTORY_STATE_FILE"),
         check_config=args.check_config,
         sources=tuple(sources),
     )

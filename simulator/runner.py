@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from simulator import checkpoint
 from simulator.config_loader import RunConfig
 from simulator.connection_settings import validate_connection
 from simulator.metrics.accumulators import BucketCounts
@@ -143,7 +144,8 @@ class Scheduler:
         self.telemetry = 0
         self.messages = 0
 
-    def run(self, start_monotonic: float) -> None:
+    def run(self, start_monotonic: float, first_round: int = 0) -> None:
+        """Sample round after round from `first_round` (> 0 when resumed from a checkpoint)."""
         model, publisher = self.model, self.publisher
         config = self.config
         interval = config.fleet.publish_interval_s
@@ -161,9 +163,12 @@ class Scheduler:
         poll = publisher.poll
         lock = self.model_lock
         stop = self.stop
-        round_number = 0
+        taken = model.samples_taken
+        round_number = first_round
         while not stop.is_set():
             for index, phase, connection in zip(order, phases, connections, strict=True):
+                if round_number == first_round and taken(index) > round_number:
+                    continue  # sampled in this round before the checkpoint was taken
                 slot = round_number + phase
                 simulated = slot * step_s
                 if duration_s is not None and simulated >= duration_s:
@@ -174,7 +179,7 @@ class Scheduler:
                             if stop.is_set():
                                 return
                 else:
-                    due = start_monotonic + slot * interval
+                    due = start_monotonic + (slot - first_round) * interval
                     now = time.monotonic()
                     while due - now > EARLY_S:
                         poll(min(due - now - EARLY_S, SLEEP_SLICE_S))
@@ -270,7 +275,15 @@ def run_live(config: RunConfig) -> RunSummary:
         # Building 10,000 machines takes most of a second, so the model is built first and the
         # clock starts after it, once connected: the first slots are late by neither. The model
         # only reads `start_epoch_ms` when it encodes a sample, so it can be set now.
-        model = SiteModel(fleet, config.site_index, config.start_epoch_ms or 0)
+        model = None
+        if config.state_file is not None:
+            model = checkpoint.load(config.state_file, fleet, config.site_index)
+        resumed = model is not None
+        if model is None:
+            model = SiteModel(fleet, config.site_index, config.start_epoch_ms or 0)
+        first_round = min((model.samples_taken(i) for i in range(len(model.machines))), default=0)
+        if resumed:
+            _say(f"resumed from {config.state_file}: every machine continues at sample {first_round + 1}")
         # The model, clients and modules live for the whole run: move them out of the cyclic
         # collector's reach, so that full collections stay short (a gen-2 pass over 10,000
         # machines was a visible scheduler stall).
@@ -278,20 +291,26 @@ def run_live(config: RunConfig) -> RunSummary:
         gc.freeze()
         start_monotonic = time.monotonic()
         if config.start_epoch_ms is None:
-            model.start_epoch_ms = int(time.time() * 1000)
+            # At speed 1 this puts each sample's timestamp on its slot's wall time, also after a
+            # resume; never earlier than before, so timestamps stay monotonic per machine.
+            anchored = int(time.time() * 1000 - first_round * model.step_s * 1000)
+            model.start_epoch_ms = max(model.start_epoch_ms, anchored) if resumed else anchored
         scheduler = Scheduler(
             model, publisher, config, [plan.connection_for(i) for i in range(len(model.machines))], stop,
             live.model_lock,
         )
         live.attach(model, scheduler)
         if not signalled:
-            scheduler.run(start_monotonic)
+            scheduler.run(start_monotonic, first_round)
         unsent = publisher.unsent()
         if unsent:
             reason = "signal" if signalled else "end of run"
             _say(f"{reason}: flushing {unsent} unsent message(s) (at most {SHUTDOWN_FLUSH_S:g} s)")
         left = publisher.flush(SHUTDOWN_FLUSH_S)
         elapsed = time.monotonic() - start_monotonic
+        if config.state_file is not None:
+            with live.model_lock:
+                checkpoint.save(config.state_file, fleet, config.site_index, model)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -191,6 +191,10 @@ class SiteModel:
             )
             self._runs.append(_MachineRun(spec, machine))
 
+    def samples_taken(self, machine_index: int) -> int:
+        """How many steps machine `machine_index` has made (its next sample's slot number)."""
+        return self._runs[machine_index].samples
+
     def next_sample_time_s(self, machine_index: int) -> float:
         """Simulated time the next `sample(machine_index)` will advance to."""
         run = self._runs[machine_index]

@@ -128,13 +128,6 @@ def _timestamp() -> str:
     return time.strftime("%H:%M:%S")
 
 
-def simulator_supports_state_file() -> bool:
-    """Whether `python -m simulator` has `--state-file` (checkpoint on drain, resume on start)."""
-    from simulator.config_loader import build_parser
-
-    return any("--state-file" in action.option_strings for action in build_parser()._actions)
-
-
 class Supervisor:
     def __init__(self, stack: StackConfig, paths: StatePaths, progress: Progress = print) -> None:
         self.stack = stack
@@ -158,7 +151,6 @@ class Supervisor:
         self._server: _ControlServer | None = None
         self._lock_handle: IO[str] | None = None
         self._state_written = 0.0
-        self._resume_supported = simulator_supports_state_file()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -199,8 +191,6 @@ class Supervisor:
         notice = interrupted_notice(self.pki)
         if notice:
             self._event(notice)
-        if not self._resume_supported:
-            self._event("this simulator has no --state-file: a restarted simulator starts its seq again")
         server_cert, reader_cert = self._service_certificates(self.pki.ca)
         paths.fleet_config.write_text(config_module.fleet_file_text(stack))
         self._start_control_server()
@@ -538,9 +528,10 @@ class Supervisor:
             HOST,
             "--metrics-port",
             str(self.ports[service.name]),
+            # Drained simulators checkpoint their model here and resume from it: `seq` continues.
+            "--state-file",
+            str(self.paths.simulator_state(index)),
         )
-        if self._resume_supported:
-            argv += ["--state-file", str(self.paths.simulator_state(index))]
         return ManagedProcess(
             service.name,
             argv,

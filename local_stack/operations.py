@@ -285,7 +285,8 @@ def _wait_until_flowing(paths: StatePaths, pid: int, began: float) -> dict[str, 
                 UsageError(message)
                 if code == 2
                 else OperationFailed(
-                    f"the local stack failed to start: {message}; see {paths.log(SUPERVISOR)}"
+                    f"the local stack failed to start: {message}"
+                    + ("" if "; see " in message else f"; see {paths.log(SUPERVISOR)}")
                 )
             )
         state = read_state(paths) or {}

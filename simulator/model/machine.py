@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -72,6 +72,9 @@ class LabelEvent:
     from_state: str | None = None
     to_state: str | None = None
     reason: str | None = None
+
+
+_NO_EVENTS: tuple[LabelEvent, ...] = ()
 
 
 def _onset_probability(rate_per_hour: float, dt: float) -> float:
@@ -269,7 +272,7 @@ class Machine:
 
     # ---- time advance -------------------------------------------------------------------------
 
-    def advance(self, t_new: float) -> list[LabelEvent]:
+    def advance(self, t_new: float) -> Sequence[LabelEvent]:
         """Move to simulated time `t_new`; return the label events of (t, t_new] in time order.
 
         The process is integrated piecewise between its own events (state changes, failure modes
@@ -299,6 +302,8 @@ class Machine:
         if t_new > self.t:
             self._integrate(t_new)
         self._advance_sensor_faults(t_new)
+        if not self._events:
+            return _NO_EVENTS  # the common case: no list allocated per sample
         events, self._events = self._events, []
         if len(events) > 1:
             events.sort(key=_event_time)

@@ -29,9 +29,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from simulator.errors import UsageError
 from simulator.transport.publisher import (
@@ -123,35 +120,61 @@ class _CoalescingSocket:
         return getattr(self.sock, name)
 
 
-_SUCCESS = ReasonCode(PacketTypes.PUBACK)
-_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
 _MID = struct.Struct("!H")
 
 
-def _install_fast_puback(client: mqtt.Client) -> None:
-    """Skip paho's generic PUBACK decoding for MQTT 3.1.1, keeping its bookkeeping.
+_PUBLISH_QOS0 = 0x30  # PUBLISH fixed header: type 3, no DUP, QoS in bits 1-2, no RETAIN
+_PUBLISH_QOS1 = 0x32
+_MAX_MID = 65535
 
-    paho builds a ReasonCode and a Properties object for every PUBACK, even on MQTT 3.1.1 where a
-    PUBACK is just a packet id; that was a fifth of the CPU per message. This handler reads the
-    id and calls paho's own `_do_on_publish` (callback, `_out_messages`, in-flight accounting).
-    It relies on paho 2.x internals (verified on 2.2); if they are missing, paho's handler stays.
+
+def _topic_field(topic: str) -> bytes:
+    """A PUBLISH topic name as MQTT frames it (length-prefixed UTF-8), checked as paho checks it."""
+    encoded = topic.encode()
+    if not encoded or len(encoded) > 65535 or b"+" in encoded or b"#" in encoded:
+        raise ValueError(f"invalid topic to publish to: {topic!r}")
+    return _MID.pack(len(encoded)) + encoded
+
+
+def _fixed_header(first_byte: int, remaining: int) -> bytes:
+    """Packet type byte and the variable-length "remaining length" of MQTT 3.1.1."""
+    header = bytearray((first_byte,))
+    while True:
+        digit, remaining = remaining & 0x7F, remaining >> 7
+        header.append(digit | 0x80 if remaining else digit)
+        if not remaining:
+            return bytes(header)
+
+
+def _install_puback_handler(client: mqtt.Client, conn: _Connection) -> bool:
+    """Take over PUBACK handling for the PUBLISH packets `_pump` frames itself; True if installed.
+
+    Those packets never pass through paho, so its PUBACK handler would find no message to release
+    (and it builds a ReasonCode and a Properties object per PUBACK, even on MQTT 3.1.1, where a
+    PUBACK is just a packet id). This handler releases the window slot in `conn.inflight` and
+    counts the message. It relies on paho 2.x internals (verified on 2.2); when they are missing,
+    it returns False and the connection publishes through paho's `publish` instead.
     """
-    required = ("_in_packet", "_out_message_mutex", "_out_messages", "_do_on_publish", "_handle_pubackcomp")
+    required = ("_in_packet", "_handle_pubackcomp")
     if not all(hasattr(client, name) for name in required):
-        return
+        return False
     generic = client._handle_pubackcomp
+    stats = conn.stats
+    monotonic = time.monotonic
 
     def handle(cmd: str) -> MQTTErrorCode:
         packet = client._in_packet["packet"]
         if cmd != "PUBACK" or len(packet) != 2:
             return generic(cmd)  # type: ignore[arg-type]
         (mid,) = _MID.unpack(packet)
-        with client._out_message_mutex:
-            if mid in client._out_messages:
-                return client._do_on_publish(mid, _SUCCESS, _NO_PROPERTIES)
+        entry = conn.inflight.pop(mid, None)
+        if entry is not None:  # None: a late PUBACK for a message already requeued after a drop
+            stats.puback.observe(monotonic() - entry[1])
+            stats.published[entry[2].kind] += 1
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     client._handle_pubackcomp = handle  # type: ignore[method-assign]
+    return True
 
 
 class _Connection:
@@ -161,12 +184,14 @@ class _Connection:
         "bucket",
         "client",
         "client_id",
+        "direct",
         "ever_up",
         "fd",
         "index",
         "inflight",
         "last_error",
         "lost",
+        "mid",
         "pending",
         "send_seq",
         "socket",
@@ -186,6 +211,9 @@ class _Connection:
         # QoS 1: mid -> (send order, sent at, message); requeued in send order after a drop.
         self.inflight: dict[int, tuple[int, float, Publishable]] = {}
         self.send_seq = 0
+        # True: `_pump` frames PUBLISH packets itself (see there); False: through paho's publish.
+        self.direct = False
+        self.mid = 0  # last packet id framed by `_pump`
         self.stats = ConnectionStats()
         self.bucket = bucket
         self.backoff_s = backoff_s
@@ -203,6 +231,7 @@ class FleetPublisher(Publisher):
         super().__init__(plan, options)
         self._context = client_ssl_context(options)
         self._window = plan.window
+        self._refill = max(1, plan.window // 4)
         self._connections = [
             _Connection(index, client_id, governor(options), options.reconnect_base_s)
             for index, client_id in enumerate(plan.client_ids)
@@ -219,6 +248,7 @@ class FleetPublisher(Publisher):
         self._to_pump: set[int] = set()
         # connection index -> when its write buffer got its first unsent message
         self._unflushed: dict[int, float] = {}
+        self._topic_fields: dict[str, bytes] = {}  # one per machine and message kind
         self._closed = False
         self._first_result = False
         self._since_poll = 0
@@ -340,11 +370,13 @@ class FleetPublisher(Publisher):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         if self.options.qos == 1:
-            client.on_publish = self._on_publish
-            _install_fast_puback(client)
-        # QoS 0: no callback (paho would build a ReasonCode and Properties per message); a
-        # message counts as published once paho has taken it, and the write buffer's size is
-        # the back-pressure.
+            conn.direct = _install_puback_handler(client, conn)
+            if not conn.direct:
+                client.on_publish = self._on_publish
+        else:
+            # No callback (paho would build a ReasonCode and Properties per message): a message
+            # counts as published once it is in the write buffer, whose size is the back-pressure.
+            conn.direct = True
         try:
             client.connect(self.options.endpoint, self.options.port, keepalive=self.options.keepalive_s)
             if client._sock is None:  # the broker hung up while CONNECT was being written
@@ -504,8 +536,19 @@ class FleetPublisher(Publisher):
         qos = self.options.qos
         window = self._window
         inflight = conn.inflight
+        if qos == 1 and len(inflight) > window - self._refill:
+            # A full window is refilled a few slots at a time, not one message per PUBACK: one
+            # TLS record (and one broker wake-up) per message cost more than the few hundred µs
+            # the slots stay empty.
+            return
         pending = conn.pending
         bucket = conn.bucket
+        direct, sock = conn.direct, conn.socket
+        if sock is None:
+            direct = False  # cannot happen while up; paho's publish reports the lost connection
+        buffer = sock.buffer if sock is not None else bytearray()
+        topics = self._topic_fields
+        published = conn.stats.published
         while pending and (qos == 0 or len(inflight) < window):
             if qos == 0 and self._buffer_full(conn):
                 break
@@ -513,6 +556,29 @@ class FleetPublisher(Publisher):
                 self._throttled[conn.index] = bucket.ready_at(now)
                 break
             message = pending.popleft()
+            if direct:
+                assert sock is not None
+                # Framed here rather than by `client.publish`, which per message builds an
+                # MQTTMessageInfo with a threading.Condition, re-validates and re-encodes the
+                # topic and queues the packet for `loop_write`: a third of the process's CPU at
+                # QoS 0. paho still owns CONNECT, keep-alive, reading and DISCONNECT; its own
+                # packets go into this same write buffer, whole, so the two never interleave.
+                topic = topics.get(message.topic) or self._topic_field(message.topic)
+                payload = message.payload
+                if qos == 1:
+                    conn.mid = mid = conn.mid + 1 if conn.mid < _MAX_MID else 1
+                    buffer += _fixed_header(_PUBLISH_QOS1, len(topic) + 2 + len(payload))
+                    buffer += topic
+                    buffer += _MID.pack(mid)
+                    buffer += payload
+                    conn.send_seq += 1
+                    inflight[mid] = (conn.send_seq, now, message)
+                else:
+                    buffer += _fixed_header(_PUBLISH_QOS0, len(topic) + len(payload))
+                    buffer += topic
+                    buffer += payload
+                    published[message.kind] += 1
+                continue
             info = client.publish(message.topic, message.payload, qos)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 pending.appendleft(message)
@@ -521,9 +587,9 @@ class FleetPublisher(Publisher):
                 break
             if qos == 1:
                 conn.send_seq += 1
-                conn.inflight[info.mid] = (conn.send_seq, now, message)
+                inflight[info.mid] = (conn.send_seq, now, message)
             else:
-                conn.stats.published[message.kind] += 1
+                published[message.kind] += 1
         if conn.lost or conn.client is None or conn.client.socket() is None:
             self._lost(conn)
             return
@@ -553,6 +619,10 @@ class FleetPublisher(Publisher):
         for since in self._unflushed.values():
             return since + self.options.linger_s - now
         return MISC_INTERVAL_S
+
+    def _topic_field(self, topic: str) -> bytes:
+        field = self._topic_fields[topic] = _topic_field(topic)
+        return field
 
     def _buffer_full(self, conn: _Connection) -> bool:
         sock = conn.socket

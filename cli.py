@@ -102,6 +102,12 @@ def destroy(stack: StackOpt = "local", yes: YesOpt = False, json_output: JsonOpt
 
 
 @app.command()
+def stop(stack: StackOpt = "local", json_output: JsonOpt = False) -> None:
+    """local: stop a running stack and keep its state (archive, logs, certificates)."""
+    _run(stack, "stop", lambda ops: ops.stop(stack, json_output=json_output))
+
+
+@app.command()
 def outputs(stack: StackOpt = "local", json_output: JsonOpt = False) -> None:
     """Print where everything is: URLs, endpoint, archive, cluster."""
     _run(stack, "outputs", lambda ops: ops.outputs(stack, json_output=json_output))
@@ -132,7 +138,9 @@ def rotate_certs(
     json_output: JsonOpt = False,
 ) -> None:
     """Issue new device certificates, move every simulator onto them, then revoke the old ones."""
-    _run(stack, "rotate_certs", lambda ops: ops.rotate_certs(stack, rollback=rollback, json_output=json_output))
+    _run(
+        stack, "rotate_certs", lambda ops: ops.rotate_certs(stack, rollback=rollback, json_output=json_output)
+    )
 
 
 @app.command()

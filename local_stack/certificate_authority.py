@@ -214,7 +214,13 @@ class CertificateAuthority:
 
     def revoke(self, *serials: int) -> Path:
         """Add serials to the revocation list and rewrite the CRL; the broker needs a reload after."""
-        revoked = self.revoked_serials() | set(serials)
+        return self._set_revoked(self.revoked_serials() | set(serials))
+
+    def unrevoke(self, *serials: int) -> Path:
+        """Take serials off the revocation list again (a rolled-back rotation); reload the broker."""
+        return self._set_revoked(self.revoked_serials() - set(serials))
+
+    def _set_revoked(self, revoked: set[int]) -> Path:
         (self.directory / REVOKED_FILE).write_text(json.dumps(sorted(str(s) for s in revoked)))
         return self.write_crl()
 

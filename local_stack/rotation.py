@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from automation import cert_rotation
 from automation.cert_rotation import ActionKind, Generation, RotationError, RotationRecord
-from local_stack.certificate_authority import REVOKED_FILE, CertificateAuthority
+from local_stack.certificate_authority import CertificateAuthority
 from local_stack.paths import StatePaths
 from simulator.errors import UsageError
 from simulator.settings import site_id
@@ -122,8 +122,7 @@ class DevicePki:
         revoked = self.ca.revoked_serials()
         if not wanted & revoked:
             return 0
-        (self.ca.directory / REVOKED_FILE).write_text(json.dumps(sorted(str(s) for s in revoked - wanted)))
-        self.ca.write_crl()
+        self.ca.unrevoke(*wanted)
         return len(wanted & revoked)
 
     def remove_generation(self, generation: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -158,8 +159,8 @@ def test_old_tls_is_refused(broker: Broker, protocol: ssl.TLSVersion) -> None:
             context.maximum_version = protocol
     except ValueError:
         pytest.skip("this OpenSSL cannot offer TLS 1.1 at all")
-    import socket
-
-    with socket.create_connection((broker.host, broker.port), timeout=3) as raw:
-        with pytest.raises((ssl.SSLError, OSError)):
-            context.wrap_socket(raw, server_hostname="localhost").do_handshake()
+    with (
+        socket.create_connection((broker.host, broker.port), timeout=3) as raw,
+        pytest.raises((ssl.SSLError, OSError)),
+    ):
+        context.wrap_socket(raw, server_hostname="localhost").do_handshake()

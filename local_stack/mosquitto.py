@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from local_stack.ports import wait_for_port
+from local_stack.processes import ManagedProcess, require_binary
 from simulator.errors import UsageError
 from simulator.settings import GROUND_TRUTH_SEGMENT, TOPIC_ROOT
 
@@ -93,79 +93,50 @@ def render_config(config: BrokerConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def mosquitto_binary() -> str:
-    path = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
-    )
-    if path is None:
-        raise UsageError(
-            "mosquitto is not installed; install it with `apt-get install mosquitto mosquitto-clients`"
-        )
-    return path
+class MosquittoProcess(ManagedProcess):
+    """The broker: its generated config and ACL, run as a `ManagedProcess` (own session, dies with
+    its parent, SIGTERM then SIGKILL of its group on stop).
 
+    With `ready_timeout_s`, `start()` returns only once the broker accepts connections; the
+    supervisor passes None because it waits for every service's port itself.
+    """
 
-class MosquittoProcess:
-    """One broker process with its config file, log file and lifecycle."""
-
-    def __init__(self, config: BrokerConfig, log_path: Path) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig,
+        log_path: Path,
+        *,
+        name: str = "mosquitto",
+        stop_timeout_s: float = 10.0,
+        ready_timeout_s: float | None = 10.0,
+    ) -> None:
         self.config = config
-        self.log_path = log_path
         self.config_path = config.data_dir / "mosquitto.conf"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        self.ready_timeout_s = ready_timeout_s
+        # The binary is looked up at start, so a missing mosquitto is reported by `start()`.
+        super().__init__(name, [], log_path, stop_timeout_s=stop_timeout_s)
 
     def write_files(self) -> None:
+        """The config and the ACL, both generated: written again on every start."""
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.acl_file is not None and not self.config.acl_file.exists():
+        if self.config.acl_file is not None:
             self.config.acl_file.write_text(render_acl())
         self.config_path.write_text(render_config(self.config))
 
-    def start(self, timeout_s: float = 10.0) -> None:
-        binary = mosquitto_binary()
+    def start(self, preexec: Callable[[], None] | None = None) -> None:
+        self.argv = [require_binary("mosquitto"), "-c", str(self.config_path)]
         self.write_files()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [binary, "-c", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        if not wait_for_port(self.config.port, self.config.host, timeout_s):
-            code = self._process.poll()
+        super().start(preexec)
+        if self.ready_timeout_s is None:
+            return
+        if not wait_for_port(self.config.port, self.config.host, self.ready_timeout_s):
+            code = self.returncode
             self.kill()
-            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
             raise UsageError(
                 f"mosquitto did not start on {self.config.host}:{self.config.port}"
-                f" (exit {code}): {' | '.join(tail)}; see {self.log_path}"
+                f" (exit {code}): {self.log_tail()}; see {self.log_path}"
             )
-
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def reload(self) -> None:
         """SIGHUP: re-read the CRL and ACL; open connections stay up."""
-        if self._process is not None:
-            self._process.send_signal(signal.SIGHUP)
-
-    def stop(self, timeout_s: float = 10.0) -> int | None:
-        """SIGTERM: mosquitto saves its persistence database before it exits."""
-        if self._process is None:
-            return None
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        return self._process.returncode
-
-    def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        self.signal(signal.SIGHUP)

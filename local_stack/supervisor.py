@@ -35,7 +35,7 @@ from typing import IO, Any
 from local_stack import grafana, prometheus
 from local_stack import stack_config as config_module
 from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority, IssuedCertificate
-from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, render_acl, render_config
+from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess
 from local_stack.paths import (
     BROKER,
     GRAFANA,
@@ -413,17 +413,30 @@ class Supervisor:
             autosave_interval_s=settings.autosave_interval_s,
             max_inflight_messages=BROKER_INFLIGHT_TO_SUBSCRIBERS,
         )
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        assert config.acl_file is not None
-        config.acl_file.write_text(render_acl())
-        config_path = config.data_dir / "mosquitto.conf"
-        config_path.write_text(render_config(config))
-        return ManagedProcess(
-            BROKER,
-            [require_binary("mosquitto"), "-c", str(config_path)],
-            self.paths.log(BROKER),
-            stop_timeout_s=30.0,
+        return MosquittoProcess(
+            config, self.paths.log(BROKER), name=BROKER, stop_timeout_s=30.0, ready_timeout_s=None
         )
+
+    def _broker_client_args(self, identity: IssuedCertificate, service_name: str) -> list[str]:
+        """The flags every MQTT client service shares: the broker over mutual TLS with its own
+        certificate, and its Prometheus exporter on the port allocated to it."""
+        assert self.pki is not None
+        return [
+            "--endpoint",
+            HOST,
+            "--port",
+            str(self.ports[BROKER]),
+            "--ca",
+            str(self.pki.ca.ca_cert_path),
+            "--cert",
+            str(identity.cert_path),
+            "--key",
+            str(identity.key_path),
+            "--metrics-host",
+            HOST,
+            "--metrics-port",
+            str(self.ports[service_name]),
+        ]
 
     def _rule_runner_process(self, reader_cert: IssuedCertificate) -> ManagedProcess:
         assert self.pki is not None
@@ -432,26 +445,13 @@ class Supervisor:
         ready_file.unlink(missing_ok=True)
         argv = python_command(
             "local_stack.rule_runner",
-            "--endpoint",
-            HOST,
-            "--port",
-            str(self.ports[BROKER]),
-            "--ca",
-            str(self.pki.ca.ca_cert_path),
-            "--cert",
-            str(reader_cert.cert_path),
-            "--key",
-            str(reader_cert.key_path),
+            *self._broker_client_args(reader_cert, RULE_RUNNER),
             "--flush-interval",
             str(settings.rule_runner.flush_interval_s),
             "--max-batch",
             str(settings.rule_runner.batch_max_messages),
             "--receive-window",
             str(BROKER_INFLIGHT_TO_SUBSCRIBERS),
-            "--metrics-host",
-            HOST,
-            "--metrics-port",
-            str(self.ports[RULE_RUNNER]),
             "--ready-file",
             str(ready_file),
         )
@@ -512,22 +512,9 @@ class Supervisor:
             str(self.paths.fleet_config),
             "--site-index",
             str(index),
-            "--endpoint",
-            HOST,
-            "--port",
-            str(self.ports[BROKER]),
-            "--ca",
-            str(self.pki.ca.ca_cert_path),
-            "--cert",
-            str(device.cert_path),
-            "--key",
-            str(device.key_path),
+            *self._broker_client_args(device, service.name),
             "--client-id-prefix",
             "",
-            "--metrics-host",
-            HOST,
-            "--metrics-port",
-            str(self.ports[service.name]),
             # Drained simulators checkpoint their model here and resume from it: `seq` continues.
             "--state-file",
             str(self.paths.simulator_state(index)),

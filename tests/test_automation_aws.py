@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import boto3
 import pytest
 import yaml
 from rich.console import Console
+from support_cloud import isolate_from_real_aws, plain_console
 from typer.testing import CliRunner
 
 import cli
@@ -70,16 +71,11 @@ def project(tmp_path: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch)
     empty_bin.mkdir()
     monkeypatch.setenv("PATH", str(empty_bin))  # bootstrap must not need the Pulumi CLI
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.delenv("PULUMI_BACKEND_URL", raising=False)
+    isolate_from_real_aws(monkeypatch, tmp_path)
     monkeypatch.setattr(
         operations,
         "cloud_env",
-        lambda: CloudEnv(project_dir=folder, console=Console(width=240, highlight=False, color_system=None)),
+        lambda: CloudEnv(project_dir=folder, console=plain_console()),
     )
     yield folder
     # moto keeps state for the module; start every test from an empty account.
@@ -231,7 +227,14 @@ def test_bootstrap_of_an_unknown_stack_lists_the_known_ones(project: Path) -> No
     assert "unknown stack 'prod'" in result.stderr and "dev, local" in result.stderr
 
 
-def test_status_shows_live_ecs_service_state(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def with_ecs_service(
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    outputs: dict[str, Any],
+    make_console: Callable[[], Console] | None = None,
+) -> RecordingStack:
+    """ECS service sim-site-00 in moto (which never starts its task: 1 pending, IN_PROGRESS), a
+    recording stack with these outputs behind the verbs, and a `pulumi` on PATH that fails if called."""
     ecs = boto3.client("ecs", region_name=REGION)
     ecs.create_cluster(clusterName="iotfactory-dev")
     ecs.register_task_definition(
@@ -240,26 +243,31 @@ def test_status_shows_live_ecs_service_state(project: Path, monkeypatch: pytest.
     ecs.create_service(
         cluster="iotfactory-dev", serviceName="sim-site-00", taskDefinition="sim", desiredCount=1
     )
-    stand_in = RecordingStack(
-        "dev",
-        outputs={
+    stand_in = RecordingStack("dev", outputs=outputs)
+    fake_bin = project.parent / "bin"
+    (fake_bin / "pulumi").write_text("#!/bin/sh\nexit 97\n", encoding="utf-8")
+    (fake_bin / "pulumi").chmod(0o755)
+
+    def env() -> CloudEnv:
+        if make_console is None:
+            return CloudEnv(project_dir=project, open_stack=stand_in.opener())
+        return CloudEnv(project_dir=project, open_stack=stand_in.opener(), console=make_console())
+
+    monkeypatch.setattr(operations, "cloud_env", env)
+    return stand_in
+
+
+def test_status_shows_live_ecs_service_state(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_ecs_service(
+        project,
+        monkeypatch,
+        {
             "grafanaUrl": "http://alb.example/",
             "clusterName": "iotfactory-dev",
             "simulatorServiceNames": ["sim-site-00", "sim-site-01"],
             "region": REGION,
         },
-    )
-    fake_bin = project.parent / "bin"
-    (fake_bin / "pulumi").write_text("#!/bin/sh\nexit 97\n", encoding="utf-8")
-    (fake_bin / "pulumi").chmod(0o755)
-    monkeypatch.setattr(
-        operations,
-        "cloud_env",
-        lambda: CloudEnv(
-            project_dir=project,
-            open_stack=stand_in.opener(),
-            console=Console(width=240, highlight=False, color_system=None),
-        ),
+        plain_console,
     )
     result = CliRunner().invoke(cli.app, ["status", "--stack", "dev", "--json"])
     assert result.exit_code == 0, result.output
@@ -277,23 +285,10 @@ def test_rotation_pauses_when_ecs_does_not_confirm_the_simulators_are_steady(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # moto never starts tasks, so this service stays "1 pending, IN_PROGRESS": not steady.
-    ecs = boto3.client("ecs", region_name=REGION)
-    ecs.create_cluster(clusterName="iotfactory-dev")
-    ecs.register_task_definition(
-        family="sim", containerDefinitions=[{"name": "sim", "image": "x", "memory": 512}]
-    )
-    ecs.create_service(
-        cluster="iotfactory-dev", serviceName="sim-site-00", taskDefinition="sim", desiredCount=1
-    )
-    stand_in = RecordingStack(
-        "dev",
-        outputs={"clusterName": "iotfactory-dev", "simulatorServiceNames": ["sim-site-00"], "region": REGION},
-    )
-    fake_bin = project.parent / "bin"
-    (fake_bin / "pulumi").write_text("#!/bin/sh\nexit 97\n", encoding="utf-8")
-    (fake_bin / "pulumi").chmod(0o755)
-    monkeypatch.setattr(
-        operations, "cloud_env", lambda: CloudEnv(project_dir=project, open_stack=stand_in.opener())
+    stand_in = with_ecs_service(
+        project,
+        monkeypatch,
+        {"clusterName": "iotfactory-dev", "simulatorServiceNames": ["sim-site-00"], "region": REGION},
     )
 
     result = CliRunner().invoke(cli.app, ["rotate-certs", "--stack", "dev"])

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from rich.console import Console
+from support_cloud import isolate_from_real_aws, plain_console
 from typer.testing import CliRunner
 
 import cli
@@ -80,12 +80,7 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
     (fake_bin / "pulumi").write_text(f'#!/bin/sh\necho "$@" >> {pulumi_calls}\nexit 97\n', encoding="utf-8")
     (fake_bin / "pulumi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.delenv("PULUMI_BACKEND_URL", raising=False)
+    isolate_from_real_aws(monkeypatch, tmp_path)
     stack = RecordingStack("dev", outputs=OUTPUTS, resources=RESOURCES)
     state = Cloud(project, stack, pulumi_calls, CliRunner())
     state.write_stack_file(BASE_CONFIG)
@@ -94,7 +89,7 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
         return CloudEnv(
             project_dir=project,
             open_stack=stack.opener(),
-            console=Console(width=240, highlight=False, color_system=None),
+            console=plain_console(),
             stdin_is_tty=lambda: state.tty,
             confirm=lambda _question: state.answer,
         )

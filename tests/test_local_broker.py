@@ -11,17 +11,13 @@ import warnings
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import Broker
+from support_mqtt import tls_client
 
 from local_stack.certificate_authority import CertificateAuthority, IssuedCertificate
 
 
-def _client(broker: Broker, cert: IssuedCertificate | None, client_id: str, ca_path: str | None = None):
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    context = ssl.create_default_context(cafile=ca_path or str(broker.pki.ca.ca_cert_path))
-    if cert is not None:
-        context.load_cert_chain(str(cert.cert_path), str(cert.key_path))
-    client.tls_set_context(context)
-    return client
+def _client(broker: Broker, cert: IssuedCertificate | None, client_id: str) -> mqtt.Client:
+    return tls_client(broker.pki.ca.ca_cert_path, cert, client_id)
 
 
 def _connects(broker: Broker, cert: IssuedCertificate | None, client_id: str) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support_local_stack import write_local_stack_file
 
 from local_stack.paths import CONFIG_ENV, PROJECT_DIR, STATE_DIR_ENV
 from local_stack.processes import pid_alive, wait_gone
@@ -23,24 +24,11 @@ from local_stack.verify import verify_archive
 CLI = str(PROJECT_DIR / "cli.py")
 
 
+FLEET = {"seed": 5, "lines_per_site": 1, "publish_interval_s": 0.5}
+
+
 def stack_file(directory: Path, simulators: int = 2, **local: object) -> Path:
-    document = {
-        "config": {
-            "iotfactory:fleet": {"seed": 5, "lines_per_site": 1, "publish_interval_s": 0.5},
-            "iotfactory:simulatorCount": simulators,
-            "iotfactory:local": {
-                "brokerPort": 0,
-                "prometheusPort": 0,
-                "grafanaPort": 0,
-                "metricsPortBase": 0,
-                "scrapeIntervalS": 1,
-                **local,
-            },
-        }
-    }
-    path = directory / "Pulumi.local.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
+    return write_local_stack_file(directory, simulators, FLEET, **local)
 
 
 @pytest.fixture

@@ -23,11 +23,13 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from support_local_stack import write_local_stack_file
+from support_mqtt import tls_client
 
 from local_stack import operations
 from local_stack import prometheus as prometheus_api
 from local_stack.archive import RAW_PREFIX, LocalArchive, iter_records
-from local_stack.certificate_authority import CertificateAuthority, IssuedCertificate
+from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority, IssuedCertificate
 from local_stack.mosquitto import RULE_RUNNER_IDENTITY
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV, StatePaths
 from local_stack.ports import free_port, wait_for_port
@@ -41,24 +43,11 @@ pytestmark = pytest.mark.integration
 MACHINES_PER_SITE = 5  # one line of the default machine mix
 
 
+FLEET = {"seed": 11, "lines_per_site": 1, "publish_interval_s": 0.25}
+
+
 def write_stack_file(directory: Path, simulators: int, **local: Any) -> Path:
-    document = {
-        "config": {
-            "iotfactory:fleet": {"seed": 11, "lines_per_site": 1, "publish_interval_s": 0.25},
-            "iotfactory:simulatorCount": simulators,
-            "iotfactory:local": {
-                "brokerPort": 0,
-                "prometheusPort": 0,
-                "grafanaPort": 0,
-                "metricsPortBase": 0,
-                "scrapeIntervalS": 1,
-                **local,
-            },
-        }
-    }
-    path = directory / "Pulumi.local.yaml"
-    path.write_text("# test stack\n" + yaml.safe_dump(document, sort_keys=False))
-    return path
+    return write_local_stack_file(directory, simulators, FLEET, header="# test stack\n", **local)
 
 
 @dataclass
@@ -147,19 +136,12 @@ def start_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         assert not leftovers, f"processes outlived the stack: {leftovers}"
 
 
-def tls_client(
-    stack: RunningStack, cert: IssuedCertificate | None, client_id: str, ca_file: Path | None = None
-) -> mqtt.Client:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-    context = ssl.create_default_context(cafile=str(ca_file or stack.paths.ca_dir / "ca.pem"))
-    if cert is not None:
-        context.load_cert_chain(str(cert.cert_path), str(cert.key_path))
-    client.tls_set_context(context)
-    return client
+def stack_client(stack: RunningStack, cert: IssuedCertificate | None, client_id: str) -> mqtt.Client:
+    return tls_client(stack.paths.ca_dir / CA_CERT_FILE, cert, client_id)
 
 
 def connects(stack: RunningStack, cert: IssuedCertificate | None, client_id: str) -> bool:
-    client = tls_client(stack, cert, client_id)
+    client = stack_client(stack, cert, client_id)
     accepted = threading.Event()
     settled = threading.Event()
 
@@ -190,7 +172,7 @@ class Auditor:
     def __init__(self, stack: RunningStack, directory: Path) -> None:
         cert = stack.ca().issue_client(RULE_RUNNER_IDENTITY, directory / "auditor", file_stem="auditor")
         self.seen: set[tuple[str, str, int]] = set()
-        self.client = tls_client(stack, cert, "test-auditor")
+        self.client = stack_client(stack, cert, "test-auditor")
         subscribed = threading.Event()
         self.client.on_connect = lambda c, *_: c.subscribe("factory/simulator/#", qos=1)
         self.client.on_subscribe = lambda *_: subscribed.set()
@@ -250,7 +232,7 @@ def test_full_pipeline_archives_every_message_exactly_once(start_stack, tmp_path
     # A device with a valid certificate: garbage under its own prefix is quarantined; a publish
     # under another site's prefix never reaches the archive.
     intruder = ca.issue_client("site-90", tmp_path / "intruder")
-    client = tls_client(stack, intruder, "site-90-c00")
+    client = stack_client(stack, intruder, "site-90-c00")
     client.connect("127.0.0.1", stack.broker_port)
     client.loop_start()
     marker = "forged-by-site-90"

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import Broker
+from support_mqtt import broker_flags
 from test_rule_runner_support import (
     MOTO_ENV,
     REPO_ROOT,
@@ -325,18 +326,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_bad_input_is_one_line_and_exit_2(broker: Broker, tmp_path: Path) -> None:
     pki = broker.pki
-    base = [
-        "--endpoint",
-        broker.host,
-        "--port",
-        str(broker.port),
-        "--ca",
-        str(pki.ca.ca_cert_path),
-        "--cert",
-        str(pki.reader.cert_path),
-        "--key",
-        str(pki.reader.key_path),
-    ]
+    base = broker_flags(broker, pki.reader)
     cases = {
         "missing cert": [
             "--endpoint",
@@ -375,18 +365,7 @@ def test_untrusted_broker_certificate_is_exit_2(broker: Broker, tmp_path: Path) 
     other = CertificateAuthority.create(tmp_path / "other-ca")
     pki = broker.pki
     result = _run_cli(
-        "--endpoint",
-        broker.host,
-        "--port",
-        str(broker.port),
-        "--ca",
-        str(other.ca_cert_path),
-        "--cert",
-        str(pki.reader.cert_path),
-        "--key",
-        str(pki.reader.key_path),
-        "--archive",
-        str(tmp_path / "a"),
+        *broker_flags(broker, pki.reader, ca_file=other.ca_cert_path), "--archive", str(tmp_path / "a")
     )
     assert result.returncode == 2, result.stderr
     assert "not trusted" in result.stderr.strip().splitlines()[-1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from conftest import Broker
+from support_mqtt import broker_flags, tls_client
 
 from local_stack.certificate_authority import IssuedCertificate
 from local_stack.ports import free_port, wait_for_port
@@ -43,26 +43,13 @@ def fleet_messages(
     return messages
 
 
-def tls_client(
-    broker: Broker, cert: IssuedCertificate, client_id: str, *, clean_session: bool
-) -> mqtt.Client:
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=clean_session,
-        protocol=mqtt.MQTTv311,
-    )
-    context = ssl.create_default_context(cafile=str(broker.pki.ca.ca_cert_path))
-    context.load_cert_chain(str(cert.cert_path), str(cert.key_path))
-    client.tls_set_context(context)
-    return client
-
-
 class DevicePublisher:
     """A device at QoS 1 with a persistent session, so it resends what the broker did not PUBACK."""
 
     def __init__(self, broker: Broker, cert: IssuedCertificate | None = None, client_id: str = "site-00-c00"):
-        self.client = tls_client(broker, cert or broker.pki.device, client_id, clean_session=False)
+        self.client = tls_client(
+            broker.pki.ca.ca_cert_path, cert or broker.pki.device, client_id, clean_session=False
+        )
         self.client.max_inflight_messages_set(20)
         self.client.reconnect_delay_set(0.1, 1)
         self.connected = threading.Event()
@@ -125,16 +112,7 @@ class RunnerProcess:
             sys.executable,
             "-m",
             "local_stack.rule_runner",
-            "--endpoint",
-            broker.host,
-            "--port",
-            str(broker.port),
-            "--ca",
-            str(broker.pki.ca.ca_cert_path),
-            "--cert",
-            str(broker.pki.reader.cert_path),
-            "--key",
-            str(broker.pki.reader.key_path),
+            *broker_flags(broker, broker.pki.reader),
             "--archive",
             archive,
             "--ready-file",

@@ -19,38 +19,27 @@ MACHINE = "site-00-line-01-conveyor-01"
 OTHER = "site-01-line-02-cnc_mill-01"
 
 
-def telemetry(machine: str, seq: int, ts_ms: int) -> bytes:
+def _message(machine: str, seq: int, ts_ms: int, **body: object) -> bytes:
+    """The envelope telemetry and ground truth share, identified by machine and seq."""
     site, line = machine[:7], machine[8:15]
-    return orjson.dumps(
-        {
-            "schema": 1,
-            "machine": machine,
-            "site": site,
-            "line": line,
-            "type": "conveyor",
-            "ts": iso_timestamp(ts_ms),
-            "seq": seq,
-            "state": "running",
-            "signals": {},
-            "parts": {"good": 0, "rejected": 0},
-        }
-    )
+    envelope = {
+        "schema": 1,
+        "machine": machine,
+        "site": site,
+        "line": line,
+        "type": "conveyor",
+        "ts": iso_timestamp(ts_ms),
+        "seq": seq,
+    }
+    return orjson.dumps(envelope | body)
+
+
+def telemetry(machine: str, seq: int, ts_ms: int) -> bytes:
+    return _message(machine, seq, ts_ms, state="running", signals={}, parts={"good": 0, "rejected": 0})
 
 
 def ground_truth(machine: str, seq: int, ts_ms: int) -> bytes:
-    site, line = machine[:7], machine[8:15]
-    return orjson.dumps(
-        {
-            "schema": 1,
-            "machine": machine,
-            "site": site,
-            "line": line,
-            "type": "conveyor",
-            "ts": iso_timestamp(ts_ms),
-            "seq": seq,
-            "event": "state_change",
-        }
-    )
+    return _message(machine, seq, ts_ms, event="state_change")
 
 
 def write_batches(archive: LocalArchive, batches: list[list[bytes]]) -> None:

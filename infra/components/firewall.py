@@ -48,12 +48,8 @@ class Firewall(pulumi.ComponentResource):
                 aws.vpc.SecurityGroupIngressRule(
                     f"{name}-alb-in-{port}-{index}",
                     security_group_id=self.load_balancer.id,
-                    ip_protocol="tcp",
-                    from_port=port,
-                    to_port=port,
-                    description=f"listener {port} from {cidr}",
+                    **self._tcp_port(port, f"listener {port} from {cidr}"),
                     **{family: cidr},
-                    opts=self._child,
                 )
         for port in (GRAFANA_PORT, PROMETHEUS_PORT):
             self._between(
@@ -95,6 +91,16 @@ class Firewall(pulumi.ComponentResource):
             name, vpc_id=vpc_id, description=description, tags={"Name": name}, opts=self._child
         )
 
+    def _tcp_port(self, port: int, description: str) -> dict[str, object]:
+        """What every rule here shares: one TCP port, a description, parented to the firewall."""
+        return {
+            "ip_protocol": "tcp",
+            "from_port": port,
+            "to_port": port,
+            "description": description,
+            "opts": self._child,
+        }
+
     def _between(
         self,
         name: str,
@@ -107,21 +113,13 @@ class Firewall(pulumi.ComponentResource):
             f"{name}-out",
             security_group_id=source.id,
             referenced_security_group_id=target.id,
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
-            description=f"{purpose} on {port}",
-            opts=self._child,
+            **self._tcp_port(port, f"{purpose} on {port}"),
         )
         aws.vpc.SecurityGroupIngressRule(
             f"{name}-in",
             security_group_id=target.id,
             referenced_security_group_id=source.id,
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
-            description=f"{purpose} on {port}",
-            opts=self._child,
+            **self._tcp_port(port, f"{purpose} on {port}"),
         )
 
     def _egress_anywhere(self, name: str, group: aws.ec2.SecurityGroup, port: int) -> None:
@@ -129,9 +127,5 @@ class Firewall(pulumi.ComponentResource):
             name,
             security_group_id=group.id,
             cidr_ipv4="0.0.0.0/0",
-            ip_protocol="tcp",
-            from_port=port,
-            to_port=port,
-            description=f"tcp {port} to the internet",
-            opts=self._child,
+            **self._tcp_port(port, f"tcp {port} to the internet"),
         )

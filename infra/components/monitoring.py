@@ -19,6 +19,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from infra import iam
+from infra.components import fargate
 from infra.components.firewall import GRAFANA_PORT, PROMETHEUS_PORT
 from infra.components.loadbalancer import PROMETHEUS_PATH
 
@@ -148,11 +149,8 @@ class MonitoringService(pulumi.ComponentResource):
         self.log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs", name=args.log_group_name, retention_in_days=args.log_retention_days, opts=child
         )
-        execution_role = aws.iam.Role(
-            f"{name}-execution",
-            description="ECS agent for the monitoring task: write its logs, read its secrets",
-            assume_role_policy=iam.service_trust(iam.ECS_TASKS),
-            opts=child,
+        execution_role = fargate.execution_role(
+            name, "ECS agent for the monitoring task: write its logs, read its secrets", child
         )
         readable_secrets: list[pulumi.Input[str]] = [self.admin_secret.arn]
         if args.smtp:
@@ -161,21 +159,13 @@ class MonitoringService(pulumi.ComponentResource):
             f"{name}-execution",
             role=execution_role.id,
             policy=iam.document(
-                iam.allow(["logs:CreateLogStream"], [account.log_group_arn(self.log_group.name)]),
-                iam.allow(
-                    ["logs:PutLogEvents"], [account.log_stream_arn(self.log_group.name, "monitoring/*")]
-                ),
+                *fargate.log_writer_statements(account, self.log_group.name, "monitoring/*"),
                 iam.allow(["secretsmanager:GetSecretValue"], readable_secrets),
             ),
             opts=child,
         )
-        task_role = aws.iam.Role(
-            f"{name}-task",
-            description="Monitoring task: read its config bundle from the config bucket",
-            assume_role_policy=iam.service_trust(
-                iam.ECS_TASKS, iam.same_account(account, account.arn("ecs", "*"))
-            ),
-            opts=child,
+        task_role = fargate.task_role(
+            name, "Monitoring task: read its config bundle from the config bucket", account, child
         )
         aws.iam.RolePolicy(
             f"{name}-task",
@@ -198,27 +188,21 @@ class MonitoringService(pulumi.ComponentResource):
             admin_secret=self.admin_secret.arn,
             smtp_secret=args.smtp.secret_arn if args.smtp else "",
         ).apply(lambda values: self._containers(args, values))
-        self.task_definition = aws.ecs.TaskDefinition(
-            f"{name}-task",
+        self.task_definition = fargate.task_definition(
+            name,
             family=args.family,
-            cpu=str(args.cpu),
-            memory=str(args.memory),
-            network_mode="awsvpc",
-            requires_compatibilities=["FARGATE"],
-            runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
-            execution_role_arn=execution_role.arn,
-            task_role_arn=task_role.arn,
+            cpu=args.cpu,
+            memory=args.memory,
+            execution_role=execution_role,
+            task_role=task_role,
             volumes=[
-                {"name": volume}
-                for volume in (
-                    *(args.layout.volume(prefix) for prefix in sorted(args.layout.directories)),
-                    "prometheus-data",
-                    "grafana-data",
-                    "grafana-tmp",
-                    "init-tmp",
-                )
+                *(args.layout.volume(prefix) for prefix in sorted(args.layout.directories)),
+                "prometheus-data",
+                "grafana-data",
+                "grafana-tmp",
+                "init-tmp",
             ],
-            container_definitions=pulumi.Output.json_dumps(containers),
+            containers=containers,
             opts=child,
         )
         self.service = aws.ecs.Service(
@@ -234,11 +218,9 @@ class MonitoringService(pulumi.ComponentResource):
             deployment_maximum_percent=200,
             deployment_circuit_breaker={"enable": True, "rollback": True},
             health_check_grace_period_seconds=120,
-            network_configuration={
-                "subnets": args.subnet_ids,
-                "security_groups": [args.security_group_id],
-                "assign_public_ip": args.assign_public_ip,
-            },
+            network_configuration=fargate.awsvpc_network(
+                args.subnet_ids, args.security_group_id, args.assign_public_ip
+            ),
             load_balancers=[
                 {
                     "target_group_arn": args.prometheus_target_group_arn,
@@ -270,19 +252,7 @@ class MonitoringService(pulumi.ComponentResource):
     def _containers(self, args: MonitoringServiceArgs, values: dict[str, str]) -> list[dict[str, object]]:
         base_url = values["base_url"].rstrip("/")
 
-        def logging() -> dict[str, object]:
-            return {
-                "logDriver": "awslogs",
-                "options": {
-                    "awslogs-group": values["log_group"],
-                    "awslogs-region": args.account.region,
-                    "awslogs-stream-prefix": "monitoring",
-                    "mode": "non-blocking",
-                    "max-buffer-size": "4m",
-                },
-            }
-
-        hardened = {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}}
+        log_configuration = fargate.awslogs(values["log_group"], args.account.region, "monitoring")
         layout = args.layout
         sync = [
             f'aws s3 sync "s3://$CONFIG_BUCKET/{CONFIG_PREFIX}{prefix}" /mnt/{layout.volume(prefix)}/ '
@@ -312,7 +282,7 @@ class MonitoringService(pulumi.ComponentResource):
             "readonlyRootFilesystem": True,
             "entryPoint": ["/bin/sh", "-c"],
             "command": [init_script],
-            "environment": _env(
+            "environment": fargate.environment(
                 {
                     "CONFIG_BUCKET": values["bucket"],
                     "CONFIG_SHA256": self.config_sha256,
@@ -322,21 +292,15 @@ class MonitoringService(pulumi.ComponentResource):
             ),
             "mountPoints": [
                 *(
-                    {
-                        "sourceVolume": layout.volume(prefix),
-                        "containerPath": f"/mnt/{layout.volume(prefix)}",
-                        "readOnly": False,
-                    }
-                    for prefix in sorted(layout.directories)
+                    fargate.mount(volume, f"/mnt/{volume}")
+                    for volume in (
+                        *(layout.volume(prefix) for prefix in sorted(layout.directories)),
+                        "prometheus-data",
+                        "grafana-data",
+                        "grafana-tmp",
+                    )
                 ),
-                {
-                    "sourceVolume": "prometheus-data",
-                    "containerPath": "/mnt/prometheus-data",
-                    "readOnly": False,
-                },
-                {"sourceVolume": "grafana-data", "containerPath": "/mnt/grafana-data", "readOnly": False},
-                {"sourceVolume": "grafana-tmp", "containerPath": "/mnt/grafana-tmp", "readOnly": False},
-                {"sourceVolume": "init-tmp", "containerPath": "/tmp", "readOnly": False},
+                fargate.mount("init-tmp", "/tmp"),
             ],
             # Keeps CHOWN/FOWNER/DAC_OVERRIDE for the volume hand-over; everything else dropped.
             "linuxParameters": {
@@ -357,7 +321,7 @@ class MonitoringService(pulumi.ComponentResource):
                     ]
                 },
             },
-            "logConfiguration": logging(),
+            "logConfiguration": log_configuration,
         }
         prometheus = {
             "name": PROMETHEUS_CONTAINER,
@@ -379,29 +343,16 @@ class MonitoringService(pulumi.ComponentResource):
             "portMappings": [{"containerPort": PROMETHEUS_PORT, "protocol": "tcp"}],
             "dependsOn": [{"containerName": INIT_CONTAINER, "condition": "SUCCESS"}],
             "mountPoints": [
-                {
-                    "sourceVolume": layout.volume("prometheus/"),
-                    "containerPath": prometheus_config_dir,
-                    "readOnly": True,
-                },
-                {"sourceVolume": "prometheus-data", "containerPath": PROMETHEUS_DATA, "readOnly": False},
+                fargate.mount(layout.volume("prometheus/"), prometheus_config_dir, read_only=True),
+                fargate.mount("prometheus-data", PROMETHEUS_DATA),
             ],
-            "healthCheck": {
-                "command": [
-                    "CMD",
-                    "wget",
-                    "-q",
-                    "-O",
-                    "/dev/null",
-                    f"http://127.0.0.1:{PROMETHEUS_PORT}{PROMETHEUS_PATH}/-/healthy",
-                ],
-                "interval": 15,
-                "timeout": 5,
-                "retries": 3,
-                "startPeriod": 30,
-            },
-            "linuxParameters": hardened,
-            "logConfiguration": logging(),
+            "healthCheck": fargate.health_check(
+                _http_probe(f"http://127.0.0.1:{PROMETHEUS_PORT}{PROMETHEUS_PATH}/-/healthy"),
+                interval=15,
+                start_period=30,
+            ),
+            "linuxParameters": fargate.HARDENED_LINUX,
+            "logConfiguration": log_configuration,
         }
         grafana_env = {
             **layout.grafana_environment,
@@ -440,7 +391,7 @@ class MonitoringService(pulumi.ComponentResource):
             "essential": True,
             "user": f"{GRAFANA_UID}:0",
             "readonlyRootFilesystem": True,
-            "environment": _env(grafana_env),
+            "environment": fargate.environment(grafana_env),
             "secrets": secrets,
             "portMappings": [{"containerPort": GRAFANA_PORT, "protocol": "tcp"}],
             "dependsOn": [
@@ -448,30 +399,15 @@ class MonitoringService(pulumi.ComponentResource):
                 {"containerName": PROMETHEUS_CONTAINER, "condition": "START"},
             ],
             "mountPoints": [
-                {
-                    "sourceVolume": layout.volume("grafana/"),
-                    "containerPath": layout.directory_of("grafana/"),
-                    "readOnly": True,
-                },
-                {"sourceVolume": "grafana-data", "containerPath": GRAFANA_DATA, "readOnly": False},
-                {"sourceVolume": "grafana-tmp", "containerPath": "/tmp", "readOnly": False},
+                fargate.mount(layout.volume("grafana/"), layout.directory_of("grafana/"), read_only=True),
+                fargate.mount("grafana-data", GRAFANA_DATA),
+                fargate.mount("grafana-tmp", "/tmp"),
             ],
-            "healthCheck": {
-                "command": [
-                    "CMD",
-                    "wget",
-                    "-q",
-                    "-O",
-                    "/dev/null",
-                    f"http://127.0.0.1:{GRAFANA_PORT}/api/health",
-                ],
-                "interval": 15,
-                "timeout": 5,
-                "retries": 3,
-                "startPeriod": 60,
-            },
-            "linuxParameters": hardened,
-            "logConfiguration": logging(),
+            "healthCheck": fargate.health_check(
+                _http_probe(f"http://127.0.0.1:{GRAFANA_PORT}/api/health"), interval=15, start_period=60
+            ),
+            "linuxParameters": fargate.HARDENED_LINUX,
+            "logConfiguration": log_configuration,
         }
         return [init, prometheus, grafana]
 
@@ -485,8 +421,8 @@ def prometheus_command(required: tuple[str, ...], defaults: tuple[str, ...]) -> 
     return [*required, *(flag for flag in defaults if flag.split("=", 1)[0] not in given)]
 
 
-def _env(values: Mapping[str, str]) -> list[dict[str, str]]:
-    return [{"name": key, "value": value} for key, value in sorted(values.items())]
+def _http_probe(url: str) -> list[str]:
+    return ["wget", "-q", "-O", "/dev/null", url]
 
 
 def _content_type(key: str) -> str:

@@ -16,6 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import iam
+from infra.components import fargate
 from infra.components.iot import CERTIFICATE_PEM_KEY, PRIVATE_KEY_PEM_KEY, ShardIdentity
 
 CONTAINER = "simulator"
@@ -93,15 +94,11 @@ class SimulatorShard(pulumi.ComponentResource):
         if site not in args.discovery_service_arns:
             raise ValueError(f"{site}: no Cloud Map service to register its task in")
 
-        execution_role = aws.iam.Role(
-            f"{name}-execution",
-            description=f"ECS agent for simulator {site}: pull the image, write logs, read its certificate",
-            assume_role_policy=iam.service_trust(iam.ECS_TASKS),
-            opts=child,
+        execution_role = fargate.execution_role(
+            name, f"ECS agent for simulator {site}: pull the image, write logs, read its certificate", child
         )
         statements = [
-            iam.allow(["logs:CreateLogStream"], [account.log_group_arn(log_group.name)]),
-            iam.allow(["logs:PutLogEvents"], [account.log_stream_arn(log_group.name, f"{site}/*")]),
+            *fargate.log_writer_statements(account, log_group.name, f"{site}/*"),
             # Every generation of this shard's key (a circuit-breaker rollback starts the previous one).
             iam.allow(["secretsmanager:GetSecretValue"], list(identity.secret_arns.values())),
         ]
@@ -117,13 +114,11 @@ class SimulatorShard(pulumi.ComponentResource):
             f"{name}-execution", role=execution_role.id, policy=iam.document(*statements), opts=child
         )
         # The simulator talks MQTT with its certificate and calls no AWS API: its task role has no policy.
-        task_role = aws.iam.Role(
-            f"{name}-task",
-            description=f"Simulator {site} task: no AWS permissions (AWS IoT authenticates its certificate)",
-            assume_role_policy=iam.service_trust(
-                iam.ECS_TASKS, iam.same_account(account, account.arn("ecs", "*"))
-            ),
-            opts=child,
+        task_role = fargate.task_role(
+            name,
+            f"Simulator {site} task: no AWS permissions (AWS IoT authenticates its certificate)",
+            account,
+            child,
         )
 
         container = pulumi.Output.all(
@@ -134,18 +129,15 @@ class SimulatorShard(pulumi.ComponentResource):
             site=site,
             region=account.region,
         ).apply(lambda values: [_tmp_init(values), _container(values, index, identity, args)])
-        self.task_definition = aws.ecs.TaskDefinition(
-            f"{name}-task",
+        self.task_definition = fargate.task_definition(
+            name,
             family=f"{args.family_prefix}-{site}",
-            cpu=str(args.cpu),
-            memory=str(args.memory),
-            network_mode="awsvpc",
-            requires_compatibilities=["FARGATE"],
-            runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
-            execution_role_arn=execution_role.arn,
-            task_role_arn=task_role.arn,
-            volumes=[{"name": TMP_VOLUME}],
-            container_definitions=pulumi.Output.json_dumps(container),
+            cpu=args.cpu,
+            memory=args.memory,
+            execution_role=execution_role,
+            task_role=task_role,
+            volumes=[TMP_VOLUME],
+            containers=container,
             opts=child,
         )
         self.service = aws.ecs.Service(
@@ -160,11 +152,9 @@ class SimulatorShard(pulumi.ComponentResource):
             deployment_minimum_healthy_percent=0,
             deployment_maximum_percent=100,
             deployment_circuit_breaker={"enable": True, "rollback": True},
-            network_configuration={
-                "subnets": args.subnet_ids,
-                "security_groups": [args.security_group_id],
-                "assign_public_ip": args.assign_public_ip,
-            },
+            network_configuration=fargate.awsvpc_network(
+                args.subnet_ids, args.security_group_id, args.assign_public_ip
+            ),
             # The site's own discovery name: it resolves to this service's one task only.
             service_registries={"registry_arn": args.discovery_service_arns[site]},
             enable_ecs_managed_tags=True,
@@ -175,19 +165,6 @@ class SimulatorShard(pulumi.ComponentResource):
             opts=child,
         )
         self.register_outputs({"serviceName": self.service.name, "site": site})
-
-
-def _logging(values: Mapping[str, str], region: str, stream_prefix: str) -> dict[str, object]:
-    return {
-        "logDriver": "awslogs",
-        "options": {
-            "awslogs-group": values["log_group"],
-            "awslogs-region": region,
-            "awslogs-stream-prefix": stream_prefix,
-            "mode": "non-blocking",
-            "max-buffer-size": "4m",
-        },
-    }
 
 
 def _tmp_init(values: Mapping[str, str]) -> dict[str, object]:
@@ -204,9 +181,9 @@ def _tmp_init(values: Mapping[str, str]) -> dict[str, object]:
         "user": "0",
         "readonlyRootFilesystem": True,
         "entryPoint": ["python", "-c", "import os; os.chmod('/tmp', 0o1777)"],
-        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}],
-        "linuxParameters": {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}},
-        "logConfiguration": _logging(values, values["region"], values["site"]),
+        "mountPoints": [fargate.mount(TMP_VOLUME, "/tmp")],
+        "linuxParameters": fargate.HARDENED_LINUX,
+        "logConfiguration": fargate.awslogs(values["log_group"], values["region"], values["site"]),
     }
 
 
@@ -230,7 +207,7 @@ def _container(
         "user": SIMULATOR_USER,
         "readonlyRootFilesystem": True,
         "stopTimeout": STOP_TIMEOUT_S,
-        "environment": [{"name": key, "value": value} for key, value in sorted(environment.items())],
+        "environment": fargate.environment(environment),
         # ECS reads the JSON keys of the shard's secret at task start; the key stays out of the definition.
         "secrets": [
             {"name": "FACTORY_CERT_PEM", "valueFrom": f"{secret}:{CERTIFICATE_PEM_KEY}::"},
@@ -239,21 +216,18 @@ def _container(
         "portMappings": [{"containerPort": METRICS_PORT, "protocol": "tcp"}],
         "dependsOn": [{"containerName": TMP_INIT_CONTAINER, "condition": "SUCCESS"}],
         # The certificate files are written to a private folder under /tmp (root filesystem is read-only).
-        "mountPoints": [{"sourceVolume": TMP_VOLUME, "containerPath": "/tmp", "readOnly": False}],
-        "healthCheck": {
-            # The same probe as the image's HEALTHCHECK (ECS ignores HEALTHCHECK in images).
-            "command": [
-                "CMD",
+        "mountPoints": [fargate.mount(TMP_VOLUME, "/tmp")],
+        # The same probe as the image's HEALTHCHECK.
+        "healthCheck": fargate.health_check(
+            [
                 "python",
                 "-c",
                 "import urllib.request; "
                 f"urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics', timeout=4).read(1)",
             ],
-            "interval": 30,
-            "timeout": 5,
-            "retries": 3,
-            "startPeriod": 60,
-        },
-        "linuxParameters": {"initProcessEnabled": True, "capabilities": {"drop": ["ALL"]}},
-        "logConfiguration": _logging(values, args.account.region, identity.site),
+            interval=30,
+            start_period=60,
+        ),
+        "linuxParameters": fargate.HARDENED_LINUX,
+        "logConfiguration": fargate.awslogs(values["log_group"], args.account.region, identity.site),
     }

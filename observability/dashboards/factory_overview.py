@@ -79,14 +79,11 @@ def build() -> builders.Dashboard:
     shakiest = promql.aggregate("max", LINE, promql.selector(catalog.LINE_VIBRATION_MAX, **SITE))
     state_legend = {state: state for state in catalog.MACHINE_STATES}
     return (
-        builders.Dashboard(TITLE)
-        .uid(UID)
-        .description("Is the factory producing? Machine states, OEE per line, throughput and faults.")
-        .tags(["iotfactory", "generated"])
-        .refresh("30s")
-        .time("now-1h", "now")
-        .timezone("browser")
-        .with_variable(panels.datasource_variable())
+        panels.dashboard(
+            TITLE,
+            UID,
+            "Is the factory producing? Machine states, OEE per line, throughput and faults.",
+        )
         .with_variable(panels.label_variable("site", catalog.MACHINES_SIMULATED, label="Site", multi=True))
         .with_row(panels.row("Now"))
         .with_panel(panels.single_stat(

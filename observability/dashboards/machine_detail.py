@@ -76,14 +76,11 @@ def build() -> builders.Dashboard:
     annotation_quantity, annotation_comparison = fault_annotation_condition()
 
     dashboard = (
-        builders.Dashboard(TITLE)
-        .uid(UID)
-        .description("One machine: state, health, every signal in its engineering unit, injected faults.")
-        .tags(["iotfactory", "generated"])
-        .refresh("30s")
-        .time("now-1h", "now")
-        .timezone("browser")
-        .with_variable(panels.datasource_variable())
+        panels.dashboard(
+            TITLE,
+            UID,
+            "One machine: state, health, every signal in its engineering unit, injected faults.",
+        )
         .with_variable(panels.label_variable("site", catalog.MACHINE_STATE, label="Site", multi=True))
         .with_variable(panels.label_variable("machine", catalog.MACHINE_STATE, label="Machine",
                                              filter_by={"site": "$site"}))

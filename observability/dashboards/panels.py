@@ -37,6 +37,7 @@ STATE_COLORS = {
 assert set(STATE_COLORS) == set(MACHINE_STATES), "a machine state has no colour"
 
 PanelT = TypeVar("PanelT", timeseries.Panel, stat.Panel, bargauge.Panel, statetimeline.Panel, table.Panel)
+BoundedPanelT = TypeVar("BoundedPanelT", timeseries.Panel, bargauge.Panel)
 
 
 def display_unit(metric: MetricDef) -> str:
@@ -61,6 +62,36 @@ def _with_queries(panel: PanelT, queries: list[prometheus.Dataquery]) -> PanelT:
     return panel
 
 
+def _titled(panel: PanelT, title: str, description: str) -> PanelT:
+    """What every panel starts with: its title, its description, and the dashboard's datasource."""
+    return panel.title(title).description(description).datasource(DATASOURCE)
+
+
+def _bounded(
+    panel: BoundedPanelT, min_value: float | None, max_value: float | None
+) -> BoundedPanelT:
+    """A fixed axis minimum and maximum where given; Grafana picks them from the data otherwise."""
+    if min_value is not None:
+        panel = panel.min(min_value)
+    if max_value is not None:
+        panel = panel.max(max_value)
+    return panel
+
+
+def dashboard(title: str, uid: str, description: str) -> builders.Dashboard:
+    """A generated dashboard with the house settings and its datasource variable first."""
+    return (
+        builders.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["iotfactory", "generated"])
+        .refresh("30s")
+        .time("now-1h", "now")
+        .timezone("browser")
+        .with_variable(datasource_variable())
+    )
+
+
 def graph(
     title: str,
     queries: list[prometheus.Dataquery],
@@ -74,10 +105,7 @@ def graph(
     max_value: float | None = None,
 ) -> timeseries.Panel:
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
+        _titled(timeseries.Panel(), title, description)
         .unit(unit)
         .span(span)
         .height(height)
@@ -94,11 +122,7 @@ def graph(
     )
     if stacked:
         panel = panel.stacking(common.StackingConfig().mode(common_models.StackingMode.NORMAL))
-    if min_value is not None:
-        panel = panel.min(min_value)
-    if max_value is not None:
-        panel = panel.max(max_value)
-    return _with_queries(panel, queries)
+    return _with_queries(_bounded(panel, min_value, max_value), queries)
 
 
 def single_stat(
@@ -112,10 +136,7 @@ def single_stat(
 ) -> stat.Panel:
     steps = thresholds or [(None, "green")]
     panel = (
-        stat.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
+        _titled(stat.Panel(), title, description)
         .unit(unit)
         .span(span)
         .height(4)
@@ -140,10 +161,7 @@ def bars(
     thresholds: list[tuple[float | None, str]] | None = None,
 ) -> bargauge.Panel:
     panel = (
-        bargauge.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
+        _titled(bargauge.Panel(), title, description)
         .unit(unit)
         .span(span)
         .height(height)
@@ -152,11 +170,7 @@ def bars(
         .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
         .thresholds(_thresholds(thresholds or [(None, "green")]))
     )
-    if min_value is not None:
-        panel = panel.min(min_value)
-    if max_value is not None:
-        panel = panel.max(max_value)
-    return _with_queries(panel, queries)
+    return _with_queries(_bounded(panel, min_value, max_value), queries)
 
 
 def state_timeline(
@@ -174,10 +188,7 @@ def state_timeline(
                  for index, (value, (text, color)) in enumerate(sorted(value_texts.items()))}
     )
     panel = (
-        statetimeline.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
+        _titled(statetimeline.Panel(), title, description)
         .span(span)
         .height(height)
         .mappings([mapping])
@@ -205,10 +216,7 @@ def instant_table(
     height: int = 8,
 ) -> table.Panel:
     panel = (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
+        _titled(table.Panel(), title, description)
         .span(span)
         .height(height)
         .show_header(True)

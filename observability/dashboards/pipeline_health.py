@@ -50,15 +50,12 @@ def build(*, include_archive: bool) -> builders.Dashboard:
         return promql.sum_by(BY_SITE, promql.selector(metric, **SITE))
 
     dashboard = (
-        builders.Dashboard(TITLE + (" (local stack)" if include_archive else ""))
-        .uid(LOCAL_UID if include_archive else UID)
-        .description("Is the telemetry getting through? Publishing, acknowledgements, connections, "
-                     "scheduling and scrapes" + (", and the local archive." if include_archive else "."))
-        .tags(["iotfactory", "generated"])
-        .refresh("30s")
-        .time("now-1h", "now")
-        .timezone("browser")
-        .with_variable(panels.datasource_variable())
+        panels.dashboard(
+            TITLE + (" (local stack)" if include_archive else ""),
+            LOCAL_UID if include_archive else UID,
+            "Is the telemetry getting through? Publishing, acknowledgements, connections, "
+            "scheduling and scrapes" + (", and the local archive." if include_archive else "."),
+        )
         .with_variable(panels.label_variable("site", catalog.MACHINES_SIMULATED, label="Site", multi=True))
         .with_row(panels.row("Publishing"))
         .with_panel(panels.graph(

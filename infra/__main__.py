@@ -7,7 +7,6 @@ internet --allowed CIDRs--> ALB --/prometheus/*--> Prometheus, --/*--> Grafana
 
 from __future__ import annotations
 
-import importlib
 import re
 import sys
 from pathlib import Path
@@ -41,18 +40,8 @@ from infra.components.network import Network, NetworkArgs  # noqa: E402
 from infra.components.simulators import METRICS_PORT, SimulatorFleet, SimulatorFleetArgs  # noqa: E402
 from infra.components.storage import GlacierLifecycle, SecureBucket, SecureBucketArgs  # noqa: E402
 from infra.settings import PROJECT, ConfigError, StackSettings, read_stack_config  # noqa: E402
+from observability import config_bundle as bundle  # noqa: E402
 from simulator.settings import GROUND_TRUTH_SEGMENT, TOPIC_ROOT  # noqa: E402
-
-BUNDLE_MODULE = "observability.config_bundle"
-BUNDLE_LAYOUT_NAMES = (
-    "PROMETHEUS_PREFIX",
-    "PROMETHEUS_CONFIG_DIR",
-    "GRAFANA_PREFIX",
-    "GRAFANA_CONFIG_DIR",
-    "CLOUD_PROMETHEUS_ARGS",
-    "CLOUD_GRAFANA_ENVIRONMENT",
-    "grafana_provisioning",
-)
 
 
 def load_monitoring_bundle(
@@ -64,23 +53,8 @@ def load_monitoring_bundle(
     The files depend on the discovery names (one per site), so scaling the fleet changes the
     bundle's hash and rolls the monitoring service onto the new scrape config.
     """
-    try:
-        module = importlib.import_module(BUNDLE_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != BUNDLE_MODULE:
-            raise
-        raise pulumi.RunError(
-            f"{BUNDLE_MODULE} is missing: the monitoring config (Prometheus, Grafana) is rendered by "
-            "observability/config_bundle.py:cloud_bundle(); restore it from the repository"
-        ) from None
-    needed = ("cloud_bundle", *BUNDLE_LAYOUT_NAMES)
-    missing = [name for name in needed if not hasattr(module, name)]
-    if missing:
-        raise pulumi.RunError(
-            f"{BUNDLE_MODULE} lacks {', '.join(missing)}; the monitoring task is built from them"
-        )
     files = dict(
-        module.cloud_bundle(
+        bundle.cloud_bundle(
             discovery_dns_names=discovery_dns_names,
             metrics_port=metrics_port,
             scrape_interval_s=scrape_interval_s,
@@ -88,12 +62,12 @@ def load_monitoring_bundle(
     )
     layout = ConfigLayout(
         directories={
-            module.PROMETHEUS_PREFIX: module.PROMETHEUS_CONFIG_DIR,
-            module.GRAFANA_PREFIX: module.GRAFANA_CONFIG_DIR,
+            bundle.PROMETHEUS_PREFIX: bundle.PROMETHEUS_CONFIG_DIR,
+            bundle.GRAFANA_PREFIX: bundle.GRAFANA_CONFIG_DIR,
         },
-        prometheus_args=tuple(module.CLOUD_PROMETHEUS_ARGS),
-        grafana_environment=dict(module.CLOUD_GRAFANA_ENVIRONMENT),
-        alert_email_env=module.grafana_provisioning.ALERT_EMAIL_ENV,
+        prometheus_args=tuple(bundle.CLOUD_PROMETHEUS_ARGS),
+        grafana_environment=dict(bundle.CLOUD_GRAFANA_ENVIRONMENT),
+        alert_email_env=bundle.grafana_provisioning.ALERT_EMAIL_ENV,
     )
     return files, layout
 

@@ -29,19 +29,20 @@ ensure_system_packages() {
 }
 
 ensure_uv() {
-  if command -v uv >/dev/null 2>&1; then UV=uv; return 0; fi
-  if [ -x "$HOME/.local/bin/uv" ]; then UV="$HOME/.local/bin/uv"; return 0; fi
+  if command -v uv >/dev/null 2>&1; then UV=(uv); return 0; fi
+  if python3 -m uv --version >/dev/null 2>&1; then UV=(python3 -m uv); return 0; fi
   _say "installing uv (pip)..."
   python3 -m pip install --quiet --disable-pip-version-check uv >/dev/null 2>&1 \
-    || python3 -m pip install --quiet --user --break-system-packages uv >/dev/null
-  if command -v uv >/dev/null 2>&1; then UV=uv; else UV="$HOME/.local/bin/uv"; fi
+    || python3 -m pip install --quiet --disable-pip-version-check --user --break-system-packages uv >/dev/null
+  # `python3 -m uv` works whether or not pip's script folder is on PATH.
+  UV=(python3 -m uv)
 }
 
 ensure_venv() {
   # --compile-bytecode: PYTHONDONTWRITEBYTECODE would otherwise make every pulumi_aws import slow.
   if [ ! -x .venv/bin/python ] || [ uv.lock -nt .venv/.synced ] || [ pyproject.toml -nt .venv/.synced ]; then
     _say "syncing the Python environment (uv sync --frozen)..."
-    "$UV" sync --frozen --compile-bytecode --quiet
+    "${UV[@]}" sync --frozen --compile-bytecode --quiet
     touch .venv/.synced
   fi
 }

@@ -178,3 +178,38 @@ def test_pickled_model_continues_byte_identically() -> None:
     second_half = [m.payload for _ in range(200) for i in range(count) for m in resumed.sample(i)]
     assert first_half + second_half == straight_bytes
     validate_payloads(straight_bytes)
+
+
+def test_cached_encoder_writes_the_bytes_of_the_reference_encoder() -> None:
+    """`TelemetryEncoder` reuses one dict per machine; it must write what `encode_telemetry` does."""
+    from simulator.model.payload import TelemetryEncoder, encode_telemetry
+
+    header = {"machine": "site-00-line-01-air_compressor-01", "site": "site-00", "line": "line-01",
+              "type": "air_compressor"}
+    encoder = TelemetryEncoder(header, ["temperature", "vibration_rms", "speed", "power", "pressure"])
+    rng = random.Random(5)
+    for seq in range(1, 200):
+        readings: dict[str, float | None] = {
+            "temperature": round(rng.uniform(-5, 120), 1),
+            "vibration_rms": None if seq % 7 == 0 else round(rng.uniform(0, 30), 3),
+            "speed": round(rng.uniform(0, 3000), 0),
+            "power": round(rng.uniform(0, 90), 2),
+            "pressure": None if seq % 11 == 0 else round(rng.uniform(0, 250), 2),
+        }
+        state = rng.choice(["running", "idle", "fault"])
+        args = ("2026-01-01T00:00:00.000Z", seq, state, readings, seq * 3, seq // 10)
+        assert encoder.encode(*args) == encode_telemetry(header, *args)
+    with pytest.raises(ValueError, match="do not match"):
+        encoder.encode("2026-01-01T00:00:00.000Z", 1, "idle", {"temperature": 1.0}, 0, 0)
+
+
+def test_timestamps_across_day_and_year_boundaries() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from simulator.model.payload import iso_timestamp
+
+    start = datetime(2025, 12, 31, 23, 59, 58, tzinfo=UTC)
+    for step_ms in range(0, 5_000, 7):
+        moment = start + timedelta(milliseconds=step_ms)
+        expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        assert iso_timestamp(int(moment.timestamp() * 1000)) == expected

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Broker
 from prometheus_client.parser import text_string_to_metric_families
+from test_transport_broker import start_simulator
 
 from local_stack.ports import free_port
 from simulator.metrics import catalog
@@ -138,38 +137,10 @@ def test_transport_metrics_report_the_publisher() -> None:
 
 @pytest.mark.integration
 def test_live_simulator_exposition_passes_promtool(broker: Broker) -> None:
-    pki = broker.pki
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulator",
-            "--endpoint",
-            broker.host,
-            "--port",
-            str(broker.port),
-            "--ca",
-            str(pki.ca.ca_cert_path),
-            "--cert",
-            str(pki.device.cert_path),
-            "--key",
-            str(pki.device.key_path),
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(port),
-            "--publish-interval",
-            "0.05",
-            "--speed",
-            "20",
-        ],
-        cwd=PROJECT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_simulator(
+        broker, "fleet", "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+        "--publish-interval", "0.05", "--speed", "20",
     )
     try:
         body = b""

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from simulator.private_files import write_private
+
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
 CRL_FILE = "crl.pem"
@@ -35,15 +37,6 @@ class IssuedCertificate:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret so that it is never readable by others, not even for an instant."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:

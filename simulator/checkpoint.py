@@ -10,13 +10,13 @@ read back by the same code on the same machine, never taken from elsewhere.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from simulator.model.site import SiteModel
+from simulator.private_files import write_private
 from simulator.settings import FleetSettings
 
 FORMAT_VERSION = 1
@@ -43,14 +43,7 @@ def fleet_fingerprint(fleet: FleetSettings) -> str:
 
 def save(path: Path, fleet: FleetSettings, site_index: int, model: SiteModel) -> None:
     checkpoint = Checkpoint(FORMAT_VERSION, fleet_fingerprint(fleet), site_index, model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        pickle.dump(checkpoint, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    write_private(path, pickle.dumps(checkpoint, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load(path: Path, fleet: FleetSettings, site_index: int) -> SiteModel | None:

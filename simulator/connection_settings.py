@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from simulator.errors import UsageError
+from simulator.private_files import write_private
 
 DEFAULT_MQTT_PORT = 8883
 DEFAULT_METRICS_PORT = 9100
@@ -67,10 +68,8 @@ def materialize_pem_env(settings: ConnectionSettings, environ: dict[str, str]) -
         if not text or getattr(settings, field_name) is not None:
             continue
         path = directory / field_name.replace("_path", ".pem")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            # Secrets Manager and some CI systems turn newlines into literal "\n".
-            handle.write(text.replace("\\n", "\n").strip() + "\n")
+        # Secrets Manager and some CI systems turn newlines into literal "\n".
+        write_private(path, (text.replace("\\n", "\n").strip() + "\n").encode())
         updates[field_name] = path
     return replace(settings, **updates)  # type: ignore[arg-type]
 

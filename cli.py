@@ -57,7 +57,7 @@ def _operations(stack: str) -> ModuleType:
 
 
 def _run(stack: str | None, verb: str, call: Callable[[ModuleType], Any]) -> None:
-    from simulator.errors import OperationFailed, UsageError
+    from factory_core.errors import OperationFailed, UsageError
 
     try:
         ops = _operations(stack) if stack is not None else None

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from automation import cert_rotation, preflight
+from automation import preflight
 from automation.fleet_status import (
     MONITORING_SERVICE_OUTPUT,
     SIMULATOR_SERVICES_OUTPUT,
@@ -52,8 +52,9 @@ from automation.stack_port import (
     UpdateResult,
     open_pulumi_stack,
 )
-from simulator.errors import OperationFailed, UsageError
-from simulator.settings import IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND, FleetSettings
+from factory_core import cert_rotation
+from factory_core.errors import OperationFailed, UsageError
+from factory_core.fleet import IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND, FleetSettings
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

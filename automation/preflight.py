@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from simulator.errors import UsageError
+from factory_core.errors import UsageError
 
 PULUMI_INSTALL_HINT = (
     "install the Pulumi CLI (https://www.pulumi.com/docs/iac/download-install/, e.g. "

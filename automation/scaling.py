@@ -1,7 +1,7 @@
 """What a fleet of N simulators asks of AWS IoT Core, and whether the account's quotas allow it.
 
 Pure: the numbers come from `FleetSettings` and the documented IoT Core quotas in
-`simulator.settings`, so `scale` explains a throttle before it happens instead of after.
+`factory_core.fleet`, so `scale` explains a throttle before it happens instead of after.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from simulator.settings import (
+from factory_core.connection_plan import plan_connections
+from factory_core.fleet import (
     IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND,
     IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION,
     FleetSettings,
 )
-from simulator.transport.publisher import plan_connections
 
 DEFAULT_MIN_SIMULATORS = 0
 DEFAULT_MAX_SIMULATORS = 50

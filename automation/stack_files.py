@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from automation.stack_port import BackendSettings
-from simulator.errors import UsageError
+from factory_core.errors import UsageError
 
 PROJECT_NAMESPACE = "iotfactory"
 LOCAL_STACK = "local"

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from simulator.errors import OperationFailed, UsageError
+from factory_core.errors import OperationFailed, UsageError
 
 if TYPE_CHECKING:
     import boto3

@@ -26,13 +26,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from factory_core.fleet import FleetSettings, MachineType  # noqa: E402
 from local_stack.certificate_authority import CertificateAuthority  # noqa: E402
 from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess  # noqa: E402
 from local_stack.ports import free_port, wait_for_port  # noqa: E402
 from local_stack.supervisor import BROKER_INFLIGHT_TO_SUBSCRIBERS  # noqa: E402
 from local_stack.verify import verify_archive  # noqa: E402
 from simulator.model.site import SiteModel  # noqa: E402
-from simulator.settings import FleetSettings, MachineType  # noqa: E402
 
 MOTO_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 

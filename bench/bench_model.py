@@ -19,9 +19,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
+from factory_core.fleet import FaultSettings, FleetSettings, MachineType
 from simulator.dry_run import DEFAULT_START_EPOCH_MS, write
 from simulator.model import SiteModel
-from simulator.settings import FaultSettings, FleetSettings, MachineType
 
 
 def big_site(machines: int) -> FleetSettings:

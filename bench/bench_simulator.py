@@ -35,12 +35,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from factory_core.fleet import FleetSettings  # noqa: E402
 from local_stack.certificate_authority import CertificateAuthority  # noqa: E402
 from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess  # noqa: E402
 from local_stack.ports import free_port  # noqa: E402
 from simulator.dry_run import generate  # noqa: E402
 from simulator.model.site import SiteModel  # noqa: E402
-from simulator.settings import FleetSettings  # noqa: E402
 
 PYTHON = sys.executable
 BENCH_TOPIC = "factory/simulator/site-00/line-01/bench-reference"

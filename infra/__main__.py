@@ -19,6 +19,7 @@ if str(REPO_ROOT) not in sys.path:
 import pulumi  # noqa: E402
 import pulumi_aws as aws  # noqa: E402
 
+from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT  # noqa: E402
 from infra import iam  # noqa: E402
 from infra.components.archive import TelemetryArchive, TelemetryArchiveArgs  # noqa: E402
 from infra.components.cluster import ContainerPlatform, ContainerPlatformArgs  # noqa: E402
@@ -41,7 +42,6 @@ from infra.components.simulators import METRICS_PORT, SimulatorFleet, SimulatorF
 from infra.components.storage import GlacierLifecycle, SecureBucket, SecureBucketArgs  # noqa: E402
 from infra.settings import PROJECT, ConfigError, StackSettings, read_stack_config  # noqa: E402
 from observability import config_bundle as bundle  # noqa: E402
-from simulator.settings import GROUND_TRUTH_SEGMENT, TOPIC_ROOT  # noqa: E402
 
 
 def load_monitoring_bundle(

@@ -25,8 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from simulator.errors import UsageError
-from simulator.settings import FleetSettings, site_id
+from factory_core.errors import UsageError
+from factory_core.fleet import FleetSettings, site_id
 
 PROJECT = "iotfactory"
 LOCAL_STACK = "local"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
-from simulator.errors import UsageError
+from factory_core.errors import UsageError
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient as S3Client

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory_core.errors import UsageError
+from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT
 from local_stack.ports import wait_for_port
 from local_stack.processes import ManagedProcess, require_binary
-from simulator.errors import UsageError
-from simulator.settings import GROUND_TRUTH_SEGMENT, TOPIC_ROOT
 
 RULE_RUNNER_IDENTITY = "rule-runner"
 

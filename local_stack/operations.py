@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from factory_core.errors import OperationFailed, UsageError
 from local_stack import grafana, status_view
 from local_stack import stack_config as config_module
 from local_stack.paths import (
@@ -53,7 +54,6 @@ from local_stack.supervisor import (
     read_state,
     request,
 )
-from simulator.errors import OperationFailed, UsageError
 
 UP_TIMEOUT_S = 90.0  # detached `up`: until the first message is archived
 STOP_TIMEOUT_S = 150.0  # simulators drain (≤ 35 s), the archive catches up (≤ 60 s), the rest

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from simulator.errors import UsageError
+from factory_core.errors import UsageError
 
 _PR_SET_PDEATHSIG = 1
 # Resolved once here: the pre-exec hook runs between fork and exec and must do as little as possible.

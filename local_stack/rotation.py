@@ -1,6 +1,6 @@
 """Device certificates of the local stack by generation, and `rotate-certs` with the cloud's step semantics.
 
-The steps, their order and their resume/rollback rules come from `automation.cert_rotation` (pure,
+The steps, their order and their resume/rollback rules come from `factory_core.cert_rotation` (pure,
 shared with dev/prod). Here each step is applied to local things:
 
 - add        — issue the new generation for every site, then move each running simulator onto it,
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from automation import cert_rotation
-from automation.cert_rotation import ActionKind, Generation, RotationError, RotationRecord
+from factory_core import cert_rotation
+from factory_core.cert_rotation import ActionKind, Generation, RotationError, RotationRecord
+from factory_core.errors import UsageError
+from factory_core.fleet import site_id
 from local_stack.certificate_authority import CertificateAuthority
 from local_stack.paths import StatePaths
-from simulator.errors import UsageError
-from simulator.settings import site_id
 
 Progress = Callable[[str], None]
 

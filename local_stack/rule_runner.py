@@ -37,6 +37,10 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from factory_core.errors import OperationFailed, UsageError
+from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT, ground_truth_topic, telemetry_topic
+from factory_core.metric_catalog import ARCHIVE_BATCHES, ARCHIVE_LAG, ARCHIVED, QUARANTINED, MetricDef
+from factory_core.payload_contract import PayloadKind, load_schema, payload_errors, payload_kind, validator
 from local_stack.archive import (
     DEFAULT_STREAM_NAME,
     Archive,
@@ -52,10 +56,6 @@ from local_stack.archive import (
 )
 from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig
 from local_stack.ports import port_in_use
-from simulator.errors import OperationFailed, UsageError
-from simulator.metrics.catalog import ARCHIVE_BATCHES, ARCHIVE_LAG, ARCHIVED, QUARANTINED, MetricDef
-from simulator.payload_contract import PayloadKind, load_schema, payload_errors, payload_kind, validator
-from simulator.settings import GROUND_TRUTH_SEGMENT, TOPIC_ROOT, ground_truth_topic, telemetry_topic
 from simulator.transport.publisher import TransportOptions
 from simulator.transport.tls import client_ssl_context, describe_connect_error
 

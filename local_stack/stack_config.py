@@ -1,7 +1,7 @@
 """The local stack's config: `Pulumi.local.yaml`, the same shape as the cloud stack files, validated once.
 
     config:
-      iotfactory:fleet: {...}            # simulator.settings.FleetSettings, shared with dev/prod
+      iotfactory:fleet: {...}            # factory_core.fleet.FleetSettings, shared with dev/prod
       iotfactory:simulatorCount: 2
       iotfactory:local: {...}            # LocalSettings below: ports, archive, broker persistence
 
@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from simulator.errors import UsageError
-from simulator.settings import FleetSettings
+from factory_core.errors import UsageError
+from factory_core.fleet import FleetSettings
 
 FLEET_KEY = "iotfactory:fleet"
 COUNT_KEY = "iotfactory:simulatorCount"

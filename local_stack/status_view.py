@@ -15,7 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from simulator.metrics import catalog
+from factory_core import metric_catalog as catalog
 
 _RATE_WINDOW_S = 5.0
 

@@ -32,6 +32,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from factory_core import metric_catalog as catalog
+from factory_core.errors import OperationFailed, UsageError
+from factory_core.fleet import TOPIC_ROOT, site_id
 from local_stack import grafana, prometheus
 from local_stack import stack_config as config_module
 from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority, IssuedCertificate
@@ -51,9 +54,6 @@ from local_stack.processes import ManagedProcess, python_command, require_binary
 from local_stack.rotation import DevicePki, Progress, RotationResult, interrupted_notice, rotate
 from local_stack.stack_config import StackConfig
 from local_stack.status_view import PipelineSampler, PipelineSnapshot, scrape, total
-from simulator.errors import OperationFailed, UsageError
-from simulator.metrics import catalog
-from simulator.settings import TOPIC_ROOT, site_id
 
 LOCK_FILE = "supervisor.lock"
 READY_FILE = "rule-runner.ready"

@@ -24,9 +24,9 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
+from factory_core.fleet import TOPIC_ROOT
+from factory_core.payload_contract import payload_kind
 from local_stack.archive import QUARANTINE_PREFIX, RAW_PREFIX, Archive, ObjectInfo, StoredObject, iter_records
-from simulator.payload_contract import payload_kind
-from simulator.settings import TOPIC_ROOT
 
 # Objects holding messages: the batched layout, and the cloud's direct mode (keyed by topic).
 DATA_PREFIXES = (RAW_PREFIX, TOPIC_ROOT + "/")
@@ -781,8 +781,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
+    from factory_core.errors import UsageError
     from local_stack.archive import open_archive
-    from simulator.errors import UsageError
 
     parser = argparse.ArgumentParser(
         prog="python -m local_stack.verify", description="Reconcile an archive: gaps, duplicates, latency."

@@ -11,7 +11,7 @@ import yaml
 
 SIMULATOR_JOB = "simulator"
 ARCHIVE_JOB = "archive"
-# The label every simulator series carries (simulator/metrics/catalog.py SIMULATOR_LABELS).
+# The label every simulator series carries (factory_core/metric_catalog.py SIMULATOR_LABELS).
 SITE_LABEL = "site"
 DNS_REFRESH_INTERVAL = "30s"
 # Cloud discovery names are `<site>.<namespace>`: the first DNS label is the site.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simulator.metrics.catalog import MetricDef
+from factory_core.metric_catalog import MetricDef
 
 # Prometheus's own per-target series (https://prometheus.io/docs/concepts/jobs_instances/).
 UP = "up"

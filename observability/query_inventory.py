@@ -11,9 +11,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from factory_core import metric_catalog as catalog
 from observability.alert_rules import Target, rules_for
 from observability.dashboards import dashboards_for
-from simulator.metrics import catalog
 from simulator.model.profiles import PROFILES
 
 # Grafana's built-in interval variables, with values that suit a short test run.

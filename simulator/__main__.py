@@ -9,14 +9,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from simulator.errors import OperationFailed, UsageError
+from factory_core.errors import OperationFailed, UsageError
 
 
 def check_config(argv: Sequence[str]) -> str:
     """Validate config file, environment, flags and (if given) certificates; return a summary line."""
+    from factory_core.connection_plan import plan_connections
     from simulator.config_loader import load_run_config
     from simulator.connection_settings import materialize_pem_env, validate_connection
-    from simulator.transport.publisher import plan_connections
 
     config = load_run_config(argv, os.environ)
     fleet = config.fleet

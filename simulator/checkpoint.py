@@ -15,9 +15,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory_core.fleet import FleetSettings
 from simulator.model.site import SiteModel
 from simulator.private_files import write_private
-from simulator.settings import FleetSettings
 
 FORMAT_VERSION = 1
 # How messages travel does not change what the machines do: these may differ across a restart.

@@ -19,14 +19,14 @@ from typing import Any, NoReturn
 import yaml
 from pydantic import ValidationError
 
+from factory_core.errors import UsageError
+from factory_core.fleet import Engine, FleetSettings, MachineType
 from simulator.connection_settings import (
     DEFAULT_CLIENT_ID_PREFIX,
     DEFAULT_METRICS_PORT,
     DEFAULT_MQTT_PORT,
     ConnectionSettings,
 )
-from simulator.errors import UsageError
-from simulator.settings import Engine, FleetSettings, MachineType
 
 PULUMI_FLEET_KEY = "iotfactory:fleet"
 

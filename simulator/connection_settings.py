@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from simulator.errors import UsageError
+from factory_core.errors import UsageError
 from simulator.private_files import write_private
 
 DEFAULT_MQTT_PORT = 8883

@@ -14,8 +14,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from factory_core.fleet import FleetSettings
 from simulator.model.site import SiteModel
-from simulator.settings import FleetSettings
 
 # A fixed default start keeps dry-run output reproducible; callers may pass another start.
 DEFAULT_START_EPOCH_MS = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -117,7 +117,7 @@ def collect(
     payloads = list(generate(fleet, site_index, duration_s, start_epoch_ms))
     if validate:
         # Imported here: jsonschema is a third of the dry run's start-up and plain runs skip it.
-        from simulator.payload_contract import validate_payloads
+        from factory_core.payload_contract import validate_payloads
 
         validate_payloads(payloads)
     streams: dict[str, MachineStream] = {}

@@ -20,21 +20,21 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from factory_core.connection_plan import plan_connections
+from factory_core.fleet import site_id
+from factory_core.metric_catalog import LAG_BUCKETS
 from simulator import checkpoint
 from simulator.config_loader import RunConfig
 from simulator.connection_settings import validate_connection
 from simulator.metrics.accumulators import BucketCounts
-from simulator.metrics.catalog import LAG_BUCKETS
 from simulator.metrics.exporter import RuntimeProbe, SimulatorExporter
 from simulator.model.site import SiteModel
-from simulator.settings import site_id
 from simulator.transport import make_publisher
 from simulator.transport.publisher import (
     QOS0_SEND_BACKLOG,
     Publisher,
     TransportOptions,
     TransportSnapshot,
-    plan_connections,
 )
 
 # ECS gives a task 30 s between SIGTERM and SIGKILL: flush for at most 20, then disconnect.

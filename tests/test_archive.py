@@ -11,6 +11,7 @@ import orjson
 import pytest
 from test_rule_runner_support import MOTO_ENV, moto_s3_server
 
+from factory_core.errors import UsageError
 from local_stack.archive import (
     LocalArchive,
     S3Archive,
@@ -22,7 +23,6 @@ from local_stack.archive import (
     open_archive,
     quarantine_key,
 )
-from simulator.errors import UsageError
 
 WHEN = dt.datetime(2026, 3, 7, 9, 5, 4, 321000, tzinfo=dt.UTC)
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"

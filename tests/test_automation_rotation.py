@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from automation.cert_rotation import (
+from factory_core.cert_rotation import (
     ACTIVE,
     INACTIVE,
     ActionKind,

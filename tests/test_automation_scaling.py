@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from automation.scaling import BoundsError, ScaleLimits, Verdict, plan_scale
-from simulator.settings import IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION, FleetSettings
-from simulator.transport.publisher import plan_connections
+from factory_core.connection_plan import plan_connections
+from factory_core.fleet import IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION, FleetSettings
 
 
 def fleet(machines_per_line: int, interval_s: float = 1.0, cap: int = 80) -> FleetSettings:

@@ -141,15 +141,18 @@ def test_image_dependencies_exclude_the_platform_tooling(image_requirements: set
     assert not any(name.startswith("pulumi") for name in image_requirements)
 
 
+FIRST_PARTY = {"simulator", "factory_core"}
+
+
 def simulator_third_party_imports() -> set[str]:
     modules = set()
-    for path in (REPO / "simulator").rglob("*.py"):
+    for path in [*(REPO / "simulator").rglob("*.py"), *(REPO / "factory_core").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 modules.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 modules.add(node.module.split(".")[0])
-    return {name for name in modules if name not in sys.stdlib_module_names and name != "simulator"}
+    return {name for name in modules if name not in sys.stdlib_module_names and name not in FIRST_PARTY}
 
 
 def test_image_dependencies_cover_every_simulator_import(image_requirements: set[str]) -> None:

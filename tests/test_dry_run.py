@@ -10,11 +10,11 @@ import time
 import orjson
 import pytest
 
+from factory_core.fleet import FaultSettings, FleetSettings, ScheduledFault
+from factory_core.payload_contract import validate_payloads
 from simulator.dry_run import DEFAULT_START_EPOCH_MS, generate, generate_merged, write
 from simulator.model import build_machine_specs
 from simulator.model.payload import iso_timestamp
-from simulator.payload_contract import validate_payloads
-from simulator.settings import FaultSettings, FleetSettings, ScheduledFault
 
 FLEET = FleetSettings(
     seed=7,

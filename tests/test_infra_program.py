@@ -27,12 +27,12 @@ from infra_mocks import (
     prefetch,
 )
 
+from factory_core.fleet import FleetSettings
 from infra.components.monitoring import bundle_sha256
 from infra.iam import WILDCARD_RESOURCE_ACTIONS
 from infra.offline import OfflineRun, ResourceRecord
 from infra.policy import PolicyContext, check, is_taggable
 from infra.settings import load_settings
-from simulator.settings import FleetSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STACKS = ("dev", "prod")

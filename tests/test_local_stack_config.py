@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factory_core import metric_catalog as catalog
+from factory_core.errors import UsageError
+from factory_core.fleet import FleetSettings
 from local_stack import paths as paths_module
 from local_stack import stack_config, status_view
 from local_stack.paths import StatePaths
 from local_stack.supervisor import port_in_use_message
 from simulator.config_loader import read_fleet_file
-from simulator.errors import UsageError
-from simulator.metrics import catalog
-from simulator.settings import FleetSettings
 
 COMMITTED = paths_module.PROJECT_DIR / "Pulumi.local.yaml"
 

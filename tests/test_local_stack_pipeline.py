@@ -26,6 +26,7 @@ import yaml
 from support_local_stack import write_local_stack_file
 from support_mqtt import tls_client
 
+from factory_core.payload_contract import payload_kind
 from local_stack import operations
 from local_stack import prometheus as prometheus_api
 from local_stack.archive import RAW_PREFIX, LocalArchive, iter_records
@@ -36,7 +37,6 @@ from local_stack.ports import free_port, wait_for_port
 from local_stack.processes import pid_alive, wait_gone
 from local_stack.supervisor import read_state, request
 from local_stack.verify import VerifyReport, verify_archive
-from simulator.payload_contract import payload_kind
 
 pytestmark = pytest.mark.integration
 

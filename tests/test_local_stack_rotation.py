@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from automation.cert_rotation import Phase
+from factory_core.cert_rotation import Phase
+from factory_core.errors import UsageError
 from local_stack.paths import StatePaths
 from local_stack.rotation import DevicePki, StoppedStack, interrupted_notice, rotate
-from simulator.errors import UsageError
 
 
 class RecordingRuntime(StoppedStack):

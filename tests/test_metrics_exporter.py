@@ -14,12 +14,12 @@ from conftest import Broker
 from prometheus_client.parser import text_string_to_metric_families
 from test_transport_broker import start_simulator
 
+from factory_core import metric_catalog as catalog
+from factory_core.fleet import FleetSettings
 from local_stack.ports import free_port
-from simulator.metrics import catalog
 from simulator.metrics.accumulators import BucketCounts
 from simulator.metrics.exporter import SERIES_PER_MACHINE, RuntimeProbe, SimulatorExporter
 from simulator.model.site import SiteModel
-from simulator.settings import FleetSettings
 from simulator.transport.publisher import ConnectionStats, merge_stats
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
+from factory_core.fleet import FaultSettings, FleetSettings, MachineType, ScheduledFault
+from factory_core.payload_contract import validate_payloads
 from simulator.dry_run import collect, generate
 from simulator.model import SiteModel, build_machine_specs
 from simulator.model.site import machine_stream
-from simulator.payload_contract import validate_payloads
-from simulator.settings import FaultSettings, FleetSettings, MachineType, ScheduledFault
 
 # High fault rates so that faults, repairs and sensor glitches all happen inside short runs.
 BUSY_FAULTS = FaultSettings(

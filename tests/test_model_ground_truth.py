@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from factory_core.fleet import FaultSettings, FleetSettings, ScheduledFault
+from factory_core.payload_contract import validate_payloads
 from simulator.dry_run import MachineStream, collect
 from simulator.model import SiteModel, unknown_scheduled_machines
-from simulator.payload_contract import validate_payloads
-from simulator.settings import FaultSettings, FleetSettings, ScheduledFault
 
 START_MS = int(datetime(2026, 3, 1, 6, 0, tzinfo=UTC).timestamp() * 1000)
 MILL = "site-00-line-01-cnc_mill-01"

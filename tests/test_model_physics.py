@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
+from factory_core.fleet import FaultSettings, FleetSettings, MachineType, ScheduledFault
+from factory_core.payload_contract import validate_payloads
 from simulator.model import MachineView, SiteModel
 from simulator.model.profiles import PROFILES
-from simulator.payload_contract import validate_payloads
-from simulator.settings import FaultSettings, FleetSettings, MachineType, ScheduledFault
 
 NO_RANDOM_FAULTS = {
     "bearing_wear_per_hour": 0.0,

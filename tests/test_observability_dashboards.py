@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from factory_core import metric_catalog as catalog
 from observability import promql
 from observability.dashboards import (
     DASHBOARDS,
@@ -25,7 +26,6 @@ from observability.dashboards import (
 from observability.dashboards.panels import DATASOURCE_VARIABLE, display_unit
 from observability.generate import PROJECT_DIR, stale_files
 from observability.query_inventory import dashboard_query_templates, metric_names, substitute
-from simulator.metrics import catalog
 
 
 def _panels(document: dict[str, Any]) -> list[dict[str, Any]]:

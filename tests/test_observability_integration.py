@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factory_core.fleet import FaultSettings, FleetSettings, MachineType, ScheduledFault
 from local_stack import prometheus as prom
 from local_stack.certificate_authority import CertificateAuthority
 from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess
@@ -24,7 +25,6 @@ from local_stack.processes import ManagedProcess, python_command
 from observability.alert_rules import render_rules
 from observability.config_bundle import PROMETHEUS_CONFIG_KEY, RULES_KEY, local_bundle, write_bundle
 from observability.query_inventory import CheckedQuery, iter_queries
-from simulator.settings import FaultSettings, FleetSettings, MachineType, ScheduledFault
 
 pytestmark = [
     pytest.mark.integration,

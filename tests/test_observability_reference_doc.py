@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from factory_core import metric_catalog as catalog
 from observability import reference_doc
 from observability.alert_rules import ALERT_RULES
 from observability.dashboards import dashboards_for
 from observability.generate import REFERENCE_DOC
-from simulator.metrics import catalog
 
 
 def test_committed_reference_doc_is_up_to_date() -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factory_core import metric_catalog as catalog
+from factory_core.fleet import MachineType
 from observability import alert_rules, promql
 from observability.alert_rules import ALERT_RULES, grafana_rule_groups, render_rules, rules_for
 from observability.generate import RULES_FILE
 from observability.query_inventory import metric_names
-from simulator.metrics import catalog
 from simulator.model.profiles import PROFILES
-from simulator.settings import MachineType
 
 RULE_TESTS_DIR = RULES_FILE.parent / "tests"
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool")

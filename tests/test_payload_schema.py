@@ -9,12 +9,9 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from simulator.dry_run import generate
-from simulator.metrics.catalog import MACHINE_STATES
-from simulator.model.faults import FAULT_KINDS
-from simulator.model.payload import SCHEMA_VERSION, iso_timestamp
-from simulator.model.profiles import PROFILES, SIGNAL_UNITS
-from simulator.payload_contract import (
+from factory_core.fleet import FaultSettings, FleetSettings, MachineType, ScheduledFault
+from factory_core.metric_catalog import MACHINE_STATES
+from factory_core.payload_contract import (
     PayloadInvalid,
     load_schema,
     payload_errors,
@@ -22,7 +19,10 @@ from simulator.payload_contract import (
     validate_payload,
     validate_payloads,
 )
-from simulator.settings import FaultSettings, FleetSettings, MachineType, ScheduledFault
+from simulator.dry_run import generate
+from simulator.model.faults import FAULT_KINDS
+from simulator.model.payload import SCHEMA_VERSION, iso_timestamp
+from simulator.model.profiles import PROFILES, SIGNAL_UNITS
 
 
 @pytest.fixture(scope="module")

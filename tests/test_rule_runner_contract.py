@@ -10,9 +10,9 @@ import orjson
 import pytest
 from test_rule_runner_support import fleet_messages
 
+from factory_core.fleet import FleetSettings, MachineType
+from factory_core.payload_contract import PayloadKind, validator
 from local_stack.rule_runner import check_message, schema_check, topic_kind
-from simulator.payload_contract import PayloadKind, validator
-from simulator.settings import FleetSettings, MachineType
 
 
 def _corpus() -> list[tuple[str, bytes, PayloadKind]]:

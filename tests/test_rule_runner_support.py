@@ -17,10 +17,10 @@ import paho.mqtt.client as mqtt
 from conftest import Broker
 from support_mqtt import broker_flags, tls_client
 
+from factory_core.fleet import FleetSettings, MachineType
 from local_stack.certificate_authority import IssuedCertificate
 from local_stack.ports import free_port, wait_for_port
 from simulator.model.site import Message, SiteModel
-from simulator.settings import FleetSettings, MachineType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import Pki
 
+from factory_core.errors import UsageError
+from factory_core.fleet import Engine, MachineType
 from simulator.config_loader import load_run_config, parse_machines, read_fleet_file
 from simulator.connection_settings import ConnectionSettings, materialize_pem_env, validate_connection
-from simulator.errors import UsageError
-from simulator.settings import Engine, MachineType
 
 
 def test_defaults_without_any_input() -> None:

@@ -18,8 +18,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from conftest import Broker
 
-from simulator.payload_contract import validate_payload
-from simulator.settings import GROUND_TRUTH_SEGMENT, TOPIC_ROOT
+from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT
+from factory_core.payload_contract import validate_payload
 
 PROJECT = Path(__file__).resolve().parent.parent
 ENGINES = ["fleet", "sdk"]

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 import pytest
 from conftest import Pki
 
-from simulator.settings import (
+from factory_core.connection_plan import plan_connections
+from factory_core.fleet import (
     IOT_MAX_INFLIGHT_QOS1_PER_CLIENT,
     IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION,
     Engine,
     FleetSettings,
 )
 from simulator.transport import make_publisher
-from simulator.transport.publisher import TokenBucket, TransportOptions, plan_connections
+from simulator.transport.publisher import TokenBucket, TransportOptions
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard as builders
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
+from factory_core.errors import UsageError
 from observability.alert_rules import Target
 from observability.dashboards import factory_overview, machine_detail, pipeline_health
-from simulator.errors import UsageError
 
 GENERATED_DIR = Path(__file__).resolve().parent / "generated"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as builders
 
+from factory_core import metric_catalog as catalog
 from observability import promql
 from observability.dashboards import panels
 from observability.dashboards.panels import RANGE_WINDOW, RATE_WINDOW, query
-from simulator.metrics import catalog
 
 UID = "iotfactory-factory-overview"
 TITLE = "Factory overview"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as builders
 from grafana_foundation_sdk.builders import timeseries
 
+from factory_core import metric_catalog as catalog
 from observability import promql
 from observability.dashboards import panels
 from observability.dashboards.panels import DATASOURCE, RANGE_WINDOW, RATE_WINDOW, query
-from simulator.metrics import catalog
 from simulator.model.profiles import PROFILES
 
 UID = "iotfactory-machine-detail"

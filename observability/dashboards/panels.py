@@ -18,7 +18,7 @@ from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
-from simulator.metrics.catalog import MACHINE_STATES, MetricDef
+from factory_core.metric_catalog import MACHINE_STATES, MetricDef
 
 DATASOURCE_VARIABLE = "datasource"
 # Panels point at the dashboard's `datasource` variable, so the same JSON works when imported into

@@ -5,12 +5,12 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as builders
 from grafana_foundation_sdk.builders import prometheus
 
+from factory_core import metric_catalog as catalog
 from observability import promql
 from observability.alert_rules import ARCHIVE_LAG_LIMIT_S
 from observability.dashboards import panels
 from observability.dashboards.panels import RATE_WINDOW, query
 from observability.prometheus_config import ARCHIVE_JOB, SIMULATOR_JOB
-from simulator.metrics import catalog
 
 UID = "iotfactory-pipeline-health"
 LOCAL_UID = "iotfactory-pipeline-health-local"

@@ -22,10 +22,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from simulator.errors import UsageError
-from simulator.metrics import catalog
+from factory_core import metric_catalog as catalog
+from factory_core.errors import UsageError
+from factory_core.fleet import ScheduledFault
 from simulator.metrics.accumulators import BucketCounts
-from simulator.settings import ScheduledFault
 from simulator.transport.publisher import KINDS, TransportSnapshot
 
 FAULT_KINDS: tuple[str, ...] = get_args(ScheduledFault.model_fields["fault"].annotation)

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Final, get_args
 
-from simulator.settings import ScheduledFault
+from factory_core.fleet import ScheduledFault
 
 # The one list of fault names is the `ScheduledFault.fault` literal in settings; split it by effect.
 FAULT_KINDS: Final[tuple[str, ...]] = get_args(ScheduledFault.model_fields["fault"].annotation)

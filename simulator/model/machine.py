@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
+from factory_core.fleet import FaultSettings, MachineType, ScheduledFault
 from simulator.model.faults import (
     FAILURE_MODES,
     OVERHEAT_RISE_C,
@@ -42,7 +43,6 @@ from simulator.model.profiles import (
     STATES,
     MachineProfile,
 )
-from simulator.settings import FaultSettings, MachineType, ScheduledFault
 
 INF = math.inf
 # Standard normal quantiles at 4096 evenly spaced probabilities (|z| <= 3.6): sensor noise drawn by

@@ -11,7 +11,7 @@ import orjson
 from simulator.model.machine import LabelEvent
 from simulator.model.profiles import SIGNAL_UNITS
 
-# Bump on any change a consumer could notice; the JSON Schemas in simulator/schema/ pin it.
+# Bump on any change a consumer could notice; the JSON Schemas in factory_core/schema/ pin it.
 SCHEMA_VERSION = 1
 
 

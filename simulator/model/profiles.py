@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from simulator.metrics.catalog import MACHINE_SIGNALS, MACHINE_STATES
-from simulator.settings import MachineType
+from factory_core.fleet import MachineType
+from factory_core.metric_catalog import MACHINE_SIGNALS, MACHINE_STATES
 
 # Payload unit of every signal, from the metric catalog so payload and metrics never disagree.
 SIGNAL_UNITS: dict[str, str] = {

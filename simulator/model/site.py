@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
-from simulator.model.machine import Machine
-from simulator.model.payload import TelemetryEncoder, encode_ground_truth, iso_timestamp
-from simulator.model.profiles import PROFILES
-from simulator.settings import (
+from factory_core.fleet import (
     FleetSettings,
     MachineType,
     ScheduledFault,
@@ -25,6 +22,9 @@ from simulator.settings import (
     site_id,
     telemetry_topic,
 )
+from simulator.model.machine import Machine
+from simulator.model.payload import TelemetryEncoder, encode_ground_truth, iso_timestamp
+from simulator.model.profiles import PROFILES
 
 MessageKind = Literal["telemetry", "ground_truth"]
 

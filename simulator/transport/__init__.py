@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from simulator.settings import Engine
-from simulator.transport.publisher import ConnectionPlan, Publisher, TransportOptions
+from factory_core.connection_plan import ConnectionPlan
+from factory_core.fleet import Engine
+from simulator.transport.publisher import Publisher, TransportOptions
 
 
 def make_publisher(engine: Engine, plan: ConnectionPlan, options: TransportOptions) -> Publisher:

@@ -33,9 +33,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from simulator.errors import UsageError
+from factory_core.connection_plan import ConnectionPlan
+from factory_core.errors import UsageError
 from simulator.transport.publisher import (
-    ConnectionPlan,
     ConnectionStats,
     Publishable,
     Publisher,

@@ -23,10 +23,10 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from simulator.errors import UsageError
+from factory_core.connection_plan import ConnectionPlan
+from factory_core.errors import UsageError
 from simulator.transport.publisher import (
     QOS0_SEND_BACKLOG,
-    ConnectionPlan,
     ConnectionStats,
     Publishable,
     Publisher,

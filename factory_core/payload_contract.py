@@ -1,4 +1,4 @@
-"""The payload contract: loads the JSON Schemas in simulator/schema/ and validates payloads against them."""
+"""The payload contract: loads the JSON Schemas in factory_core/schema/ and validates payloads."""
 
 from __future__ import annotations
 

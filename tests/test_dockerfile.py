@@ -1,29 +1,31 @@
 """simulator/Dockerfile: hadolint-clean, pinned, non-root, healthy, secret-free, Pulumi-free.
 
 No Docker daemon here, so the image is not built; what can be checked without one is: the lint,
-the instructions themselves, the dependency export the builder runs (same uv command, same lock),
-and the CA-bundle step's script against this machine's Debian ca-certificates.
+the instructions themselves (read with BuildKit's parser, tests/support_dockerfile.py), the
+dependency export the builder runs (same uv command, same lock), the CA-bundle step's script
+against this machine's Debian ca-certificates, and the build context against Docker's documented
+`.dockerignore` rules. tests/test_image_assembly.py assembles and runs the image itself.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib.metadata
-import json
 import re
-import shlex
-import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import dockerfile
 import pytest
+import support_dockerfile as df
+from support_image import BuildContext
 
 from simulator.connection_settings import DEFAULT_METRICS_PORT
 
-REPO = Path(__file__).resolve().parent.parent
-DOCKERFILE = REPO / "simulator" / "Dockerfile"
+REPO = df.REPO
+DOCKERFILE = df.DOCKERFILE
 HADOLINT = Path(sys.executable).with_name("hadolint")
+UV = Path(sys.executable).with_name("uv")
 PLATFORM_ONLY = {
     "pulumi",
     "pulumi-aws",
@@ -37,23 +39,8 @@ PLATFORM_ONLY = {
 SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|PRIVATE|_KEY\b|CREDENTIAL)", re.IGNORECASE)
 
 
-def instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
-    joined = re.sub(r"\\\n", "", DOCKERFILE.read_text(encoding="utf-8"))
-    result = []
-    for line in joined.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        keyword, _, rest = stripped.partition(" ")
-        result.append((keyword.upper(), rest.strip()))
-    return result
-
-
-def final_stage() -> list[tuple[str, str]]:
-    steps = instructions()
-    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
-    return steps[last_from:]
+def instructions() -> list[dockerfile.Command]:
+    return [command for stage in df.parse_stages() for command in stage.instructions]
 
 
 def test_hadolint_passes() -> None:
@@ -67,68 +54,79 @@ def test_hadolint_passes() -> None:
 
 
 def test_multi_stage_on_one_pinned_slim_base() -> None:
-    bases = [args.split()[0] for keyword, args in instructions() if keyword == "FROM"]
+    bases = [stage.base for stage in df.parse_stages()]
     assert len(bases) >= 2
     assert len(set(bases)) == 1, "builder and runtime must use the same base"
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", bases[0]), bases[0]
 
 
 def test_runs_as_a_non_root_user() -> None:
-    users = [args for keyword, args in final_stage() if keyword == "USER"]
-    assert users, "final stage sets no USER"
-    user = users[-1].split(":")[0]
-    assert user not in ("root", "0")
-    assert int(user) >= 1000
+    uid, gid = df.user(df.final_stage())
+    assert uid >= 1000 and gid >= 1000
 
 
 def test_healthcheck_hits_the_metrics_endpoint_on_the_exporter_port() -> None:
-    stage = final_stage()
-    (healthcheck,) = [args for keyword, args in stage if keyword == "HEALTHCHECK"]
-    assert "/metrics" in healthcheck and "FACTORY_METRICS_PORT" in healthcheck
-    assert f"'{DEFAULT_METRICS_PORT}'" in healthcheck
-    env = " ".join(args for keyword, args in stage if keyword == "ENV")
-    assert f"FACTORY_METRICS_PORT={DEFAULT_METRICS_PORT}" in env
-    assert [args for keyword, args in stage if keyword == "EXPOSE"] == [str(DEFAULT_METRICS_PORT)]
-    # The command itself is valid Python.
-    command = json.loads(healthcheck.split("CMD", 1)[1])
-    assert command[:2] == ["python", "-c"]
-    compile(command[2], "healthcheck", "exec")
+    stage = df.final_stage()
+    healthcheck = df.healthcheck(stage)
+    assert healthcheck is not None
+    assert healthcheck.argv[:2] == ("python", "-c")
+    script = healthcheck.argv[2]
+    compile(script, "healthcheck", "exec")
+    assert "/metrics" in script and "FACTORY_METRICS_PORT" in script
+    assert f"'{DEFAULT_METRICS_PORT}'" in script
+    env: dict[str, str] = {}
+    for command in stage.all("ENV"):
+        env.update(df.env_pairs(command, env))
+    assert env["FACTORY_METRICS_PORT"] == str(DEFAULT_METRICS_PORT)
+    assert [command.value for command in stage.all("EXPOSE")] == [(str(DEFAULT_METRICS_PORT),)]
+    assert healthcheck.timeout_s < healthcheck.interval_s
 
 
 def test_entrypoint_is_the_simulator_module() -> None:
-    entrypoints = [args for keyword, args in final_stage() if keyword == "ENTRYPOINT"]
-    assert json.loads(entrypoints[-1]) == ["python", "-m", "simulator"]
+    assert df.entrypoint(df.final_stage()) == ("python", "-m", "simulator")
 
 
 def test_no_secrets_are_baked_in() -> None:
-    for keyword, args in instructions():
-        if keyword in ("ENV", "ARG"):
-            names = re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=", " " + args) or [args.split("=")[0]]
-            for name in names:
-                assert not SECRET_NAME.search(name), f"{keyword} {name} looks like a secret"
-        if keyword in ("COPY", "ADD"):
-            assert not re.search(r"\.(pem|key|crt|p12)\b", args), f"{keyword} {args} copies key material"
-            assert "http" not in args, "no downloads at build time"
+    for command in instructions():
+        if command.cmd == "ENV":
+            names = command.value[::2]
+        elif command.cmd == "ARG":
+            names = tuple(value.split("=")[0] for value in command.value)
+        else:
+            names = ()
+        for name in names:
+            assert not SECRET_NAME.search(name), f"{command.cmd} {name} looks like a secret"
+        if command.cmd in ("COPY", "ADD"):
+            words = " ".join(command.value)
+            assert not re.search(r"\.(pem|key|crt|p12)\b", words), f"{command.original} copies key material"
+            assert "http" not in words, "no downloads at build time"
     ignored = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
     for pattern in ("**/*.pem", "**/*.key", "**/.env"):
         assert pattern in ignored
     assert "*" in [line.strip() for line in ignored], "the build context is an allowlist"
 
 
-def uv_export_command() -> list[str]:
-    (run,) = [args for keyword, args in instructions() if keyword == "RUN" and "uv export" in args]
-    words = shlex.split(run.split("&&")[0])
-    return [word for word in words if word not in ("--output-file", "requirements.txt")]
+def test_the_builder_gets_the_uv_this_environment_tests_with() -> None:
+    """The export's output depends on uv's version: the dev group pins the Dockerfile's."""
+    pins = [
+        word.partition("==")[2]
+        for stage in df.parse_stages()
+        for run in stage.all("RUN")
+        for words in df.shell_commands(run)
+        if words[:2] == ["pip", "install"]
+        for word in words
+        if word.startswith("uv==")
+    ]
+    version = subprocess.run([str(UV), "--version"], capture_output=True, text=True, check=True).stdout
+    assert pins == [version.split()[1]]
 
 
 @pytest.fixture(scope="module")
 def image_requirements() -> set[str]:
-    uv = shutil.which("uv")
-    assert uv, "uv is needed to read the lock (it is the project's installer)"
-    command = uv_export_command()
-    completed = subprocess.run(
-        [uv, *command[1:], "--no-hashes"], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    words = df.export_command()
+    output = words.index("--output-file")
+    command = [*words[1:output], *words[output + 2 :], "--no-hashes"]
+    completed = subprocess.run([str(UV), *command], cwd=REPO, capture_output=True, text=True, check=True)
     names = set()
     for line in completed.stdout.splitlines():
         if line and not line.startswith((" ", "#", "-")):
@@ -139,36 +137,16 @@ def image_requirements() -> set[str]:
 def test_image_dependencies_exclude_the_platform_tooling(image_requirements: set[str]) -> None:
     assert image_requirements.isdisjoint(PLATFORM_ONLY), image_requirements & PLATFORM_ONLY
     assert not any(name.startswith("pulumi") for name in image_requirements)
-
-
-FIRST_PARTY = {"simulator", "factory_core"}
-
-
-def simulator_third_party_imports() -> set[str]:
-    modules = set()
-    for path in [*(REPO / "simulator").rglob("*.py"), *(REPO / "factory_core").rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                modules.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules.add(node.module.split(".")[0])
-    return {name for name in modules if name not in sys.stdlib_module_names and name not in FIRST_PARTY}
-
-
-def test_image_dependencies_cover_every_simulator_import(image_requirements: set[str]) -> None:
-    distributions = importlib.metadata.packages_distributions()
-    missing = {}
-    for module in simulator_third_party_imports():
-        names = {name.lower().replace("_", "-") for name in distributions.get(module, [module])}
-        if names.isdisjoint(image_requirements):
-            missing[module] = names
-    assert not missing, f"the simulator imports packages the image does not install: {missing}"
+    assert {name.lower() for name in df.pruned_packages()} >= PLATFORM_ONLY - {"botocore"}
 
 
 def test_the_ca_bundle_step_accepts_this_debians_amazon_roots() -> None:
-    (run,) = [args for keyword, args in instructions() if keyword == "RUN" and "Amazon_Root_CA_1" in args]
-    (check,) = [part.strip() for part in run.split("&&") if part.strip().startswith("python -c")]
-    words = shlex.split(check)
+    (words,) = [
+        words
+        for run in df.final_stage().all("RUN")
+        for words in df.shell_commands(run)
+        if words[:2] == ["python", "-c"] and "Amazon_Root_CA_1" in " ".join(words)
+    ]
     script, paths = words[2], words[3:]
     if not all(Path(path).is_file() for path in paths):
         pytest.fail(f"this machine lacks {paths}; install ca-certificates")
@@ -178,3 +156,121 @@ def test_the_ca_bundle_step_accepts_this_debians_amazon_roots() -> None:
         [sys.executable, "-c", script, paths[0]], capture_output=True, text=True, check=False
     )
     assert wrong.returncode != 0 and "unexpected Amazon root CA fingerprints" in wrong.stderr
+
+
+# --- the build context: Docker's documented .dockerignore rules --------------------------------------
+
+# (ignore file, path, sent?) from Docker's documentation of .dockerignore, plus where it differs
+# from .gitignore: patterns are anchored at the context root, a folder pattern takes its contents,
+# an exception can re-include a file inside an excluded folder, and matching is case-sensitive.
+DOCUMENTED = "# comment\n*/temp*\n*/*/temp*\ntemp?\n"
+IGNORE_RULES = [
+    (DOCUMENTED, "somedir/temporary.txt", False),
+    (DOCUMENTED, "somedir/temp", False),
+    (DOCUMENTED, "somedir/temp/inside.txt", False),
+    (DOCUMENTED, "somedir/subdir/temporary.txt", False),
+    (DOCUMENTED, "tempa", False),
+    (DOCUMENTED, "temporary.txt", True),
+    (DOCUMENTED, "a/b/c/temp", True),
+    (DOCUMENTED, "# comment", True),
+    ("**/*.go\n", "main.go", False),
+    ("**/*.go\n", "a/b/c.go", False),
+    ("*.md\n!README.md\n", "README.md", True),
+    ("*.md\n!README.md\n", "CHANGES.md", False),
+    ("*.md\n!README.md\n", "docs/guide.md", True),
+    ("*.md\n!README*.md\nREADME-secret.md\n", "README-secret.md", False),
+    ("*.md\n!README*.md\nREADME-secret.md\n", "README-other.md", True),
+    ("*.md\nREADME-secret.md\n!README*.md\n", "README-secret.md", True),
+    ("/foo/bar\n", "foo/bar", False),
+    ("foo/bar\n", "foo/bar/baz.txt", False),
+    ("foo/bar\n", "x/foo/bar", True),
+    (" ./foo/../bar/ \n", "bar", False),
+    (".\n", "anything", True),
+    ("*\n!a/b/keep.txt\n", "a/b/keep.txt", True),
+    ("*\n!a/b/keep.txt\n", "a/b/other.txt", False),
+    ("**/*.pem\n", "KEY.PEM", True),
+]
+
+
+@pytest.mark.parametrize(("ignore", "path", "sent"), IGNORE_RULES)
+def test_the_build_context_follows_dockers_ignore_rules(
+    tmp_path: Path, ignore: str, path: str, sent: bool
+) -> None:
+    (tmp_path / ".dockerignore").write_text(ignore)
+    assert BuildContext(tmp_path, tmp_path / "Dockerfile").sends(path) is sent
+
+
+def test_a_dockerfile_specific_ignore_file_wins(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_text("*\n")
+    (tmp_path / "Dockerfile.dockerignore").write_text("secret.txt\n")
+    context = BuildContext(tmp_path, tmp_path / "Dockerfile")
+    assert context.sends("app.py") and not context.sends("secret.txt")
+
+
+def test_the_repository_sends_the_simulator_and_its_core_but_no_keys_or_dockerfile() -> None:
+    context = BuildContext(REPO, DOCKERFILE)
+    for path in ("uv.lock", "pyproject.toml", "simulator/runner.py", "factory_core/fleet.py"):
+        assert context.sends(path), path
+    for path in (
+        "tests/conftest.py",
+        "infra/__main__.py",
+        "local_stack/ports.py",
+        ".venv/bin/python",
+        "simulator/Dockerfile",
+        "simulator/certs/device.pem",
+        "factory_core/__pycache__/fleet.cpython-311.pyc",
+        "simulator/model/__pycache__/notes.txt",
+        "simulator/.env",
+    ):
+        assert not context.sends(path), path
+
+
+# --- the parser helpers (tests/support_dockerfile.py) -------------------------------------------------
+
+
+def stage_of(tmp_path: Path, text: str) -> df.Stage:
+    path = tmp_path / "Dockerfile"
+    path.write_text(text)
+    return df.final_stage(path)
+
+
+def test_env_sees_the_environment_from_before_its_instruction(tmp_path: Path) -> None:
+    stage = stage_of(tmp_path, 'FROM python:3.11\nENV A=1\nENV A=2 B=$A C="${A} x" D=/x:$PATH\n')
+    env = {"PATH": "/bin"}
+    for command in stage.all("ENV"):
+        env.update(df.env_pairs(command, env))
+    assert env == {"PATH": "/bin", "A": "2", "B": "1", "C": "1 x", "D": "/x:/bin"}
+
+
+def test_run_lines_split_at_and_and_keep_quoted_text(tmp_path: Path) -> None:
+    stage = stage_of(tmp_path, 'FROM python:3.11\nRUN a -x \\\n    && b "c && d" > f\nRUN ["e", "f g"]\n')
+    first, second = stage.all("RUN")
+    assert df.shell_commands(first) == [["a", "-x"], ["b", "c && d", ">", "f"]]
+    assert df.uses_shell_syntax(df.shell_commands(first)[1])
+    assert df.shell_commands(second) == [["e", "f g"]]
+
+
+def test_healthcheck_entrypoint_user_and_stop_signal(tmp_path: Path) -> None:
+    stage = stage_of(
+        tmp_path,
+        "FROM python:3.11 AS app\nUSER 1000:2000\nHEALTHCHECK --timeout=1m30s CMD curl -f http://x\n"
+        'ENTRYPOINT ["run"]\nCMD ["--flag"]\nSTOPSIGNAL SIGINT\n',
+    )
+    assert stage.name == "app" and df.user(stage) == (1000, 2000)
+    assert df.healthcheck(stage) == df.HealthCheck(
+        argv=("/bin/sh", "-c", "curl -f http://x"), interval_s=30, timeout_s=90, start_period_s=0, retries=3
+    )
+    assert df.entrypoint(stage) == ("run", "--flag")
+    assert df.stop_signal(stage) == signal.SIGINT
+    assert df.healthcheck(stage_of(tmp_path, "FROM python:3.11\nHEALTHCHECK NONE\n")) is None
+    assert df.stop_signal(stage_of(tmp_path, "FROM python:3.11\nSTOPSIGNAL 15\n")) == signal.SIGTERM
+
+
+def test_what_the_helpers_do_not_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(df.DockerfileError, match="numeric"):
+        df.user(stage_of(tmp_path, "FROM python:3.11\nUSER app\n"))
+    with pytest.raises(df.DockerfileError, match="duration"):
+        df.duration_s("15 seconds")
+    with pytest.raises(df.DockerfileError, match="not an official python image"):
+        df.python_version("debian:12")
+    assert df.duration_s("500ms") == 0.5 and df.python_version(df.final_stage().base) == (3, 11)

@@ -114,17 +114,17 @@ class StackContext:
 def _prepare(
     stack: str, purpose: str, *, needs_aws: bool = True, needs_region: bool = True, runs_program: bool = True
 ) -> StackContext:
-    """Checks in order: project, stack file, Pulumi CLI, config, region, credentials."""
+    """Checks in order: project, stack file, config, Pulumi CLI, region, credentials."""
     env = cloud_env()
     if not (env.project_dir / "Pulumi.yaml").is_file():
         raise UsageError(f"no Pulumi.yaml in {env.project_dir}; run the CLI from the project's checkout")
     path = require_stack_file(env.project_dir, stack)
     # A broken stack file is reported as such even on a machine without the Pulumi CLI.
     config = read_config(path, fix=f"edit {path.name}")
-    preflight.require_pulumi_cli()
     context = StackContext(env, stack, path, config, read_backend(env.project_dir, stack))
     if runs_program:
         _validate_config(context)
+    preflight.require_pulumi_cli()
     if needs_region and preflight.aws_region(_text(config.get("aws:region"))) is None:
         raise UsageError(f"no AWS region for stack '{stack}': set aws:region in {path.name} (or AWS_REGION)")
     state_in_s3 = (context.backend.backend_url or "").startswith("s3://")

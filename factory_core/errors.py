@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # A repr longer than this is cut: a hostile value must not turn one line into a megabyte.
 _MAX_SHOWN = 80
 # `scheme://user:password@host` anywhere in a value: the password never reaches a message.
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s]*@")
 _DUPLICATE_KEY = re.compile(r'^found duplicate key "(?P<key>.*?)" with value', re.DOTALL)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 # The pydantic error type (PydanticCustomError) of a value that may carry a credential: never shown.

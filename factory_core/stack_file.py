@@ -38,37 +38,37 @@ LOCAL_STACK = "local"  # not a Pulumi stack: `Pulumi.local.yaml` configures the 
 
 # --- config keys -------------------------------------------------------------------------------
 REGION_KEY = "aws:region"
-FLEET_KEY = f"{NAMESPACE}:fleet"  # factory_core.fleet.FleetSettings, on every stack
-SIMULATOR_COUNT_KEY = f"{NAMESPACE}:simulatorCount"
-LOCAL_KEY = f"{NAMESPACE}:local"  # the local stack's ports, archive, broker (local_stack.stack_config)
-CERT_GENERATIONS_KEY = f"{NAMESPACE}:certGenerations"  # factory_core.cert_rotation
-ROTATION_KEY = f"{NAMESPACE}:rotation"  # progress record of a certificate rotation
+FLEET_KEY = "iotfactory:fleet"  # factory_core.fleet.FleetSettings, on every stack
+SIMULATOR_COUNT_KEY = "iotfactory:simulatorCount"
+LOCAL_KEY = "iotfactory:local"  # the local stack's ports, archive, broker (local_stack.stack_config)
+CERT_GENERATIONS_KEY = "iotfactory:certGenerations"  # factory_core.cert_rotation
+ROTATION_KEY = "iotfactory:rotation"  # progress record of a certificate rotation
 # Read by the CLI only; the program accepts and ignores them.
-MIN_SIMULATORS_KEY = f"{NAMESPACE}:minSimulators"
-MAX_SIMULATORS_KEY = f"{NAMESPACE}:maxSimulators"
-PUBLISH_QUOTA_KEY = f"{NAMESPACE}:iotPublishQuotaPerSecond"
-CONFIRM_KEY = f"{NAMESPACE}:confirmUpdates"
+MIN_SIMULATORS_KEY = "iotfactory:minSimulators"
+MAX_SIMULATORS_KEY = "iotfactory:maxSimulators"
+PUBLISH_QUOTA_KEY = "iotfactory:iotPublishQuotaPerSecond"
+CONFIRM_KEY = "iotfactory:confirmUpdates"
 CLI_ONLY_KEYS = (MIN_SIMULATORS_KEY, MAX_SIMULATORS_KEY, PUBLISH_QUOTA_KEY, CONFIRM_KEY, ROTATION_KEY)
 # Read by the Pulumi program (infra.settings.StackSettings), with the two above.
-OWNER_KEY = f"{NAMESPACE}:owner"
-PRODUCTION_KEY = f"{NAMESPACE}:production"
-ARCHIVE_MODE_KEY = f"{NAMESPACE}:archiveMode"
-ALLOWED_CIDRS_KEY = f"{NAMESPACE}:allowedCidrs"
-CLIENT_ID_PREFIX_KEY = f"{NAMESPACE}:clientIdPrefix"
-NETWORK_KEY = f"{NAMESPACE}:network"
-CERTIFICATE_ARN_KEY = f"{NAMESPACE}:certificateArn"
-DOMAIN_NAME_KEY = f"{NAMESPACE}:domainName"
-LOG_RETENTION_DAYS_KEY = f"{NAMESPACE}:logRetentionDays"
-ARCHIVE_LIFECYCLE_KEY = f"{NAMESPACE}:archiveLifecycle"
-FIREHOSE_KEY = f"{NAMESPACE}:firehose"
-SIMULATOR_TASK_KEY = f"{NAMESPACE}:simulatorTask"
-MONITORING_TASK_KEY = f"{NAMESPACE}:monitoringTask"
-SCRAPE_INTERVAL_KEY = f"{NAMESPACE}:scrapeIntervalS"
-IMAGES_KEY = f"{NAMESPACE}:images"
-SIMULATOR_IMAGE_KEY = f"{NAMESPACE}:simulatorImage"
-SMTP_KEY = f"{NAMESPACE}:smtp"
-CONTAINER_INSIGHTS_KEY = f"{NAMESPACE}:containerInsights"
-ACCOUNT_ID_KEY = f"{NAMESPACE}:accountId"
+OWNER_KEY = "iotfactory:owner"
+PRODUCTION_KEY = "iotfactory:production"
+ARCHIVE_MODE_KEY = "iotfactory:archiveMode"
+ALLOWED_CIDRS_KEY = "iotfactory:allowedCidrs"
+CLIENT_ID_PREFIX_KEY = "iotfactory:clientIdPrefix"
+NETWORK_KEY = "iotfactory:network"
+CERTIFICATE_ARN_KEY = "iotfactory:certificateArn"
+DOMAIN_NAME_KEY = "iotfactory:domainName"
+LOG_RETENTION_DAYS_KEY = "iotfactory:logRetentionDays"
+ARCHIVE_LIFECYCLE_KEY = "iotfactory:archiveLifecycle"
+FIREHOSE_KEY = "iotfactory:firehose"
+SIMULATOR_TASK_KEY = "iotfactory:simulatorTask"
+MONITORING_TASK_KEY = "iotfactory:monitoringTask"
+SCRAPE_INTERVAL_KEY = "iotfactory:scrapeIntervalS"
+IMAGES_KEY = "iotfactory:images"
+SIMULATOR_IMAGE_KEY = "iotfactory:simulatorImage"
+SMTP_KEY = "iotfactory:smtp"
+CONTAINER_INSIGHTS_KEY = "iotfactory:containerInsights"
+ACCOUNT_ID_KEY = "iotfactory:accountId"
 
 # Top-level fields of a stack file besides `config:` (Pulumi's own).
 CONFIG_FIELD = "config"
@@ -189,6 +189,11 @@ def _plain(node: Any, source: str, fix: str) -> Any:
     from ruamel.yaml.comments import TaggedScalar
     from ruamel.yaml.scalarbool import ScalarBoolean
 
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if isinstance(node, TaggedScalar) and tag == "tag:yaml.org,2002:str":
+        return str(node.value)  # `!!str 12`: the one explicit tag that is plain config
+    if tag is not None or isinstance(node, TaggedScalar):
+        raise UsageError(f"{source}: tag {shown(tag)} is not supported in config; write a plain value; {fix}")
     if isinstance(node, Mapping):
         plain: dict[str, Any] = {}
         for key, value in node.items():
@@ -214,8 +219,8 @@ def _plain(node: Any, source: str, fix: str) -> Any:
         return str(node)
     if isinstance(node, dt.date):
         return node.isoformat()  # Pulumi reads timestamps as text
-    what = f"tag {node.tag}" if isinstance(node, TaggedScalar) else f"a YAML {type(node).__name__}"
-    raise UsageError(f"{source}: {what} is not supported in config; write a plain value; {fix}")
+    kind = type(node).__name__
+    raise UsageError(f"{source}: a YAML {kind} value is not supported in config; write a plain value; {fix}")
 
 
 def parse_yaml(text: str, source: str, fix: str) -> Any:

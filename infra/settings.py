@@ -1,7 +1,7 @@
 """Stack configuration of the cloud stacks (dev, prod) read once into one validated, typed object.
 
 `load_settings(stack, values)` is pure: it takes the stack's config as Pulumi hands it to a program
-(`{"iotfactory:simulatorCount": "2", "iotfactory:fleet": "{...json...}"}`, see
+(`{"iotfactory:simulatorCount": "2", ...}`, structured values as JSON text, see
 `factory_core.stack_file.program_view`) and raises `ConfigError` with a one-line message naming the
 key (`iotfactory:fleet.qos: ...`). `settings_from_pulumi()` is the only place that touches the Pulumi
 runtime; components never read config themselves. The field aliases are the config keys themselves,

@@ -116,7 +116,7 @@ def _describe_one(error: Mapping[str, Any], prefix: str, model: type[BaseModel] 
     key = config_key(prefix, location) or "config"
     if error["type"] == "missing":
         return f"config {key} is required"
-    if error["type"] == "extra_forbidden":
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # models; dataclasses
         close = difflib.get_close_matches(_leaf(location), _names_at(model, location[:-1]), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"config {key}: unknown key (unknown setting '{_leaf(location)}'{hint})"

@@ -245,18 +245,12 @@ def read_document(path: Path, *, fix: str | None = None) -> dict[str, Any]:
     return document
 
 
-def config_of(document: Mapping[str, Any], path: Path, fix: str | None = None) -> dict[str, Any]:
-    config = document.get(CONFIG_FIELD)
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise UsageError(f"{path}: 'config:' must be a mapping of key: value; {fix or f'fix {path}'}")
-    return config
-
-
 def read_config(path: Path, *, fix: str | None = None) -> dict[str, Any]:
     """The `config:` mapping of a stack file, plain values (secure values stay `{"secure": ...}`)."""
-    return config_of(read_document(path, fix=fix), path, fix)
+    config = read_document(path, fix=fix).get(CONFIG_FIELD)
+    if config is not None and not isinstance(config, dict):
+        raise UsageError(f"{path}: 'config:' must be a mapping of key: value; {fix or f'fix {path}'}")
+    return config or {}
 
 
 def refuse_unknown_keys(config: Mapping[str, Any], known: Iterable[str], user: str, fix: str) -> None:
@@ -279,7 +273,7 @@ def whole_number(raw: Any, key: str, fix: str) -> int:
     if isinstance(raw, float) and raw.is_integer():
         return int(raw)
     if isinstance(raw, str) and re.fullmatch(r"[+-]?[0-9]{1,18}(\.0*)?", raw.strip()):
-        return int(float(raw.strip())) if "." in raw else int(raw.strip())
+        return int(raw.strip().split(".")[0])
     raise UsageError(f"config {key}: must be a whole number (got {shown(raw)}); {fix}")
 
 

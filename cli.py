@@ -49,7 +49,7 @@ def _operations(stack: str) -> ModuleType:
     elif stack in CLOUD_STACKS or (PROJECT_DIR / f"Pulumi.{stack}.yaml").exists():
         from automation import operations
     else:
-        from automation.stack_files import known_stacks
+        from factory_core.stack_file import known_stacks
 
         known = ", ".join(known_stacks(PROJECT_DIR))
         raise _fail(f"unknown stack '{stack}'; stacks that exist: {known}", 2)

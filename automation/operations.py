@@ -31,16 +31,8 @@ from automation.fleet_status import (
     service_names,
 )
 from automation.progress import JsonLinesRenderer, Renderer, renderer_for
-from automation.scaling import BoundsError, ScaleLimits, Verdict, plan_scale
-from automation.stack_files import (
-    config_int,
-    decode_value,
-    is_secure,
-    read_backend,
-    read_stack_config,
-    require_stack_file,
-    same_value,
-)
+from automation.scaling import BoundsError, QuotaVerdict, ScaleLimits, plan_scale
+from automation.stack_files import read_backend
 from automation.stack_port import (
     BackendSettings,
     OutputValue,
@@ -53,23 +45,31 @@ from automation.stack_port import (
     open_pulumi_stack,
 )
 from factory_core import cert_rotation
-from factory_core.errors import OperationFailed, UsageError
+from factory_core.errors import OperationFailed, UsageError, describe_validation_error
 from factory_core.fleet import IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND, FleetSettings
+from factory_core.stack_file import (
+    CERT_GENERATIONS_KEY,
+    CLI_ONLY_KEYS,  # noqa: F401 - part of this module's interface (tests, infra.settings' contract)
+    CONFIRM_KEY,
+    FLEET_KEY,
+    MAX_SIMULATORS_KEY,
+    MIN_SIMULATORS_KEY,
+    PUBLISH_QUOTA_KEY,
+    ROTATION_KEY,
+    SIMULATOR_COUNT_KEY,
+    config_int,
+    decode_value,
+    is_secure,
+    program_view,
+    read_config,
+    require_stack_file,
+    same_value,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
-SIMULATOR_COUNT_KEY = "iotfactory:simulatorCount"
-MIN_SIMULATORS_KEY = "iotfactory:minSimulators"
-MAX_SIMULATORS_KEY = "iotfactory:maxSimulators"
-PUBLISH_QUOTA_KEY = "iotfactory:iotPublishQuotaPerSecond"
-FLEET_KEY = "iotfactory:fleet"
-CERT_GENERATIONS_KEY = "iotfactory:certGenerations"
-ROTATION_KEY = "iotfactory:rotation"
-CONFIRM_KEY = "iotfactory:confirmUpdates"
 # Keys the CLI writes (scale, rotate-certs); `up` sets them only when absent, never back to the file.
 CLI_OWNED_KEYS = (SIMULATOR_COUNT_KEY, CERT_GENERATIONS_KEY, ROTATION_KEY)
-# Keys only the CLI reads; the program must accept and ignore them (infra.settings.FOREIGN_KEYS).
-CLI_ONLY_KEYS = (MIN_SIMULATORS_KEY, MAX_SIMULATORS_KEY, PUBLISH_QUOTA_KEY, CONFIRM_KEY, ROTATION_KEY)
 SECRET_MASK = "[secret]"
 
 
@@ -114,16 +114,17 @@ class StackContext:
 def _prepare(
     stack: str, purpose: str, *, needs_aws: bool = True, needs_region: bool = True, runs_program: bool = True
 ) -> StackContext:
-    """Checks in order: Pulumi CLI, project, stack file, config, region, credentials."""
+    """Checks in order: project, stack file, config, Pulumi CLI, region, credentials."""
     env = cloud_env()
-    preflight.require_pulumi_cli()
     if not (env.project_dir / "Pulumi.yaml").is_file():
         raise UsageError(f"no Pulumi.yaml in {env.project_dir}; run the CLI from the project's checkout")
     path = require_stack_file(env.project_dir, stack)
-    config = read_stack_config(path)
+    # A broken stack file is reported as such even on a machine without the Pulumi CLI.
+    config = read_config(path, fix=f"edit {path.name}")
     context = StackContext(env, stack, path, config, read_backend(env.project_dir, stack))
     if runs_program:
         _validate_config(context)
+    preflight.require_pulumi_cli()
     if needs_region and preflight.aws_region(_text(config.get("aws:region"))) is None:
         raise UsageError(f"no AWS region for stack '{stack}': set aws:region in {path.name} (or AWS_REGION)")
     state_in_s3 = (context.backend.backend_url or "").startswith("s3://")
@@ -150,24 +151,6 @@ def _validate_config(context: StackContext) -> None:
         raise UsageError(f"{exc}; edit {context.source}") from None
 
 
-def program_view(config: Mapping[str, Any]) -> dict[str, str]:
-    """Stack-file config as Pulumi hands it to the program: strings, structured values as JSON.
-
-    Encrypted values are left out: only Pulumi can decrypt them, and the program reads them itself.
-    """
-    view: dict[str, str] = {}
-    for key, value in config.items():
-        if is_secure(value):
-            continue
-        if isinstance(value, list | dict):
-            view[key] = json.dumps(value)
-        elif isinstance(value, bool):
-            view[key] = "true" if value else "false"
-        else:
-            view[key] = "" if value is None else str(value)
-    return view
-
-
 def _fleet(config: Mapping[str, Any], source: str) -> FleetSettings:
     raw = decode_value(config.get(FLEET_KEY))
     if raw is None:
@@ -175,10 +158,8 @@ def _fleet(config: Mapping[str, Any], source: str) -> FleetSettings:
     try:
         return FleetSettings.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        key = f"{FLEET_KEY}.{where}" if where else FLEET_KEY
-        raise UsageError(f"config {key}: {error['msg']}; edit {source}") from None
+        message = describe_validation_error(exc, FLEET_KEY, f"edit {source}", model=FleetSettings)
+        raise UsageError(message) from None
 
 
 def _limits(config: Mapping[str, Any], source: str) -> ScaleLimits:
@@ -574,7 +555,7 @@ def scale(stack: str, simulators: int, *, json_output: bool) -> int:
         raise UsageError(
             f"{exc}; set {MIN_SIMULATORS_KEY}/{MAX_SIMULATORS_KEY} in {context.source}"
         ) from None
-    if plan.verdict is Verdict.OVER_QUOTA:
+    if plan.verdict is QuotaVerdict.OVER_QUOTA:
         raise UsageError(f"scale refused: {plan.explanation()}")
     notes = [plan.explanation()] + ([note] if (note := plan.connect_note()) else [])
     if json_output:
@@ -590,7 +571,7 @@ def scale(stack: str, simulators: int, *, json_output: bool) -> int:
             },
         )
     else:
-        colour = "yellow" if plan.verdict is Verdict.NEAR_QUOTA else "green"
+        colour = "yellow" if plan.verdict is QuotaVerdict.NEAR_QUOTA else "green"
         for note in notes:
             context.env.console.print(f"[{colour}]{note}[/{colour}]")
     port = _open(context, create=True)
@@ -711,12 +692,13 @@ def bootstrap(stack: str, *, json_output: bool) -> int:
     """S3 state bucket + KMS key for a stack; needs boto3 and credentials, not the Pulumi CLI."""
     import boto3
 
-    from automation.stack_files import check_secrets_provider, set_secrets_provider, write_backend
+    from automation.stack_files import write_backend
     from automation.state_backend import bootstrap_state_backend, expected_secrets_provider
+    from factory_core.stack_file import check_secrets_provider, set_secrets_provider
 
     env = cloud_env()
     path = require_stack_file(env.project_dir, stack)
-    config = read_stack_config(path)
+    config = read_config(path, fix=f"edit {path.name}")
     region = preflight.aws_region(_text(config.get("aws:region")))
     if region is None:
         raise UsageError(f"no AWS region for stack '{stack}': set aws:region in {path.name} (or AWS_REGION)")

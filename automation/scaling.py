@@ -12,12 +12,16 @@ from enum import StrEnum
 
 from factory_core.connection_plan import plan_connections
 from factory_core.fleet import (
+    CLOUD_SIMULATORS,
     IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND,
     IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION,
     FleetSettings,
 )
+from factory_core.stack_file import PUBLISH_QUOTA_KEY
 
-DEFAULT_MIN_SIMULATORS = 0
+# A stack's own bounds (iotfactory:minSimulators/maxSimulators) default to these; they narrow the
+# fleet schema's limit (factory_core.fleet.CLOUD_SIMULATORS), which `scale` never exceeds.
+DEFAULT_MIN_SIMULATORS = CLOUD_SIMULATORS.minimum
 DEFAULT_MAX_SIMULATORS = 50
 # AWS IoT Core accepts 500 CONNECT requests/s per account; a larger fleet must stagger its connects.
 IOT_DEFAULT_ACCOUNT_CONNECTS_PER_SECOND = 500
@@ -26,7 +30,9 @@ IOT_DEFAULT_ACCOUNT_CONNECTS_PER_SECOND = 500
 NEAR_QUOTA_RATIO = 0.8
 
 
-class Verdict(StrEnum):
+class QuotaVerdict(StrEnum):
+    """What a planned fleet asks of the account's IoT Core publish quota."""
+
     OK = "ok"
     NEAR_QUOTA = "near-quota"
     OVER_QUOTA = "over-quota"
@@ -47,7 +53,7 @@ class ScalePlan:
     publishes_per_second_per_connection: float
     account_publishes_per_second: int
     max_simulators_within_quota: int
-    verdict: Verdict
+    verdict: QuotaVerdict
 
     @property
     def quota_share(self) -> float:
@@ -61,14 +67,14 @@ class ScalePlan:
             f"{IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION}/s per connection)"
         )
         quota = f"{self.quota_share:.1%} of the account's {self.account_publishes_per_second:,} publishes/s"
-        if self.verdict is Verdict.OVER_QUOTA:
+        if self.verdict is QuotaVerdict.OVER_QUOTA:
             return (
                 f"{rate}: {quota}; AWS IoT Core would throttle the excess (messages rejected, the "
                 f"simulators' lag grows). Use at most {self.max_simulators_within_quota} simulators, or "
                 "raise the 'Inbound publish requests' quota in Service Quotas and set "
-                "iotfactory:iotPublishQuotaPerSecond to the new value"
+                f"{PUBLISH_QUOTA_KEY} to the new value"
             )
-        if self.verdict is Verdict.NEAR_QUOTA:
+        if self.verdict is QuotaVerdict.NEAR_QUOTA:
             return f"{rate}: {quota}; other workloads in this account and region share that quota"
         return f"{rate}: {quota}"
 
@@ -98,16 +104,21 @@ def plan_scale(simulators: int, fleet: FleetSettings, limits: ScaleLimits) -> Sc
             f"--simulators {simulators} is outside this stack's bounds "
             f"{limits.min_simulators}..{limits.max_simulators}"
         )
+    if simulators not in CLOUD_SIMULATORS:
+        raise BoundsError(
+            f"--simulators {simulators} is outside {CLOUD_SIMULATORS.range_text}, what a cloud stack runs"
+            f" ({CLOUD_SIMULATORS.why})"
+        )
     per_simulator = fleet.publishes_per_second_per_site
     per_connection_count = connections_per_simulator(fleet)
     rate = per_simulator * simulators
     within_quota = math.floor(limits.account_publishes_per_second / per_simulator)
     if rate > limits.account_publishes_per_second:
-        verdict = Verdict.OVER_QUOTA
+        verdict = QuotaVerdict.OVER_QUOTA
     elif rate > NEAR_QUOTA_RATIO * limits.account_publishes_per_second:
-        verdict = Verdict.NEAR_QUOTA
+        verdict = QuotaVerdict.NEAR_QUOTA
     else:
-        verdict = Verdict.OK
+        verdict = QuotaVerdict.OK
     return ScalePlan(
         simulators=simulators,
         publishes_per_second=rate,

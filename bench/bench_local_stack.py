@@ -59,11 +59,13 @@ def stack_file(directory: Path, rate: float | None, autosave_s: int = 5) -> Path
             "publish_interval_s": 1.0,
             "max_machine_series": lines * per_line,
         }
+    from factory_core import stack_file
+
     document = {
-        "config": {
-            "iotfactory:fleet": fleet,
-            "iotfactory:simulatorCount": SIMULATORS,
-            "iotfactory:local": {
+        stack_file.CONFIG_FIELD: {
+            stack_file.FLEET_KEY: fleet,
+            stack_file.SIMULATOR_COUNT_KEY: SIMULATORS,
+            stack_file.LOCAL_KEY: {
                 "brokerPort": 0,
                 "prometheusPort": 0,
                 "grafanaPort": 0,
@@ -72,10 +74,8 @@ def stack_file(directory: Path, rate: float | None, autosave_s: int = 5) -> Path
             },
         }
     }
-    import yaml
-
     path = directory / "Pulumi.local.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    path.write_text(stack_file.render(document))
     return path
 
 

@@ -21,7 +21,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from factory_core.errors import describe_validation_error, shown
+from factory_core.stack_file import CERT_GENERATIONS_KEY, ROTATION_KEY
 
 ACTIVE = "ACTIVE"
 INACTIVE = "INACTIVE"
@@ -50,14 +56,38 @@ class RotationError(ValueError):
     """The requested rotation step cannot be taken from this state (message says why and what to do)."""
 
 
-@dataclass(frozen=True)
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Generation:
-    name: str
-    status: str = ACTIVE
+    """One generation of device certificates: every site (shard) gets one certificate per generation.
+
+    The one schema of an `iotfactory:certGenerations` entry, for the Pulumi program, the CLI and
+    the local stack's `pki.json`. The name goes into resource names, hence short and lowercase.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")]
+    status: Annotated[Literal["ACTIVE", "INACTIVE"], BeforeValidator(_upper)] = ACTIVE
 
     @property
     def active(self) -> bool:
         return self.status == ACTIVE
+
+
+def _valid_generations(value: tuple[Generation, ...]) -> tuple[Generation, ...]:
+    names = [generation.name for generation in value]
+    if len(set(names)) != len(names):
+        raise ValueError(f"generation names must be unique (got {names})")
+    if not any(generation.active for generation in value):
+        raise ValueError("at least one generation must be ACTIVE; the simulators use the newest ACTIVE one")
+    return value
+
+
+# `iotfactory:certGenerations`: a non-empty list, unique names, at least one ACTIVE.
+Generations = Annotated[tuple[Generation, ...], Field(min_length=1), AfterValidator(_valid_generations)]
+_GENERATIONS: TypeAdapter[tuple[Generation, ...]] = TypeAdapter(Generations)
 
 
 @dataclass(frozen=True)
@@ -107,7 +137,7 @@ def current_generation(generations: Sequence[Generation]) -> Generation:
     for generation in reversed(generations):
         if generation.active:
             return generation
-    raise RotationError("no ACTIVE certificate generation in iotfactory:certGenerations; add one, e.g. g1")
+    raise RotationError(f"no ACTIVE certificate generation in {CERT_GENERATIONS_KEY}; add one, e.g. g1")
 
 
 def next_generation_name(generations: Sequence[Generation]) -> str:
@@ -195,22 +225,11 @@ def parse_generations(raw: Any) -> tuple[Generation, ...]:
     value = _decoded(raw)
     if value is None:
         return initial_generations()
-    if not isinstance(value, list) or not value:
-        raise RotationError("iotfactory:certGenerations must be a non-empty list of {name, status}")
-    generations: list[Generation] = []
-    for item in value:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise RotationError(f"iotfactory:certGenerations: each entry needs a name (got {item!r})")
-        status = str(item.get("status", ACTIVE)).upper()
-        if status not in (ACTIVE, INACTIVE):
-            raise RotationError(
-                f"iotfactory:certGenerations: status of {item['name']} must be ACTIVE or INACTIVE "
-                f"(got {status})"
-            )
-        generations.append(Generation(item["name"], status))
-    if len({g.name for g in generations}) != len(generations):
-        raise RotationError("iotfactory:certGenerations: generation names must be unique")
-    return tuple(generations)
+    try:
+        return _GENERATIONS.validate_python(value)
+    except ValidationError as error:
+        fix = "it is a list of {name: g<N>, status: ACTIVE or INACTIVE}"
+        raise RotationError(describe_validation_error(error, CERT_GENERATIONS_KEY, fix)) from None
 
 
 def dump_generations(generations: Sequence[Generation]) -> list[dict[str, str]]:
@@ -218,7 +237,7 @@ def dump_generations(generations: Sequence[Generation]) -> list[dict[str, str]]:
 
 
 def parse_record(raw: Any) -> RotationRecord | None:
-    """`iotfactory:rotation`: {from, to, step}; absent or empty means no rotation in progress."""
+    """`iotfactory:rotation` (ROTATION_KEY): {from, to, step}; absent or empty: no rotation in progress."""
     value = _decoded(raw)
     if not value:
         return None
@@ -227,7 +246,7 @@ def parse_record(raw: Any) -> RotationRecord | None:
     except (KeyError, TypeError, ValueError):
         steps = ", ".join(p.value for p in Phase)
         raise RotationError(
-            f"iotfactory:rotation must be {{from, to, step}} with step one of {steps} (got {value!r}); "
+            f"{ROTATION_KEY} must be {{from, to, step}} with step one of {steps} (got {shown(value)}); "
             "fix it or remove the key if no rotation is running"
         ) from None
 
@@ -243,8 +262,8 @@ def _decoded(raw: Any) -> Any:
             return None
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise RotationError(
-                f"expected JSON for a certificate rotation config value, got {text!r}"
+                f"expected JSON for a certificate rotation config value, got {shown(text)}"
             ) from None
     return raw

@@ -1,12 +1,13 @@
 """Fleet settings: the one schema shared by the simulator, the local stack and the Pulumi program.
 
-The same `FleetSettings` object is read from `Pulumi.<stack>.yaml` (key `iotfactory:fleet`) for
+The same `FleetSettings` object is read from `Pulumi.<stack>.yaml` (`stack_file.FLEET_KEY`) for
 dev/prod/local and from a plain YAML file given to `python -m simulator --config`. Keep this module
 pure (pydantic only): the Pulumi program imports it, and the simulator image must not need Pulumi.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -16,6 +17,40 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION = 100
 IOT_MAX_INFLIGHT_QOS1_PER_CLIENT = 100
 IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND = 20_000
+
+# Simulator process i simulates site `site-<i:02d>`: ids, topics, client ids, certificate names and
+# dashboards assume two digits, so there are at most 100 sites.
+MAX_SITES = 100
+SITE_INDEXES = range(MAX_SITES)
+
+
+@dataclass(frozen=True)
+class SimulatorCountLimit:
+    """How many simulators a kind of stack runs, and why that many."""
+
+    minimum: int
+    maximum: int
+    why: str
+
+    def __contains__(self, count: object) -> bool:
+        return isinstance(count, int) and self.minimum <= count <= self.maximum
+
+    @property
+    def range_text(self) -> str:
+        return f"{self.minimum}..{self.maximum}"
+
+
+# The one simulator-count limit, per kind of stack. The cloud runs one ECS service per site, so it
+# goes as far as there are site ids, and down to 0 (the platform stays, the fleet is parked). The
+# local stack runs each simulator as a Python process on this machine with its own metrics port
+# (metricsPortBase + 1 + i); past 50 they no longer fit two cores, and it needs at least one to be
+# a pipeline at all.
+SIMULATOR_COUNT_LIMITS: dict[str, SimulatorCountLimit] = {
+    "cloud": SimulatorCountLimit(0, MAX_SITES, "one ECS service per site, site ids have two digits"),
+    "local": SimulatorCountLimit(1, 50, "each simulator is a process on this machine"),
+}
+CLOUD_SIMULATORS = SIMULATOR_COUNT_LIMITS["cloud"]
+LOCAL_SIMULATORS = SIMULATOR_COUNT_LIMITS["local"]
 
 TOPIC_ROOT = "factory/simulator"
 GROUND_TRUTH_SEGMENT = "ground-truth"
@@ -34,7 +69,8 @@ class Engine(StrEnum):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    # NaN and infinity pass `gt`/`le` checks in surprising ways; no setting here needs them.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
 
 
 class ScheduledFault(_Strict):

@@ -19,6 +19,7 @@ if str(REPO_ROOT) not in sys.path:
 import pulumi  # noqa: E402
 import pulumi_aws as aws  # noqa: E402
 
+from factory_core import cert_rotation  # noqa: E402
 from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT  # noqa: E402
 from infra import iam  # noqa: E402
 from infra.components.archive import TelemetryArchive, TelemetryArchiveArgs  # noqa: E402
@@ -40,7 +41,7 @@ from infra.components.monitoring import (  # noqa: E402
 from infra.components.network import Network, NetworkArgs  # noqa: E402
 from infra.components.simulators import METRICS_PORT, SimulatorFleet, SimulatorFleetArgs  # noqa: E402
 from infra.components.storage import GlacierLifecycle, SecureBucket, SecureBucketArgs  # noqa: E402
-from infra.settings import PROJECT, ConfigError, StackSettings, read_stack_config  # noqa: E402
+from infra.settings import PROJECT, ConfigError, StackSettings, settings_from_pulumi  # noqa: E402
 from observability import config_bundle as bundle  # noqa: E402
 
 
@@ -74,7 +75,7 @@ def load_monitoring_bundle(
 
 def main() -> None:
     try:
-        settings: StackSettings = read_stack_config()
+        settings: StackSettings = settings_from_pulumi()
     except ConfigError as exc:
         raise pulumi.RunError(str(exc)) from None
 
@@ -290,7 +291,7 @@ def main() -> None:
             for shard in devices.shards.values()
         },
     )
-    pulumi.export("certGenerations", [g.model_dump() for g in settings.cert_generations])
+    pulumi.export("certGenerations", cert_rotation.dump_generations(settings.cert_generations))
     pulumi.export("servingCertGeneration", settings.serving_generation.name)
     pulumi.export("discoveryDnsNames", platform.discovery_dns_names)
     pulumi.export("ecrRepositoryUrl", image.repository_url)

@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockCallArgs, MockMonitor, MockResourceArgs, Mocks
 from pulumi.runtime.settings import get_root_resource
 
+from factory_core import stack_file
 from infra.settings import PROJECT
 
 PROGRAM = Path(__file__).resolve().parent / "__main__.py"
 MOCK_ACCOUNT = "123456789012"
 MOCK_REGION_ZONES = ("a", "b", "c")
+# What an encrypted (`secure:`) config value reads as offline: only Pulumi could decrypt it.
+OFFLINE_SECRET = "offline-placeholder-secret"
 
 
 @dataclass(frozen=True)
@@ -261,19 +263,9 @@ class _RecordingMonitor(MockMonitor):
 
 
 def config_from_stack_file(path: Path) -> dict[str, str]:
-    """A stack file's `config:` as Pulumi hands it to a program: strings, structured values as JSON."""
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    values: dict[str, str] = {}
-    for key, value in (document.get("config") or {}).items():
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            values[key] = "offline-placeholder-secret"
-        elif isinstance(value, dict | list):
-            values[key] = json.dumps(value)
-        elif isinstance(value, bool):
-            values[key] = "true" if value else "false"
-        else:
-            values[key] = str(value)
-    return values
+    """A stack file's `config:` as Pulumi hands it to a program; encrypted values get a placeholder."""
+    config = stack_file.read_config(path, fix=f"edit {path.name}")
+    return stack_file.program_view(config, secret_placeholder=OFFLINE_SECRET)
 
 
 def run_offline(

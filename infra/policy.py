@@ -501,8 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pulumi
     from rich.console import Console
 
+    from factory_core.errors import UsageError
     from infra.offline import config_from_stack_file, run_offline
-    from infra.settings import ConfigError, load_settings
+    from infra.settings import load_settings
 
     parser = argparse.ArgumentParser(prog="python -m infra.policy", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", required=True, help="dev, prod, ... (reads Pulumi.<stack>.yaml)")
@@ -515,11 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: no {path.name}; stacks are defined by Pulumi.<stack>.yaml at the repository root"
         )
         return 2
-    config = config_from_stack_file(path)
     try:
+        config = config_from_stack_file(path)
         settings = load_settings(args.stack, config)
         run = run_offline(args.stack, config)
-    except ConfigError as exc:
+    except UsageError as exc:  # ConfigError, or a stack file that cannot be read
         console.print(f"error: {exc}", markup=False)
         return 2
     except pulumi.RunError as exc:  # e.g. a missing config bundle

@@ -1,16 +1,16 @@
 """Stack configuration of the cloud stacks (dev, prod) read once into one validated, typed object.
 
 `load_settings(stack, values)` is pure: it takes the stack's config as Pulumi hands it to a program
-(`{"iotfactory:simulatorCount": "2", "iotfactory:fleet": "{...json...}"}`) and raises `ConfigError`
-with a one-line message naming the key (`iotfactory:fleet.qos: ...`). `read_stack_config()` is the
-only place that touches the Pulumi runtime; components never read config themselves.
+(`{"iotfactory:simulatorCount": "2", ...}`, structured values as JSON text, see
+`factory_core.stack_file.program_view`) and raises `ConfigError` with a one-line message naming the
+key (`iotfactory:fleet.qos: ...`). `settings_from_pulumi()` is the only place that touches the Pulumi
+runtime; components never read config themselves. The field aliases are the config keys themselves,
+as spelled once in `factory_core.stack_file`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -25,12 +25,13 @@ from pydantic import (
     model_validator,
 )
 
-from factory_core.errors import UsageError
-from factory_core.fleet import FleetSettings, site_id
+from factory_core import stack_file as keys
+from factory_core.cert_rotation import Generation, Generations, current_generation
+from factory_core.errors import UsageError, describe_validation_error
+from factory_core.fleet import CLOUD_SIMULATORS, FleetSettings, site_id
+from factory_core.stack_file import LOCAL_STACK, REGION_KEY
 
-PROJECT = "iotfactory"
-LOCAL_STACK = "local"
-REGION_KEY = "aws:region"
+PROJECT = keys.NAMESPACE  # Pulumi's config namespace is the project's name
 
 # Values CloudWatch Logs accepts for a log group's retention.
 LOG_RETENTION_DAYS = frozenset(
@@ -45,18 +46,7 @@ FARGATE_MEMORY_BY_CPU: dict[int, range] = {
     4096: range(8192, 30721, 1024),
 }
 # Keys the CLI (automation/) keeps in the same stack file; the program accepts and ignores them.
-FOREIGN_KEYS = frozenset(
-    {
-        "iotfactory:rotation",  # progress record of a certificate rotation
-        "iotfactory:minSimulators",
-        "iotfactory:maxSimulators",
-        "iotfactory:iotPublishQuotaPerSecond",
-        "iotfactory:confirmUpdates",
-    }
-)
-
-ACTIVE = "ACTIVE"
-INACTIVE = "INACTIVE"
+FOREIGN_KEYS = frozenset(keys.CLI_ONLY_KEYS)
 
 
 class ConfigError(UsageError):
@@ -64,7 +54,7 @@ class ConfigError(UsageError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _ip_network(value: str) -> str:
@@ -128,22 +118,6 @@ class TaskSize(_Model):
         return self
 
 
-class CertGeneration(_Model):
-    """One generation of device certificates: every shard gets one certificate per generation."""
-
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,15}$")]
-    status: Literal["ACTIVE", "INACTIVE"] = ACTIVE
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
-
-    @property
-    def active(self) -> bool:
-        return self.status == ACTIVE
-
-
 class SmtpSettings(_Model):
     # Existing Secrets Manager secret holding JSON {"username": ..., "password": ...}.
     secret_name: Annotated[str, Field(alias="secretName", min_length=1)]
@@ -172,38 +146,44 @@ class StackSettings(_Model):
 
     stack: str
     region: Annotated[str, Field(alias=REGION_KEY, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")]
-    owner: Annotated[str, Field(min_length=1, max_length=128)]
-    simulator_count: Annotated[int, Field(alias="simulatorCount", ge=0, le=100)]
-    archive_mode: Annotated[Literal["direct", "batched"], Field(alias="archiveMode")]
-    allowed_cidrs: Annotated[tuple[CidrBlock, ...], Field(alias="allowedCidrs", min_length=1)]
-    fleet: FleetSettings = Field(default_factory=FleetSettings)
-    production: bool = False
-    client_id_prefix: Annotated[str, Field(alias="clientIdPrefix", pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")]
-    cert_generations: Annotated[tuple[CertGeneration, ...], Field(alias="certGenerations", min_length=1)] = (
-        CertGeneration(name="g1"),
-    )
-    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    owner: Annotated[str, Field(alias=keys.OWNER_KEY, min_length=1, max_length=128)]
+    simulator_count: Annotated[
+        int, Field(alias=keys.SIMULATOR_COUNT_KEY, ge=CLOUD_SIMULATORS.minimum, le=CLOUD_SIMULATORS.maximum)
+    ]
+    archive_mode: Annotated[Literal["direct", "batched"], Field(alias=keys.ARCHIVE_MODE_KEY)]
+    allowed_cidrs: Annotated[tuple[CidrBlock, ...], Field(alias=keys.ALLOWED_CIDRS_KEY, min_length=1)]
+    fleet: Annotated[FleetSettings, Field(alias=keys.FLEET_KEY)] = FleetSettings()
+    production: Annotated[bool, Field(alias=keys.PRODUCTION_KEY)] = False
+    client_id_prefix: Annotated[
+        str, Field(alias=keys.CLIENT_ID_PREFIX_KEY, pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
+    ]
+    cert_generations: Annotated[Generations, Field(alias=keys.CERT_GENERATIONS_KEY)] = (Generation("g1"),)
+    network: Annotated[NetworkSettings, Field(alias=keys.NETWORK_KEY)] = NetworkSettings()
     certificate_arn: Annotated[
         str | None,
-        Field(alias="certificateArn", pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$"),
+        Field(
+            alias=keys.CERTIFICATE_ARN_KEY, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/.+$"
+        ),
     ] = None
     domain_name: Annotated[
-        str | None, Field(alias="domainName", pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+        str | None, Field(alias=keys.DOMAIN_NAME_KEY, pattern=r"^[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
     ] = None
-    log_retention_days: Annotated[int, Field(alias="logRetentionDays")]
-    archive_lifecycle: Annotated[ArchiveLifecycle, Field(alias="archiveLifecycle")]
-    firehose: FirehoseBuffering = Field(default_factory=FirehoseBuffering)
-    simulator_task: Annotated[TaskSize, Field(alias="simulatorTask")] = TaskSize(cpu=256, memory=512)
-    monitoring_task: Annotated[TaskSize, Field(alias="monitoringTask")] = TaskSize(cpu=512, memory=1024)
-    scrape_interval_s: Annotated[int, Field(alias="scrapeIntervalS", ge=5, le=300)] = 15
-    images: ContainerImages = Field(default_factory=ContainerImages)
+    log_retention_days: Annotated[int, Field(alias=keys.LOG_RETENTION_DAYS_KEY)]
+    archive_lifecycle: Annotated[ArchiveLifecycle, Field(alias=keys.ARCHIVE_LIFECYCLE_KEY)]
+    firehose: Annotated[FirehoseBuffering, Field(alias=keys.FIREHOSE_KEY)] = FirehoseBuffering()
+    simulator_task: Annotated[TaskSize, Field(alias=keys.SIMULATOR_TASK_KEY)] = TaskSize(cpu=256, memory=512)
+    monitoring_task: Annotated[TaskSize, Field(alias=keys.MONITORING_TASK_KEY)] = TaskSize(
+        cpu=512, memory=1024
+    )
+    scrape_interval_s: Annotated[int, Field(alias=keys.SCRAPE_INTERVAL_KEY, ge=5, le=300)] = 15
+    images: Annotated[ContainerImages, Field(alias=keys.IMAGES_KEY)] = ContainerImages()
     # A pre-built simulator image (`<repo>@sha256:...`) instead of building simulator/Dockerfile.
     simulator_image: Annotated[
-        str | None, Field(alias="simulatorImage", pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$")
+        str | None, Field(alias=keys.SIMULATOR_IMAGE_KEY, pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$")
     ] = None
-    smtp: SmtpSettings | None = None
-    container_insights: Annotated[bool, Field(alias="containerInsights")]
-    account_id: Annotated[str | None, Field(alias="accountId", pattern=r"^\d{12}$")] = None
+    smtp: Annotated[SmtpSettings | None, Field(alias=keys.SMTP_KEY)] = None
+    container_insights: Annotated[bool, Field(alias=keys.CONTAINER_INSIGHTS_KEY)]
+    account_id: Annotated[str | None, Field(alias=keys.ACCOUNT_ID_KEY, pattern=r"^\d{12}$")] = None
 
     @field_validator("log_retention_days")
     @classmethod
@@ -212,31 +192,19 @@ class StackSettings(_Model):
             raise ValueError(f"CloudWatch accepts one of {sorted(LOG_RETENTION_DAYS)} (got {value})")
         return value
 
-    @field_validator("cert_generations")
-    @classmethod
-    def _generations(cls, value: tuple[CertGeneration, ...]) -> tuple[CertGeneration, ...]:
-        names = [generation.name for generation in value]
-        if len(set(names)) != len(names):
-            raise ValueError(f"generation names must be unique (got {names})")
-        if not any(generation.active for generation in value):
-            raise ValueError(
-                "at least one generation must be ACTIVE; the simulators use the newest ACTIVE one"
-            )
-        return value
-
     @model_validator(mode="after")
     def _cross_checks(self) -> StackSettings:
         if self.certificate_arn and not self.domain_name:
             raise ValueError(
-                "domainName: required when certificateArn is set (the name the certificate is for; "
-                "point its DNS record at the load balancer)"
+                f"{keys.DOMAIN_NAME_KEY}: required when certificateArn is set (the name the certificate"
+                " is for; point its DNS record at the load balancer)"
             )
         if self.production:
             open_to_all = [cidr for cidr in self.allowed_cidrs if ipaddress.ip_network(cidr).prefixlen == 0]
             if open_to_all:
                 raise ValueError(
-                    f"allowedCidrs: {open_to_all[0]} opens Prometheus (no authentication) to the internet "
-                    "on a production stack; list your office or VPN ranges"
+                    f"{keys.ALLOWED_CIDRS_KEY}: {open_to_all[0]} opens Prometheus (no authentication) to"
+                    " the internet on a production stack; list your office or VPN ranges"
                 )
         return self
 
@@ -260,9 +228,9 @@ class StackSettings(_Model):
         return tuple(site_id(index) for index in range(self.simulator_count))
 
     @property
-    def serving_generation(self) -> CertGeneration:
+    def serving_generation(self) -> Generation:
         """The generation the simulators run on: the newest (last listed) ACTIVE one."""
-        return next(generation for generation in reversed(self.cert_generations) if generation.active)
+        return current_generation(self.cert_generations)
 
     @property
     def tags(self) -> dict[str, str]:
@@ -271,85 +239,57 @@ class StackSettings(_Model):
 
 def _per_stack_defaults(stack: str, production: bool) -> dict[str, Any]:
     return {
-        "production": production,
-        "clientIdPrefix": f"{PROJECT}-{stack}-",
-        "logRetentionDays": 30 if production else 3,
-        "archiveLifecycle": (
+        keys.PRODUCTION_KEY: production,
+        keys.CLIENT_ID_PREFIX_KEY: f"{PROJECT}-{stack}-",
+        keys.LOG_RETENTION_DAYS_KEY: 30 if production else 3,
+        keys.ARCHIVE_LIFECYCLE_KEY: (
             {"glacierAfterDays": 90, "expireAfterDays": 730}
             if production
             else {"glacierAfterDays": 30, "expireAfterDays": 120}
         ),
-        "containerInsights": production,
+        keys.CONTAINER_INSIGHTS_KEY: production,
     }
 
 
-def _key_of(loc: tuple[int | str, ...]) -> str:
-    head, *rest = loc
-    key = str(head) if ":" in str(head) else f"{PROJECT}:{head}"
-    for part in rest:
-        key += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return key
-
-
-def _describe(error: Mapping[str, Any], source: str) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["loc"]:
-        key = _key_of(tuple(error["loc"]))
-    else:  # a check across keys names its key first: "domainName: required when ..."
-        named = re.match(r"^(\w+): (.*)$", message)
-        key, message = (f"{PROJECT}:{named[1]}", named[2]) if named else (f"{PROJECT} config", message)
-    if error["type"] == "missing":
-        return f"{key} is required; set it in {source} (see docs/infra.md)"
-    if error["type"] == "extra_forbidden":
-        return f"{key} is not a known setting; remove it or fix its spelling in {source}"
-    got = error.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-    if shown and repr(got) in message:
-        shown = ""
-    return f"{key}: {message}{shown}; edit {source}"
-
-
-def _decode(key: str, raw: Any, source: str) -> Any:
-    """Structured values reach the program as JSON text; scalars stay strings for pydantic to coerce."""
-    if isinstance(raw, str) and raw.lstrip()[:1] in ("{", "["):
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{key}: not valid JSON ({exc.msg}); edit {source}") from None
-    return raw
+def _program_keys() -> set[str]:
+    return {field.alias for field in StackSettings.model_fields.values() if field.alias} | FOREIGN_KEYS
 
 
 def load_settings(stack: str, values: Mapping[str, Any]) -> StackSettings:
     """Validate a cloud stack's config; raise ConfigError naming the first wrong key."""
     source = f"Pulumi.{stack}.yaml"
+    fix = f"edit {source} (see docs/infra.md)"
     if stack == LOCAL_STACK:
         raise ConfigError(
             "stack 'local' is not a Pulumi stack; run the local pipeline with: python cli.py up --stack local"
         )
+    try:
+        keys.refuse_unknown_keys(values, _program_keys(), "the Pulumi program", fix)
+    except UsageError as exc:
+        raise ConfigError(str(exc)) from None
     data: dict[str, Any] = {}
     for key, raw in values.items():
-        if key == REGION_KEY:
-            data[REGION_KEY] = raw
-        elif key.startswith(f"{PROJECT}:") and key not in FOREIGN_KEYS:
-            data[key.removeprefix(f"{PROJECT}:")] = _decode(key, raw, source)
+        if key == REGION_KEY or (key.startswith(f"{PROJECT}:") and key not in FOREIGN_KEYS):
+            # Structured values reach the program as JSON text; scalars stay strings for pydantic.
+            structured = isinstance(raw, str) and raw.lstrip()[:1] in ("{", "[")
+            try:
+                data[key] = keys.parse_json(raw, key, fix) if structured else raw
+            except UsageError as exc:
+                raise ConfigError(str(exc)) from None
     try:
-        production = TypeAdapter(bool).validate_python(data.get("production", stack == "prod"))
+        production = TypeAdapter(bool).validate_python(data.get(keys.PRODUCTION_KEY, stack == "prod"))
     except ValidationError:
         raise ConfigError(
-            f"{PROJECT}:production: must be true or false (got {data['production']!r}); edit {source}"
+            f"{keys.PRODUCTION_KEY}: must be true or false (got {data[keys.PRODUCTION_KEY]!r}); {fix}"
         ) from None
     merged = {**_per_stack_defaults(stack, production), **data, "stack": stack}
     try:
         return StackSettings.model_validate(merged)
     except ValidationError as exc:
-        first_per_key: dict[Any, Mapping[str, Any]] = {}
-        for error in exc.errors():
-            first_per_key.setdefault(error["loc"][:1], error)
-        messages = [_describe(error, source) for error in list(first_per_key.values())[:3]]
-        raise ConfigError("; ".join(messages)) from None
+        raise ConfigError(describe_validation_error(exc, "", fix, model=StackSettings)) from None
 
 
-def read_stack_config() -> StackSettings:
+def settings_from_pulumi() -> StackSettings:
     """The running stack's settings (inside a Pulumi program or under mocks)."""
     import pulumi
     from pulumi.runtime import config as runtime_config

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol
 
 from factory_core.errors import UsageError
+from local_stack.stack_config import endpoint_url_problem
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient as S3Client
@@ -306,6 +307,8 @@ class S3Archive:
         endpoint_url: str | None = None,
         client: S3Client | None = None,
     ) -> None:
+        if endpoint_url is not None and (problem := endpoint_url_problem(endpoint_url)):
+            raise UsageError(f"S3 endpoint URL (--s3-endpoint-url, IOTFACTORY_S3_ENDPOINT_URL): {problem}")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         self.bucket = bucket

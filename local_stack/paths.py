@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory_core.errors import UsageError, shown
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_ENV = "IOTFACTORY_LOCAL_CONFIG"
 STATE_DIR_ENV = "IOTFACTORY_STATE_DIR"
@@ -37,15 +39,44 @@ def simulator_index(service: str) -> int | None:
     return int(suffix) if suffix.isdigit() else None
 
 
+def _path_from_environment(name: str) -> Path | None:
+    """The path in $name, or None when unset or empty; refuses text no file name should hold.
+
+    A line break in a path would end up inside the broker's and Prometheus' config files.
+    """
+    value = os.environ.get(name, "")
+    if not value:
+        return None
+    if not value.strip() or any(ord(character) < 32 or ord(character) == 127 for character in value):
+        raise UsageError(
+            f"{name}={shown(value)} is not a usable path (blank, or holds control characters);"
+            f" set {name} to a plain path or unset it"
+        )
+    try:
+        return Path(value).expanduser().resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symlink loop, or ~user unknown
+        raise UsageError(f"{name}={shown(value)} cannot be resolved ({error}); fix {name}") from None
+
+
 def config_path() -> Path:
     """The stack file: $IOTFACTORY_LOCAL_CONFIG, else `Pulumi.local.yaml` next to the other stack files."""
-    override = os.environ.get(CONFIG_ENV)
-    return Path(override).expanduser().resolve() if override else DEFAULT_CONFIG_FILE
+    return _path_from_environment(CONFIG_ENV) or DEFAULT_CONFIG_FILE
 
 
 def state_root() -> Path:
-    override = os.environ.get(STATE_DIR_ENV)
-    return Path(override).expanduser().resolve() if override else DEFAULT_STATE_DIR
+    """The state folder: $IOTFACTORY_STATE_DIR, else `.factory/local/`; refuses a path that is a file."""
+    root = _path_from_environment(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+    # The folder may not exist yet (`up` creates it), but nothing on its way may be a file.
+    for folder in (root, *root.parents):
+        if folder.exists() and not folder.is_dir():
+            where = "is a file" if folder == root else f"lies under {folder}, which is a file"
+            raise UsageError(
+                f"state folder {root} {where}, not a folder; set {STATE_DIR_ENV} to a folder"
+                " (it is created if missing)"
+            )
+        if folder.exists():
+            break
+    return root
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from factory_core.errors import OperationFailed, UsageError
+from factory_core.errors import OperationFailed, UsageError, describe_validation_error
 from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT, ground_truth_topic, telemetry_topic
 from factory_core.metric_catalog import ARCHIVE_BATCHES, ARCHIVE_LAG, ARCHIVED, QUARANTINED, MetricDef
 from factory_core.payload_contract import PayloadKind, load_schema, payload_errors, payload_kind, validator
@@ -938,9 +938,10 @@ def settings_from_args(argv: Sequence[str] | None = None) -> tuple[RuleRunnerSet
     try:
         settings = RuleRunnerSettings(**args)
     except ValidationError as error:
-        first = error.errors()[0]
-        flag = "--" + str(first["loc"][0]).removesuffix("_s").replace("_", "-")
-        raise UsageError(f"rule runner {flag}: {first['msg']} (got {first.get('input')!r})") from None
+        flag = "--" + str(error.errors()[0]["loc"][0]).removesuffix("_s").replace("_", "-")
+        fix = f"fix {flag}; see --help"
+        message = describe_validation_error(error, "", fix, model=RuleRunnerSettings, most=1)
+        raise UsageError(f"rule runner {message}") from None
     validate_stream_name(settings.stream_name)
     return settings, log_level
 

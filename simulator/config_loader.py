@@ -1,34 +1,38 @@
 """Command line, environment and YAML file → one validated run configuration.
 
 Precedence, lowest first: the YAML file (`--config`, or FACTORY_CONFIG_FILE), FACTORY_CONFIG_JSON,
-the other FACTORY_* variables, then flags. The file is either a plain FleetSettings mapping or a
-Pulumi stack file with the fleet under `config: iotfactory:fleet`, so `--config Pulumi.local.yaml`
-runs what the stack would run. Every problem becomes one `UsageError` line.
+the other FACTORY_* variables, then flags. Each layer contributes raw values; the merged result is
+validated once with pydantic (FleetSettings for the fleet, `RunSettings` for the rest), and the
+first problem is reported as one `UsageError` line naming the setting and the layer it came from.
+Plain pydantic, not pydantic-settings: the layers are four dict updates, the simulator image stays
+without another dependency, and the error can name the exact variable or flag to fix.
+
+The file is either a plain FleetSettings mapping or a Pulumi stack file with the fleet under
+`config: iotfactory:fleet` (read by factory_core.stack_file, so `--config Pulumi.local.yaml` reads
+exactly what the stack reads).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+import ipaddress
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
-import yaml
-from pydantic import ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from factory_core.errors import UsageError
-from factory_core.fleet import Engine, FleetSettings, MachineType
+from factory_core.errors import UsageError, describe_validation_error
+from factory_core.fleet import MAX_SITES, Engine, FleetSettings, MachineType
 from simulator.connection_settings import (
     DEFAULT_CLIENT_ID_PREFIX,
     DEFAULT_METRICS_PORT,
     DEFAULT_MQTT_PORT,
     ConnectionSettings,
 )
-
-PULUMI_FLEET_KEY = "iotfactory:fleet"
 
 ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FACTORY_CONFIG_FILE": "YAML config file (like --config)",
@@ -47,6 +51,90 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FACTORY_METRICS_HOST": "address the exporter binds (default 0.0.0.0)",
     "FACTORY_STATE_FILE": "model checkpoint, saved on exit and resumed from on start",
 }
+# Which RunSettings field each variable sets (the PEM variables are read by materialize_pem_env).
+_ENV_FIELDS = {
+    "FACTORY_SITE_INDEX": "site_index",
+    "FACTORY_ENDPOINT": "endpoint",
+    "FACTORY_PORT": "port",
+    "FACTORY_CA_FILE": "ca_path",
+    "FACTORY_CERT_FILE": "cert_path",
+    "FACTORY_KEY_FILE": "key_path",
+    "FACTORY_CLIENT_ID_PREFIX": "client_id_prefix",
+    "FACTORY_METRICS_PORT": "metrics_port",
+    "FACTORY_METRICS_HOST": "metrics_host",
+    "FACTORY_STATE_FILE": "state_file",
+}
+# Which flag sets each RunSettings / FleetSettings field.
+_RUN_FLAGS = {
+    "site_index": "--site-index",
+    "endpoint": "--endpoint",
+    "port": "--port",
+    "ca_path": "--ca",
+    "cert_path": "--cert",
+    "key_path": "--key",
+    "client_id_prefix": "--client-id-prefix",
+    "metrics_port": "--metrics-port",
+    "metrics_host": "--metrics-host",
+    "connections": "--connections",
+    "state_file": "--state-file",
+    "duration_s": "--duration",
+    "count": "--count",
+}
+_FLEET_FLAGS = {
+    "seed": "--seed",
+    "speed": "--speed",
+    "qos": "--qos",
+    "engine": "--engine",
+    "lines_per_site": "--lines",
+    "publish_interval_s": "--publish-interval",
+    "inflight_window": "--window",
+    "max_machine_series": "--max-machine-series",
+}
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$")
+
+
+def _host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(value):
+        raise ValueError("must be a host name or IP address, without scheme or port; e.g. 127.0.0.1")
+    return value
+
+
+Host = Annotated[str, AfterValidator(_host)]
+
+
+class RunSettings(BaseModel):
+    """Everything but the fleet that the environment and flags set, validated in one pass."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    endpoint: Host | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_MQTT_PORT
+    ca_path: Path | None = None
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    # MQTT client ids: AWS IoT takes up to 128 characters; the site and connection number follow.
+    client_id_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.-]{0,64}$")] = DEFAULT_CLIENT_ID_PREFIX
+    metrics_host: Host = "0.0.0.0"
+    metrics_port: Annotated[int, Field(ge=0, le=65535, description="0 turns the exporter off")] = (
+        DEFAULT_METRICS_PORT
+    )
+    connections: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    site_index: Annotated[int, Field(ge=0, lt=MAX_SITES, description="site-00..site-99")] = 0
+    state_file: Path | None = None
+    duration_s: Annotated[float, Field(gt=0)] | None = None
+    count: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("state_file")
+    @classmethod
+    def _a_file(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_file():
+            raise ValueError("must be a file (the checkpoint), not a folder or device")
+        return value
 
 
 @dataclass(frozen=True)
@@ -69,12 +157,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see python -m simulator --help")
 
 
-def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
-    value = environ.get(name, "").strip()
-    return Path(value) if value else None
-
-
 def build_parser() -> argparse.ArgumentParser:
+    # Values stay text here: RunSettings and FleetSettings parse them, so flags, variables and files
+    # are held to the same rules (no '²' or Arabic digits sneaking through int()).
     parser = _Parser(
         prog="python -m simulator",
         description="Simulate one factory site and publish its telemetry over mutual-TLS MQTT.",
@@ -88,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validate FILE (and env, flags, certificates) and exit")
     run.add_argument("--dry-run", action="store_true",
                      help="write the payloads as JSON lines to stdout; no network, no sleeping")
-    run.add_argument("--duration", type=float, metavar="SECONDS",
+    run.add_argument("--duration", metavar="SECONDS",
                      help="stop after this many simulated seconds (dry-run default 3600)")
-    run.add_argument("--count", type=int, metavar="N", help="stop after N telemetry messages")
+    run.add_argument("--count", metavar="N", help="stop after N telemetry messages")
     run.add_argument("--start", metavar="ISO8601",
                      help="simulated start time (dry-run default 2026-01-01T00:00:00Z; live: now)")
     run.add_argument("--state-file", type=Path, metavar="FILE",
@@ -100,28 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ignore the schedule and publish as fast as the broker acknowledges"
                           " (benchmarks against a local broker; exceeds AWS quotas)")
     fleet = parser.add_argument_group("fleet (override the config file)")
-    fleet.add_argument("--seed", type=int)
-    fleet.add_argument("--speed", type=float, help="simulated seconds per wall second")
-    fleet.add_argument("--qos", type=int, help="0 or 1")
+    fleet.add_argument("--seed")
+    fleet.add_argument("--speed", help="simulated seconds per wall second")
+    fleet.add_argument("--qos", help="0 or 1")
     fleet.add_argument("--engine", help="fleet (paho-mqtt, one selector thread) or sdk (AWSIoTPythonSDK)")
-    fleet.add_argument("--lines", type=int, help="lines per site")
+    fleet.add_argument("--lines", help="lines per site")
     fleet.add_argument("--machines", metavar="TYPE=N,...",
                        help="machines per line, e.g. cnc_mill=2,conveyor=1")
-    fleet.add_argument("--publish-interval", type=float, metavar="SECONDS",
+    fleet.add_argument("--publish-interval", metavar="SECONDS",
                        help="wall seconds between two samples of one machine")
-    fleet.add_argument("--window", type=int, help="QoS 1 in-flight window per connection (<= 100)")
-    fleet.add_argument("--max-machine-series", type=int,
+    fleet.add_argument("--window", help="QoS 1 in-flight window per connection (<= 100)")
+    fleet.add_argument("--max-machine-series",
                        help="per-machine metric series cap; past it only per-line aggregates")
     conn = parser.add_argument_group("connection (override the environment)")
-    conn.add_argument("--site-index", type=int)
+    conn.add_argument("--site-index")
     conn.add_argument("--endpoint", help="MQTT broker host")
-    conn.add_argument("--port", type=int)
+    conn.add_argument("--port")
     conn.add_argument("--ca", type=Path, metavar="FILE")
     conn.add_argument("--cert", type=Path, metavar="FILE")
     conn.add_argument("--key", type=Path, metavar="FILE")
     conn.add_argument("--client-id-prefix")
-    conn.add_argument("--connections", type=int, help="override the planned number of connections")
-    conn.add_argument("--metrics-port", type=int, help="0 turns the exporter off")
+    conn.add_argument("--connections", help="override the planned number of connections")
+    conn.add_argument("--metrics-port", help="0 turns the exporter off")
     conn.add_argument("--metrics-host")
     return parser
 
@@ -138,29 +223,22 @@ def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, 
 
 def read_fleet_file(path: Path) -> dict[str, Any]:
     """The fleet mapping of a plain settings file or of a Pulumi stack file."""
-    if not path.is_file():
-        raise UsageError(f"config file {path} does not exist; pass an existing YAML file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise UsageError(f"cannot parse {path}{where}: {problem}; fix the YAML syntax") from None
-    except OSError as error:
-        raise UsageError(f"cannot read {path}: {error.strerror}") from None
+    from factory_core import stack_file
+
+    fix = "fix the file, or pass an existing YAML file"
+    data = stack_file.load_yaml_file(path, what="config file", fix=fix)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"{path} must hold a mapping of fleet settings, not a {type(data).__name__}")
-    stack_config = data.get("config")
+        raise UsageError(f"{path} must hold a mapping of fleet settings, not a {type(data).__name__}; {fix}")
+    stack_config = data.get(stack_file.CONFIG_FIELD)
     if isinstance(stack_config, dict):
-        fleet = stack_config.get(PULUMI_FLEET_KEY, {})
+        fleet = stack_config.get(stack_file.FLEET_KEY, {})
         if not isinstance(fleet, dict):
-            raise UsageError(f"{path}: config.{PULUMI_FLEET_KEY} must be a mapping of fleet settings")
+            raise UsageError(f"{path}: config.{stack_file.FLEET_KEY} must be a mapping of fleet settings")
         return fleet
-    if PULUMI_FLEET_KEY in data and isinstance(data[PULUMI_FLEET_KEY], dict):
-        return dict(data[PULUMI_FLEET_KEY])
+    if isinstance(data.get(stack_file.FLEET_KEY), dict):
+        return dict(data[stack_file.FLEET_KEY])
     return data
 
 
@@ -169,46 +247,17 @@ def parse_machines(text: str) -> dict[str, int]:
     mix: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, count = item.partition("=")
-        name = name.strip()
+        name, count = name.strip(), count.strip()
         if not sep:
             raise UsageError(f"--machines item '{item}' needs TYPE=COUNT, e.g. cnc_mill=2")
         if name not in {t.value for t in MachineType}:
             raise UsageError(f"unknown machine type '{name}' in --machines; use one of: {known}")
-        try:
-            mix[name] = int(count)
-        except ValueError:
-            raise UsageError(f"--machines {name}={count}: the count must be a whole number") from None
+        if not re.fullmatch(r"[0-9]{1,9}", count):
+            raise UsageError(f"--machines {name}={count}: the count must be a whole number")
+        mix[name] = int(count)
     if not mix:
         raise UsageError("--machines is empty; e.g. --machines cnc_mill=2,conveyor=1")
     return mix
-
-
-def describe_validation_error(error: ValidationError, sources: Sequence[str]) -> str:
-    first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"] if part != "[key]")
-    where = " + ".join(sources) if sources else "the defaults"
-    if first["type"] == "extra_forbidden":
-        problem = f"unknown setting '{location}'"
-    else:
-        problem = f"{location}: {first['msg'][0].lower()}{first['msg'][1:]} (got {first.get('input')!r})"
-    more = error.error_count() - 1
-    suffix = f" (+{more} more)" if more > 0 else ""
-    return f"invalid fleet config, {problem}{suffix}; fix it in {where}"
-
-
-def _env_int(environ: Mapping[str, str], name: str) -> int | None:
-    value = environ.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UsageError(f"{name}={value!r} is not a whole number; fix the environment variable") from None
-
-
-def _env_path(environ: Mapping[str, str], name: str) -> Path | None:
-    value = environ.get(name)
-    return Path(value) if value else None
 
 
 def _parse_start(text: str) -> int:
@@ -221,107 +270,105 @@ def _parse_start(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def load_run_config(argv: Sequence[str], environ: Mapping[str, str]) -> RunConfig:
-    args = build_parser().parse_args(list(argv))
-    sources: list[str] = []
-    fleet_data: dict[str, Any] = {}
-    config_file: Path | None = args.check_config or args.config or _env_path(environ, "FACTORY_CONFIG_FILE")
+@dataclass
+class _Layers:
+    """Values from each source, lowest precedence first, and which source set each top-level key."""
+
+    values: dict[str, Any]
+    origins: dict[str, list[str]]
+
+    def add(self, source: str, values: Mapping[str, Any], *, deep: bool = False) -> None:
+        if not values:
+            return
+        self.values = _deep_merge(self.values, values) if deep else {**self.values, **values}
+        for key in values:
+            self.origins[key] = [*self.origins.get(key, []), source] if deep else [source]
+
+    def validate(self, model: type[BaseModel], fallback: str) -> Any:
+        try:
+            return model.model_validate(self.values)
+        except ValidationError as error:
+            first = error.errors()[0]["loc"]
+            where = self.origins.get(str(first[0]), []) if first else []
+            fix = f"fix it in {' + '.join(where or [fallback])}"
+            raise UsageError(describe_validation_error(error, "", fix, model=model, most=1)) from None
+
+
+def _fleet_layers(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[_Layers, list[str]]:
+    from factory_core import stack_file
+
+    layers, sources = _Layers({}, {}), []
+    config_file: Path | None = args.check_config or args.config
+    if config_file is None and environ.get("FACTORY_CONFIG_FILE", "").strip():
+        config_file = Path(environ["FACTORY_CONFIG_FILE"].strip())
     if config_file is not None:
-        fleet_data = read_fleet_file(config_file)
+        layers.add(str(config_file), read_fleet_file(config_file))
         sources.append(str(config_file))
     if environ.get("FACTORY_CONFIG_JSON"):
-        try:
-            override = json.loads(environ["FACTORY_CONFIG_JSON"])
-        except json.JSONDecodeError as error:
-            raise UsageError(
-                f"FACTORY_CONFIG_JSON is not valid JSON ({error.msg} at char {error.pos})"
-            ) from None
+        fix = "fix the environment variable"
+        override = stack_file.parse_json(environ["FACTORY_CONFIG_JSON"], "FACTORY_CONFIG_JSON", fix)
         if not isinstance(override, dict):
             raise UsageError("FACTORY_CONFIG_JSON must be a JSON object of fleet settings")
-        fleet_data = _deep_merge(fleet_data, override)
+        layers.add("FACTORY_CONFIG_JSON", override, deep=True)
         sources.append("FACTORY_CONFIG_JSON")
-    flag_overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "seed": args.seed,
-            "speed": args.speed,
-            "qos": args.qos,
-            "engine": args.engine,
-            "lines_per_site": args.lines,
-            "publish_interval_s": args.publish_interval,
-            "inflight_window": args.window,
-            "max_machine_series": args.max_machine_series,
-        }.items()
-        if value is not None
-    }
-    if args.machines is not None:
-        flag_overrides["machines_per_line"] = parse_machines(args.machines)
     if args.engine is not None and args.engine not in {e.value for e in Engine}:
         raise UsageError(f"unknown --engine '{args.engine}'; use fleet or sdk")
-    if flag_overrides:
-        fleet_data = {**fleet_data, **flag_overrides}
+    flags = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in _FLEET_FLAGS.items()}
+    if args.machines is not None:
+        flags["machines_per_line"] = parse_machines(args.machines)
+    for field, value in flags.items():
+        if value is not None:
+            layers.add(_FLEET_FLAGS.get(field, "--machines"), {field: value})
+    if any(value is not None for value in flags.values()):
         sources.append("flags")
-    try:
-        fleet = FleetSettings.model_validate(fleet_data)
-    except ValidationError as error:
-        raise UsageError(describe_validation_error(error, sources)) from None
+    return layers, sources
 
+
+def _run_layers(args: argparse.Namespace, environ: Mapping[str, str]) -> _Layers:
+    layers = _Layers({}, {})
+    for name, field in _ENV_FIELDS.items():
+        value = environ.get(name, "")
+        if value.strip():
+            layers.add(name, {field: value.strip()})
     # PEM text in the environment beats a file path in the environment (the image sets a default
     # FACTORY_CA_FILE); `materialize_pem_env` fills the paths left empty here. Flags beat both.
-    connection = ConnectionSettings(
-        endpoint=environ.get("FACTORY_ENDPOINT") or None,
-        port=_env_int(environ, "FACTORY_PORT") or DEFAULT_MQTT_PORT,
-        ca_path=None if environ.get("FACTORY_CA_PEM") else _env_path(environ, "FACTORY_CA_FILE"),
-        cert_path=None if environ.get("FACTORY_CERT_PEM") else _env_path(environ, "FACTORY_CERT_FILE"),
-        key_path=None if environ.get("FACTORY_KEY_PEM") else _env_path(environ, "FACTORY_KEY_FILE"),
-        client_id_prefix=environ.get("FACTORY_CLIENT_ID_PREFIX", DEFAULT_CLIENT_ID_PREFIX),
-        metrics_host=environ.get("FACTORY_METRICS_HOST") or "0.0.0.0",
-    )
-    env_metrics_port = _env_int(environ, "FACTORY_METRICS_PORT")
-    if env_metrics_port is not None:
-        connection = replace(connection, metrics_port=env_metrics_port)
-    flag_connection = {
-        key: value
-        for key, value in {
-            "endpoint": args.endpoint,
-            "port": args.port,
-            "ca_path": args.ca,
-            "cert_path": args.cert,
-            "key_path": args.key,
-            "client_id_prefix": args.client_id_prefix,
-            "metrics_port": args.metrics_port,
-            "metrics_host": args.metrics_host,
-            "connections": args.connections,
-        }.items()
-        if value is not None
-    }
-    connection = replace(connection, **flag_connection)
-    if not 0 <= connection.metrics_port <= 65535:
-        raise UsageError(
-            f"metrics port {connection.metrics_port} is not a TCP port; use 1-65535, or 0 for none"
-        )
-    if connection.connections is not None and connection.connections < 1:
-        raise UsageError("--connections must be at least 1")
+    pems = {"FACTORY_CA_PEM": "ca_path", "FACTORY_CERT_PEM": "cert_path", "FACTORY_KEY_PEM": "key_path"}
+    for pem, field in pems.items():
+        if environ.get(pem):
+            layers.values.pop(field, None)
+    for field, flag in _RUN_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            layers.add(flag, {field: value})
+    return layers
 
-    site_index = args.site_index
-    if site_index is None:
-        site_index = _env_int(environ, "FACTORY_SITE_INDEX") or 0
-    if not 0 <= site_index <= 99:
-        raise UsageError(f"site index {site_index} is out of range; use 0-99 (sites are site-00..site-99)")
-    if args.duration is not None and args.duration <= 0:
-        raise UsageError(f"--duration {args.duration:g} must be more than 0 simulated seconds")
-    if args.count is not None and args.count <= 0:
-        raise UsageError(f"--count {args.count} must be at least 1")
+
+def load_run_config(argv: Sequence[str], environ: Mapping[str, str]) -> RunConfig:
+    args = build_parser().parse_args(list(argv))
+    fleet_layers, sources = _fleet_layers(args, environ)
+    fleet: FleetSettings = fleet_layers.validate(FleetSettings, " + ".join(sources) or "the defaults")
+    run: RunSettings = _run_layers(args, environ).validate(RunSettings, "the environment or flags")
+    connection = ConnectionSettings(
+        endpoint=run.endpoint,
+        port=run.port,
+        ca_path=run.ca_path,
+        cert_path=run.cert_path,
+        key_path=run.key_path,
+        client_id_prefix=run.client_id_prefix,
+        metrics_host=run.metrics_host,
+        metrics_port=run.metrics_port,
+        connections=run.connections,
+    )
     return RunConfig(
         fleet=fleet,
         connection=connection,
-        site_index=site_index,
-        duration_s=args.duration,
-        count=args.count,
+        site_index=run.site_index,
+        duration_s=run.duration_s,
+        count=run.count,
         dry_run=args.dry_run,
         max_rate=args.max_rate,
         start_epoch_ms=_parse_start(args.start) if args.start else None,
-        state_file=args.state_file or _env_path(environ, "FACTORY_STATE_FILE"),
+        state_file=run.state_file,
         check_config=args.check_config,
         sources=tuple(sources),
     )

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+from factory_core import stack_file
 
 
 def write_local_stack_file(
@@ -14,10 +14,10 @@ def write_local_stack_file(
 ) -> Path:
     """`directory/Pulumi.local.yaml` with this fleet; `local` overrides the `iotfactory:local` keys."""
     document = {
-        "config": {
-            "iotfactory:fleet": dict(fleet),
-            "iotfactory:simulatorCount": simulators,
-            "iotfactory:local": {
+        stack_file.CONFIG_FIELD: {
+            stack_file.FLEET_KEY: dict(fleet),
+            stack_file.SIMULATOR_COUNT_KEY: simulators,
+            stack_file.LOCAL_KEY: {
                 "brokerPort": 0,
                 "prometheusPort": 0,
                 "grafanaPort": 0,
@@ -28,5 +28,5 @@ def write_local_stack_file(
         }
     }
     path = directory / "Pulumi.local.yaml"
-    path.write_text(header + yaml.safe_dump(document, sort_keys=False))
+    path.write_text(stack_file.render(document, header))
     return path

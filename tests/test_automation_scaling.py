@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from automation.scaling import BoundsError, ScaleLimits, Verdict, plan_scale
+from automation.scaling import BoundsError, QuotaVerdict, ScaleLimits, plan_scale
 from factory_core.connection_plan import plan_connections
 from factory_core.fleet import IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION, FleetSettings
 
@@ -21,7 +21,7 @@ def fleet(machines_per_line: int, interval_s: float = 1.0, cap: int = 80) -> Fle
 def test_rate_is_per_site_rate_times_simulators() -> None:
     plan = plan_scale(10, FleetSettings(), ScaleLimits())
     assert plan.publishes_per_second == FleetSettings().publishes_per_second_per_site * 10
-    assert plan.verdict is Verdict.OK
+    assert plan.verdict is QuotaVerdict.OK
 
 
 def test_connections_follow_the_simulators_own_plan() -> None:
@@ -34,9 +34,14 @@ def test_connections_follow_the_simulators_own_plan() -> None:
 
 @pytest.mark.parametrize(
     ("count", "verdict"),
-    [(8, Verdict.OK), (9, Verdict.NEAR_QUOTA), (10, Verdict.NEAR_QUOTA), (11, Verdict.OVER_QUOTA)],
+    [
+        (8, QuotaVerdict.OK),
+        (9, QuotaVerdict.NEAR_QUOTA),
+        (10, QuotaVerdict.NEAR_QUOTA),
+        (11, QuotaVerdict.OVER_QUOTA),
+    ],
 )
-def test_verdict_against_the_default_account_quota(count: int, verdict: Verdict) -> None:
+def test_verdict_against_the_default_account_quota(count: int, verdict: QuotaVerdict) -> None:
     plan = plan_scale(count, fleet(1000), ScaleLimits())  # 2,000 msg/s per simulator
     assert plan.verdict is verdict
     assert plan.max_simulators_within_quota == 10
@@ -51,7 +56,7 @@ def test_over_quota_explains_the_throttle_and_the_way_out() -> None:
 
 def test_a_raised_quota_moves_the_limit() -> None:
     plan = plan_scale(11, fleet(1000), ScaleLimits(account_publishes_per_second=100_000))
-    assert plan.verdict is Verdict.OK and plan.max_simulators_within_quota == 50
+    assert plan.verdict is QuotaVerdict.OK and plan.max_simulators_within_quota == 50
 
 
 def test_large_fleets_get_a_connect_rate_note() -> None:
@@ -69,4 +74,4 @@ def test_bounds(count: int) -> None:
 
 def test_zero_simulators_pauses_the_fleet() -> None:
     plan = plan_scale(0, FleetSettings(), ScaleLimits())
-    assert plan.publishes_per_second == 0 and plan.connections == 0 and plan.verdict is Verdict.OK
+    assert plan.publishes_per_second == 0 and plan.connections == 0 and plan.verdict is QuotaVerdict.OK

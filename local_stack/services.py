@@ -101,10 +101,13 @@ class Service:
     process: ManagedProcess | None = None
     generation: str | None = None  # simulators: certificate generation in use
     restarts: int = 0
-    restart_times: deque[float] = field(default_factory=lambda: deque(maxlen=RESTART_LIMIT))
+    restart_times: deque[float] = field(init=False)  # the most recent ones its policy counts
     intentional_stop: bool = False
     gave_up: bool = False
     last_exit: int | None = None
+
+    def __post_init__(self) -> None:
+        self.restart_times = deque(maxlen=self.spec.restart.limit)
 
     @property
     def spec(self) -> KindSpec:

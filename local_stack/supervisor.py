@@ -259,8 +259,10 @@ class Supervisor:
 
     def outputs_report(self) -> StackOutputs:
         generation = self.pki.current_generation if self.pki else None
+        # A copy: the main thread changes the ports while a connection thread may be answering.
+        ports = dict(self.ports)
         return stack_outputs(
-            self.stack, self.paths, self.ports, self.grafana_skipped, self.desired_simulators, generation
+            self.stack, self.paths, ports, self.grafana_skipped, self.desired_simulators, generation
         )
 
     def status_report(self) -> StatusReport:
@@ -318,13 +320,13 @@ class Supervisor:
 
     def scale(self, simulators: int, progress: Progress) -> ScaleResult:
         config_module.check_simulator_count(simulators, "--simulators", "choose a count in that range")
-        simulators_now = self.services.of_kind(Kind.SIMULATOR)
-        current = sorted(i for s in simulators_now if (i := simulator_index(s.name)) is not None)
+        by_index = {simulator_index(s.name): s for s in self.services.of_kind(Kind.SIMULATOR)}
+        current = sorted(i for i in by_index if i is not None)
         before = len(current)
         if simulators > before:
             self._start_simulators(range(before, simulators), progress)
         elif simulators < before:
-            leaving = [s for s in simulators_now if (simulator_index(s.name) or 0) >= simulators]
+            leaving = [by_index[index] for index in current[simulators:]]
             progress(f"draining {', '.join(s.name for s in leaving)}")
             self._remove_simulators(leaving)
         self.desired_simulators = simulators

@@ -135,6 +135,7 @@ class CountersSettle:
 class Stage:
     probe: Probe
     timeout_s: float
+    poll_s: float = POLL_S  # a probe that scrapes an exporter polls slower: the service is booting
 
 
 Readiness = tuple[Stage, ...]
@@ -148,7 +149,9 @@ def wait_ready(name: str, process: ManagedProcess, readiness: Sequence[Stage]) -
     simulator still drains and writes its checkpoint.
     """
     for stage in readiness:
-        reached = wait_until(lambda stage=stage: not process.running() or stage.probe(), stage.timeout_s)
+        reached = wait_until(
+            lambda stage=stage: not process.running() or stage.probe(), stage.timeout_s, stage.poll_s
+        )
         if not process.running():
             raise exited_during_start(name, process)
         if not reached:

@@ -334,7 +334,7 @@ class ServiceBuilder:
         port = self.ports[name]
         ready = (
             *_port_ready(port),
-            Stage(AllConnectionsUp(port), SIMULATOR_CONNECT_TIMEOUT_S),
+            Stage(AllConnectionsUp(port), SIMULATOR_CONNECT_TIMEOUT_S, poll_s=0.1),
         )
         service = Service(name, Kind.SIMULATOR, port, lambda: self._simulator_process(service), ready)
         service.generation = generation

@@ -128,20 +128,23 @@ class Supervisor:
         # simulators boot in parallel; the broker queues for the session until the runner attaches.
         assert self.pki is not None
         ensure_archive_session(self.ports[BROKER], self.pki.ca.ca_cert_path, reader_cert)
-        starting = [
+        pipeline = [
             self.services.add(builder.rule_runner(reader_cert)),
             *(self._add_simulator(index) for index in range(self.desired_simulators)),
-            self.services.add(builder.prometheus(self._write_prometheus_config())),
         ]
+        for service in pipeline:
+            service.launch()
+        # Prometheus's config (slow to import and render) is written while the pipeline boots.
+        observers = [self.services.add(builder.prometheus(self._write_prometheus_config()))]
         install = grafana.find_install()
         if install is None:
             self.grafana_skipped = grafana.SKIPPED_SHORT
             self.say(grafana.SKIPPED_HINT)
         else:
-            starting.append(self.services.add(builder.grafana(install)))
-        for service in starting:
+            observers.append(self.services.add(builder.grafana(install)))
+        for service in observers:
             service.launch()
-        for service in starting:
+        for service in (*pipeline, *observers):
             service.wait_ready()
         self.monitor.start(self._stop)
 

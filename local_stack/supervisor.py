@@ -53,7 +53,6 @@ from local_stack.status_document import (
 # Compatibility only: names other modules imported from here before the split. New code imports
 # them from their homes; the lead removes these once local_stack/operations.py and the tests do.
 request = control.request
-BROKER_INFLIGHT_TO_SUBSCRIBERS = services.BROKER_INFLIGHT_TO_SUBSCRIBERS
 port_in_use_message = services.port_in_use_message
 LOCK_FILE = state_file.LOCK_FILE
 already_running_message = state_file.already_running_message

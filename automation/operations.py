@@ -8,7 +8,6 @@ gets one line and exit code 2 before any work. Pulumi itself is imported only by
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psutil
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -255,15 +255,10 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _interrupt_children() -> None:
-    me = os.getpid()
-    for stat in Path("/proc").glob("[0-9]*/stat"):  # Linux; elsewhere there is nothing to read
-        try:
-            parent = int(stat.read_text(encoding="ascii", errors="replace").rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == me:
-            with suppress(ProcessLookupError, PermissionError):
-                os.kill(int(stat.parent.name), signal.SIGINT)
+    for child in psutil.Process().children():
+        # psutil checks the child is still the process it listed, so a reused pid is never signalled.
+        with suppress(psutil.Error):
+            child.send_signal(signal.SIGINT)
 
 
 def _run_update(port: StackPort, operation: str, renderer: Renderer) -> UpdateResult:

@@ -30,7 +30,7 @@ from factory_core.fleet import FleetSettings, MachineType  # noqa: E402
 from local_stack.certificate_authority import CertificateAuthority  # noqa: E402
 from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess  # noqa: E402
 from local_stack.ports import free_port, wait_for_port  # noqa: E402
-from local_stack.supervisor import BROKER_INFLIGHT_TO_SUBSCRIBERS  # noqa: E402
+from local_stack.services import BROKER_INFLIGHT_TO_SUBSCRIBERS  # noqa: E402
 from local_stack.verify import verify_archive  # noqa: E402
 from simulator.model.site import SiteModel  # noqa: E402
 

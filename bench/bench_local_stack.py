@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from local_stack import operations  # noqa: E402
 from local_stack.archive import LocalArchive  # noqa: E402
+from local_stack.control import request  # noqa: E402
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV, StatePaths  # noqa: E402
-from local_stack.supervisor import request  # noqa: E402
 from local_stack.verify import verify_archive  # noqa: E402
 
 CLI = str(REPO_ROOT / "cli.py")

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -138,11 +140,9 @@ def simulator_command(stack: Stack, *args: str) -> list[str]:
 
 def _rss_mb(pid: int) -> float:
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except psutil.Error:
         return 0.0
-    match = re.search(r"VmRSS:\s+(\d+)", status)
-    return int(match[1]) / 1024 if match else 0.0
 
 
 def deliver(

@@ -8,10 +8,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from local_stack.ports import HOST
 from local_stack.processes import ManagedProcess
 from simulator.private_files import write_private
 
-HOST = "127.0.0.1"
 SKIPPED_SHORT = "skipped (grafana-server not on PATH); dashboards: python cli.py dashboards --out DIR"
 SKIPPED_HINT = (
     "grafana-server is not on PATH, Grafana skipped; install Grafana OSS "

@@ -18,7 +18,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import psutil
+
 from factory_core.errors import UsageError
+from local_stack.readiness import wait_until
 
 _PR_SET_PDEATHSIG = 1
 # Resolved once here: the pre-exec hook runs between fork and exec and must do as little as possible.
@@ -56,34 +59,25 @@ def python_command(module: str, *args: str) -> list[str]:
 
 def pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        # A zombie still answers kill(0); it is gone for every purpose here.
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    # A zombie still answers kill(0); it is gone for every purpose here.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    except ValueError:  # not a valid pid
+        return False
 
 
 def process_command_line(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return list(psutil.Process(pid).cmdline())
+    except (psutil.Error, ValueError):
         return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def wait_gone(pids: Sequence[int], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not any(pid_alive(pid) for pid in pids):
-            return True
-        time.sleep(0.05)
-    return not any(pid_alive(pid) for pid in pids)
+    return wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout_s)
 
 
 class ManagedProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -12,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from local_stack.ports import HOST
 from local_stack.processes import ManagedProcess, require_binary
+from local_stack.readiness import wait_until
 from observability.prometheus_config import SIMULATOR_JOB
-
-HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -88,12 +87,7 @@ def ready(port: int) -> bool:
 
 
 def wait_ready(port: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ready(port):
-            return True
-        time.sleep(0.1)
-    return False
+    return wait_until(lambda: ready(port), timeout_s, poll_s=0.1)
 
 
 def active_targets(port: int, job: str = SIMULATOR_JOB) -> set[str]:
@@ -105,15 +99,13 @@ def active_targets(port: int, job: str = SIMULATOR_JOB) -> set[str]:
     }
 
 
+def scrapes_exactly(port: int, expected: Sequence[str]) -> bool:
+    try:
+        return active_targets(port) == set(expected)
+    except (urllib.error.URLError, OSError, KeyError, ValueError):
+        return False
+
+
 def wait_for_targets(port: int, expected: Sequence[str], timeout_s: float) -> bool:
     """After a reload: true once Prometheus scrapes exactly the expected simulator targets."""
-    wanted = set(expected)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if active_targets(port) == wanted:
-                return True
-        except (urllib.error.URLError, OSError, KeyError, ValueError):
-            pass
-        time.sleep(0.1)
-    return False
+    return wait_until(lambda: scrapes_exactly(port, expected), timeout_s, poll_s=0.1)

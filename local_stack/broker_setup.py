@@ -1,0 +1,98 @@
+"""What must exist before the broker's clients start: the broker's and the reader's certificates,
+and the archive's persistent session on the broker."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from factory_core.errors import OperationFailed
+from factory_core.fleet import TOPIC_ROOT
+from local_stack.certificate_authority import CertificateAuthority, IssuedCertificate
+from local_stack.mosquitto import RULE_RUNNER_IDENTITY
+from local_stack.ports import HOST
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+SERVER_IDENTITY = "broker"
+
+
+def service_certificates(
+    ca: CertificateAuthority, certs: Path
+) -> tuple[IssuedCertificate, IssuedCertificate]:
+    """The broker's server certificate and the rule runner's reader certificate (reused across runs)."""
+    issued = []
+    for name, issue in (
+        (SERVER_IDENTITY, lambda: ca.issue_server(SERVER_IDENTITY, certs)),
+        (RULE_RUNNER_IDENTITY, lambda: ca.issue_client(RULE_RUNNER_IDENTITY, certs)),
+    ):
+        cert_path, key_path = certs / f"{name}.pem", certs / f"{name}.key"
+        if cert_path.exists() and key_path.exists() and _signed_by(cert_path, ca):
+            issued.append(IssuedCertificate(cert_path, key_path, 0, name, ca.cert.not_valid_after_utc))
+        else:
+            issued.append(issue())
+    return issued[0], issued[1]
+
+
+def _signed_by(cert_path: Path, ca: CertificateAuthority) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert.verify_directly_issued_by(ca.cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def ensure_archive_session(
+    broker_port: int, ca_file: Path, reader: IssuedCertificate, timeout_s: float = 10.0
+) -> None:
+    """Create (or keep) the rule runner's persistent session: clean session off, QoS 1 subscription.
+
+    Same client id and identity as the rule runner, so when it connects the broker resumes this
+    session and delivers what it queued meanwhile.
+    """
+    # Imported here: only the supervisor needs paho, not every verb that imports this package.
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=RULE_RUNNER_IDENTITY,
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+    )
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.load_cert_chain(str(reader.cert_path), str(reader.key_path))
+    client.tls_set_context(context)
+    subscribed = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(c: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            refused.append(str(reason))
+            subscribed.set()
+        elif flags.session_present:
+            subscribed.set()
+        else:
+            c.subscribe(f"{TOPIC_ROOT}/#", qos=1)
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *_args: subscribed.set()
+    try:
+        client.connect(HOST, broker_port, keepalive=30)
+        client.loop_start()
+        if not subscribed.wait(timeout_s) or refused:
+            raise OperationFailed(
+                f"could not create the archive's session on the broker ({', '.join(refused) or 'no answer'});"
+                " see the broker log"
+            )
+    except (OSError, ssl.SSLError) as error:
+        raise OperationFailed(f"could not reach the broker on {HOST}:{broker_port}: {error}") from None
+    finally:
+        client.disconnect()
+        client.loop_stop()

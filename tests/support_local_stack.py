@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from typer.testing import CliRunner, Result
 
 
 def write_local_stack_file(
@@ -30,3 +31,10 @@ def write_local_stack_file(
     path = directory / "Pulumi.local.yaml"
     path.write_text(header + yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+def run_cli(*args: str) -> Result:
+    """`python cli.py ARGS` in this process (as a user runs it, minus the interpreter start)."""
+    import cli
+
+    return CliRunner().invoke(cli.app, list(args))

@@ -1,20 +1,25 @@
 """iotfactory: one entrypoint for the factory simulator's stacks (local, dev, prod).
 
-Exit codes: 0 ok, 1 the operation failed, 2 usage or config error.
-`--stack local` runs everything on this machine; `dev`/`prod` drive AWS through the Pulumi
-Automation API. Heavy imports (Pulumi, pulumi_aws, boto3) happen inside the commands that need
-them so that `--help` stays instant.
+`--stack local` runs everything on this machine (`local_stack.stack.LocalStack`); `dev`/`prod`
+drive AWS through the Pulumi Automation API (`automation.cloud_stack.CloudStack`). Both implement
+`factory_core.verbs.StackVerbs`; this file parses flags, picks the implementation, and hands the
+result to `cli_render` (rich, or JSON with `--json`: docs/json-output.md). Exit codes come from
+the one table in `factory_core.errors` (0 ok, 1 failed, 2 usage or config, 130 interrupted).
+Every import past Typer happens inside the commands, so `--help` stays instant.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from cli_render import Renderer
+    from factory_core.verb_results import VerbResult
+    from factory_core.verbs import ProgressSink, StackVerbs
 
 PROJECT_DIR = Path(__file__).resolve().parent
 CLOUD_STACKS = ("dev", "prod")
@@ -34,44 +39,47 @@ StackOpt = Annotated[
     typer.Option("--stack", "-s", help="local (this machine, no cloud), dev or prod (AWS)."),
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout (docs/json-output.md).")]
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
+def _stack_verbs(stack: str) -> StackVerbs:
+    """The implementation of the verbs for this stack."""
+    from factory_core.errors import UsageError
 
-
-def _operations(stack: str) -> ModuleType:
-    """The module that implements the verbs for this stack (same function names on both)."""
     if stack == "local":
-        from local_stack import operations
-    elif stack in CLOUD_STACKS or (PROJECT_DIR / f"Pulumi.{stack}.yaml").exists():
-        from automation import operations
-    else:
-        from factory_core.stack_file import known_stacks
+        from local_stack.stack import LocalStack
 
-        known = ", ".join(known_stacks(PROJECT_DIR))
-        raise _fail(f"unknown stack '{stack}'; stacks that exist: {known}", 2)
-    return operations
+        return LocalStack()
+    if stack in CLOUD_STACKS or (PROJECT_DIR / f"Pulumi.{stack}.yaml").exists():
+        from automation.cloud_stack import CloudStack
+
+        return CloudStack(stack)
+    from factory_core.stack_file import known_stacks
+
+    known = ", ".join(known_stacks(PROJECT_DIR))
+    raise UsageError(f"unknown stack '{stack}'; stacks that exist: {known}")
 
 
-def _run(stack: str | None, verb: str, call: Callable[[ModuleType], Any]) -> None:
-    from factory_core.errors import OperationFailed, UsageError
+def _render(json_output: bool, produce: Callable[[ProgressSink], VerbResult]) -> None:
+    """Run a verb, draw its result, and exit with the code the one table in factory_core.errors gives."""
+    from cli_render import Renderer
+    from factory_core.errors import exit_code_for, exit_code_for_result
 
+    renderer: Renderer = Renderer(json_output=json_output)
     try:
-        ops = _operations(stack) if stack is not None else None
-        if ops is not None and not hasattr(ops, verb):
-            raise UsageError(f"'{verb}' is not available on stack '{stack}'")
-        result = call(ops)
-    except UsageError as exc:
-        raise _fail(str(exc), 2) from None
-    except OperationFailed as exc:
-        raise _fail(str(exc), 1) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
-    if isinstance(result, int) and result != 0:
-        raise typer.Exit(result)
+        result = produce(renderer.sink)
+    except BaseException as error:
+        code = exit_code_for(error)
+        if code is None:
+            raise
+        renderer.error(error)
+        raise typer.Exit(int(code)) from None
+    renderer.result(result)
+    raise typer.Exit(int(exit_code_for_result(result.failed)))
+
+
+def _run_verb(stack: str, json_output: bool, call: Callable[[StackVerbs, ProgressSink], VerbResult]) -> None:
+    _render(json_output, lambda sink: call(_stack_verbs(stack), sink))
 
 
 @app.command()
@@ -82,41 +90,49 @@ def up(
     json_output: JsonOpt = False,
 ) -> None:
     """Create or update the stack and start the pipeline."""
-    _run(stack, "up", lambda ops: ops.up(stack, detach=detach, yes=yes, json_output=json_output))
+    from factory_core.verbs import UpRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.up(UpRequest(detach=detach, yes=yes), sink))
 
 
 @app.command()
 def preview(stack: StackOpt = "dev", json_output: JsonOpt = False) -> None:
-    """Show what `up` would change."""
-    _run(stack, "preview", lambda ops: ops.preview(stack, json_output=json_output))
+    """Show what `up` would change (cloud stacks)."""
+    from factory_core.verbs import PreviewRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.preview(PreviewRequest(), sink))
 
 
 @app.command()
 def destroy(stack: StackOpt = "local", yes: YesOpt = False, json_output: JsonOpt = False) -> None:
     """Stop and delete everything the stack created (asks first unless --yes)."""
-    if not yes:
-        if not sys.stdin.isatty():
-            raise _fail(f"destroy needs confirmation; re-run with --yes to destroy stack '{stack}'", 2)
-        typer.confirm(f"Destroy stack '{stack}' and everything it created?", abort=True)
-    _run(stack, "destroy", lambda ops: ops.destroy(stack, json_output=json_output))
+    from factory_core.verbs import DestroyRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.destroy(DestroyRequest(yes=yes), sink))
 
 
 @app.command()
 def stop(stack: StackOpt = "local", json_output: JsonOpt = False) -> None:
     """local: stop a running stack and keep its state (archive, logs, certificates)."""
-    _run(stack, "stop", lambda ops: ops.stop(stack, json_output=json_output))
+    from factory_core.verbs import StopRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.stop(StopRequest(), sink))
 
 
 @app.command()
 def outputs(stack: StackOpt = "local", json_output: JsonOpt = False) -> None:
     """Print where everything is: URLs, endpoint, archive, cluster."""
-    _run(stack, "outputs", lambda ops: ops.outputs(stack, json_output=json_output))
+    from factory_core.verbs import OutputsRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.outputs(OutputsRequest(), sink))
 
 
 @app.command()
 def status(stack: StackOpt = "local", json_output: JsonOpt = False) -> None:
     """Show whether the stack runs and how the pipeline is doing."""
-    _run(stack, "status", lambda ops: ops.status(stack, json_output=json_output))
+    from factory_core.verbs import StatusRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.status(StatusRequest(), sink))
 
 
 @app.command()
@@ -126,7 +142,9 @@ def scale(
     json_output: JsonOpt = False,
 ) -> None:
     """Change the number of simulators and record it in the stack's config."""
-    _run(stack, "scale", lambda ops: ops.scale(stack, simulators, json_output=json_output))
+    from factory_core.verbs import ScaleRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.scale(ScaleRequest(simulators), sink))
 
 
 @app.command("rotate-certs")
@@ -138,18 +156,37 @@ def rotate_certs(
     json_output: JsonOpt = False,
 ) -> None:
     """Issue new device certificates, move every simulator onto them, then revoke the old ones."""
-    _run(
-        stack, "rotate_certs", lambda ops: ops.rotate_certs(stack, rollback=rollback, json_output=json_output)
-    )
+    from factory_core.verbs import RotateRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.rotate_certs(RotateRequest(rollback), sink))
 
 
 @app.command()
 def verify(
     stack: StackOpt = "local",
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            "--archive",
+            help="Reconcile this archive instead of the stack's: a folder, file:///path or s3://BUCKET[/PREFIX].",
+        ),
+    ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option("--s3-endpoint-url", help="S3-compatible endpoint for --archive (moto, MinIO)."),
+    ] = None,
+    window: Annotated[
+        bool,
+        typer.Option("--window", help="The archive is a time window: no gap before a stream's first seq."),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """Reconcile the archive against what was published: gaps, duplicates, latency."""
-    _run(stack, "verify", lambda ops: ops.verify(stack, json_output=json_output))
+    """Reconcile the archive against what was published: gaps, duplicates, latency (exit 1 on loss)."""
+    from factory_core.verbs import VerifyRequest
+
+    request = VerifyRequest(archive=archive, endpoint_url=endpoint_url, window=window)
+    # An explicit archive is read the same way whatever the stack: with the local tools.
+    _run_verb("local" if archive else stack, json_output, lambda verbs, sink: verbs.verify(request, sink))
 
 
 @app.command()
@@ -160,30 +197,37 @@ def logs(
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end of each log.")] = 20,
+    json_output: JsonOpt = False,
 ) -> None:
-    """Print the logs of the stack's services."""
-    _run(stack, "logs", lambda ops: ops.logs(stack, service=service, follow=follow, lines=lines))
+    """Print the logs of the stack's services (--json: one line per log line, with its service)."""
+    from factory_core.verbs import LogsRequest
+
+    request = LogsRequest(service=service, follow=follow, lines=lines)
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.logs(request, sink))
 
 
 @app.command()
 def bootstrap(stack: StackOpt = "dev", json_output: JsonOpt = False) -> None:
-    """Create the Pulumi state bucket and secrets KMS key a team needs before the first `up`."""
-    _run(stack, "bootstrap", lambda ops: ops.bootstrap(stack, json_output=json_output))
+    """Create the Pulumi state bucket and secrets KMS key a team needs before the first `up` (cloud)."""
+    from factory_core.verbs import BootstrapRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.bootstrap(BootstrapRequest(), sink))
 
 
 @app.command()
 def dashboards(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the dashboard JSON into.")],
+    json_output: JsonOpt = False,
 ) -> None:
     """Write the generated Grafana dashboards so they can be imported into any Grafana."""
 
-    def write(_: None) -> None:
+    def write(_sink: ProgressSink) -> VerbResult:
+        from factory_core.verb_results import DashboardsResult
         from observability.dashboards import write_dashboards
 
-        for path in write_dashboards(out):
-            typer.echo(str(path))
+        return DashboardsResult(tuple(str(path) for path in write_dashboards(out)))
 
-    _run(None, "dashboards", write)
+    _render(json_output, write)
 
 
 if __name__ == "__main__":

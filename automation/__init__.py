@@ -1,1 +1,1 @@
-"""Cloud operations (dev/prod) on the Pulumi Automation API: the verbs cli.py dispatches to."""
+"""Cloud stacks (dev/prod) on the Pulumi Automation API: `cloud_stack.CloudStack` implements the verbs."""

@@ -1,6 +1,6 @@
 """The boundary between the cloud verbs and Pulumi's Automation API: a small protocol and its adapter.
 
-Everything above this module (operations, rotation, scaling, progress) talks to a `StackPort`.
+Everything above this module (the verbs, rotation, scaling, progress) talks to a `StackPort`.
 `PulumiStack` adapts a real `pulumi.automation.Stack`; `automation.recording_stack.RecordingStack`
 is an in-memory stand-in that records every call, so the CLI is tested at exactly this boundary.
 Pulumi is imported only inside `open_pulumi_stack` and the adapter's methods.

@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import re
@@ -34,10 +32,11 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from local_stack import operations  # noqa: E402
+from factory_core.verbs import QuietSink, StopRequest  # noqa: E402
 from local_stack.archive import LocalArchive  # noqa: E402
 from local_stack.control import request  # noqa: E402
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV, StatePaths  # noqa: E402
+from local_stack.stack import LocalStack  # noqa: E402
 from local_stack.verify import verify_archive  # noqa: E402
 
 CLI = str(REPO_ROOT / "cli.py")
@@ -102,7 +101,8 @@ def time_to_first_archive(workdir: Path) -> tuple[float, float]:
     try:
         if result.returncode != 0:
             raise SystemExit(f"up failed: {result.stderr.strip()}")
-        return wall, float(json.loads(result.stdout)["firstArchivedAfterS"])
+        result_line = result.stdout.strip().splitlines()[-1]  # progress events come first
+        return wall, float(json.loads(result_line)["first_archived_after_s"])
     finally:
         cli(env, "destroy", "--stack", "local", "--yes")
 
@@ -154,8 +154,7 @@ def pipeline(
                 killed = True
         # A clean stop (what Ctrl-C does): simulators drain, the archive catches up, then verify.
         os.environ[CONFIG_ENV], os.environ[STATE_DIR_ENV] = env[CONFIG_ENV], env[STATE_DIR_ENV]
-        with contextlib.redirect_stdout(io.StringIO()):
-            operations.stop("local", json_output=True)
+        LocalStack().stop(StopRequest(), QuietSink())
         published = sum(
             int(match)
             for log in paths.logs_dir.glob("simulator-*.log")

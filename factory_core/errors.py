@@ -1,4 +1,4 @@
-"""Errors every part of the product raises for the CLI to print as one line, and the one way to word them.
+"""Errors every part of the product raises, their exit codes, and the one way to word them as one line.
 
 Config problems come from two places: a parser (YAML, JSON, bytes that are not UTF-8) and a schema
 (pydantic). `describe_parse_error` and `describe_validation_error` turn each into the one-line form
@@ -15,6 +15,7 @@ import difflib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, get_args
 
 if TYPE_CHECKING:
@@ -50,6 +51,40 @@ class UsageError(_OneLineError):
 
 class OperationFailed(_OneLineError):
     """The input was fine but the work failed (a broker died, an update failed). Exit code 1."""
+
+
+class VerbUnavailable(UsageError):
+    """A verb this kind of stack does not have. The one line says so and names what to run instead."""
+
+
+class ExitCode(IntEnum):
+    """The process exit codes of `cli.py`: the one table; cli.py is the only place that applies it."""
+
+    OK = 0
+    FAILED = 1  # OperationFailed, or a result that reports failure (verify found loss)
+    USAGE = 2  # UsageError (bad input, config, an unavailable verb, confirmation missing)
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM (128 + SIGINT, as shells report it)
+
+
+# Most specific first: VerbUnavailable is a UsageError.
+_EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
+    (UsageError, ExitCode.USAGE),
+    (OperationFailed, ExitCode.FAILED),
+    (KeyboardInterrupt, ExitCode.INTERRUPTED),
+)
+
+
+def exit_code_for(error: BaseException) -> ExitCode | None:
+    """The exit code for an error a verb raised, or None for an error that is a bug (let it show)."""
+    for kind, code in _EXIT_CODES:
+        if isinstance(error, kind):
+            return code
+    return None
+
+
+def exit_code_for_result(failed: bool) -> ExitCode:
+    """A verb that returned a result: 0, or 1 when the result itself reports failure."""
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def redact(text: str) -> str:

@@ -1,4 +1,7 @@
-"""What the local stack is doing, read from its exporters, shown with rich: rates, lag, errors, services."""
+"""What the local stack is doing, read from its exporters: totals that survive restarts, rates, lag.
+
+`cli_render.local_views` draws it (from the typed status the verbs return).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +14,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
 
 from factory_core import metric_catalog as catalog
 
@@ -135,90 +135,3 @@ class PipelineSampler:
         elapsed = now - oldest[0]
         newest = self._history[-1]
         return (newest[1] - oldest[1]) / elapsed, (newest[2] - oldest[2]) / elapsed
-
-
-def _rate(value: float) -> str:
-    return f"{value:,.0f}" if value >= 10 else f"{value:,.1f}"
-
-
-def pipeline_line(pipeline: Mapping[str, Any], simulators: Mapping[str, Any]) -> Text:
-    lag = pipeline.get("lag_s")
-    errors = pipeline.get("publish_failures_total", 0) + pipeline.get("quarantined_total", 0)
-    text = Text()
-    text.append(f"simulators {simulators.get('up', 0)}/{simulators.get('desired', 0)} up", style="bold")
-    text.append(f"   published {_rate(pipeline.get('published_per_s', 0.0))} msg/s")
-    text.append(f"   archived {_rate(pipeline.get('archived_per_s', 0.0))} msg/s")
-    text.append(f"   lag {max(0.0, lag):.1f} s" if lag is not None else "   lag -")
-    text.append(
-        f"   errors {errors:,.0f}",
-        style="red" if errors else None,
-    )
-    text.append(
-        f"   (total: {pipeline.get('published_total', 0):,.0f} published,"
-        f" {pipeline.get('archived_total', 0):,.0f} archived,"
-        f" {pipeline.get('quarantined_total', 0):,.0f} quarantined)",
-        style="dim",
-    )
-    return text
-
-
-def services_table(services: Iterable[Mapping[str, Any]]) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("service", "state", "pid", "port", "restarts", "certificate"):
-        table.add_column(column)
-    for service in services:
-        state = str(service.get("state", "?"))
-        style = "green" if state == "running" else ("yellow" if state in ("starting", "stopping") else "red")
-        table.add_row(
-            str(service["name"]),
-            Text(state, style=style),
-            str(service.get("pid") or "-"),
-            str(service.get("port") or "-"),
-            str(service.get("restarts", 0)),
-            str(service.get("generation") or "-"),
-        )
-    return table
-
-
-def status_renderable(status: Mapping[str, Any]) -> RenderableType:
-    parts: list[RenderableType] = [pipeline_line(status.get("pipeline", {}), status.get("simulators", {}))]
-    rotation = status.get("rotation")
-    if rotation:
-        parts.append(
-            Text(
-                f"certificate rotation {rotation['from']} -> {rotation['to']} at step {rotation['step']}",
-                style="yellow",
-            )
-        )
-    parts.append(services_table(status.get("services", [])))
-    events = list(status.get("events", []))[-5:]
-    if events:
-        parts.append(Text("recent: " + " | ".join(events), style="dim"))
-    return Group(*parts)
-
-
-def where_table(outputs: Mapping[str, Any]) -> Table:
-    """The block `up` prints and `outputs` shows: where every piece of the stack is."""
-    rows = [
-        ("Broker (MQTT over mTLS)", outputs.get("brokerUrl")),
-        ("CA certificate", outputs.get("caCertificate")),
-        ("Prometheus", outputs.get("prometheusUrl")),
-        ("Grafana", outputs.get("grafanaUrl") or outputs.get("grafanaSkipped") or "-"),
-        ("Archive", outputs.get("archive")),
-        ("Logs", outputs.get("logsDir")),
-        ("State", outputs.get("stateDir")),
-        ("Config", outputs.get("configFile")),
-        (
-            "Simulators",
-            f"{outputs.get('simulatorCount')} "
-            f"(certificate generation {outputs.get('certificateGeneration')})",
-        ),
-    ]
-    if outputs.get("grafanaUrl") and outputs.get("grafanaPasswordFile"):
-        rows.insert(4, ("Grafana login", f"admin / password in {outputs['grafanaPasswordFile']}"))
-    table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold cyan")
-    table.add_column(overflow="fold")
-    for label, value in rows:
-        table.add_row(label, str(value) if value is not None else "-")
-    return table

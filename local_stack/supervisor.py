@@ -28,7 +28,7 @@ from typing import Any
 
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.fleet import site_id
-from local_stack import control, grafana, prometheus, services, state_file
+from local_stack import grafana, prometheus
 from local_stack import stack_config as config_module
 from local_stack.broker_setup import ensure_archive_session, service_certificates
 from local_stack.certificate_authority import IssuedCertificate
@@ -49,15 +49,6 @@ from local_stack.status_document import (
     StatusReport,
     stack_outputs,
 )
-
-# Compatibility only: names other modules imported from here before the split. New code imports
-# them from their homes; the lead removes these once local_stack/operations.py and the tests do.
-request = control.request
-port_in_use_message = services.port_in_use_message
-LOCK_FILE = state_file.LOCK_FILE
-already_running_message = state_file.already_running_message
-is_running = state_file.is_running
-read_state = state_file.read_state
 
 QUIET_TIMEOUT_S = 60.0  # at most this long waiting for the rule runner to archive the backlog
 BROKER_RELOAD_TIMEOUT_S = 5.0

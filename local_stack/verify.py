@@ -2,7 +2,8 @@
 
 Reads any `Archive` (local folder, S3-compatible bucket, or the cloud bucket in either archive mode),
 one object at a time, and keeps per stream only run-length sets of sequence numbers and a sparse
-latency histogram, so archives far larger than memory can be checked.
+latency histogram, so archives far larger than memory can be checked. The report's shape is
+`factory_core.archive_report`; `python cli.py verify` renders it.
 """
 
 from __future__ import annotations
@@ -14,16 +15,20 @@ from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from rich import box
-from rich.console import Console
-from rich.rule import Rule
-from rich.table import Table
-from rich.text import Text
 
+from factory_core.archive_report import (
+    KindTotals,
+    LatencySummary,
+    QuarantineSample,
+    SeqRange,
+    SiteReconciliation,
+    StreamReport,
+    VerifyReport,
+)
 from factory_core.fleet import TOPIC_ROOT
 from factory_core.payload_contract import payload_kind
 from local_stack.archive import QUARANTINE_PREFIX, RAW_PREFIX, Archive, ObjectInfo, StoredObject, iter_records
@@ -164,155 +169,6 @@ def _bucket(latency_s: float) -> int:
 
 def _bucket_upper(index: int) -> float:
     return _MIN_LATENCY_S * _BUCKET_GROWTH**index
-
-
-# -- the report ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SeqRange:
-    first: int
-    last: int
-    run: int = 0  # which simulator run of the machine (0 = the first one archived)
-
-    @property
-    def size(self) -> int:
-        return self.last - self.first + 1
-
-
-@dataclass(frozen=True)
-class LatencySummary:
-    """Publish (payload `ts`) → archive (object write time) latency; percentiles within 1 %."""
-
-    count: int
-    p50_s: float | None
-    p90_s: float | None
-    p99_s: float | None
-    max_s: float | None
-    ahead: int  # messages whose timestamp is ahead of their write time beyond the tolerance
-
-
-@dataclass(frozen=True)
-class StreamReport:
-    """One machine's messages of one kind (`seq` counts per machine per kind)."""
-
-    machine: str
-    kind: str
-    site: str
-    messages: int  # records read, duplicates included
-    unique: int
-    first_seq: int
-    last_seq: int
-    gaps: tuple[SeqRange, ...]
-    missing: int
-    duplicates: int
-    out_of_order: int  # new seqs that arrived after a higher one
-    runs: int  # 1 + simulator restarts detected (seq back to 1 with a new timestamp)
-    latency: LatencySummary | None
-
-    @property
-    def ok(self) -> bool:
-        return self.missing == 0
-
-
-@dataclass(frozen=True)
-class QuarantineSample:
-    reason: str
-    topic: str
-    detail: str
-    received_at: str
-    payload_preview: str
-
-
-@dataclass(frozen=True)
-class SiteReconciliation:
-    """Published counts (from the simulators' metrics) against unique archived messages."""
-
-    site: str
-    kind: str
-    published: int
-    archived_unique: int
-
-    @property
-    def unaccounted(self) -> int:
-        return self.published - self.archived_unique
-
-
-@dataclass(frozen=True)
-class KindTotals:
-    kind: str
-    machines: int
-    messages: int
-    unique: int
-    duplicates: int
-    missing: int
-    gaps: int
-    out_of_order: int
-    restarts: int
-    latency: LatencySummary | None
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    archive: str
-    objects: int
-    bytes: int
-    first_written_at: dt.datetime | None
-    last_written_at: dt.datetime | None
-    totals: tuple[KindTotals, ...]
-    latency: LatencySummary | None  # every kind together
-    latency_meaningful: bool
-    streams: tuple[StreamReport, ...]
-    quarantined: dict[str, int]
-    quarantine_samples: tuple[QuarantineSample, ...]
-    unreadable: int  # records in data objects that are not a JSON object with machine and seq
-    unreadable_samples: tuple[str, ...]
-    reconciliation: tuple[SiteReconciliation, ...]
-    notes: tuple[str, ...]
-
-    @property
-    def messages(self) -> int:
-        return sum(total.messages for total in self.totals)
-
-    @property
-    def unique(self) -> int:
-        return sum(total.unique for total in self.totals)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(total.duplicates for total in self.totals)
-
-    @property
-    def missing(self) -> int:
-        return sum(total.missing for total in self.totals)
-
-    @property
-    def quarantined_total(self) -> int:
-        return sum(self.quarantined.values())
-
-    @property
-    def ok(self) -> bool:
-        """Nothing lost: no gaps, nothing unreadable, every published message accounted for."""
-        return (
-            self.missing == 0
-            and self.unreadable == 0
-            and all(item.unaccounted <= 0 for item in self.reconciliation)
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        document = asdict(self)
-        document["ok"] = self.ok
-        document["messages"] = self.messages
-        document["unique"] = self.unique
-        document["duplicates"] = self.duplicates
-        document["missing"] = self.missing
-        document["quarantined_total"] = self.quarantined_total
-        for item, source in zip(document["reconciliation"], self.reconciliation, strict=True):
-            item["unaccounted"] = source.unaccounted
-        return document
-
-    def to_json_bytes(self) -> bytes:
-        return orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2)
 
 
 # -- the scan --------------------------------------------------------------------------------------
@@ -601,211 +457,3 @@ def _report(
         reconciliation=reconciliation,
         notes=tuple(notes),
     )
-
-
-# -- rendering -------------------------------------------------------------------------------------
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 1:
-        return f"{value * 1000:.0f} ms" if value >= 0.0015 else "≤1 ms"
-    return f"{value:.2f} s"
-
-
-def _ranges(gaps: Iterable[SeqRange], limit: int = 4) -> str:
-    items = list(gaps)
-    shown = [
-        (f"{gap.first}" if gap.first == gap.last else f"{gap.first}-{gap.last}")
-        + (f" (run {gap.run + 1})" if gap.run else "")
-        for gap in items[:limit]
-    ]
-    more = f" +{len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(shown) + more
-
-
-# One space between columns and none at the edges: the tables then fit 80 columns.
-_COMPACT: dict[str, Any] = {
-    "box": box.SIMPLE_HEAD,
-    "padding": (0, 1, 0, 0),
-    "pad_edge": False,
-    "show_edge": False,
-}
-
-
-def render_report(report: VerifyReport, console: Console | None = None, *, max_streams: int = 50) -> None:
-    """Print the report for people: verdict, totals, latency, quarantine, then the streams with problems.
-
-    Laid out to fit 80 columns: `--json` carries every field for machines and wide terminals.
-    """
-    console = console or Console()
-    console.print(Rule("verify: archive reconciliation", align="left"))
-    verdict = (
-        Text("OK: nothing missing", style="bold green")
-        if report.ok
-        else Text(
-            f"LOSS: {report.missing + report.unreadable:,} messages missing or unreadable", style="bold red"
-        )
-    )
-    console.print(verdict)
-    console.print(
-        f"{report.unique:,} unique of {report.messages:,} archived · {report.duplicates:,} duplicates"
-        f" · {report.quarantined_total:,} quarantined\n{report.objects:,} objects"
-        f" ({report.bytes / 1e6:.1f} MB) in {report.archive}",
-        highlight=False,
-    )
-
-    totals = Table(title="Messages per kind", title_justify="left", **_COMPACT)
-    for column in (
-        "kind",
-        "machines",
-        "messages",
-        "unique",
-        "dups",
-        "missing",
-        "gaps",
-        "reord.",
-        "restarts",
-    ):
-        totals.add_column(column, justify="left" if column == "kind" else "right", no_wrap=True)
-    for total in report.totals:
-        totals.add_row(
-            total.kind,
-            f"{total.machines:,}",
-            f"{total.messages:,}",
-            f"{total.unique:,}",
-            f"{total.duplicates:,}",
-            _styled_count(total.missing),
-            f"{total.gaps:,}",
-            f"{total.out_of_order:,}",
-            f"{total.restarts:,}",
-        )
-    if report.totals:
-        console.print()
-        console.print(totals)
-
-    latency = Table(title="Publish → archive latency", title_justify="left", **_COMPACT)
-    for column in ("kind", "messages", "p50", "p90", "p99", "max"):
-        latency.add_column(column, justify="left" if column == "kind" else "right", no_wrap=True)
-    rows = [(total.kind, total.latency) for total in report.totals] + [("all", report.latency)]
-    for kind, summary in rows:
-        if summary is not None:
-            latency.add_row(
-                kind,
-                f"{summary.count:,}",
-                *(_seconds(value) for value in (summary.p50_s, summary.p90_s, summary.p99_s, summary.max_s)),
-            )
-    if report.latency is not None:
-        console.print()
-        console.print(latency)
-        if not report.latency_meaningful:
-            console.print(
-                Text("latency is not meaningful for this archive: see the note below", style="yellow")
-            )
-
-    if report.quarantined:
-        quarantine = Table(title="Quarantined", title_justify="left", **_COMPACT)
-        quarantine.add_column("reason", no_wrap=True)
-        quarantine.add_column("messages", justify="right")
-        for reason, count in report.quarantined.items():
-            quarantine.add_row(reason, f"{count:,}")
-        console.print()
-        console.print(quarantine)
-        for sample in report.quarantine_samples:
-            console.print(
-                Text(f"  {sample.reason} on {sample.topic or '?'}: {sample.detail}", style="dim"),
-                highlight=False,
-            )
-
-    if report.reconciliation:
-        reconciled = Table(title="Published vs archived", title_justify="left", **_COMPACT)
-        for column in ("site", "kind", "published", "archived", "unaccounted"):
-            reconciled.add_column(
-                column, justify="left" if column in ("site", "kind") else "right", no_wrap=True
-            )
-        for item in report.reconciliation:
-            reconciled.add_row(
-                item.site,
-                item.kind,
-                f"{item.published:,}",
-                f"{item.archived_unique:,}",
-                _styled_count(max(0, item.unaccounted)),
-            )
-        console.print()
-        console.print(reconciled)
-
-    troubled = [s for s in report.streams if s.missing or s.duplicates or s.out_of_order or s.runs > 1]
-    if troubled:
-        table = Table(
-            title=f"Streams with gaps, duplicates or reordering ({len(troubled):,})",
-            title_justify="left",
-            **_COMPACT,
-        )
-        table.add_column("machine", no_wrap=True)
-        table.add_column("kind", no_wrap=True)
-        table.add_column("seq", justify="right", no_wrap=True)
-        table.add_column("missing", justify="right")
-        table.add_column("gaps")
-        table.add_column("dups", justify="right")
-        table.add_column("reord.", justify="right")
-        for stream in troubled[:max_streams]:
-            table.add_row(
-                stream.machine,
-                "gt" if stream.kind == "ground_truth" else "tel",
-                f"{stream.first_seq}-{stream.last_seq}",
-                _styled_count(stream.missing),
-                _ranges(stream.gaps) or "-",
-                f"{stream.duplicates:,}",
-                f"{stream.out_of_order:,}",
-            )
-        console.print()
-        console.print(table)
-        if len(troubled) > max_streams:
-            console.print(f"… and {len(troubled) - max_streams:,} more streams; --json lists every one")
-
-    if report.unreadable:
-        console.print(Text(f"{report.unreadable:,} unreadable records in data objects:", style="red"))
-        for sample in report.unreadable_samples:
-            console.print(Text(f"  {sample}", style="dim"), highlight=False)
-    for note in report.notes:
-        console.print(Text(f"note: {note}", style="yellow"), highlight=False)
-
-
-def _styled_count(value: int) -> Text:
-    return Text(f"{value:,}", style="red" if value else "green")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m local_stack.verify ARCHIVE`: exit 0 when nothing is missing, 1 when something is."""
-    import argparse
-    import sys
-
-    from factory_core.errors import UsageError
-    from local_stack.archive import open_archive
-
-    parser = argparse.ArgumentParser(
-        prog="python -m local_stack.verify", description="Reconcile an archive: gaps, duplicates, latency."
-    )
-    parser.add_argument("archive", help="folder path, file:///path or s3://BUCKET[/PREFIX]")
-    parser.add_argument("--s3-endpoint-url", default=None, help="S3-compatible endpoint (moto, MinIO)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--window", action="store_true", help="the archive is a time window: no gap before the first seq"
-    )
-    args = parser.parse_args(argv)
-    try:
-        archive = open_archive(args.archive, endpoint_url=args.s3_endpoint_url)
-        report = verify_archive(archive, expect_seq_from=None if args.window else 1)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.json:
-        sys.stdout.buffer.write(report.to_json_bytes() + b"\n")
-    else:
-        render_report(report)
-    return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,16 @@ def isolate_from_real_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 def plain_console() -> Console:
     """Wide and colourless, so assertions see whole lines without markup."""
     return Console(width=240, highlight=False, color_system=None)
+
+
+def use_plain_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+    tty: Callable[[], bool] = lambda: False,
+    answer: Callable[[str], bool] = lambda _question: False,
+) -> None:
+    """The rich renderer draws on `plain_console()`, with this terminal and these answers."""
+    from cli_render import terminal
+
+    monkeypatch.setattr(
+        terminal, "terminal", lambda: terminal.Terminal(console=plain_console(), stdin_is_tty=tty, ask=answer)
+    )

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from typer.testing import CliRunner, Result
+
 from factory_core import stack_file
 
 
@@ -30,3 +32,10 @@ def write_local_stack_file(
     path = directory / "Pulumi.local.yaml"
     path.write_text(stack_file.render(document, header))
     return path
+
+
+def run_cli(*args: str) -> Result:
+    """`python cli.py ARGS` in this process (as a user runs it, minus the interpreter start)."""
+    import cli
+
+    return CliRunner().invoke(cli.app, list(args))

@@ -6,21 +6,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 import yaml
-from rich.console import Console
-from support_cloud import isolate_from_real_aws, plain_console
+from support_cloud import isolate_from_real_aws, use_plain_terminal
 from typer.testing import CliRunner
 
 import cli
-from automation import operations
-from automation.operations import CloudEnv
+from automation import stack_context
 from automation.recording_stack import RecordingStack
+from automation.stack_context import CloudEnv
 from automation.stack_port import BackendSettings
 from local_stack.ports import free_port, wait_for_port
 
@@ -72,11 +71,8 @@ def project(tmp_path: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PATH", str(empty_bin))  # bootstrap must not need the Pulumi CLI
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     isolate_from_real_aws(monkeypatch, tmp_path)
-    monkeypatch.setattr(
-        operations,
-        "cloud_env",
-        lambda: CloudEnv(project_dir=folder, console=plain_console()),
-    )
+    monkeypatch.setattr(stack_context, "cloud_env", lambda: CloudEnv(project_dir=folder))
+    use_plain_terminal(monkeypatch)
     yield folder
     # moto keeps state for the module; start every test from an empty account.
     import urllib.request
@@ -155,7 +151,7 @@ def test_bootstrap_records_backend_and_secrets_provider_where_the_verbs_read_the
     (fake_bin / "pulumi").write_text("#!/bin/sh\nexit 97\n", encoding="utf-8")
     (fake_bin / "pulumi").chmod(0o755)
     monkeypatch.setattr(
-        operations, "cloud_env", lambda: CloudEnv(project_dir=project, open_stack=stand_in.opener())
+        stack_context, "cloud_env", lambda: CloudEnv(project_dir=project, open_stack=stand_in.opener())
     )
     result = CliRunner().invoke(cli.app, ["outputs", "--stack", "dev", "--json"])
     assert result.exit_code == 0, result.output
@@ -231,7 +227,6 @@ def with_ecs_service(
     project: Path,
     monkeypatch: pytest.MonkeyPatch,
     outputs: dict[str, Any],
-    make_console: Callable[[], Console] | None = None,
 ) -> RecordingStack:
     """ECS service sim-site-00 in moto (which never starts its task: 1 pending, IN_PROGRESS), a
     recording stack with these outputs behind the verbs, and a `pulumi` on PATH that fails if called."""
@@ -248,12 +243,9 @@ def with_ecs_service(
     (fake_bin / "pulumi").write_text("#!/bin/sh\nexit 97\n", encoding="utf-8")
     (fake_bin / "pulumi").chmod(0o755)
 
-    def env() -> CloudEnv:
-        if make_console is None:
-            return CloudEnv(project_dir=project, open_stack=stand_in.opener())
-        return CloudEnv(project_dir=project, open_stack=stand_in.opener(), console=make_console())
-
-    monkeypatch.setattr(operations, "cloud_env", env)
+    monkeypatch.setattr(
+        stack_context, "cloud_env", lambda: CloudEnv(project_dir=project, open_stack=stand_in.opener())
+    )
     return stand_in
 
 
@@ -267,7 +259,6 @@ def test_status_shows_live_ecs_service_state(project: Path, monkeypatch: pytest.
             "simulatorServiceNames": ["sim-site-00", "sim-site-01"],
             "region": REGION,
         },
-        plain_console,
     )
     result = CliRunner().invoke(cli.app, ["status", "--stack", "dev", "--json"])
     assert result.exit_code == 0, result.output

@@ -1,4 +1,5 @@
-"""Rendering of real `pulumi.automation` engine events (built from the engine's JSON shape)."""
+"""Real `pulumi.automation` engine events (built from the engine's JSON shape) as progress events,
+drawn as a progress bar and written as JSON lines."""
 
 from __future__ import annotations
 
@@ -8,14 +9,22 @@ import json
 from pulumi.automation import EngineEvent
 from rich.console import Console
 
-from automation.progress import JsonLinesRenderer, ProgressRenderer, event_record, short_urn
+from automation.progress import progress_event
 from automation.recording_stack import ScriptedResource, engine_events
+from cli_render.json_style import JsonSink, event_document
+from cli_render.update_progress import UpdateProgress, short_urn
 
 URN = "urn:pulumi:dev::iotfactory::iotfactory:iot:DeviceFleet$aws:iot/thing:Thing::site-00"
 
 
 def event(**fields: object) -> EngineEvent:
     return EngineEvent.from_json({"sequence": 1, "timestamp": 0, **fields})
+
+
+def event_record(engine_event: EngineEvent) -> dict[str, object] | None:
+    """The JSON line `--json` writes for an engine event (None: not shown)."""
+    converted = progress_event(engine_event)
+    return None if converted is None else event_document(converted)
 
 
 def test_short_urn_keeps_the_leaf_type_and_name() -> None:
@@ -48,13 +57,19 @@ def test_event_records_are_flat_and_skip_noise() -> None:
     }
 
 
-def render(resources: list[ScriptedResource]) -> tuple[ProgressRenderer, str]:
+def feed(renderer: UpdateProgress, item: EngineEvent) -> None:
+    converted = progress_event(item)
+    if converted is not None:
+        renderer.handle(converted)
+
+
+def render(resources: list[ScriptedResource]) -> tuple[UpdateProgress, str]:
     buffer = io.StringIO()
     console = Console(file=buffer, width=200, color_system=None, force_terminal=False)
-    renderer = ProgressRenderer("up", console)
+    renderer = UpdateProgress("up", console)
     with renderer:
         for item in engine_events("dev", resources):
-            renderer(item)
+            feed(renderer, item)
     return renderer, buffer.getvalue()
 
 
@@ -79,11 +94,11 @@ def test_progress_counts_changed_resources_and_reports_failures_with_their_messa
 
 def test_progress_prints_warnings_and_program_output() -> None:
     buffer = io.StringIO()
-    renderer = ProgressRenderer("preview", Console(file=buffer, width=200, color_system=None))
+    renderer = UpdateProgress("preview", Console(file=buffer, width=200, color_system=None))
     with renderer:
-        renderer(event(diagnosticEvent={"severity": "warning", "urn": URN, "message": "deprecated\n"}))
-        renderer(event(diagnosticEvent={"severity": "info", "message": "building image\n"}))
-        renderer(event(diagnosticEvent={"severity": "error", "message": "program failed\n"}))
+        feed(renderer, event(diagnosticEvent={"severity": "warning", "urn": URN, "message": "deprecated\n"}))
+        feed(renderer, event(diagnosticEvent={"severity": "info", "message": "building image\n"}))
+        feed(renderer, event(diagnosticEvent={"severity": "error", "message": "program failed\n"}))
     text = buffer.getvalue()
     assert "warning: aws:iot/thing:Thing site-00: deprecated" in text
     assert "building image" in text
@@ -92,9 +107,10 @@ def test_progress_prints_warnings_and_program_output() -> None:
 
 def test_json_lines_are_one_object_per_line() -> None:
     buffer = io.StringIO()
-    renderer = JsonLinesRenderer(buffer)
+    renderer = JsonSink(lambda: buffer)
     for item in engine_events("dev", [ScriptedResource("aws:iot/thing:Thing", "site-00")]):
-        renderer(item)
-    renderer.note("hello")
+        if (converted := progress_event(item)) is not None:
+            renderer.event(converted)
+    renderer.step("hello")
     records = [json.loads(line) for line in buffer.getvalue().splitlines()]
     assert [r["event"] for r in records] == ["resource-start", "resource-done", "summary", "note"]

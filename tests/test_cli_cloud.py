@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 import yaml
-from support_cloud import isolate_from_real_aws, plain_console
+from support_cloud import isolate_from_real_aws, use_plain_terminal
 from typer.testing import CliRunner
 
 import cli
-from automation import operations
-from automation.operations import CloudEnv
+from automation import stack_context
 from automation.recording_stack import Call, RecordingStack, ScriptedResource
+from automation.stack_context import CloudEnv
 from automation.stack_port import OutputValue, StackBusyError, UpdateFailedError
 
 BASE_CONFIG: dict[str, Any] = {
@@ -86,15 +86,10 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
     state.write_stack_file(BASE_CONFIG)
 
     def env() -> CloudEnv:
-        return CloudEnv(
-            project_dir=project,
-            open_stack=stack.opener(),
-            console=plain_console(),
-            stdin_is_tty=lambda: state.tty,
-            confirm=lambda _question: state.answer,
-        )
+        return CloudEnv(project_dir=project, open_stack=stack.opener())
 
-    monkeypatch.setattr(operations, "cloud_env", env)
+    monkeypatch.setattr(stack_context, "cloud_env", env)
+    use_plain_terminal(monkeypatch, tty=lambda: state.tty, answer=lambda _question: state.answer)
     yield state
     assert not pulumi_calls.exists(), f"the real pulumi CLI was invoked: {pulumi_calls.read_text()}"
 
@@ -154,8 +149,8 @@ def test_up_json_emits_one_object_per_event(cloud: Cloud) -> None:
     assert kinds.count("resource-start") == 2 and kinds.count("resource-done") == 2
     assert kinds[-2:] == ["summary", "result"]
     final = records[-1]
-    assert final["outputs"]["grafanaUrl"] == "http://alb.example/"
-    assert final["outputs"]["grafanaAdminPassword"] == "[secret]"
+    assert final["outputs"]["grafana_url"] == "http://alb.example/"
+    assert final["outputs"]["grafana_admin_password"] == "[secret]"
     assert next(r for r in records if r["event"] == "resource-start")["op"] == "update"
 
 
@@ -286,8 +281,15 @@ def test_outputs_json_masks_secrets(cloud: Cloud) -> None:
     result = cloud.run("outputs", "--stack", "dev", "--json")
     assert result.exit_code == 0, result.output
     (record,) = json_lines(result.output)
-    assert next(iter(record["outputs"])) == "grafanaUrl"
-    assert record["outputs"]["grafanaAdminPassword"] == "[secret]"
+    assert next(iter(record["outputs"])) == "grafana_url"
+    assert record["outputs"]["grafana_admin_password"] == "[secret]"
+
+
+def test_outputs_table_shows_the_mask_not_the_secret(cloud: Cloud) -> None:
+    result = cloud.run("outputs", "--stack", "dev")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "grafanaAdminPassword" in line)
+    assert "[secret]" in line and "hunter2" not in result.output
 
 
 def test_status_reports_generation_rotation_and_simulators(cloud: Cloud) -> None:
@@ -505,7 +507,7 @@ def test_the_program_accepts_the_keys_only_the_cli_reads() -> None:
     """Contract with infra/settings.py: a stack file using the CLI's keys must still run the program."""
     from infra.settings import load_settings
 
-    values = operations.program_view(
+    values = stack_context.program_view(
         {
             **BASE_CONFIG,
             "iotfactory:minSimulators": 1,
@@ -515,7 +517,7 @@ def test_the_program_accepts_the_keys_only_the_cli_reads() -> None:
             "iotfactory:rotation": {"from": "g1", "to": "g2", "step": "added"},
         }
     )
-    assert set(operations.CLI_ONLY_KEYS) <= set(values)
+    assert set(stack_context.CLI_ONLY_KEYS) <= set(values)
     assert load_settings("dev", values).simulator_count == 2
 
 
@@ -537,7 +539,7 @@ def test_sigterm_cancels_like_ctrl_c_and_stops_the_child(
 ) -> None:
     stack = TerminatedDuringUp("dev", outputs=OUTPUTS)
     monkeypatch.setattr(
-        operations, "cloud_env", lambda: CloudEnv(project_dir=cloud.project, open_stack=stack.opener())
+        stack_context, "cloud_env", lambda: CloudEnv(project_dir=cloud.project, open_stack=stack.opener())
     )
     handler_before = signal.getsignal(signal.SIGTERM)
     try:

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support_cloud import isolate_from_real_aws, plain_console
+from support_cloud import isolate_from_real_aws
 from typer.testing import CliRunner
 
 import cli
-from automation import operations
-from automation.operations import CloudEnv
+from automation import stack_context
 from automation.recording_stack import RecordingStack
+from automation.stack_context import CloudEnv
 
 PROJECT = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-Sup3rSecret"
@@ -348,9 +348,9 @@ def cloud_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     stand_in = RecordingStack("dev")
 
     def env() -> CloudEnv:
-        return CloudEnv(project_dir=project, open_stack=stand_in.opener(), console=plain_console())
+        return CloudEnv(project_dir=project, open_stack=stand_in.opener())
 
-    monkeypatch.setattr(operations, "cloud_env", env)
+    monkeypatch.setattr(stack_context, "cloud_env", env)
     return project
 
 

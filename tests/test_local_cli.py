@@ -51,6 +51,11 @@ def cli(*args: str, env: dict[str, str], timeout: float = 150) -> subprocess.Com
     )
 
 
+def result_line(stdout: str) -> dict:
+    """The result of a `--json` verb: the last line (progress events come before it)."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -166,22 +171,22 @@ def test_detached_stack_lifecycle(detached_env: dict[str, str], tmp_path: Path) 
     state = Path(env[STATE_DIR_ENV])
     started = cli("up", "--stack", "local", "--detach", "--json", env=env)
     assert started.returncode == 0, started.stderr
-    report = json.loads(started.stdout)
+    report = result_line(started.stdout)
     outputs = report["outputs"]
-    assert report["running"] and report["firstArchivedAfterS"] > 0
-    assert outputs["brokerUrl"].startswith("mqtts://127.0.0.1:")
-    assert outputs["grafanaUrl"].startswith("http://127.0.0.1:") and outputs["grafanaSkipped"] is None
-    assert Path(outputs["caCertificate"]).is_file() and Path(outputs["archive"]).is_dir()
+    assert report["running"] and report["first_archived_after_s"] > 0
+    assert outputs["broker_url"].startswith("mqtts://127.0.0.1:")
+    assert outputs["grafana_url"].startswith("http://127.0.0.1:") and outputs["grafana_skipped"] is None
+    assert Path(outputs["ca_certificate"]).is_file() and Path(outputs["archive"]).is_dir()
 
     again = cli("up", "--stack", "local", "--detach", env=env)
-    assert_one_line_error(again, "already running", str(report["supervisorPid"]))
+    assert_one_line_error(again, "already running", str(report["supervisor_pid"]))
 
     status = json.loads(cli("status", "--stack", "local", "--json", env=env).stdout)
     assert status["running"] and status["simulators"] == {"desired": 2, "up": 2}
     names = {service["name"] for service in status["services"]}
     assert names == {"broker", "rule-runner", "prometheus", "grafana", "simulator-00", "simulator-01"}
     assert all(service["state"] == "running" for service in status["services"])
-    pids = [status["supervisorPid"], *(service["pid"] for service in status["services"])]
+    pids = [status["supervisor_pid"], *(service["pid"] for service in status["services"])]
 
     human = cli("status", "--stack", "local", env=env)
     assert human.returncode == 0 and "simulators 2/2 up" in human.stdout and "msg/s" in human.stdout
@@ -196,9 +201,9 @@ def test_detached_stack_lifecycle(detached_env: dict[str, str], tmp_path: Path) 
     record = json.loads((tmp_path / "grafana-record.json").read_text())
     provisioning = Path(record["env"]["GF_PATHS_PROVISIONING"])
     datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
-    assert datasource["datasources"][0]["url"] == outputs["prometheusUrl"]
+    assert datasource["datasources"][0]["url"] == outputs["prometheus_url"]
     assert list((state / "grafana" / "dashboards").glob("*.json"))
-    password_file = Path(outputs["grafanaPasswordFile"])
+    password_file = Path(outputs["grafana_password_file"])
     assert password_file.stat().st_mode & 0o777 == 0o600
     assert record["env"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == str(password_file)
     assert record["env"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"

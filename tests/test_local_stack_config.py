@@ -14,7 +14,7 @@ from factory_core.fleet import FleetSettings
 from local_stack import paths as paths_module
 from local_stack import stack_config, status_view
 from local_stack.paths import StatePaths
-from local_stack.supervisor import port_in_use_message
+from local_stack.services import port_in_use_message
 from simulator.config_loader import read_fleet_file
 
 COMMITTED = paths_module.PROJECT_DIR / "Pulumi.local.yaml"

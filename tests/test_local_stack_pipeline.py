@@ -23,19 +23,19 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from support_local_stack import write_local_stack_file
+from support_local_stack import run_cli, write_local_stack_file
 from support_mqtt import tls_client
 
 from factory_core.payload_contract import payload_kind
-from local_stack import operations
 from local_stack import prometheus as prometheus_api
 from local_stack.archive import RAW_PREFIX, LocalArchive, iter_records
 from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority, IssuedCertificate
+from local_stack.control import request
 from local_stack.mosquitto import RULE_RUNNER_IDENTITY
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV, StatePaths
 from local_stack.ports import free_port, wait_for_port
 from local_stack.processes import pid_alive, wait_gone
-from local_stack.supervisor import read_state, request
+from local_stack.state_file import read_state
 from local_stack.verify import VerifyReport, verify_archive
 
 pytestmark = pytest.mark.integration
@@ -103,7 +103,7 @@ class RunningStack:
         return [int(state["supervisorPid"]), *[int(pid) for pid in state.get("pids", [])]]
 
     def stop(self) -> None:
-        assert operations.stop("local", json_output=True) == 0
+        assert run_cli("stop", "--stack", "local", "--json").exit_code == 0
 
     def verify(self) -> VerifyReport:
         return verify_archive(LocalArchive(self.paths.default_archive_dir))
@@ -119,7 +119,7 @@ def start_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         state = tmp_path / "state"
         monkeypatch.setenv(CONFIG_ENV, str(config_file))
         monkeypatch.setenv(STATE_DIR_ENV, str(state))
-        assert operations.up("local", detach=True, yes=True, json_output=True) == 0
+        assert run_cli("up", "--stack", "local", "--detach", "--yes", "--json").exit_code == 0
         stack = RunningStack(StatePaths(state), config_file)
         started.append(stack)
         return stack
@@ -129,7 +129,7 @@ def start_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
     finally:
         for stack in started:
             pids += stack.all_pids()
-            operations.stop("local", json_output=True)
+            run_cli("stop", "--stack", "local", "--json")
         leftovers = [pid for pid in pids if pid_alive(pid)]
         for pid in leftovers:
             os.kill(pid, signal.SIGKILL)
@@ -291,13 +291,13 @@ def test_full_pipeline_archives_every_message_exactly_once(start_stack, tmp_path
 def test_scale_up_and_down_while_running_loses_nothing(start_stack) -> None:
     stack = start_stack(simulators=2)
     stack.run_until(3)
-    assert operations.scale("local", 4, json_output=True) == 0
+    assert run_cli("scale", "--stack", "local", "--simulators", "4", "--json").exit_code == 0
     status = stack.status()
     assert status["simulators"] == {"desired": 4, "up": 4}
     port = int(stack.outputs()["prometheusUrl"].rsplit(":", 1)[1])
     assert len(prometheus_api.active_targets(port)) == 4
     stack.run_until(7)
-    assert operations.scale("local", 1, json_output=True) == 0
+    assert run_cli("scale", "--stack", "local", "--simulators", "1", "--json").exit_code == 0
     assert stack.status()["simulators"] == {"desired": 1, "up": 1}
     assert len(prometheus_api.active_targets(port)) == 1
     assert yaml.safe_load(stack.config_file.read_text())["config"]["iotfactory:simulatorCount"] == 1
@@ -324,7 +324,7 @@ def test_rotation_while_running_loses_nothing_and_refuses_the_old_certificate(
     # Interrupted after the first step and rolled back: the simulators return to g1, g2 is revoked.
     result = request(stack.paths, "rotate", stop_after="add")
     assert result["steps"] == ["add"] and not result["finished"]
-    assert operations.rotate_certs("local", rollback=True, json_output=True) == 0
+    assert run_cli("rotate-certs", "--stack", "local", "--rollback", "--json").exit_code == 0
     status = stack.status()
     assert status["generation"] == "g1" and status["rotation"] is None
     assert {s["generation"] for s in status["services"] if s["kind"] == "simulator"} == {"g1"}
@@ -338,7 +338,7 @@ def test_rotation_while_running_loses_nothing_and_refuses_the_old_certificate(
     assert status["rotation"]["step"] == "added"
     assert {s["generation"] for s in status["services"] if s["kind"] == "simulator"} == {"g2"}
     assert connects(stack, old, "site-00-probe")  # not revoked yet
-    assert operations.rotate_certs("local", rollback=False, json_output=True) == 0
+    assert run_cli("rotate-certs", "--stack", "local", "--json").exit_code == 0
 
     assert not connects(stack, old, "site-00-probe")
     assert not old_dir.exists()
@@ -387,9 +387,7 @@ def test_broker_sigkill_loss_is_measured(start_stack, capsys: pytest.CaptureFixt
     assert report.unreadable == 0
 
 
-def test_s3_compatible_archive(
-    start_stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_s3_compatible_archive(start_stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port = free_port()
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -409,9 +407,9 @@ def test_s3_compatible_archive(
         assert stack.outputs()["archive"].startswith("s3://telemetry-local")
         stack.run_until(4)
         stack.stop()
-        capsys.readouterr()
-        assert operations.verify("local", json_output=True) == 0
-        report = json.loads(capsys.readouterr().out)
+        verified = run_cli("verify", "--stack", "local", "--json")
+        assert verified.exit_code == 0
+        report = json.loads(verified.stdout)
         assert report["ok"] and report["missing"] == 0 and report["unique"] > 0
         assert report["archive"].startswith("s3://telemetry-local")
     finally:
@@ -427,6 +425,6 @@ def test_supervisor_killed_outright_leaves_no_orphans(start_stack) -> None:
     # Each child gets SIGTERM from the kernel when the supervisor dies (PR_SET_PDEATHSIG).
     assert wait_gone(children, 40.0), [pid for pid in children if pid_alive(pid)]
     # The control socket died with its owner: `stop` and `destroy` still work on what is left.
-    assert operations.stop("local", json_output=True) == 0
-    assert operations.destroy("local", json_output=True) == 0
+    assert run_cli("stop", "--stack", "local", "--json").exit_code == 0
+    assert run_cli("destroy", "--stack", "local", "--yes", "--json").exit_code == 0
     assert not stack.paths.root.exists()

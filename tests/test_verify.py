@@ -11,8 +11,10 @@ import orjson
 import pytest
 from rich.console import Console
 
+from cli_render.json_style import dumps, result_document
+from cli_render.verify_view import render_report
 from local_stack.archive import LocalArchive, batch_key, encode_batch, quarantine_key
-from local_stack.verify import LatencyHistogram, SeqRange, SeqSet, render_report, verify_archive
+from local_stack.verify import LatencyHistogram, SeqRange, SeqSet, verify_archive
 from simulator.model.payload import iso_timestamp
 
 MACHINE = "site-00-line-01-conveyor-01"
@@ -181,7 +183,7 @@ def test_json_and_rich_output(tmp_path: Path) -> None:
     now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000) - 1000
     write_batches(archive, [[telemetry(MACHINE, seq, now_ms) for seq in (1, 2, 4, 4)]])
     report = verify_archive(archive)
-    document = orjson.loads(report.to_json_bytes())
+    document = orjson.loads(dumps(result_document(report)))
     assert document["ok"] is False and document["missing"] == 1 and document["duplicates"] == 1
     assert document["streams"][0]["gaps"] == [{"first": 3, "last": 3, "run": 0}]
     assert document["totals"][0]["kind"] == "telemetry"

@@ -1,0 +1,230 @@
+"""The cloud stacks' verbs (dev, prod, any `Pulumi.<name>.yaml`): `StackVerbs` on Pulumi's Automation API."""
+
+from __future__ import annotations
+
+from automation import preflight, stack_context
+from automation.cloud_rotation import rotate_certificates
+from automation.cloud_status import stack_status
+from automation.scaling import BoundsError, QuotaVerdict, plan_scale
+from automation.stack_context import (
+    StackContext,
+    apply_stack_config,
+    fleet_of,
+    limits_of,
+    needs_confirmation,
+    open_stack,
+    ordered_outputs,
+    outputs_of,
+    prepare,
+    text_or_none,
+)
+from automation.stack_port import BackendSettings, StackPort, UpdateResult
+from automation.state_backend import PROJECT
+from automation.updates import run_update
+from factory_core import cert_rotation
+from factory_core.archive_report import VerifyReport
+from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
+from factory_core.progress_events import ScalePlanned
+from factory_core.stack_file import (
+    MAX_SIMULATORS_KEY,
+    MIN_SIMULATORS_KEY,
+    ROTATION_KEY,
+    SIMULATOR_COUNT_KEY,
+    read_config,
+    require_stack_file,
+)
+from factory_core.verb_results import (
+    BootstrapResult,
+    CloudOutputs,
+    CloudStatus,
+    LocalStopResult,
+    LogsResult,
+    RotationOutcome,
+    UpdateOutcome,
+    describe_changes,
+)
+from factory_core.verbs import (
+    BootstrapRequest,
+    DestroyRequest,
+    LogsRequest,
+    OutputsRequest,
+    PreviewRequest,
+    ProgressSink,
+    RotateRequest,
+    ScaleRequest,
+    StackVerbs,
+    StatusRequest,
+    StopRequest,
+    UpRequest,
+    VerifyRequest,
+    require_answerable,
+    require_confirmation,
+)
+
+
+class CloudStack(StackVerbs):
+    """A stack on AWS, deployed from `infra/` through the Pulumi Automation API."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _outcome(self, result: UpdateResult) -> UpdateOutcome:
+        return UpdateOutcome(
+            self.name, result.kind, dict(result.resource_changes), ordered_outputs(result.outputs)
+        )
+
+    def up(self, request: UpRequest, sink: ProgressSink) -> UpdateOutcome:
+        if request.detach:
+            raise UsageError(
+                "--detach is for --stack local; a cloud update runs until it is done (Ctrl-C cancels it)"
+            )
+        context = prepare(self.name, "up")
+        what = f"updating stack '{self.name}'"
+        # --json is for machines: they confirm with --yes rather than answer a prompt.
+        ask = needs_confirmation(context) and require_answerable(sink, yes=request.yes, what=what)
+        port = open_stack(context, create=True)
+        apply_stack_config(context, port)
+        self._note_rotation(port, sink)
+        if ask:
+            planned = run_update(port, "preview", sink)
+            question = f"Apply {describe_changes(planned.resource_changes)} to '{self.name}'?"
+            require_confirmation(sink, question, what=what)
+        return self._outcome(run_update(port, "up", sink))
+
+    def _note_rotation(self, port: StackPort, sink: ProgressSink) -> None:
+        record = cert_rotation.parse_record(port.get_config(ROTATION_KEY))
+        if record is not None:
+            sink.step(
+                f"certificate rotation {record.from_generation} -> {record.to_generation} is at step "
+                f"'{record.phase.value}'; finish it with `python cli.py rotate-certs --stack {self.name}` "
+                "(or undo it with --rollback)",
+                warning=True,
+            )
+
+    def preview(self, request: PreviewRequest, sink: ProgressSink) -> UpdateOutcome:
+        context = prepare(self.name, "preview")
+        port = open_stack(context, create=True)
+        apply_stack_config(context, port)
+        return self._outcome(run_update(port, "preview", sink))
+
+    def destroy(self, request: DestroyRequest, sink: ProgressSink) -> UpdateOutcome:
+        what = f"destroying stack '{self.name}'"
+        ask = require_answerable(sink, yes=request.yes, what=what)
+        # Destroy does not run the program: a stack whose config no longer validates can still go.
+        context = prepare(self.name, "destroy", runs_program=False)
+        if ask:
+            require_confirmation(
+                sink, f"Destroy stack '{self.name}' and everything it created in AWS?", what=what
+            )
+        port = open_stack(context, create=False)
+        return self._outcome(run_update(port, "destroy", sink))
+
+    def outputs(self, request: OutputsRequest, sink: ProgressSink) -> CloudOutputs:
+        context = prepare(self.name, "outputs", needs_aws=False, needs_region=False, runs_program=False)
+        return CloudOutputs(self.name, outputs_of(open_stack(context, create=False)))
+
+    def status(self, request: StatusRequest, sink: ProgressSink) -> CloudStatus:
+        context = prepare(self.name, "status", needs_aws=False, needs_region=False, runs_program=False)
+        return stack_status(context)
+
+    def scale(self, request: ScaleRequest, sink: ProgressSink) -> UpdateOutcome:
+        context = prepare(self.name, "scale")
+        simulators = request.simulators
+        self._check_scale(context, simulators, sink)
+        port = open_stack(context, create=True)
+        apply_stack_config(context, port)
+        port.set_config(SIMULATOR_COUNT_KEY, simulators)
+        try:
+            return self._outcome(run_update(port, "up", sink))
+        except OperationFailed as exc:
+            raise OperationFailed(
+                f"{exc} ({SIMULATOR_COUNT_KEY} is now {simulators}; run `up` to retry or scale to another N)"
+            ) from None
+
+    def _check_scale(self, context: StackContext, simulators: int, sink: ProgressSink) -> None:
+        """The stack's bounds and the account's IoT quota, explained before anything changes."""
+        limits = limits_of(context.config, context.source)
+        fleet = fleet_of(context.config, context.source)
+        try:
+            plan = plan_scale(simulators, fleet, limits)
+        except BoundsError as exc:
+            raise UsageError(
+                f"{exc}; set {MIN_SIMULATORS_KEY}/{MAX_SIMULATORS_KEY} in {context.source}"
+            ) from None
+        if plan.verdict is QuotaVerdict.OVER_QUOTA:
+            raise UsageError(f"scale refused: {plan.explanation()}")
+        notes = [plan.explanation()] + ([note] if (note := plan.connect_note()) else [])
+        sink.event(
+            ScalePlanned(
+                simulators=plan.simulators,
+                publishes_per_second=plan.publishes_per_second,
+                connections=plan.connections,
+                account_publishes_per_second=plan.account_publishes_per_second,
+                verdict=plan.verdict.value,
+                notes=tuple(notes),
+            )
+        )
+
+    def rotate_certs(self, request: RotateRequest, sink: ProgressSink) -> RotationOutcome:
+        context = prepare(self.name, "rotate-certs")
+        return rotate_certificates(context, sink, rollback=request.rollback)
+
+    def verify(self, request: VerifyRequest, sink: ProgressSink) -> VerifyReport:
+        raise VerbUnavailable(
+            f"`verify --stack {self.name}` is not wired to cloud stacks; verify reads any archive with "
+            "`python cli.py verify --archive s3://BUCKET` (the bucket is archiveBucket in "
+            f"`python cli.py outputs --stack {self.name}`)"
+        )
+
+    def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
+        groups = f"/{PROJECT}/{self.name}"
+        raise VerbUnavailable(
+            f"`logs` reads the local stack's log files; stack '{self.name}' logs to CloudWatch: "
+            f"`aws logs tail {groups}/simulators --follow` (also {groups}/monitoring)"
+        )
+
+    def stop(self, request: StopRequest, sink: ProgressSink) -> LocalStopResult:
+        raise VerbUnavailable(
+            f"`stop` is for the local stack; a cloud stack keeps running: scale it to zero with "
+            f"`python cli.py scale --stack {self.name} --simulators 0`, or delete it with "
+            f"`python cli.py destroy --stack {self.name}`"
+        )
+
+    def bootstrap(self, request: BootstrapRequest, sink: ProgressSink) -> BootstrapResult:
+        """S3 state bucket + KMS key for the stack; needs boto3 and credentials, not the Pulumi CLI."""
+        import boto3
+
+        from automation.stack_files import write_backend
+        from automation.state_backend import bootstrap_state_backend, expected_secrets_provider
+        from factory_core.stack_file import check_secrets_provider, set_secrets_provider
+
+        env = stack_context.cloud_env()
+        path = require_stack_file(env.project_dir, self.name)
+        config = read_config(path, fix=f"edit {path.name}")
+        region = preflight.aws_region(text_or_none(config.get("aws:region")))
+        if region is None:
+            raise UsageError(
+                f"no AWS region for stack '{self.name}': set aws:region in {path.name} (or AWS_REGION)"
+            )
+        preflight.require_aws_credentials("bootstrap")
+        provider = expected_secrets_provider(self.name, region)
+        # Check the stack file can take the provider before creating anything.
+        check_secrets_provider(path, provider)
+        report = bootstrap_state_backend(boto3.session.Session(region_name=region), self.name, region)
+        backend = report.backend
+        backends_file = write_backend(
+            env.project_dir, self.name, BackendSettings(backend.backend_url, backend.secrets_provider)
+        )
+        if set_secrets_provider(path, backend.secrets_provider):
+            report.changes.append(f"set secretsprovider in {path.name}")
+        return BootstrapResult(
+            stack=self.name,
+            backend_url=backend.backend_url,
+            secrets_provider=backend.secrets_provider,
+            bucket=backend.bucket,
+            kms_key_arn=backend.kms_key_arn,
+            kms_alias=backend.kms_alias,
+            backends_file=str(backends_file.relative_to(env.project_dir)),
+            stack_file=path.name,
+            changes=tuple(report.changes),
+        )

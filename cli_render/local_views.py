@@ -1,0 +1,98 @@
+"""The local stack drawn with rich: the pipeline line, the services table, the live view, "where is what"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from factory_core.verb_results import LocalOutputs, LocalService, LocalStatus, PipelineStatus, SimulatorCounts
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:,.1f}"
+
+
+def pipeline_line(pipeline: PipelineStatus | None, simulators: SimulatorCounts | None) -> Text:
+    text = Text()
+    counts = simulators or SimulatorCounts(0, 0)
+    text.append(f"simulators {counts.up}/{counts.desired} up", style="bold")
+    if pipeline is None:
+        return text
+    lag = pipeline.lag_s
+    errors = pipeline.publish_failures_total + pipeline.quarantined_total
+    text.append(f"   published {_rate(pipeline.published_per_s)} msg/s")
+    text.append(f"   archived {_rate(pipeline.archived_per_s)} msg/s")
+    text.append(f"   lag {max(0.0, lag):.1f} s" if lag is not None else "   lag -")
+    text.append(f"   errors {errors:,}", style="red" if errors else None)
+    text.append(
+        f"   (total: {pipeline.published_total:,} published,"
+        f" {pipeline.archived_total:,} archived,"
+        f" {pipeline.quarantined_total:,} quarantined)",
+        style="dim",
+    )
+    return text
+
+
+def services_table(services: Iterable[LocalService]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("service", "state", "pid", "port", "restarts", "certificate"):
+        table.add_column(column)
+    for service in services:
+        state = service.state
+        style = "green" if state == "running" else ("yellow" if state in ("starting", "stopping") else "red")
+        table.add_row(
+            service.name,
+            Text(state, style=style),
+            str(service.pid or "-"),
+            str(service.port or "-"),
+            str(service.restarts),
+            service.generation or "-",
+        )
+    return table
+
+
+def status_renderable(status: LocalStatus) -> RenderableType:
+    parts: list[RenderableType] = [pipeline_line(status.pipeline, status.simulators)]
+    rotation = status.rotation
+    if rotation:
+        parts.append(
+            Text(
+                f"certificate rotation {rotation.get('from')} -> {rotation.get('to')} "
+                f"at step {rotation.get('step')}",
+                style="yellow",
+            )
+        )
+    parts.append(services_table(status.services))
+    events = list(status.events)[-5:]
+    if events:
+        parts.append(Text("recent: " + " | ".join(events), style="dim"))
+    return Group(*parts)
+
+
+def where_table(outputs: LocalOutputs) -> Table:
+    """The block `up` prints and `outputs` shows: where every piece of the stack is."""
+    rows: list[tuple[str, object]] = [
+        ("Broker (MQTT over mTLS)", outputs.broker_url),
+        ("CA certificate", outputs.ca_certificate),
+        ("Prometheus", outputs.prometheus_url),
+        ("Grafana", outputs.grafana_url or outputs.grafana_skipped or "-"),
+        ("Archive", outputs.archive),
+        ("Logs", outputs.logs_dir),
+        ("State", outputs.state_dir),
+        ("Config", outputs.config_file),
+        (
+            "Simulators",
+            f"{outputs.simulator_count} (certificate generation {outputs.certificate_generation})",
+        ),
+    ]
+    if outputs.grafana_url and outputs.grafana_password_file:
+        rows.insert(4, ("Grafana login", f"admin / password in {outputs.grafana_password_file}"))
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold cyan")
+    table.add_column(overflow="fold")
+    for label, value in rows:
+        table.add_row(label, Text(str(value) if value is not None else "-"))
+    return table

@@ -1,0 +1,272 @@
+"""What the verbs return: frozen dataclasses, one per answer, the same for rich output and `--json`.
+
+The JSON document of a result is its fields, mechanically (`cli_render.json_style`), so the field
+names here ARE the JSON keys: snake_case, counts as `int`, durations as `float` named `_s`, rates
+`_per_s`, timestamps as `datetime` (written ISO 8601 UTC). A value derived from other fields that
+belongs in the document is a field computed in `__post_init__` (`init=False`), never a property.
+tests/test_json_style.py walks every class here and fails on a key or a float that breaks this.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class VerbResult:
+    """Base of every result. `failed` (not part of the document) makes cli.py exit 1."""
+
+    @property
+    def failed(self) -> bool:
+        return False
+
+
+# -- local stack -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalOutputs:
+    """Where every piece of a local stack is (its last run's addresses when it is stopped)."""
+
+    broker_url: str | None
+    broker_endpoint: str
+    broker_port: int | None
+    ca_certificate: str
+    prometheus_url: str | None
+    grafana_url: str | None
+    grafana_password_file: str | None
+    grafana_skipped: str | None  # why Grafana does not run (not installed), else None
+    archive: str | None
+    logs_dir: str
+    state_dir: str
+    config_file: str
+    simulator_count: int
+    certificate_generation: str | None
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SimulatorCounts:
+    desired: int
+    up: int
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """Totals since the supervisor started, current rates, and what the exporters report now."""
+
+    published_total: int
+    archived_total: int
+    quarantined_total: int
+    publish_failures_total: int
+    published_per_s: float
+    archived_per_s: float
+    lag_s: float | None
+    connections_up: int
+    connections_planned: int
+    queued: int
+    inflight: int
+    exporters_up: int
+    exporters_expected: int
+    sampled_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class LocalService:
+    name: str
+    kind: str  # broker | rule-runner | simulator | prometheus | grafana
+    state: str
+    pid: int | None
+    port: int | None
+    restarts: int
+    generation: str | None  # simulators: the certificate generation in use
+    log: str
+
+
+@dataclass(frozen=True)
+class LocalStatus(VerbResult):
+    """A local stack's state: live from its supervisor, else the last run's from its state file."""
+
+    stack: str
+    running: bool
+    phase: str  # absent (never started) | starting | running | stopping | stopped | failed
+    state_dir: str
+    supervisor_pid: int | None = None
+    started_at: dt.datetime | None = None
+    uptime_s: float | None = None
+    first_archived_after_s: float | None = None
+    simulators: SimulatorCounts | None = None
+    generation: str | None = None
+    rotation: dict[str, str] | None = None  # the rotation record: from, to, step
+    pipeline: PipelineStatus | None = None
+    services: tuple[LocalService, ...] = ()
+    events: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalOutputsResult(VerbResult):
+    stack: str
+    running: bool
+    outputs: LocalOutputs
+
+
+@dataclass(frozen=True)
+class LocalUpResult(VerbResult):
+    """`up`: detached, the stack keeps running; in the foreground, it has stopped when this returns."""
+
+    stack: str
+    detached: bool
+    running: bool
+    supervisor_pid: int
+    first_archived_after_s: float | None
+    outputs: LocalOutputs | None
+    final_status: LocalStatus | None = None  # foreground: the status as it stopped
+
+
+@dataclass(frozen=True)
+class LocalStopResult(VerbResult):
+    stack: str
+    stopped: bool  # False: it was not running
+    supervisor_pid: int | None
+    state_dir: str
+
+
+@dataclass(frozen=True)
+class LocalDestroyResult(VerbResult):
+    stack: str
+    destroyed: bool  # False: there was nothing to destroy
+    state_dir: str
+    config_file: str  # kept
+    stopped_supervisor: int | None = None
+    killed_leftovers: int = 0
+
+
+@dataclass(frozen=True)
+class LocalScaleResult(VerbResult):
+    stack: str
+    running: bool  # False: only recorded for the next `up`
+    simulators: int
+    before: int | None  # None: not running
+    config_file: str  # where the count is recorded
+
+
+@dataclass(frozen=True)
+class LogsResult(VerbResult):
+    """`logs`: the lines went out as `LogLine` events; this is what was read."""
+
+    stack: str
+    services: tuple[str, ...]
+    lines: int
+    followed: bool
+
+
+# -- both kinds of stack -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RotationOutcome(VerbResult):
+    stack: str
+    generation: str  # the generation in use now
+    from_generation: str
+    to_generation: str
+    rolled_back: bool
+    finished: bool
+    steps: tuple[str, ...]
+
+
+# -- cloud stacks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpdateOutcome(VerbResult):
+    """A Pulumi operation (up, preview, destroy; scale runs an up): resource counts and outputs.
+
+    `outputs` keeps Pulumi's output names (rich output shows them as `pulumi stack output` does);
+    `--json` writes them in snake_case like every key. Secret outputs are masked.
+    """
+
+    stack: str
+    operation: str
+    resource_changes: dict[str, int]
+    outputs: dict[str, Any]
+
+
+def describe_changes(changes: dict[str, int]) -> str:
+    """Resource counts as words: "1 to create, 2 to update" (what did not change is left out)."""
+    moved = {op: n for op, n in changes.items() if n and op != "same"}
+    if not moved:
+        return "no changes"
+    return ", ".join(f"{n} to {op}" for op, n in sorted(moved.items()))
+
+
+@dataclass(frozen=True)
+class CloudOutputs(VerbResult):
+    stack: str
+    outputs: dict[str, Any]  # Pulumi's names, Grafana's URL first; secrets masked
+
+
+@dataclass(frozen=True)
+class CloudService:
+    """An ECS service's live counts, from describe_services."""
+
+    name: str
+    desired: int
+    running: int
+    pending: int
+    rollout: str  # COMPLETED, IN_PROGRESS, FAILED, or MISSING
+    steady: bool
+
+
+@dataclass(frozen=True)
+class LastUpdate:
+    kind: str
+    result: str
+    started: dt.datetime | None
+    ended: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class CloudStatus(VerbResult):
+    stack: str
+    backend: str
+    secrets_provider: str
+    last_update: LastUpdate | None
+    simulators: int | None  # None: the program's default
+    certificate_generation: str
+    certificate_generations: tuple[dict[str, str], ...]
+    rotation: dict[str, str] | None
+    outputs: dict[str, Any]
+    services: tuple[CloudService, ...]
+    services_note: str | None  # why live service state is not shown
+
+
+@dataclass(frozen=True)
+class BootstrapResult(VerbResult):
+    stack: str
+    backend_url: str
+    secrets_provider: str
+    bucket: str
+    kms_key_arn: str
+    kms_alias: str
+    backends_file: str
+    stack_file: str
+    changes: tuple[str, ...]  # empty: everything was already in place
+
+
+# -- not tied to a stack -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DashboardsResult(VerbResult):
+    files: tuple[str, ...]
+
+
+# What each verb returns, per kind of stack (the interface in factory_core.verbs names these).
+UpResult = LocalUpResult | UpdateOutcome
+StatusResult = LocalStatus | CloudStatus
+OutputsResult = LocalOutputsResult | CloudOutputs
+ScaleResult = LocalScaleResult | UpdateOutcome
+DestroyResult = LocalDestroyResult | UpdateOutcome

@@ -1,0 +1,234 @@
+"""The verbs every kind of stack answers: one typed interface, implemented by the local stack
+(`local_stack.stack.LocalStack`) and the cloud stacks (`automation.cloud_stack.CloudStack`).
+
+A verb takes a typed request and a `ProgressSink`, reports progress only through the sink, and
+returns a result object (`factory_core.verb_results`). It never prints and never builds rich
+objects or JSON: `cli.py` hands the result to `cli_render`, which draws it with rich or writes it
+as JSON. Errors are `factory_core.errors` exceptions; cli.py maps them to exit codes once.
+A verb a kind of stack does not have raises `VerbUnavailable` naming the alternative.
+
+Adding a verb (say `drift`) touches exactly these places:
+1. here: a `DriftRequest` dataclass and an abstract `drift(self, request, sink)` on `StackVerbs`;
+   its result type in `factory_core/verb_results.py` (events, if any, in `progress_events.py`);
+2. `local_stack/stack.py` and `automation/cloud_stack.py`: implement it, or raise
+   `VerbUnavailable` with the alternative (`StackVerbs` is abstract: forgetting one fails at once);
+3. `cli_render/human.py`: one function drawing the result, registered in `RENDERERS`
+   (`--json` needs nothing: the document is the result's fields);
+4. `cli.py`: a command of a few lines that parses the flags and calls `_run_verb`.
+A result that means failure overrides `VerbResult.failed` (exit 1, as `verify` does on loss).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from factory_core.archive_report import VerifyReport
+from factory_core.errors import UsageError
+from factory_core.progress_events import ProgressEvent
+from factory_core.verb_results import (
+    BootstrapResult,
+    DestroyResult,
+    LocalStatus,
+    LocalStopResult,
+    LogsResult,
+    OutputsResult,
+    RotationOutcome,
+    ScaleResult,
+    StatusResult,
+    UpdateOutcome,
+    UpResult,
+)
+
+# -- requests ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpRequest:
+    detach: bool = False  # local: run in the background
+    yes: bool = False  # do not ask before changing a stack that asks (prod)
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class OutputsRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class ScaleRequest:
+    simulators: int
+
+
+@dataclass(frozen=True)
+class RotateRequest:
+    rollback: bool = False  # undo an interrupted rotation instead of finishing it
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    archive: str | None = None  # folder, file:// or s3:// URL; None: the stack's own archive
+    endpoint_url: str | None = None  # S3-compatible endpoint for an s3:// archive
+    window: bool = False  # the archive is a time window: no gap before a stream's first seq
+
+
+@dataclass(frozen=True)
+class LogsRequest:
+    service: str | None = None  # None: every service
+    follow: bool = False
+    lines: int = 20  # from the end of each log
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class DestroyRequest:
+    yes: bool = False
+
+
+@dataclass(frozen=True)
+class BootstrapRequest:
+    pass
+
+
+# -- progress ----------------------------------------------------------------------------------------
+
+
+class ProgressSink(Protocol):
+    """How a running verb talks to the person (or program) that started it. The renderer implements it.
+
+    Safe to call from any thread (Pulumi reports engine events on its own thread).
+    """
+
+    def step(self, message: str, *, warning: bool = False) -> None:
+        """A step people should see ("starting the broker", "resuming rotation g1 -> g2")."""
+
+    def event(self, event: ProgressEvent) -> None:
+        """A structured event: a Pulumi resource, a scale plan, a log line."""
+
+    def operation(self, name: str) -> AbstractContextManager[None]:
+        """Around a long operation (a Pulumi update): events inside it belong to it (a progress bar)."""
+        ...
+
+    def watch(self, run: Callable[[], None], sample: Callable[[], LocalStatus]) -> None:
+        """Call `run` (blocks until the stack stops) while showing `sample()` live, or now and then."""
+
+    def can_ask(self) -> bool:
+        """Whether a person can answer `confirm` (a terminal, not --json)."""
+        ...
+
+    def confirm(self, question: str) -> bool:
+        """Ask a yes/no question (only after `can_ask`); False means no."""
+        ...
+
+
+class QuietSink:
+    """A sink for callers that want only the result (scripts, tests, benchmarks): never asks."""
+
+    def step(self, message: str, *, warning: bool = False) -> None:
+        pass
+
+    def event(self, event: ProgressEvent) -> None:
+        pass
+
+    @contextmanager
+    def _nothing(self) -> Iterator[None]:
+        yield
+
+    def operation(self, name: str) -> AbstractContextManager[None]:
+        return self._nothing()
+
+    def watch(self, run: Callable[[], None], sample: Callable[[], LocalStatus]) -> None:
+        run()
+
+    def can_ask(self) -> bool:
+        return False
+
+    def confirm(self, question: str) -> bool:
+        return False
+
+
+def require_answerable(sink: ProgressSink, *, yes: bool, what: str) -> bool:
+    """True when the verb must ask before going on; refuses at once when nobody can answer.
+
+    `what` names the change, e.g. "updating stack 'prod'" or "destroying stack 'local'".
+    """
+    if yes:
+        return False
+    if not sink.can_ask():
+        raise UsageError(f"{what} needs confirmation; re-run with --yes")
+    return True
+
+
+def require_confirmation(sink: ProgressSink, question: str, *, what: str) -> None:
+    """Ask; a "no" is a usage error that says nothing was changed."""
+    if not sink.confirm(question):
+        raise UsageError(f"{what} declined; nothing was changed")
+
+
+# -- the interface -----------------------------------------------------------------------------------
+
+
+class StackVerbs(ABC):
+    """One kind of stack's verbs. Each returns a result; none prints. See the module docstring."""
+
+    name: str  # the stack: local, dev, prod, ...
+
+    @abstractmethod
+    def up(self, request: UpRequest, sink: ProgressSink) -> UpResult:
+        """Create or update the stack and start the pipeline."""
+
+    @abstractmethod
+    def preview(self, request: PreviewRequest, sink: ProgressSink) -> UpdateOutcome:
+        """What `up` would change."""
+
+    @abstractmethod
+    def status(self, request: StatusRequest, sink: ProgressSink) -> StatusResult:
+        """Whether the stack runs and how the pipeline is doing."""
+
+    @abstractmethod
+    def outputs(self, request: OutputsRequest, sink: ProgressSink) -> OutputsResult:
+        """Where everything is."""
+
+    @abstractmethod
+    def scale(self, request: ScaleRequest, sink: ProgressSink) -> ScaleResult:
+        """Change the number of simulators and record it in the stack file."""
+
+    @abstractmethod
+    def rotate_certs(self, request: RotateRequest, sink: ProgressSink) -> RotationOutcome:
+        """New device certificates, simulators moved onto them, the old ones revoked."""
+
+    @abstractmethod
+    def verify(self, request: VerifyRequest, sink: ProgressSink) -> VerifyReport:
+        """Reconcile the archive: gaps, duplicates, latency."""
+
+    @abstractmethod
+    def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
+        """The services' logs, as `LogLine` events."""
+
+    @abstractmethod
+    def stop(self, request: StopRequest, sink: ProgressSink) -> LocalStopResult:
+        """Stop the stack and keep its state."""
+
+    @abstractmethod
+    def destroy(self, request: DestroyRequest, sink: ProgressSink) -> DestroyResult:
+        """Delete everything the stack created (asks first unless `yes`)."""
+
+    @abstractmethod
+    def bootstrap(self, request: BootstrapRequest, sink: ProgressSink) -> BootstrapResult:
+        """Create what the stack's state needs before its first `up`."""

@@ -1,0 +1,192 @@
+"""The local stack's verbs (`--stack local`): `StackVerbs` over the supervisor and the state folder."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from factory_core.archive_report import VerifyReport
+from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
+from factory_core.verb_results import (
+    BootstrapResult,
+    LocalDestroyResult,
+    LocalOutputsResult,
+    LocalScaleResult,
+    LocalStatus,
+    LocalStopResult,
+    LocalUpResult,
+    LogsResult,
+    RotationOutcome,
+    UpdateOutcome,
+)
+from factory_core.verbs import (
+    BootstrapRequest,
+    DestroyRequest,
+    LogsRequest,
+    OutputsRequest,
+    PreviewRequest,
+    ProgressSink,
+    RotateRequest,
+    ScaleRequest,
+    StackVerbs,
+    StatusRequest,
+    StopRequest,
+    UpRequest,
+    VerifyRequest,
+)
+from local_stack import lifecycle, log_files
+from local_stack import stack_config as config_module
+from local_stack.control import request as ask_supervisor
+from local_stack.paths import StatePaths, config_path
+from local_stack.rotation import DevicePki, StoppedStack, rotate
+from local_stack.stack_config import StackConfig
+from local_stack.state_file import LOCK_FILE, already_running_message, is_running, read_state
+from local_stack.supervisor_documents import STACK, local_outputs, local_status, rotation_outcome
+
+NOT_STARTED = "the local stack has not been started yet; run `python cli.py up --stack local`"
+
+
+def _load() -> tuple[StackConfig, StatePaths]:
+    return config_module.load(config_path()), StatePaths.from_environment()
+
+
+@contextlib.contextmanager
+def _exclusive(paths: StatePaths) -> Iterator[None]:
+    """Hold the supervisor's lock while changing a stopped stack, so no `up` starts meanwhile."""
+    with (paths.root / LOCK_FILE).open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(already_running_message(paths)) from None
+        yield
+
+
+def open_stack_archive(config: StackConfig, paths: StatePaths) -> Any:
+    from local_stack.archive import LocalArchive, S3Archive
+
+    folder = config.archive_folder(paths.root)
+    if folder is not None:
+        if not folder.is_dir():
+            raise UsageError(f"no archive at {folder} yet; run `python cli.py up --stack local` first")
+        return LocalArchive(folder)
+    s3 = config.local.archive.s3
+    assert s3 is not None
+    os.environ.setdefault("AWS_DEFAULT_REGION", s3.region)
+    return S3Archive(s3.bucket, endpoint_url=s3.endpoint)
+
+
+class LocalStack(StackVerbs):
+    """Everything on this machine: Mosquitto, simulators, rule runner, Prometheus (and Grafana)."""
+
+    name = STACK
+
+    def up(self, request: UpRequest, sink: ProgressSink) -> LocalUpResult:
+        config, paths = _load()
+        lifecycle.preflight(config, paths)
+        if request.detach:
+            return lifecycle.up_detached(config, paths, sink)
+        return lifecycle.up_foreground(config, paths, sink)
+
+    def preview(self, request: PreviewRequest, sink: ProgressSink) -> UpdateOutcome:
+        raise VerbUnavailable(
+            "`preview` is for cloud stacks; the local stack has nothing to preview: "
+            "run `python cli.py up --stack local`"
+        )
+
+    def status(self, request: StatusRequest, sink: ProgressSink) -> LocalStatus:
+        paths = StatePaths.from_environment()
+        running = is_running(paths)
+        current: dict[str, Any] | None = None
+        if running:
+            with contextlib.suppress(OperationFailed):
+                current = dict(ask_supervisor(paths, "status", timeout_s=5.0))
+        if current is None:
+            current = read_state(paths)
+        if current is None:
+            return LocalStatus(stack=STACK, running=False, phase="absent", state_dir=str(paths.root))
+        return local_status(current, running=running, state_dir=str(paths.root))
+
+    def outputs(self, request: OutputsRequest, sink: ProgressSink) -> LocalOutputsResult:
+        paths = StatePaths.from_environment()
+        running = is_running(paths)
+        values: dict[str, Any] | None = None
+        if running:
+            with contextlib.suppress(OperationFailed):
+                values = dict(ask_supervisor(paths, "outputs", timeout_s=5.0))
+        if values is None:
+            values = (read_state(paths) or {}).get("outputs")
+        if values is None:
+            raise UsageError(NOT_STARTED)
+        return LocalOutputsResult(stack=STACK, running=running, outputs=local_outputs(values))
+
+    def scale(self, request: ScaleRequest, sink: ProgressSink) -> LocalScaleResult:
+        config, paths = _load()
+        count = request.simulators
+        config_module.check_simulator_count(count, "--simulators", "choose a count in that range")
+        if is_running(paths):
+            answer = ask_supervisor(paths, "scale", sink.step, simulators=count)
+            return LocalScaleResult(
+                stack=STACK,
+                running=True,
+                simulators=int(answer["simulators"]),
+                before=int(answer["before"]),
+                config_file=str(answer.get("configFile") or config.path),
+            )
+        config_module.record_simulator_count(config.path, count)
+        return LocalScaleResult(
+            stack=STACK, running=False, simulators=count, before=None, config_file=str(config.path)
+        )
+
+    def rotate_certs(self, request: RotateRequest, sink: ProgressSink) -> RotationOutcome:
+        config, paths = _load()
+
+        def progress(message: str) -> None:
+            sink.step(f"rotate-certs: {message}")
+
+        if is_running(paths):
+            return rotation_outcome(ask_supervisor(paths, "rotate", progress, rollback=request.rollback))
+        if not paths.pki_file.exists():
+            raise UsageError(
+                "the local stack has no device certificates yet; run `python cli.py up --stack local`"
+            )
+        with _exclusive(paths):
+            pki = DevicePki.open(paths)
+            result = rotate(pki, StoppedStack(config.simulator_count), progress, rollback=request.rollback)
+        progress("the stack is not running: the next `up` uses the new certificates")
+        return rotation_outcome(result.as_dict())
+
+    def verify(self, request: VerifyRequest, sink: ProgressSink) -> VerifyReport:
+        from local_stack.verify import verify_archive
+
+        expect_seq_from = None if request.window else 1
+        if request.archive is not None:
+            from local_stack.archive import open_archive
+
+            archive = open_archive(request.archive, endpoint_url=request.endpoint_url)
+            return verify_archive(archive, expect_seq_from=expect_seq_from)
+        config, paths = _load()
+        report = verify_archive(open_stack_archive(config, paths), expect_seq_from=expect_seq_from)
+        if is_running(paths):
+            note = "the stack is running: the newest messages may still be on their way to the archive"
+            report = dataclasses.replace(report, notes=(*report.notes, note))
+        return report
+
+    def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
+        return log_files.logs(StatePaths.from_environment(), request, sink)
+
+    def stop(self, request: StopRequest, sink: ProgressSink) -> LocalStopResult:
+        return lifecycle.stop(StatePaths.from_environment(), sink)
+
+    def destroy(self, request: DestroyRequest, sink: ProgressSink) -> LocalDestroyResult:
+        return lifecycle.destroy(StatePaths.from_environment(), sink, yes=request.yes)
+
+    def bootstrap(self, request: BootstrapRequest, sink: ProgressSink) -> BootstrapResult:
+        raise VerbUnavailable(
+            "`bootstrap` creates the S3 state bucket and KMS key a cloud stack keeps its Pulumi state "
+            "in; the local stack keeps its state in its own folder and needs none: "
+            "run `python cli.py up --stack local`"
+        )

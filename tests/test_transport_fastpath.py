@@ -131,7 +131,9 @@ _FASTPATH_OFF = (
 )
 
 
-def _start(broker: Broker, *, fastpath: bool, qos: int, metrics_port: int) -> subprocess.Popen[str]:
+def _start(
+    broker: Broker, *extra: str, fastpath: bool, qos: int, metrics_port: int = 0
+) -> subprocess.Popen[str]:
     pki = broker.pki
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
     entry = ["-m", "simulator"] if fastpath else ["-c", _FASTPATH_OFF]
@@ -140,7 +142,7 @@ def _start(broker: Broker, *, fastpath: bool, qos: int, metrics_port: int) -> su
          "--endpoint", broker.host, "--port", str(broker.port), "--ca", str(pki.ca.ca_cert_path),
          "--cert", str(pki.device.cert_path), "--key", str(pki.device.key_path),
          "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
-         "--lines", "1", "--machines", "cnc_mill=3,conveyor=2", "--publish-interval", "0.02"],
+         "--lines", "1", "--machines", "cnc_mill=3,conveyor=2", "--publish-interval", "0.02", *extra],
         cwd=PROJECT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -195,6 +197,28 @@ def test_the_simulator_delivers_everything_with_and_without_the_fast_path(
         assert subscriber.wait_for(generated, 20) == generated
         assert_no_gaps(subscriber)
         assert not subscriber.invalid
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        subscriber.close()
+
+
+@pytest.mark.integration
+def test_without_the_fast_path_a_broker_restart_loses_nothing(broker: Broker) -> None:
+    subscriber = Subscriber(broker, persistent=True)
+    process = _start(broker, "--duration", "8", fastpath=False, qos=1)
+    try:
+        assert subscriber.wait_for(200, 30) >= 200, "nothing arrived before the restart"
+        assert process.poll() is None
+        broker.process.stop()  # SIGTERM: mosquitto saves the subscriber's session
+        broker.process.start()
+        code, stderr = finish(process)
+        assert code == 0, stderr
+        generated, published, unsent = summary_counts(stderr)
+        assert unsent == 0 and published >= generated
+        assert subscriber.wait_for(generated, 30) == generated
+        assert_no_gaps(subscriber)
     finally:
         if process.poll() is None:
             process.kill()

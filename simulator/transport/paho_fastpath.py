@@ -333,7 +333,7 @@ def _check_attributes() -> str | None:
     return None
 
 
-def paho_publish_packet(topic: str, payload: bytes, qos: int, mid: int) -> bytes:
+def _paho_publish_packet(topic: str, payload: bytes, qos: int, mid: int) -> bytes:
     """The PUBLISH packet paho itself builds for this message (captured before its queue)."""
     client = _scratch_client()
     captured: list[bytes] = []
@@ -358,7 +358,7 @@ def _check_publish_framing() -> str | None:
             link.sock = CoalescingSocket(None)
             link.mid = mid - 1
             link.publish(topic, payload, qos)
-            if bytes(link.sock.buffer) != paho_publish_packet(topic, payload, qos, mid):
+            if bytes(link.sock.buffer) != _paho_publish_packet(topic, payload, qos, mid):
                 return f"PUBLISH framing differs from paho's (QoS {qos}, {size}-byte payload)"
     return None
 

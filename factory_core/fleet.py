@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # AWS IoT Core limits the fleet is planned against (Service Quotas, not adjustable per connection).
 IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION = 100
@@ -54,6 +54,13 @@ LOCAL_SIMULATORS = SIMULATOR_COUNT_LIMITS["local"]
 
 TOPIC_ROOT = "factory/simulator"
 GROUND_TRUTH_SEGMENT = "ground-truth"
+
+
+def _ascii_whole_number(value: object) -> object:
+    """'1' from a flag or variable as 1; a Literal of ints takes no text, and '²' must not pass."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdecimal():
+        return int(value.strip())
+    return value
 
 
 class MachineType(StrEnum):
@@ -120,7 +127,7 @@ class FleetSettings(_Strict):
     # publish rate, and the quota plan holds at any speed.
     publish_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     speed: Annotated[float, Field(gt=0, le=100_000)] = 1.0
-    qos: Literal[0, 1] = 1
+    qos: Annotated[Literal[0, 1], BeforeValidator(_ascii_whole_number)] = 1
     engine: Engine = Engine.FLEET
     max_publishes_per_connection: Annotated[
         int, Field(ge=1, le=IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION)

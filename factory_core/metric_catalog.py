@@ -118,6 +118,10 @@ SCHEDULER_LAG = MetricDef("simulator_scheduler_lag_seconds", "histogram",
                           "s", buckets=LAG_BUCKETS)
 MACHINES_SIMULATED = MetricDef("simulator_machines", "gauge", "Machines this process simulates.",
                                SIMULATOR_LABELS, "short")
+FASTPATH_ENABLED = MetricDef("simulator_transport_fastpath_enabled", "gauge",
+                             "1 when the fleet engine frames PUBLISH packets and reads PUBACKs itself; "
+                             "0 when it publishes through plain paho (its start-up self-test failed) "
+                             "or another engine runs.", SIMULATOR_LABELS, "short")
 SIMULATED_TIME = MetricDef("simulator_simulated_time_seconds", "gauge",
                            "Simulated clock, seconds since the start of the run.",
                            SIMULATOR_LABELS, "s")
@@ -141,7 +145,7 @@ LINE_METRICS: tuple[MetricDef, ...] = (
 )
 TRANSPORT_METRICS: tuple[MetricDef, ...] = (
     MESSAGES_PUBLISHED, PUBLISH_FAILURES, PUBACK_LATENCY, CONNECTIONS_UP, CONNECTIONS_PLANNED,
-    RECONNECTS, INFLIGHT, QUEUED, SCHEDULER_LAG, MACHINES_SIMULATED, SIMULATED_TIME,
+    RECONNECTS, INFLIGHT, QUEUED, SCHEDULER_LAG, MACHINES_SIMULATED, SIMULATED_TIME, FASTPATH_ENABLED,
 )
 SIMULATOR_METRICS: tuple[MetricDef, ...] = (*MACHINE_METRICS, *LINE_METRICS, *TRANSPORT_METRICS)
 ARCHIVE_METRICS: tuple[MetricDef, ...] = (ARCHIVED, QUARANTINED, ARCHIVE_LAG, ARCHIVE_BATCHES)

@@ -12,7 +12,7 @@ from test_rule_runner_support import fleet_messages
 
 from factory_core.fleet import FleetSettings, MachineType
 from factory_core.payload_contract import PayloadKind, validator
-from local_stack.rule_runner import check_message, schema_check, topic_kind
+from local_stack.message_check import check_message, schema_check, topic_kind
 
 
 def _corpus() -> list[tuple[str, bytes, PayloadKind]]:

@@ -7,7 +7,8 @@ import ssl
 
 import pytest
 
-from local_stack.rule_runner import ConnectionLost, SubscriberSession, puback_bytes
+from factory_core.mqtt_wire import puback_bytes
+from local_stack.mqtt_session import ConnectionLost, SubscriberSession
 
 
 def _remaining_length(length: int) -> bytes:

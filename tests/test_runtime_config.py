@@ -49,6 +49,17 @@ def test_pulumi_stack_file_uses_the_fleet_key(tmp_path: Path) -> None:
     assert load_run_config(["--config", str(stack)], {}).fleet.lines_per_site == 5
 
 
+@pytest.mark.parametrize("qos", ["0", "1"])
+def test_every_numeric_flag_takes_the_text_a_shell_passes(qos: str) -> None:
+    config = load_run_config(
+        ["--qos", qos, "--seed", "7", "--lines", "3", "--window", "9", "--publish-interval", "0.5"], {}
+    )
+    assert (config.fleet.qos, config.fleet.seed, config.fleet.lines_per_site) == (int(qos), 7, 3)
+    assert (config.fleet.inflight_window, config.fleet.publish_interval_s) == (9, 0.5)
+    with pytest.raises(UsageError, match="qos"):
+        load_run_config(["--qos", "\u00b9"], {})
+
+
 def test_machines_flag() -> None:
     assert parse_machines("cnc_mill=2, conveyor=1") == {"cnc_mill": 2, "conveyor": 1}
     config = load_run_config(["--machines", "air_compressor=3", "--lines", "2"], {})

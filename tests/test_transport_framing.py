@@ -8,17 +8,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from simulator.transport.fleet_engine import (
-    _MID,
-    _PUBLISH_QOS0,
-    _PUBLISH_QOS1,
-    _CoalescingSocket,
-    _Connection,
-    _fixed_header,
-    _install_puback_handler,
-    _take_pubacks,
-    _topic_field,
-)
+from factory_core.mqtt_wire import topic_field as _topic_field
+from simulator.transport.fleet_engine import _Connection
+from simulator.transport.paho_fastpath import CoalescingSocket as _CoalescingSocket
+from simulator.transport.paho_fastpath import FastLink, self_test
 
 TOPIC = "factory/telemetry/site-00/line-01/site-00-line-01-cnc_mill-01"
 
@@ -48,10 +41,13 @@ def _paho_publish_packet(topic: str, payload: bytes, qos: int, mid: int) -> byte
 
 
 def _ours(topic: str, payload: bytes, qos: int, mid: int) -> bytes:
-    field = _topic_field(topic)
-    if qos == 1:
-        return _fixed_header(_PUBLISH_QOS1, len(field) + 2 + len(payload)) + field + _MID.pack(mid) + payload
-    return _fixed_header(_PUBLISH_QOS0, len(field) + len(payload)) + field + payload
+    """What the fleet engine's fast path writes into the connection's buffer for this message."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="framing-test", protocol=mqtt.MQTTv311)
+    link = FastLink(client, lambda mid, now: None, qos, {})
+    link.sock = _CoalescingSocket(None)
+    link.mid = mid - 1
+    link.publish(topic, payload, qos)
+    return bytes(link.sock.buffer)
 
 
 @pytest.mark.parametrize("size", [0, 1, 60, 61, 62, 200, 340, 16_300, 16_400, 200_000])
@@ -69,13 +65,18 @@ def test_topics_paho_would_refuse_are_refused(topic: str) -> None:
         _topic_field(topic)
 
 
-def _connection_with(inflight_mids: list[int]) -> tuple[mqtt.Client, _Connection]:
+def _connection_with(inflight_mids: list[int]) -> tuple[FastLink, _Connection]:
     conn = _Connection(0, "framing-test", None, 1.0)
     for seq, mid in enumerate(inflight_mids, start=1):
         conn.inflight[mid] = (seq, 0.0, _Note())
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="framing-test", protocol=mqtt.MQTTv311)
-    assert _install_puback_handler(client, conn)
-    return client, conn
+    assert self_test() is None  # the fast path (and its PUBACK handler) applies to this paho
+    return FastLink(client, conn.acknowledged, 1, {}), conn
+
+
+def _take_pubacks(link: FastLink, sock: _CoalescingSocket) -> None:
+    link.sock = sock
+    link.take_pubacks()
 
 
 class _Note:
@@ -89,11 +90,11 @@ def _socket_holding(data: bytes) -> _CoalescingSocket:
 
 
 def test_pubacks_at_the_front_are_taken_and_the_rest_left_to_paho() -> None:
-    client, conn = _connection_with([1, 2, 3, 300])
+    link, conn = _connection_with([1, 2, 3, 300])
     pingresp = b"\xd0\x00"
     data = b"\x40\x02\x00\x01" + b"\x40\x02\x01\x2c" + pingresp + b"\x40\x02\x00\x02"
     sock = _socket_holding(data)
-    _take_pubacks(client, conn, sock)
+    _take_pubacks(link, sock)
     assert sorted(conn.inflight) == [2, 3]  # mids 1 and 300 released, stopped at the PINGRESP
     assert conn.stats.published["telemetry"] == 2
     assert sock.read_position == 8
@@ -101,26 +102,26 @@ def test_pubacks_at_the_front_are_taken_and_the_rest_left_to_paho() -> None:
 
 
 def test_a_puback_cut_at_the_end_of_a_read_waits_for_paho() -> None:
-    client, conn = _connection_with([1, 2])
+    link, conn = _connection_with([1, 2])
     sock = _socket_holding(b"\x40\x02\x00\x01\x40\x02\x00")
-    _take_pubacks(client, conn, sock)
+    _take_pubacks(link, sock)
     assert sorted(conn.inflight) == [2]
     assert sock.read_position == 4  # the three bytes of the next PUBACK stay for paho
 
 
 def test_nothing_is_taken_while_paho_holds_part_of_a_packet() -> None:
-    client, conn = _connection_with([1])
-    client._in_packet["command"] = 0x40  # paho read the command byte of a packet already
+    link, conn = _connection_with([1])
+    link.client._in_packet["command"] = 0x40  # paho read the command byte of a packet already
     sock = _socket_holding(b"\x40\x02\x00\x01")
-    _take_pubacks(client, conn, sock)
+    _take_pubacks(link, sock)
     assert sorted(conn.inflight) == [1]
     assert sock.read_position == 0
 
 
 def test_an_unknown_puback_changes_nothing() -> None:
-    client, conn = _connection_with([5])
+    link, conn = _connection_with([5])
     sock = _socket_holding(b"\x40\x02\x00\x07")
-    _take_pubacks(client, conn, sock)
+    _take_pubacks(link, sock)
     assert sorted(conn.inflight) == [5]
     assert conn.stats.published["telemetry"] == 0
 

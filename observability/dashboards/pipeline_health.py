@@ -89,6 +89,11 @@ def build(*, include_archive: bool) -> builders.Dashboard:
         .with_panel(panels.graph(
             "Machines per process", [query(per_site(catalog.MACHINES_SIMULATED), "{{site}}")], unit="short",
             span=8, min_value=0, description=catalog.MACHINES_SIMULATED.help))
+        .with_panel(panels.state_timeline(
+            "Publishing fast path", query(per_site(catalog.FASTPATH_ENABLED), "{{site}}"),
+            value_texts={0: ("plain paho", "orange"), 1: ("fast path", "green")}, span=24, height=4,
+            description=catalog.FASTPATH_ENABLED.help
+            + " Plain paho delivers the same messages with more CPU per message."))
         .with_row(panels.row("Scrape health"))
         .with_panel(panels.state_timeline(
             "Targets up", query(promql.selector(promql.UP, **job_matcher), "{{job}} {{instance}}"),

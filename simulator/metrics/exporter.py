@@ -173,6 +173,7 @@ class TransportCollector(Collector):
             (catalog.QUEUED, snapshot.queued if snapshot else 0),
             (catalog.MACHINES_SIMULATED, probe.machine_count),
             (catalog.SIMULATED_TIME, probe.simulated_time_s()),
+            (catalog.FASTPATH_ENABLED, int(snapshot.fastpath_enabled) if snapshot else 0),
         ):
             family = _gauge(metric)
             family.add_metric(site, value)

@@ -8,7 +8,8 @@ from simulator.transport.publisher import Publisher, TransportOptions
 
 
 def make_publisher(engine: Engine, plan: ConnectionPlan, options: TransportOptions) -> Publisher:
-    # Imported here so that a process using one engine never imports the other's library.
+    # Imported here so that a process using the fleet engine never imports AWSIoTPythonSDK. (The
+    # sdk engine imports paho-mqtt through paho_fastpath, which holds its two peeks into the SDK.)
     if engine == Engine.SDK:
         from simulator.transport.sdk_engine import SdkPublisher
 

@@ -119,6 +119,8 @@ class TransportSnapshot:
     reconnects: int
     inflight: int
     queued: int
+    # The fleet engine frames PUBLISH packets and reads PUBACKs itself (see paho_fastpath).
+    fastpath_enabled: bool = False
 
     @property
     def published_total(self) -> int:
@@ -130,7 +132,13 @@ class TransportSnapshot:
 
 
 def merge_stats(
-    stats: list[ConnectionStats], *, planned: int, up: int, inflight: int, queued: int
+    stats: list[ConnectionStats],
+    *,
+    planned: int,
+    up: int,
+    inflight: int,
+    queued: int,
+    fastpath: bool = False,
 ) -> TransportSnapshot:
     published = dict.fromkeys(KINDS, 0)
     failures: dict[str, int] = {}
@@ -152,6 +160,7 @@ def merge_stats(
         reconnects=reconnects,
         inflight=inflight,
         queued=queued,
+        fastpath_enabled=fastpath,
     )
 
 

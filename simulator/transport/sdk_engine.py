@@ -25,6 +25,7 @@ from typing import Any
 
 from factory_core.connection_plan import ConnectionPlan
 from factory_core.errors import UsageError
+from simulator.transport.paho_fastpath import sdk_client_stable, sdk_send_backlog
 from simulator.transport.publisher import (
     QOS0_SEND_BACKLOG,
     ConnectionStats,
@@ -39,10 +40,6 @@ from simulator.transport.publisher import (
 from simulator.transport.tls import ConnectRefused, describe_connect_error
 
 PACER_INTERVAL_S = 0.005
-# `ClientStatus.STABLE` of AWSIoTPythonSDK.core.protocol.internal.clients: connected, resubscribed
-# and its own offline queue drained. Publishing earlier lands in the SDK's offline queue, which
-# keeps no ack callback.
-_SDK_STABLE = 4
 
 
 class _SdkConnection:
@@ -67,22 +64,16 @@ class _SdkConnection:
         self.backoff_s = 1.0
 
     def stable(self) -> bool:
+        """Connected and done draining: a publish made earlier lands in the SDK's offline queue."""
         if self.client is None:
             return False
-        core = getattr(self.client, "_mqtt_core", None)
-        status = getattr(core, "_client_status", None)
-        if status is None:  # a future SDK without the attribute: trust the callbacks
+        stable = sdk_client_stable(self.client)
+        if stable is None:  # a future SDK without the attribute: trust the callbacks
             return self.online
-        return bool(status.get_status() == _SDK_STABLE)
+        return stable
 
     def out_packet_backlog(self) -> int:
-        """QoS 0 packets the SDK's paho has not written yet (it offers no public counter)."""
-        if self.client is None:
-            return 0
-        try:
-            return len(self.client._mqtt_core._internal_async_client._paho_client._out_packet)
-        except AttributeError:
-            return 0
+        return 0 if self.client is None else sdk_send_backlog(self.client)
 
 
 class SdkPublisher(Publisher):

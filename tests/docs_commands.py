@@ -177,6 +177,10 @@ def sample_errors(documents: tuple[Path, ...] = DOCUMENTS) -> list[tuple[str, st
     return found
 
 
+# `error: <what is wrong and how to fix it>` describes the form of an error, it is no sample of one.
+PLACEHOLDER_ONLY = re.compile(r"^error: <[^>]+>$")
+
+
 def sample_pattern(sample: str) -> re.Pattern[str]:
     """A documented line as a pattern: `...`, `…` and `<placeholder>` stand for anything."""
     parts = re.split(r"(\.\.\.|…|<[a-z][a-z0-9 _-]*>)", sample)

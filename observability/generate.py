@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -35,16 +36,18 @@ def stale_files() -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    if argv == ["--check"]:
+    parser = argparse.ArgumentParser(
+        prog="python -m observability.generate",
+        description="Write the generated dashboards, alert rules and reference doc from the metric catalog.",
+    )
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 and list stale files")
+    if parser.parse_args(argv).check:
         stale = stale_files()
         for path in stale:
             print(f"out of date: {path.relative_to(PROJECT_DIR)}", file=sys.stderr)
         if stale:
             print("run: python -m observability.generate", file=sys.stderr)
         return 1 if stale else 0
-    if argv:
-        print("usage: python -m observability.generate [--check]", file=sys.stderr)
-        return 2
     expected = expected_files()
     for path in GENERATED_DIR.glob("*.json"):
         if path not in expected:

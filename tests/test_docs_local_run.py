@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from docs_commands import REPO, Command, commands
+from docs_commands import DOCUMENTS, REPO, Command, commands
 
 from factory_core import stack_file
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV
@@ -94,6 +96,7 @@ def documented_steps() -> list[Step]:
 class Sandbox:
     root: Path
     env: dict[str, str]
+    checked: bool = False
 
     @property
     def state(self) -> Path:
@@ -162,11 +165,43 @@ def _follow(step: Step, sandbox: Sandbox) -> None:
             process.communicate()
 
 
+_STATE_PATH = re.compile(r"\.factory/local/[A-Za-z0-9_./-]*[A-Za-z0-9_]")
+_PROMETHEUS_URL = re.compile(r"http://127\.0\.0\.1:9490(/[A-Za-z0-9_./?=&-]*)")
+
+
+def documented_state_paths() -> set[str]:
+    """`.factory/local/...` paths the docs name: a user looks for them in a running stack."""
+    return {match for document in DOCUMENTS for match in _STATE_PATH.findall(document.read_text())}
+
+
+def documented_prometheus_pages() -> set[str]:
+    """Pages of the local Prometheus the docs send a user to (`http://127.0.0.1:9490/...`)."""
+    return {match for document in DOCUMENTS for match in _PROMETHEUS_URL.findall(document.read_text())}
+
+
+def _check_what_the_docs_point_at(sandbox: Sandbox) -> None:
+    for path in sorted(documented_state_paths()):
+        assert (sandbox.state / path.removeprefix(".factory/local/")).exists(), (
+            f"the docs name {path}, which a running local stack does not have"
+        )
+    outputs = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "outputs", "--stack", "local", "--json"],
+        env=sandbox.env, capture_output=True, text=True, timeout=60, check=True, cwd=REPO,
+    )
+    prometheus = json.loads(outputs.stdout.splitlines()[-1])["outputs"]["prometheus_url"].rstrip("/")
+    for page in sorted(documented_prometheus_pages()):
+        with urllib.request.urlopen(prometheus + page, timeout=10) as response:
+            assert response.status == 200, f"the docs link Prometheus's {page}: {response.status}"
+
+
 @pytest.mark.integration
 def test_every_documented_local_command_runs(sandbox: Sandbox) -> None:
     steps = documented_steps()
     assert {LIFECYCLE[step.slot] for step in steps} >= {"up-detached", "look", "stop", "destroy"}
     for step in steps:
+        if LIFECYCLE[step.slot] == "look" and not sandbox.checked:
+            _check_what_the_docs_point_at(sandbox)
+            sandbox.checked = True
         if step.follows:
             _follow(step, sandbox)
             continue

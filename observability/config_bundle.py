@@ -15,7 +15,13 @@ from urllib.parse import urlsplit
 
 from observability import grafana_provisioning
 from observability.alert_rules import Target, render_rules
-from observability.alertmanager_config import Channels, render_alertmanager_config
+from observability.alertmanager_config import (
+    SMTP_USERNAME_PLACEHOLDER,
+    Channels,
+    SmtpChannel,
+    SnsChannel,
+    render_alertmanager_config,
+)
 from observability.dashboards import dashboards_for, render_dashboard
 from observability.prometheus_config import ARCHIVE_JOB, render_prometheus_config
 
@@ -52,6 +58,15 @@ CLOUD_PROMETHEUS_ARGS = (
 # Alertmanager runs in the same task: Prometheus and Grafana reach it on localhost.
 CLOUD_ALERTMANAGER_PORT = 9093
 CLOUD_ALERTMANAGER_TARGET = f"localhost:{CLOUD_ALERTMANAGER_PORT}"
+# What the Alertmanager container fills in at start, from its environment (ECS `secrets` and the
+# topic the program creates), before it starts Alertmanager on the result in CLOUD_ALERTMANAGER_RUN_DIR.
+SNS_TOPIC_PLACEHOLDER = "@SNS_TOPIC_ARN@"
+CLOUD_ALERTMANAGER_PLACEHOLDERS = {
+    SMTP_USERNAME_PLACEHOLDER: "SMTP_USERNAME",
+    SNS_TOPIC_PLACEHOLDER: "SNS_TOPIC_ARN",
+}
+CLOUD_ALERTMANAGER_RUN_DIR = "/run/alertmanager"
+CLOUD_SMTP_PASSWORD_FILE = f"{CLOUD_ALERTMANAGER_RUN_DIR}/smtp-password"  # written from SMTP_PASSWORD
 CLOUD_GRAFANA_ENVIRONMENT = {"GF_PATHS_PROVISIONING": f"{GRAFANA_CONFIG_DIR}/provisioning"}
 # Secrets the task injects (ECS `secrets`): SMTP for Grafana's e-mail contact point, and recipient.
 CLOUD_GRAFANA_SECRET_ENV = (
@@ -78,6 +93,29 @@ def _dashboards(target: Target) -> dict[str, str]:
         f"{DASHBOARDS_PREFIX}{uid}.json": render_dashboard(document)
         for uid, document in dashboards_for(target).items()
     }
+
+
+def cloud_alert_channels(
+    *,
+    smtp_host: str | None = None,
+    smtp_from: str | None = None,
+    smtp_to: Sequence[str] = (),
+    webhook_url: str | None = None,
+    sns_region: str | None = None,
+) -> Channels:
+    """The cloud's channels: e-mail through the SMTP secret (user name and password filled in by the
+    container), the webhook, and the program's SNS topic when `sns_region` is given."""
+    email = None
+    if smtp_host and smtp_from and smtp_to:
+        email = SmtpChannel(
+            smarthost=smtp_host,
+            from_address=smtp_from,
+            to_addresses=tuple(smtp_to),
+            username=SMTP_USERNAME_PLACEHOLDER,
+            password_file=CLOUD_SMTP_PASSWORD_FILE,
+        )
+    sns = SnsChannel(SNS_TOPIC_PLACEHOLDER, sns_region) if sns_region else None
+    return Channels(email=email, webhook_url=webhook_url, sns=sns)
 
 
 def cloud_bundle(

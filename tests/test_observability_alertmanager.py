@@ -180,3 +180,64 @@ def test_a_silence_keeps_the_next_notifications_away(running: tuple[str, Webhook
     # The canary's group is repeated on the same schedule the silenced one would be.
     receiver.wait_for_count(seen + 3, 15, machine=canary["machine"])
     assert len(receiver.matching(machine=noisy["machine"])) == before
+
+
+# -- the cloud's config and the container that completes it ------------------------------------------
+
+
+def _cloud_config() -> str:
+    from observability import config_bundle as cb
+
+    channels = cb.cloud_alert_channels(
+        smtp_host="email-smtp.eu-west-1.amazonaws.com:587",
+        smtp_from="factory-alerts@example.com",
+        smtp_to=["plant@example.com"],
+        webhook_url="https://hooks.example.com/iotfactory",
+        sns_region="eu-west-1",
+    )
+    bundle = cb.cloud_bundle(["site-00.dev.iotfactory.internal"], 9100, 15, alert_channels=channels)
+    return bundle[cb.ALERTMANAGER_CONFIG_KEY]
+
+
+def test_cloud_config_holds_placeholders_not_secrets() -> None:
+    from observability import config_bundle as cb
+
+    text = _cloud_config()
+    assert all(placeholder in text for placeholder in cb.CLOUD_ALERTMANAGER_PLACEHOLDERS)
+    (email,) = next(
+        r for r in yaml.safe_load(text)["receivers"] if r["name"] == "iotfactory-critical"
+    )["email_configs"]
+    assert email["auth_password_file"] == cb.CLOUD_SMTP_PASSWORD_FILE
+
+
+@needs_amtool
+def test_cloud_container_fills_in_the_secret_parts_and_alertmanager_accepts_them(tmp_path: Path) -> None:
+    from infra.components import alertmanager_task
+    from observability import config_bundle as cb
+
+    config_dir, run_dir = tmp_path / "config", tmp_path / "run"
+    config_dir.mkdir()
+    run_dir.mkdir()
+    (config_dir / alertmanager_task.CONFIG_FILE).write_text(_cloud_config())
+    password_file = run_dir / "smtp-password"
+    script = alertmanager_task.startup_script(
+        str(config_dir), str(run_dir), cb.CLOUD_ALERTMANAGER_PLACEHOLDERS, str(password_file)
+    )
+    assert "exec /bin/alertmanager " in script
+    # Everything the container does, except starting Alertmanager (the image's binary).
+    checked = script.replace("exec /bin/alertmanager ", "exec true ")
+    topic = "arn:aws:sns:eu-west-1:123456789012:iotfactory-prod-alerts"
+    env = {"PATH": "/usr/bin:/bin", "SMTP_USERNAME": "AKIAEXAMPLE123", "SMTP_PASSWORD": "s3cret&|pass",
+           "SNS_TOPIC_ARN": topic}
+    done = subprocess.run(["/bin/sh", "-c", checked], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    result = run_dir / alertmanager_task.CONFIG_FILE
+    text = result.read_text()
+    assert "@" + "SMTP_USERNAME@" not in text and "AKIAEXAMPLE123" in text and topic in text
+    assert "s3cret" not in text
+    assert password_file.read_text() == "s3cret&|pass" and password_file.stat().st_mode & 0o777 == 0o600
+    assert _amtool("check-config", str(result)).returncode == 0
+
+    env["SMTP_USERNAME"] = "user|rm -rf"
+    refused = subprocess.run(["/bin/sh", "-c", checked], env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "SMTP_USERNAME holds characters" in refused.stderr

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory_core.fleet import site_id
 from local_stack import alertmanager, grafana, prometheus
 from local_stack.paths import ALERTMANAGER, PROMETHEUS, RULE_RUNNER, StatePaths, simulator_service
 from local_stack.ports import HOST
@@ -21,7 +22,9 @@ def simulator_targets(ports: dict[str, int], simulators: int) -> list[str]:
 def write_config(stack: StackConfig, paths: StatePaths, ports: dict[str, int], simulators: int) -> Path:
     """Prometheus's, Alertmanager's and Grafana's files for the current fleet; returns prometheus.yml."""
     targets = prometheus.ScrapeTargets(
-        simulators=tuple(simulator_targets(ports, simulators)), archive=f"{HOST}:{ports[RULE_RUNNER]}"
+        simulators=tuple(simulator_targets(ports, simulators)),
+        archive=f"{HOST}:{ports[RULE_RUNNER]}",
+        sites=tuple(site_id(index) for index in range(simulators)),
     )
     return prometheus.write_config(
         paths.root,

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the bundle's modules are imported when it is written (they 
 class ScrapeTargets:
     simulators: tuple[str, ...]  # host:port of each simulator's exporter
     archive: str  # the rule runner's exporter
+    sites: tuple[str, ...] | None = None  # each simulator's site, in the same order
 
 
 def write_config(
@@ -47,6 +48,7 @@ def write_config(
 
     bundle = config_bundle.local_bundle(
         simulator_targets=list(targets.simulators),
+        simulator_sites=targets.sites,
         archive_targets=[targets.archive],
         prometheus_url=prometheus_url,
         scrape_interval_s=scrape_interval_s,

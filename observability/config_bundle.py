@@ -167,8 +167,10 @@ def local_bundle(
     alert_email: str | None = None,
     alertmanager_url: str | None = None,
     alert_channels: Channels | None = None,
+    simulator_sites: Sequence[str] | None = None,
 ) -> dict[str, str]:
-    """The local stack's config: static targets, Grafana on `prometheus_url`.
+    """The local stack's config: static targets (labelled with `simulator_sites`, one per target,
+    when given), Grafana on `prometheus_url`.
 
     With `alertmanager_url` (`http://host:port`), Prometheus sends its alerts there, Grafana gets
     it as a datasource, and `alertmanager/alertmanager.yml` routes them to `alert_channels`.
@@ -181,6 +183,7 @@ def local_bundle(
     bundle = {
         PROMETHEUS_CONFIG_KEY: render_prometheus_config(
             static_targets=simulator_targets,
+            static_target_sites=simulator_sites,
             scrape_interval_s=scrape_interval_s,
             rule_files=[RULES_PATH_FROM_CONFIG],
             extra_static_jobs={ARCHIVE_JOB: archive_targets} if archive_targets else None,

@@ -42,6 +42,22 @@ def _static_job(name: str, targets: list[str], scrape_interval: str) -> dict[str
     }
 
 
+def _static_simulator_job(targets: list[str], sites: Sequence[str], interval: str) -> dict[str, Any]:
+    """One target per site, labelled with it, as the cloud's relabelling does: `up == 0` (the
+    simulator is down) then names its site, and Alertmanager holds back that site's machine alerts."""
+    if len(sites) != len(targets) or len(set(sites)) != len(sites):
+        raise ValueError("static_target_sites must name one distinct site per static target")
+    return {
+        "job_name": SIMULATOR_JOB,
+        "scrape_interval": interval,
+        "honor_labels": True,  # the exporter's own `site` is the same value (see _dns_job)
+        "static_configs": [
+            {"targets": [target], "labels": {SITE_LABEL: site}}
+            for target, site in zip(targets, sites, strict=True)
+        ],
+    }
+
+
 def check_dns_names(names: Sequence[str]) -> list[str]:
     """The cloud's discovery names, validated: one `<site>.<namespace>` name per site, no repeats."""
     if isinstance(names, str):
@@ -105,6 +121,7 @@ def _dns_job(names: list[str], metrics_port: int, interval: str) -> dict[str, An
 def render_prometheus_config(
     *,
     static_targets: list[str] | None = None,
+    static_target_sites: Sequence[str] | None = None,
     dns_sd_names: Sequence[str] | None = None,
     metrics_port: int = 9100,
     scrape_interval_s: float = 15,
@@ -128,6 +145,8 @@ def render_prometheus_config(
     timeout = format_duration(min(10.0, scrape_interval_s))
     if dns_sd_names is not None:
         simulator_job = _dns_job(check_dns_names(dns_sd_names), metrics_port, interval)
+    elif static_target_sites is not None:
+        simulator_job = _static_simulator_job(static_targets or [], static_target_sites, interval)
     else:
         simulator_job = _static_job(SIMULATOR_JOB, static_targets or [], interval)
     jobs = [simulator_job]

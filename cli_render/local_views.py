@@ -78,6 +78,7 @@ def where_table(outputs: LocalOutputs) -> Table:
         ("Broker (MQTT over mTLS)", outputs.broker_url),
         ("CA certificate", outputs.ca_certificate),
         ("Prometheus", outputs.prometheus_url),
+        ("Alertmanager", outputs.alertmanager_url),
         ("Grafana", outputs.grafana_url or outputs.grafana_skipped or "-"),
         ("Archive", outputs.archive),
         ("Logs", outputs.logs_dir),
@@ -89,7 +90,11 @@ def where_table(outputs: LocalOutputs) -> Table:
         ),
     ]
     if outputs.grafana_url and outputs.grafana_password_file:
-        rows.insert(4, ("Grafana login", f"admin / password in {outputs.grafana_password_file}"))
+        rows.insert(5, ("Grafana login", f"admin / password in {outputs.grafana_password_file}"))
+    if outputs.grafana_container:
+        rows.insert(5, ("Grafana container", outputs.grafana_container))
+    if outputs.silence_command:
+        rows.insert(4, ("Silence alerts", outputs.silence_command))
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold cyan")
     table.add_column(overflow="fold")

@@ -67,6 +67,7 @@ SCRAPE_INTERVAL_KEY = "iotfactory:scrapeIntervalS"
 IMAGES_KEY = "iotfactory:images"
 SIMULATOR_IMAGE_KEY = "iotfactory:simulatorImage"
 SMTP_KEY = "iotfactory:smtp"
+ALERTING_KEY = "iotfactory:alerting"  # Alertmanager's webhook and SNS subscriptions (cloud)
 CONTAINER_INSIGHTS_KEY = "iotfactory:containerInsights"
 ACCOUNT_ID_KEY = "iotfactory:accountId"
 

@@ -45,6 +45,9 @@ class LocalOutputs:
     simulator_count: int
     certificate_generation: str | None
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    alertmanager_url: str | None = None
+    silence_command: str | None = None  # a runnable `amtool ... silence add ...` for this stack
+    grafana_container: str | None = None  # the Docker container Grafana runs in, when it does
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import pulumi_aws as aws  # noqa: E402
 from factory_core import cert_rotation  # noqa: E402
 from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT  # noqa: E402
 from infra import iam  # noqa: E402
+from infra.components.alerting import AlertTopic, AlertTopicArgs, Subscriber  # noqa: E402
 from infra.components.archive import TelemetryArchive, TelemetryArchiveArgs  # noqa: E402
 from infra.components.cluster import ContainerPlatform, ContainerPlatformArgs  # noqa: E402
 from infra.components.firewall import Firewall, FirewallArgs  # noqa: E402
@@ -46,29 +47,46 @@ from observability import config_bundle as bundle  # noqa: E402
 
 
 def load_monitoring_bundle(
-    discovery_dns_names: list[str], metrics_port: int, scrape_interval_s: int
+    discovery_dns_names: list[str],
+    metrics_port: int,
+    scrape_interval_s: int,
+    settings: StackSettings | None = None,
 ) -> tuple[dict[str, str], ConfigLayout]:
-    """Prometheus config, alert rules, Grafana provisioning and dashboards rendered for the cloud,
-    and where the monitoring task must mount them (both defined by observability/config_bundle.py).
+    """Prometheus config, alert rules, Alertmanager routing, Grafana provisioning and dashboards
+    rendered for the cloud, and where the monitoring task must mount them (both defined by
+    observability/config_bundle.py). `settings` gives Alertmanager its channels.
 
     The files depend on the discovery names (one per site), so scaling the fleet changes the
     bundle's hash and rolls the monitoring service onto the new scrape config.
     """
+    smtp = settings.smtp if settings else None
+    channels = bundle.cloud_alert_channels(
+        smtp_host=smtp.host if smtp else None,
+        smtp_from=smtp.from_address if smtp else None,
+        smtp_to=[address.strip() for address in smtp.to_addresses.split(",")] if smtp else (),
+        webhook_url=settings.alerting.webhook_url if settings else None,
+        sns_region=settings.region if settings and settings.alerting.sns_subscriptions else None,
+    )
     files = dict(
         bundle.cloud_bundle(
             discovery_dns_names=discovery_dns_names,
             metrics_port=metrics_port,
             scrape_interval_s=scrape_interval_s,
+            alert_channels=channels,
         )
     )
     layout = ConfigLayout(
         directories={
             bundle.PROMETHEUS_PREFIX: bundle.PROMETHEUS_CONFIG_DIR,
             bundle.GRAFANA_PREFIX: bundle.GRAFANA_CONFIG_DIR,
+            bundle.ALERTMANAGER_PREFIX: bundle.ALERTMANAGER_CONFIG_DIR,
         },
         prometheus_args=tuple(bundle.CLOUD_PROMETHEUS_ARGS),
         grafana_environment=dict(bundle.CLOUD_GRAFANA_ENVIRONMENT),
         alert_email_env=bundle.grafana_provisioning.ALERT_EMAIL_ENV,
+        alertmanager_placeholders=dict(bundle.CLOUD_ALERTMANAGER_PLACEHOLDERS),
+        alertmanager_run_dir=bundle.CLOUD_ALERTMANAGER_RUN_DIR,
+        smtp_password_file=bundle.CLOUD_SMTP_PASSWORD_FILE,
     )
     return files, layout
 
@@ -203,8 +221,20 @@ def main() -> None:
     # Every site's name, in site order: Prometheus scrapes each one (see docs/infra.md, Compute).
     discovery_names = [platform.discovery_dns_names[site] for site in settings.sites]
     config_files, config_layout = load_monitoring_bundle(
-        discovery_names, METRICS_PORT, settings.scrape_interval_s
+        discovery_names, METRICS_PORT, settings.scrape_interval_s, settings
     )
+    alert_topic = None
+    subscriptions = settings.alerting.sns_subscriptions
+    if subscriptions:
+        alert_topic = AlertTopic(
+            "alerts",
+            AlertTopicArgs(
+                account=account,
+                topic_name=f"{settings.name_prefix}-alerts",
+                subscribers=tuple(Subscriber(s.protocol, s.endpoint) for s in subscriptions),
+            ),
+            opts=uses_provider,
+        )
     monitoring = MonitoringService(
         "monitoring",
         MonitoringServiceArgs(
@@ -223,12 +253,14 @@ def main() -> None:
             prometheus_image=settings.images.prometheus,
             grafana_image=settings.images.grafana,
             config_init_image=settings.images.config_init,
+            alertmanager_image=settings.images.alertmanager,
             cpu=settings.monitoring_task.cpu,
             memory=settings.monitoring_task.memory,
             log_group_name=f"{logs}/monitoring",
             log_retention_days=settings.log_retention_days,
             family=f"{settings.name_prefix}-monitoring",
             smtp=smtp,
+            alert_topic=alert_topic,
             secret_recovery_days=secret_recovery_days,
             depends_on=tuple(web.rules),
         ),
@@ -277,6 +309,7 @@ def main() -> None:
     pulumi.export("archiveRuleName", archive.rule.name)
     pulumi.export("configBucket", config_bucket.bucket_name)
     pulumi.export("configSha256", monitoring.config_sha256)
+    pulumi.export("alertTopicArn", alert_topic.topic_arn if alert_topic else None)
     pulumi.export("clusterName", platform.cluster_name)
     pulumi.export("monitoringServiceName", monitoring.service_name)
     pulumi.export("simulatorServiceNames", simulators.service_names)

@@ -64,6 +64,8 @@ TASK_DEFINITION = "aws:ecs/taskDefinition:TaskDefinition"
 ECS_SERVICE = "aws:ecs/service:Service"
 FIREHOSE = "aws:kinesis/firehoseDeliveryStream:FirehoseDeliveryStream"
 DISCOVERY_SERVICE = "aws:servicediscovery/service:Service"
+SNS_TOPIC = "aws:sns/topic:Topic"
+SNS_TOPIC_POLICY = "aws:sns/topicPolicy:TopicPolicy"
 # Records Route 53 puts in one answer, by Cloud Map routing policy (multivalue: at most 8 healthy
 # records; weighted: one record picked at random).
 DNS_ANSWER_RECORDS = {"MULTIVALUE": 8, "WEIGHTED": 1}
@@ -489,6 +491,22 @@ def _firehose(index: _Index, context: PolicyContext) -> Iterator[Violation]:
     for record in index.of(FIREHOSE):
         if not (record.inputs.get("serverSideEncryption") or {}).get("enabled"):
             yield Violation("firehose-encryption", _label(record), "delivery stream is not encrypted at rest")
+
+
+@rule("sns-topic")
+def _sns(index: _Index, context: PolicyContext) -> Iterator[Violation]:
+    """Topics are encrypted with a KMS key, and no topic policy allows anyone at all."""
+    for topic in index.of(SNS_TOPIC):
+        if not topic.inputs.get("kmsMasterKeyId"):
+            yield Violation("sns-topic", _label(topic), "topic is not encrypted (kmsMasterKeyId)")
+    policies = [(record, record.inputs.get("policy")) for record in index.of(SNS_TOPIC, SNS_TOPIC_POLICY)]
+    for record, document in policies:
+        for statement in _statements(document):
+            principal = statement.get("Principal")
+            aws_principals = principal.get("AWS") if isinstance(principal, dict) else principal
+            if statement.get("Effect") == "Allow" and "*" in _as_list(aws_principals):
+                message = "topic policy allows every principal ('*'); name the publisher"
+                yield Violation("sns-topic", _label(record), message)
 
 
 def check(records: Iterable[ResourceRecord], context: PolicyContext) -> list[Violation]:

@@ -11,8 +11,10 @@ as spelled once in `factory_core.stack_file`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -24,10 +26,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from factory_core import stack_file as keys
 from factory_core.cert_rotation import Generation, Generations, current_generation
-from factory_core.errors import UsageError, describe_validation_error
+from factory_core.errors import SECRET_VALUE_ERROR, UsageError, describe_validation_error
 from factory_core.fleet import CLOUD_SIMULATORS, FleetSettings, site_id
 from factory_core.stack_file import LOCAL_STACK, REGION_KEY
 
@@ -133,12 +136,60 @@ class SmtpSettings(_Model):
         return int(self.host.rsplit(":", 1)[1])
 
 
+class SnsSubscription(_Model):
+    """Who the alert topic delivers to; SNS asks each endpoint to confirm before it delivers."""
+
+    protocol: Literal["email", "https"]
+    endpoint: Annotated[str, Field(min_length=3, max_length=2048)]
+
+    @model_validator(mode="after")
+    def _endpoint_fits_protocol(self) -> SnsSubscription:
+        if self.protocol == "email" and not re.fullmatch(r"[^@\s,]+@[^@\s,]+", self.endpoint):
+            raise ValueError("endpoint: an e-mail subscription needs one address, e.g. oncall@example.com")
+        if self.protocol == "https":
+            _plain_https_url(self.endpoint)
+        return self
+
+
+def _plain_https_url(value: str) -> str:
+    """An https URL without credentials in it (config is stored in plain text); never echoed."""
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+        raise PydanticCustomError(
+            SECRET_VALUE_ERROR,
+            "must be https://host/path without user:password@ (the value is not shown); e.g. "
+            "https://alerts.example.com/hook",
+        )
+    return value
+
+
+class AlertingSettings(_Model):
+    """Alertmanager's channels besides e-mail (`iotfactory:smtp`): a webhook for every alert, and an
+    SNS topic (created by the program, KMS-encrypted) for critical ones when it has subscriptions."""
+
+    webhook_url: Annotated[str | None, Field(alias="webhookUrl", max_length=2048)] = None
+    sns_subscriptions: Annotated[
+        tuple[SnsSubscription, ...], Field(alias="snsSubscriptions", max_length=20)
+    ] = ()
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return None if value is None else _plain_https_url(value)
+
+
 class ContainerImages(_Model):
     """Third-party images of the monitoring task, pinned by version (override per stack)."""
 
     prometheus: str = "quay.io/prometheus/prometheus:v2.55.1"
     grafana: str = "docker.io/grafana/grafana-oss:11.4.0"
     config_init: Annotated[str, Field(alias="configInit")] = "public.ecr.aws/aws-cli/aws-cli:2.22.35"
+    # Pinned by digest: the manifest list of prom/alertmanager v0.28.1 (the same image as
+    # quay.io/prometheus/alertmanager); it reads the config the bundle renders for Debian's 0.25.
+    alertmanager: str = (
+        "docker.io/prom/alertmanager:v0.28.1"
+        "@sha256:27c475db5fb156cab31d5c18a4251ac7ed567746a2483ff264516437a39b15ba"
+    )
 
 
 class StackSettings(_Model):
@@ -182,6 +233,7 @@ class StackSettings(_Model):
         str | None, Field(alias=keys.SIMULATOR_IMAGE_KEY, pattern=r"^[^\s@]+@sha256:[0-9a-f]{64}$")
     ] = None
     smtp: Annotated[SmtpSettings | None, Field(alias=keys.SMTP_KEY)] = None
+    alerting: Annotated[AlertingSettings, Field(alias=keys.ALERTING_KEY)] = AlertingSettings()
     container_insights: Annotated[bool, Field(alias=keys.CONTAINER_INSIGHTS_KEY)]
     account_id: Annotated[str | None, Field(alias=keys.ACCOUNT_ID_KEY, pattern=r"^\d{12}$")] = None
 

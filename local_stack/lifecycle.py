@@ -20,9 +20,10 @@ from factory_core.errors import OperationFailed, UsageError
 from factory_core.progress_events import LocalStarted
 from factory_core.verb_results import LocalDestroyResult, LocalStatus, LocalStopResult, LocalUpResult
 from factory_core.verbs import ProgressSink, require_answerable, require_confirmation
-from local_stack import grafana
+from local_stack import alertmanager, grafana, grafana_container
 from local_stack.control import request
 from local_stack.paths import (
+    ALERTMANAGER,
     BROKER,
     GRAFANA,
     PROJECT_DIR,
@@ -51,10 +52,13 @@ def preflight(stack: StackConfig, paths: StatePaths) -> None:
         raise UsageError(already_running_message(paths))
     require_binary("mosquitto")
     require_binary("prometheus")
+    require_binary(alertmanager.BINARY)
+    alertmanager.channels(stack.local.alerting, paths.alertmanager_dir)  # the SMTP password file is usable
     local = stack.local
     fixed = [
         (BROKER, local.broker_port, "brokerPort"),
         (PROMETHEUS, local.prometheus_port, "prometheusPort"),
+        (ALERTMANAGER, local.alertmanager_port, "alertmanagerPort"),
         (RULE_RUNNER, local.metrics_port_base, "metricsPortBase"),
     ]
     if local.metrics_port_base:
@@ -62,7 +66,7 @@ def preflight(stack: StackConfig, paths: StatePaths) -> None:
             (simulator_service(i), local.metrics_port_base + 1 + i, "metricsPortBase")
             for i in range(stack.simulator_count)
         ]
-    if grafana.find_install() is not None:
+    if grafana.find_runtime() is not None:
         fixed.append((GRAFANA, local.grafana_port, "grafanaPort"))
     for service, port, key in fixed:
         if port and port_in_use(port, HOST):
@@ -262,9 +266,12 @@ def _stop_supervisor(paths: StatePaths, sink: ProgressSink) -> int:
 
 
 def _kill_leftovers(paths: StatePaths) -> int:
-    """Processes the state file lists that still run (only possible after a SIGKILLed supervisor)."""
+    """Processes the state file lists that still run (only possible after a SIGKILLed supervisor),
+    and Grafana's container if it ran in one and is still there."""
     state = read_state(paths) or {}
     killed = 0
+    if (state.get("outputs") or {}).get("grafanaContainer") and grafana_container.remove_leftover(paths.root):
+        killed += 1
     for pid in state.get("pids") or []:
         command = " ".join(process_command_line(int(pid)))
         # Only what this stack started: its state folder or its own programs are on the command line.

@@ -11,6 +11,7 @@ from factory_core.progress_events import LogLine, LogSources
 from factory_core.verb_results import LogsResult
 from factory_core.verbs import LogsRequest, ProgressSink
 from local_stack.paths import (
+    ALERTMANAGER,
     BROKER,
     GRAFANA,
     PROMETHEUS,
@@ -21,7 +22,7 @@ from local_stack.paths import (
 )
 from local_stack.supervisor_documents import STACK
 
-SERVICE_ORDER = (SUPERVISOR, BROKER, RULE_RUNNER, PROMETHEUS, GRAFANA)
+SERVICE_ORDER = (SUPERVISOR, BROKER, RULE_RUNNER, PROMETHEUS, ALERTMANAGER, GRAFANA)
 FOLLOW_POLL_S = 0.25
 
 

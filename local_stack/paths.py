@@ -23,6 +23,7 @@ _MAX_SOCKET_PATH = 100
 BROKER = "broker"
 RULE_RUNNER = "rule-runner"
 PROMETHEUS = "prometheus"
+ALERTMANAGER = "alertmanager"
 GRAFANA = "grafana"
 SUPERVISOR = "supervisor"
 SIMULATOR_PREFIX = "simulator-"
@@ -118,6 +119,14 @@ class StatePaths:
         return self.prometheus_dir / "data"
 
     @property
+    def alertmanager_dir(self) -> Path:
+        return self.root / "alertmanager"
+
+    @property
+    def alertmanager_data_dir(self) -> Path:
+        return self.alertmanager_dir / "data"
+
+    @property
     def grafana_dir(self) -> Path:
         return self.root / "grafana"
 
@@ -172,6 +181,7 @@ class StatePaths:
             self.certs_dir,
             self.broker_dir,
             self.prometheus_dir,
+            self.alertmanager_dir,
             self.logs_dir,
             self.simulators_dir,
         ):

@@ -31,6 +31,7 @@ _PRCTL = _LIBC.prctl
 INSTALL_HINTS = {
     "mosquitto": "apt-get install mosquitto mosquitto-clients",
     "prometheus": "apt-get install prometheus",
+    "prometheus-alertmanager": "apt-get install prometheus-alertmanager",
 }
 
 

@@ -9,37 +9,52 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from local_stack.ports import HOST
 from local_stack.processes import ManagedProcess, require_binary
 from local_stack.readiness import wait_until
 from observability.prometheus_config import SIMULATOR_JOB
 
+if TYPE_CHECKING:  # the bundle's modules are imported when it is written (they are slow to import)
+    from observability.alertmanager_config import Channels
+
 
 @dataclass(frozen=True)
 class ScrapeTargets:
     simulators: tuple[str, ...]  # host:port of each simulator's exporter
     archive: str  # the rule runner's exporter
+    sites: tuple[str, ...] | None = None  # each simulator's site, in the same order
 
 
 def write_config(
-    state_root: Path, targets: ScrapeTargets, scrape_interval_s: float, prometheus_url: str
+    state_root: Path,
+    targets: ScrapeTargets,
+    scrape_interval_s: float,
+    prometheus_url: str,
+    *,
+    alertmanager_url: str | None = None,
+    alert_channels: Channels | None = None,
 ) -> Path:
     """The cloud's config bundle, local flavour, under the state folder; returns prometheus.yml.
 
     Rewritten on every start and every scale; each file is replaced atomically, so a reload never
     reads half a file. The Grafana half is written too: it costs nothing and is ready if Grafana is.
+    With `alertmanager_url`, Prometheus sends its alerts there and Alertmanager's config (routing
+    to `alert_channels`) is written too.
     """
     # Imported here: the dashboards behind it take a while to import, and `cli.py` does not need them.
     from observability import config_bundle
 
     bundle = config_bundle.local_bundle(
         simulator_targets=list(targets.simulators),
+        simulator_sites=targets.sites,
         archive_targets=[targets.archive],
         prometheus_url=prometheus_url,
         scrape_interval_s=scrape_interval_s,
         grafana_dir=state_root / "grafana",
+        alertmanager_url=alertmanager_url,
+        alert_channels=alert_channels,
     )
     config_bundle.write_bundle(bundle, state_root)
     return state_root.joinpath(*PurePosixPath(config_bundle.PROMETHEUS_CONFIG_KEY).parts)

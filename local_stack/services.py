@@ -20,10 +20,11 @@ from functools import partial
 from pathlib import Path
 
 from factory_core.errors import UsageError
-from local_stack import grafana, prometheus
+from local_stack import alertmanager, grafana, grafana_container, prometheus
 from local_stack.certificate_authority import IssuedCertificate
 from local_stack.mosquitto import BrokerConfig, MosquittoProcess
 from local_stack.paths import (
+    ALERTMANAGER,
     BROKER,
     GRAFANA,
     PROJECT_DIR,
@@ -57,6 +58,7 @@ class Kind(StrEnum):
     RULE_RUNNER = "rule-runner"
     SIMULATOR = "simulator"
     PROMETHEUS = "prometheus"
+    ALERTMANAGER = "alertmanager"
     GRAFANA = "grafana"
 
 
@@ -85,6 +87,7 @@ SPECS: dict[Kind, KindSpec] = {
     Kind.RULE_RUNNER: KindSpec("metricsPortBase", stop_timeout_s=30.0, exporter=True),
     Kind.SIMULATOR: KindSpec("metricsPortBase", stop_timeout_s=SIMULATOR_STOP_TIMEOUT_S, exporter=True),
     Kind.PROMETHEUS: KindSpec("prometheusPort", stop_timeout_s=20.0),
+    Kind.ALERTMANAGER: KindSpec("alertmanagerPort", stop_timeout_s=20.0),
     Kind.GRAFANA: KindSpec("grafanaPort", stop_timeout_s=20.0),
 }
 
@@ -254,6 +257,7 @@ def plan_ports(stack: StackConfig, simulators: int, with_grafana: bool) -> dict[
     wanted = {
         BROKER: (local.broker_port, SPECS[Kind.BROKER].port_key),
         PROMETHEUS: (local.prometheus_port, SPECS[Kind.PROMETHEUS].port_key),
+        ALERTMANAGER: (local.alertmanager_port, SPECS[Kind.ALERTMANAGER].port_key),
         RULE_RUNNER: (local.metrics_port_base, SPECS[Kind.RULE_RUNNER].port_key),
     }
     if with_grafana:
@@ -295,6 +299,7 @@ def free_port_except(taken: set[int]) -> int:
 def port_in_use_message(port: int, service: str, key: str, config_path: Path) -> str:
     hint = {
         PROMETHEUS: " (a system Prometheus service?)",
+        ALERTMANAGER: " (a system Alertmanager service?)",
         GRAFANA: " (a system Grafana service?)",
     }.get(service, "")
     return (
@@ -357,14 +362,30 @@ class ServiceBuilder:
             _port_ready(port),
         )
 
-    def grafana(self, install: grafana.GrafanaInstall) -> Service:
+    def alertmanager(self, config_file: Path) -> Service:
+        port = self.ports[ALERTMANAGER]
+        return Service(
+            ALERTMANAGER,
+            Kind.ALERTMANAGER,
+            port,
+            lambda: alertmanager.process(
+                config_file, self.paths.alertmanager_data_dir, port, self.paths.log(ALERTMANAGER)
+            ),
+            _port_ready(port),
+        )
+
+    def grafana(self, runtime: grafana.GrafanaRuntime) -> Service:
         port = self.ports[GRAFANA]
+        readiness = _port_ready(port)
+        if isinstance(runtime, grafana.GrafanaInDocker):
+            # The first start pulls the image.
+            readiness = (Stage(PortOpen(port, HOST), grafana_container.FIRST_START_TIMEOUT_S, poll_s=0.2),)
         return Service(
             GRAFANA,
             Kind.GRAFANA,
             port,
-            lambda: grafana.process(install, self.paths.grafana_dir, port, self.paths.log(GRAFANA)),
-            _port_ready(port),
+            lambda: grafana.process(runtime, self.paths.grafana_dir, port, self.paths.log(GRAFANA)),
+            readiness,
         )
 
     def _broker_process(self, server_cert: IssuedCertificate) -> ManagedProcess:

@@ -108,9 +108,44 @@ class RuleRunnerBatching(_LocalModel):
     batch_max_messages: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
 
 
+_ADDRESS = r"^[^@\s,]+@[^@\s,]+$"
+
+
+class AlertEmailSettings(_LocalModel):
+    """`iotfactory:local.alerting.email`: critical alerts by e-mail. The password is not here: it is
+    read from `<state folder>/alertmanager/smtp-password` (0600) when `username` is set."""
+
+    smarthost: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+:\d{1,5}$", description="host:port")]
+    from_address: Annotated[str, Field(alias="from", pattern=_ADDRESS)]
+    to: Annotated[list[Annotated[str, Field(pattern=_ADDRESS)]], Field(min_length=1, max_length=20)]
+    username: Annotated[str | None, Field(min_length=1, max_length=256, pattern=r"^\S+$")] = None
+    require_tls: bool = True
+
+
+class AlertingSettings(_LocalModel):
+    """`iotfactory:local.alerting`: where Alertmanager sends alerts (observability/alertmanager_config.py)."""
+
+    webhook_url: Annotated[str | None, Field(max_length=2048)] = None
+    email: AlertEmailSettings | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # The same rules as an S3 endpoint: http(s), no credentials or tokens in the URL (the stack
+        # file is committed), and the value is never echoed.
+        problem = endpoint_url_problem(value)
+        if problem is not None:
+            raise PydanticCustomError(SECRET_VALUE_ERROR, problem)
+        return value
+
+
 class LocalSettings(_LocalModel):
     broker_port: Port = 8883
     prometheus_port: Port = 9490
+    # Not 9093: the Alertmanager package's own service.
+    alertmanager_port: Port = 9493
     grafana_port: Port = 3300
     # Rule runner at the base, simulator i at base + 1 + i. Not 9100: Debian's node exporter.
     metrics_port_base: Port = 9800
@@ -119,6 +154,7 @@ class LocalSettings(_LocalModel):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     mosquitto: MosquittoSettings = Field(default_factory=MosquittoSettings)
     rule_runner: RuleRunnerBatching = Field(default_factory=RuleRunnerBatching)
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
 
     @field_validator("scrape_interval_s")
     @classmethod
@@ -136,6 +172,7 @@ class LocalSettings(_LocalModel):
         fixed = {
             "brokerPort": self.broker_port,
             "prometheusPort": self.prometheus_port,
+            "alertmanagerPort": self.alertmanager_port,
             "grafanaPort": self.grafana_port,
         }
         base = self.metrics_port_base

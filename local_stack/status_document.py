@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
 
-from local_stack import grafana, prometheus
+from local_stack import alertmanager, grafana, prometheus
 from local_stack.certificate_authority import CA_CERT_FILE
-from local_stack.paths import BROKER, GRAFANA, PROMETHEUS, StatePaths
+from local_stack.paths import ALERTMANAGER, BROKER, GRAFANA, PROMETHEUS, StatePaths
 from local_stack.ports import HOST
 from local_stack.stack_config import StackConfig
 from local_stack.status_view import PipelineSnapshot
@@ -93,6 +93,9 @@ class StackOutputs(Document):
     simulator_count: int
     certificate_generation: str | None
     metrics_ports: dict[str, int]
+    alertmanager_url: str | None = None
+    silence_command: str | None = None
+    grafana_container: str | None = None
 
 
 class StateDocument(StatusReport):
@@ -117,6 +120,7 @@ def stack_outputs(
     grafana_skipped: str | None,
     simulator_count: int,
     generation: str | None,
+    grafana_container: str | None = None,
 ) -> StackOutputs:
     archive_folder = stack.archive_folder(paths.root)
     s3 = stack.local.archive.s3
@@ -137,6 +141,11 @@ def stack_outputs(
         simulator_count=simulator_count,
         certificate_generation=generation,
         metrics_ports={
-            name: port for name, port in ports.items() if name not in (BROKER, PROMETHEUS, GRAFANA)
+            name: port
+            for name, port in ports.items()
+            if name not in (BROKER, PROMETHEUS, ALERTMANAGER, GRAFANA)
         },
+        alertmanager_url=alertmanager.url(ports[ALERTMANAGER]) if ALERTMANAGER in ports else None,
+        silence_command=alertmanager.silence_command(ports[ALERTMANAGER]) if ALERTMANAGER in ports else None,
+        grafana_container=grafana_container,
     )

@@ -28,8 +28,9 @@ from typing import Any
 
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.fleet import site_id
-from local_stack import grafana, prometheus
+from local_stack import grafana, observers, prometheus
 from local_stack import stack_config as config_module
+from local_stack.alertmanager import BINARY as ALERTMANAGER_BINARY
 from local_stack.broker_setup import ensure_archive_session, service_certificates
 from local_stack.certificate_authority import IssuedCertificate
 from local_stack.control import ControlServer, Job, RestartResult, ScaleResult, perform
@@ -38,7 +39,7 @@ from local_stack.processes import require_binary
 from local_stack.readiness import CountersSettle, LogLineAfter, wait_until
 from local_stack.rotation import DevicePki, Progress, RotationResult, interrupted_notice, rotate
 from local_stack.sampling import PipelineMonitor
-from local_stack.services import HOST, Kind, Service, ServiceBuilder, ServiceSet, plan_ports, simulator_port
+from local_stack.services import Kind, Service, ServiceBuilder, ServiceSet, plan_ports, simulator_port
 from local_stack.stack_config import StackConfig
 from local_stack.state_file import StateWriter, SupervisorLock
 from local_stack.status_document import (
@@ -77,6 +78,8 @@ class Supervisor:
         self.started_at = time.time()
         self.events: deque[str] = deque(maxlen=50)
         self.grafana_skipped: str | None = None
+        self.grafana_container: str | None = None
+        self._grafana_runtime: grafana.GrafanaRuntime | None = None
         self.pki: DevicePki | None = None
         self._builder: ServiceBuilder | None = None
         self._jobs: queue.Queue[Job] = queue.Queue()
@@ -124,17 +127,12 @@ class Supervisor:
         ]
         for service in pipeline:
             service.launch()
-        # Prometheus's config (slow to import and render) is written while the pipeline boots.
-        observers = [self.services.add(builder.prometheus(self._write_prometheus_config()))]
-        install = grafana.find_install()
-        if install is None:
-            self.grafana_skipped = grafana.SKIPPED_SHORT
-            self.say(grafana.SKIPPED_HINT)
-        else:
-            observers.append(self.services.add(builder.grafana(install)))
-        for service in observers:
-            service.launch()
-        for service in (*pipeline, *observers):
+        # The observers' config (slow to import and render) is written while the pipeline boots.
+        watching = observers.build(builder, self._write_prometheus_config(), self._grafana_runtime, self.say)
+        self.grafana_skipped, self.grafana_container = watching.grafana_skipped, watching.grafana_container
+        for service in watching.services:
+            self.services.add(service).launch()
+        for service in (*pipeline, *watching.services):
             service.wait_ready()
         self.monitor.start(self._stop)
 
@@ -143,8 +141,9 @@ class Supervisor:
         # Binaries first: a missing one costs one line, before any file is written.
         require_binary("mosquitto")
         require_binary("prometheus")
-        with_grafana = grafana.find_install() is not None
-        self.ports.update(plan_ports(self.stack, self.desired_simulators, with_grafana))
+        require_binary(ALERTMANAGER_BINARY)
+        self._grafana_runtime = grafana.find_runtime()
+        self.ports.update(plan_ports(self.stack, self.desired_simulators, self._grafana_runtime is not None))
         self.pki = DevicePki.open(self.paths)
         notice = interrupted_notice(self.pki)
         if notice:
@@ -196,7 +195,7 @@ class Supervisor:
         if broker:
             say("broker: saving sessions")
             self.services.stop([broker])
-        self.services.stop(self.services.of_kind(Kind.PROMETHEUS, Kind.GRAFANA))
+        self.services.stop(self.services.of_kind(Kind.PROMETHEUS, Kind.ALERTMANAGER, Kind.GRAFANA))
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -255,7 +254,13 @@ class Supervisor:
         # A copy: the main thread changes the ports while a connection thread may be answering.
         ports = dict(self.ports)
         return stack_outputs(
-            self.stack, self.paths, ports, self.grafana_skipped, self.desired_simulators, generation
+            self.stack,
+            self.paths,
+            ports,
+            self.grafana_skipped,
+            self.desired_simulators,
+            generation,
+            self.grafana_container,
         )
 
     def status_report(self) -> StatusReport:
@@ -350,15 +355,8 @@ class Supervisor:
         for service in services:
             self.ports.pop(service.name, None)
 
-    def _simulator_targets(self) -> list[str]:
-        return [f"{HOST}:{self.ports[simulator_service(i)]}" for i in range(self.desired_simulators)]
-
     def _write_prometheus_config(self) -> Path:
-        targets = prometheus.ScrapeTargets(
-            simulators=tuple(self._simulator_targets()), archive=f"{HOST}:{self.ports[RULE_RUNNER]}"
-        )
-        interval_s, url = self.stack.local.scrape_interval_s, prometheus.url(self.ports[PROMETHEUS])
-        return prometheus.write_config(self.paths.root, targets, interval_s, url)
+        return observers.write_config(self.stack, self.paths, self.ports, self.desired_simulators)
 
     def _reconfigure_prometheus(self, progress: Progress) -> None:
         self._write_prometheus_config()
@@ -366,7 +364,7 @@ class Supervisor:
         if service is None or service.process is None or not service.running:
             return
         service.process.signal(signal.SIGHUP)
-        expected = self._simulator_targets()
+        expected = observers.simulator_targets(self.ports, self.desired_simulators)
         if prometheus.wait_for_targets(self.ports[PROMETHEUS], expected, 15.0):
             progress(f"prometheus: scraping {len(expected)} simulator(s)")
         else:

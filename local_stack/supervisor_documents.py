@@ -54,6 +54,9 @@ def local_outputs(document: Mapping[str, Any]) -> LocalOutputs:
         simulator_count=_count(document.get("simulatorCount")),
         certificate_generation=document.get("certificateGeneration"),
         metrics_ports={str(name): int(port) for name, port in (document.get("metricsPorts") or {}).items()},
+        alertmanager_url=document.get("alertmanagerUrl"),
+        silence_command=document.get("silenceCommand"),
+        grafana_container=document.get("grafanaContainer"),
     )
 
 

@@ -21,6 +21,11 @@ from simulator.model.profiles import PROFILES
 
 Comparison = Literal[">", "<", "=="]
 Severity = Literal["warning", "critical"]
+# What an alert is about. Alertmanager's inhibition works on it (observability/alertmanager_config.py):
+# a site-level alert silences the machine alerts of that site, a fleet-level one everything below it.
+# Machine and site alerts carry the `site` label, which inhibition matches on.
+Scope = Literal["machine", "site", "fleet", "archive"]
+SCOPE_LABEL = "scope"
 Target = Literal["local", "cloud"]
 ALL_TARGETS: frozenset[Target] = frozenset(("local", "cloud"))
 
@@ -49,6 +54,7 @@ class AlertRule:
     description: str
     unit: str  # unit of the quantity and threshold, for people
     metrics: tuple[catalog.MetricDef, ...]  # catalog metrics the rule reads (for docs and tests)
+    scope: Scope
     guard: Condition | None = None  # must also hold (`and`), e.g. a level on top of a trend
     # Rules sharing one alertname differ by these (equal to the series' own labels, so they
     # change nothing in the alert; Prometheus and Grafana need rules to be distinct).
@@ -83,7 +89,7 @@ class AlertRule:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {"severity": self.severity, **dict(self.variant_labels)}
+        return {"severity": self.severity, SCOPE_LABEL: self.scope, **dict(self.variant_labels)}
 
     @property
     def threshold_text(self) -> str:
@@ -143,6 +149,7 @@ def _overheating(machine_type: MachineType) -> AlertRule:
         ),
         unit="°C",
         metrics=(temperature,),
+        scope="machine",
         variant_labels=(("type", machine_type.value),),
     )
 
@@ -168,6 +175,7 @@ def _vibration_rising() -> AlertRule:
         ),
         unit="mm/s",
         metrics=(vibration,),
+        scope="machine",
     )
 
 
@@ -185,6 +193,7 @@ def _in_fault() -> AlertRule:
         ),
         unit="1 = in fault",
         metrics=(catalog.MACHINE_STATE,),
+        scope="machine",
     )
 
 
@@ -203,6 +212,7 @@ def _simulator_down() -> AlertRule:
         ),
         unit="1 = up",
         metrics=(),
+        scope="site",
     )
 
 
@@ -221,6 +231,7 @@ def _simulators_missing() -> AlertRule:
         ),
         unit="targets",
         metrics=(),
+        scope="fleet",
     )
 
 
@@ -249,6 +260,7 @@ def _publish_failures() -> AlertRule:
         ),
         unit="%",
         metrics=(catalog.PUBLISH_FAILURES, catalog.MESSAGES_PUBLISHED),
+        scope="site",
     )
 
 
@@ -267,6 +279,7 @@ def _archive_lag() -> AlertRule:
         ),
         unit="s",
         metrics=(catalog.ARCHIVE_LAG,),
+        scope="archive",
         # The cloud archive is the IoT topic rule; its health is in CloudWatch, not Prometheus.
         targets=frozenset(("local",)),
     )

@@ -11,6 +11,7 @@ from observability.prometheus_config import format_duration
 
 DATASOURCE_UID = "prometheus"
 DATASOURCE_NAME = "Prometheus"
+ALERTMANAGER_DATASOURCE_UID = "alertmanager"
 FOLDER = "IoT Factory"
 CONTACT_POINT = "iotfactory-email"
 # Recipient of the alert e-mails, from the environment (Grafana interpolates `$VAR` in contact
@@ -23,21 +24,32 @@ def _yaml(document: dict[str, Any]) -> str:
     return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000)
 
 
-def datasource(url: str, scrape_interval_s: float) -> str:
-    return _yaml({
-        "apiVersion": 1,
-        "datasources": [{
-            "name": DATASOURCE_NAME,
-            "uid": DATASOURCE_UID,
-            "type": "prometheus",
+def datasource(url: str, scrape_interval_s: float, alertmanager_url: str | None = None) -> str:
+    """The Prometheus datasource, and Alertmanager's when given: Grafana then lists its alerts and
+    can add silences to it (Alerting → Silences, choose the Alertmanager datasource)."""
+    sources: list[dict[str, Any]] = [{
+        "name": DATASOURCE_NAME,
+        "uid": DATASOURCE_UID,
+        "type": "prometheus",
+        "access": "proxy",
+        "url": url,
+        "isDefault": True,
+        "editable": False,
+        # Grafana's $__rate_interval is built from this: it must be the real scrape interval.
+        "jsonData": {"timeInterval": format_duration(scrape_interval_s), "httpMethod": "POST"},
+    }]
+    if alertmanager_url:
+        sources.append({
+            "name": "Alertmanager",
+            "uid": ALERTMANAGER_DATASOURCE_UID,
+            "type": "alertmanager",
             "access": "proxy",
-            "url": url,
-            "isDefault": True,
+            "url": alertmanager_url,
             "editable": False,
-            # Grafana's $__rate_interval is built from this: it must be the real scrape interval.
-            "jsonData": {"timeInterval": format_duration(scrape_interval_s), "httpMethod": "POST"},
-        }],
-    })
+            # Prometheus's Alertmanager; Grafana's own rules keep using Grafana's built-in one.
+            "jsonData": {"implementation": "prometheus", "handleGrafanaManagedAlerts": False},
+        })
+    return _yaml({"apiVersion": 1, "datasources": sources})
 
 
 def dashboard_provider(dashboards_path: str) -> str:

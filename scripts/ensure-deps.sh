@@ -1,7 +1,7 @@
 # Installs what the project needs when it is missing; sourced by ./iotfactory and .ci/run.
 # python3: Debian's CPython stands in for the simulator image's base Python in
 # tests/test_image_assembly.py (a pyenv or uv Python under /root is out of the image user's reach).
-APT_PACKAGES=(mosquitto mosquitto-clients prometheus python3)
+APT_PACKAGES=(mosquitto mosquitto-clients prometheus prometheus-alertmanager python3)
 
 _say() { printf '%s\n' "$*" >&2; }
 
@@ -10,6 +10,7 @@ ensure_system_packages() {
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
   command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
   { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
+  { command -v prometheus-alertmanager >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1; } || missing+=(prometheus-alertmanager)
   [ -x /usr/bin/python3 ] || missing+=(python3)
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=()
@@ -20,7 +21,7 @@ ensure_system_packages() {
     fi
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    _say "error: missing ${missing[*]} and no apt-get; install mosquitto, mosquitto-clients, prometheus and python3 with your package manager"
+    _say "error: missing ${missing[*]} and no apt-get; install mosquitto, mosquitto-clients, prometheus, prometheus-alertmanager and python3 with your package manager"
     exit 2
   fi
   _say "installing ${missing[*]} (apt-get)..."

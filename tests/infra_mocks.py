@@ -36,6 +36,13 @@ TEST_DOMAIN = "factory.example.com"
 INSECURE_PREFIX = "insecure-"
 RUN_TIMEOUT_S = 120
 LARGE_FLEET = 12
+ALERTING_PROD = {
+    "webhookUrl": "https://hooks.example.com/iotfactory",
+    "snsSubscriptions": [
+        {"protocol": "email", "endpoint": "oncall@example.com"},
+        {"protocol": "https", "endpoint": "https://pager.example.com/sns"},
+    ],
+}
 
 
 def stack_config(stack: str, **overrides: Any) -> dict[str, str]:
@@ -72,6 +79,7 @@ RUNS: dict[str, RunSpec] = {
             certificateArn=TEST_CERTIFICATE_ARN,
             domainName=TEST_DOMAIN,
             certGenerations=[{"name": "g1", "status": "INACTIVE"}, {"name": "g2", "status": "ACTIVE"}],
+            alerting=ALERTING_PROD,
         ),
     ),
     "insecure": RunSpec("dev", stack_config("dev", simulatorCount=1), inject="insecure"),
@@ -204,6 +212,7 @@ FAKE_BUNDLE = {
     "prometheus/rules/alerts.yml": "groups: []\n",
     "grafana/provisioning/datasources/prometheus.yml": "apiVersion: 1\n",
     "grafana/dashboards/factory-overview.json": "{}\n",
+    "alertmanager/alertmanager.yml": "route: {receiver: x}\nreceivers: [{name: x}]\n",
 }
 
 
@@ -212,13 +221,19 @@ def install_fake_bundle() -> None:
     module = types.ModuleType("observability.config_bundle")
 
     def cloud_bundle(
-        discovery_dns_names: list[str], metrics_port: int, scrape_interval_s: int
+        discovery_dns_names: list[str], metrics_port: int, scrape_interval_s: int, alert_channels: Any = None
     ) -> dict[str, str]:
         key = "prometheus/prometheus.yml"
         targets = [f"# {name}:{metrics_port} every {scrape_interval_s}s\n" for name in discovery_dns_names]
         return {**FAKE_BUNDLE, key: FAKE_BUNDLE[key] + "".join(targets)}
 
     module.cloud_bundle = cloud_bundle  # type: ignore[attr-defined]
+    module.cloud_alert_channels = lambda **channels: channels  # type: ignore[attr-defined]
+    module.ALERTMANAGER_PREFIX = "alertmanager/"  # type: ignore[attr-defined]
+    module.ALERTMANAGER_CONFIG_DIR = "/etc/alertmanager-config"  # type: ignore[attr-defined]
+    module.CLOUD_ALERTMANAGER_PLACEHOLDERS = {"@SMTP_USERNAME@": "SMTP_USERNAME"}  # type: ignore[attr-defined]
+    module.CLOUD_ALERTMANAGER_RUN_DIR = "/run/alertmanager"  # type: ignore[attr-defined]
+    module.CLOUD_SMTP_PASSWORD_FILE = "/run/alertmanager/smtp-password"  # type: ignore[attr-defined]
     module.PROMETHEUS_PREFIX = "prometheus/"  # type: ignore[attr-defined]
     module.PROMETHEUS_CONFIG_DIR = "/etc/prometheus-config"  # type: ignore[attr-defined]
     module.GRAFANA_PREFIX = "grafana/"  # type: ignore[attr-defined]

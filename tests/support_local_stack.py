@@ -22,6 +22,7 @@ def write_local_stack_file(
             stack_file.LOCAL_KEY: {
                 "brokerPort": 0,
                 "prometheusPort": 0,
+                "alertmanagerPort": 0,
                 "grafanaPort": 0,
                 "metricsPortBase": 0,
                 "scrapeIntervalS": 1,

@@ -164,3 +164,29 @@ def test_policy_command_needs_a_stack_file(capsys: pytest.CaptureFixture[str]) -
 
     assert main(["--stack", "nosuchstack"]) == 2
     assert "no Pulumi.nosuchstack.yaml" in capsys.readouterr().err
+
+
+def test_sns_rule_wants_encrypted_topics_and_no_public_topic_policy() -> None:
+    run = offline_run("prod")
+    topic = one(run, "aws:sns/topic:Topic", "alerts")
+    policy = one(run, "aws:sns/topicPolicy:TopicPolicy", "alerts")
+    public = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "sns:Publish", "Resource": topic.arn}],
+    }
+
+    def changed(record: ResourceRecord) -> ResourceRecord:
+        if record.urn == topic.urn:
+            return replace(record, inputs={k: v for k, v in record.inputs.items() if k != "kmsMasterKeyId"})
+        if record.urn == policy.urn:
+            return replace(record, inputs={**record.inputs, "policy": public})
+        return record
+
+    violations = check([changed(r) for r in run.records], context_of("prod"))
+    assert {(v.resource, v.message) for v in violations if v.rule == "sns-topic"} == {
+        (f"aws:sns/topic:Topic::{topic.name}", "topic is not encrypted (kmsMasterKeyId)"),
+        (
+            f"aws:sns/topicPolicy:TopicPolicy::{policy.name}",
+            "topic policy allows every principal ('*'); name the publisher",
+        ),
+    }

@@ -536,7 +536,7 @@ def test_containers_are_hardened_and_drain_before_kill(run: OfflineRun) -> None:
             assert simulator["linuxParameters"]["capabilities"]["drop"] == ["ALL"]
 
 
-def test_monitoring_is_one_task_with_init_prometheus_and_grafana(run: OfflineRun, stack: str) -> None:
+def test_monitoring_is_one_task_with_init_prometheus_grafana_and_alertmanager(run: OfflineRun) -> None:
     service = one(run, SERVICE, "monitoring").inputs
     assert service["desiredCount"] == 1
     assert service["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
@@ -548,9 +548,9 @@ def test_monitoring_is_one_task_with_init_prometheus_and_grafana(run: OfflineRun
     assert routes == {("prometheus", 9090, 9090), ("grafana", 3000, 3000)}
     task = one(run, TASK_DEFINITION, "monitoring")
     parts = containers(task)
-    assert list(parts) == ["config-init", "prometheus", "grafana"]
+    assert list(parts) == ["config-init", "prometheus", "grafana", "alertmanager"]
     assert parts["config-init"]["essential"] is False
-    for name in ("prometheus", "grafana"):
+    for name in ("prometheus", "grafana", "alertmanager"):
         assert {"containerName": "config-init", "condition": "SUCCESS"} in parts[name]["dependsOn"]
     command = parts["prometheus"]["command"]
     assert "--web.route-prefix=/prometheus/" in command
@@ -762,7 +762,8 @@ def test_monitoring_task_role_reads_only_the_config_prefix(run: OfflineRun) -> N
     grants = {
         a: s for s in _grants(run, by_arn(run)[task.inputs["taskRoleArn"]]) for a in as_list(s["Action"])
     }
-    assert set(grants) == {"s3:ListBucket", "s3:GetObject"}
+    publishing = {"sns:Publish", "kms:Decrypt", "kms:GenerateDataKey"} if run.of_type(TOPIC) else set()
+    assert set(grants) == {"s3:ListBucket", "s3:GetObject", *publishing}  # publishing: see alert routing
     assert grants["s3:GetObject"]["Resource"] == [f"arn:aws:s3:::{bucket}/monitoring/*"]
     assert grants["s3:ListBucket"]["Resource"] == [f"arn:aws:s3:::{bucket}"]
     assert grants["s3:ListBucket"]["Condition"] == {
@@ -804,3 +805,74 @@ def test_outputs_name_everything_the_cli_needs(run: OfflineRun, stack: str) -> N
     assert outputs["prometheusUrl"] == outputs["grafanaUrl"] + "prometheus/"
     assert outputs["logGroups"]["simulators"] == f"/iotfactory/{stack}/simulators"
     assert outputs["region"] == settings_of(stack).region
+
+
+# --- alert routing --------------------------------------------------------------------------------
+
+TOPIC = "aws:sns/topic:Topic"
+TOPIC_POLICY = "aws:sns/topicPolicy:TopicPolicy"
+SUBSCRIPTION = "aws:sns/topicSubscription:TopicSubscription"
+KMS_KEY = "aws:kms/key:Key"
+
+
+def test_alertmanager_reads_its_bundle_folder_and_gets_smtp_only_from_the_secret(
+    dev: OfflineRun, prod: OfflineRun
+) -> None:
+    for run in (dev, prod):
+        parts = containers(one(run, TASK_DEFINITION, "monitoring"))
+        alertmanager = parts["alertmanager"]
+        image = alertmanager["image"]
+        assert image.startswith("docker.io/prom/alertmanager:") and "@sha256:" in image
+        assert alertmanager["user"] == "65534:65534" and alertmanager["readonlyRootFilesystem"] is True
+        mounts = {m["containerPath"]: m for m in alertmanager["mountPoints"]}
+        assert mounts["/etc/alertmanager-config"]["readOnly"] is True
+        assert {"/alertmanager", "/run/alertmanager"} <= set(mounts)
+        script = alertmanager["command"][0]
+        assert "exec /bin/alertmanager --config.file=/run/alertmanager/alertmanager.yml" in script
+        assert "--cluster.listen-address=" in script
+        # The init container syncs the alertmanager/ prefix like the others and hands over the volumes.
+        init_script = parts["config-init"]["command"][0]
+        assert 's3://$CONFIG_BUCKET/monitoring/alertmanager/" /mnt/alertmanager-config/' in init_script
+        assert "chown -R 65534:65534 /mnt/alertmanager-data" in init_script
+        # Not behind the load balancer: Prometheus and Grafana reach it on localhost.
+        routed = {lb["containerName"] for lb in one(run, SERVICE, "monitoring").inputs["loadBalancers"]}
+        assert "alertmanager" not in routed
+    dev_secrets = containers(one(dev, TASK_DEFINITION, "monitoring"))["alertmanager"]["secrets"]
+    assert dev_secrets == []
+    prod_alertmanager = containers(one(prod, TASK_DEFINITION, "monitoring"))["alertmanager"]
+    secret_name = settings_of("prod").smtp.secret_name
+    smtp_arn = f"arn:aws:secretsmanager:eu-west-1:123456789012:secret:{secret_name}-AbCdEf"
+    assert {s["name"]: s["valueFrom"] for s in prod_alertmanager["secrets"]} == {
+        "SMTP_USERNAME": f"{smtp_arn}:username::", "SMTP_PASSWORD": f"{smtp_arn}:password::"
+    }
+    assert not any("PASSWORD" in name for name in environment(prod_alertmanager))
+
+
+def test_alert_topic_is_encrypted_and_only_the_monitoring_task_publishes(
+    dev: OfflineRun, prod: OfflineRun
+) -> None:
+    assert not dev.of_type(TOPIC) and dev.outputs["alertTopicArn"] is None  # no subscriber, no topic
+    topic, key = one(prod, TOPIC, "alerts"), one(prod, KMS_KEY, "alerts")
+    assert topic.inputs["kmsMasterKeyId"] == key.arn and key.inputs["enableKeyRotation"] is True
+    assert prod.outputs["alertTopicArn"] == topic.arn
+    subscriptions = {(s.inputs["protocol"], s.inputs["endpoint"]) for s in prod.of_type(SUBSCRIPTION)}
+    assert subscriptions == {("email", "oncall@example.com"), ("https", "https://pager.example.com/sns")}
+    assert all(s.inputs["topic"] == topic.arn for s in prod.of_type(SUBSCRIPTION))
+
+    task = one(prod, TASK_DEFINITION, "monitoring")
+    role_arn = task.inputs["taskRoleArn"]
+    policy = one(prod, TOPIC_POLICY, "alerts")
+    assert policy.inputs["arn"] == topic.arn
+    allow, deny_others, deny_plain = statements(policy)
+    assert allow["Effect"] == "Allow" and allow["Action"] == "sns:Publish"
+    assert allow["Principal"] == {"AWS": role_arn}
+    assert deny_others["Effect"] == "Deny" and deny_others["Principal"] == {"AWS": "*"}
+    assert deny_others["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": role_arn}}
+    assert deny_plain["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+    grants = {a: s for s in _grants(prod, by_arn(prod)[role_arn]) for a in as_list(s["Action"])}
+    assert grants["sns:Publish"]["Resource"] == [topic.arn]
+    assert grants["kms:GenerateDataKey"]["Resource"] == [key.arn]
+    via_sns = {"StringEquals": {"kms:ViaService": "sns.eu-west-1.amazonaws.com"}}
+    assert grants["kms:Decrypt"]["Condition"] == via_sns
+    assert environment(containers(task)["alertmanager"])["SNS_TOPIC_ARN"] == topic.arn

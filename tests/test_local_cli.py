@@ -184,7 +184,9 @@ def test_detached_stack_lifecycle(detached_env: dict[str, str], tmp_path: Path) 
     status = json.loads(cli("status", "--stack", "local", "--json", env=env).stdout)
     assert status["running"] and status["simulators"] == {"desired": 2, "up": 2}
     names = {service["name"] for service in status["services"]}
-    assert names == {"broker", "rule-runner", "prometheus", "grafana", "simulator-00", "simulator-01"}
+    assert names == {
+        "broker", "rule-runner", "prometheus", "alertmanager", "grafana", "simulator-00", "simulator-01"
+    }
     assert all(service["state"] == "running" for service in status["services"])
     pids = [status["supervisor_pid"], *(service["pid"] for service in status["services"])]
 

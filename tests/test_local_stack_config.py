@@ -206,3 +206,46 @@ def test_sampler_counts_an_exporter_that_does_not_answer(monkeypatch: pytest.Mon
     monkeypatch.setattr(status_view, "scrape", lambda port, **_: None)
     snapshot = status_view.PipelineSampler().sample({"simulator-00": 1, "rule-runner": 2}, now=0.0)
     assert (snapshot.exporters_up, snapshot.exporters_expected) == (0, 2)
+
+
+ALERTING = """\
+    config:
+      iotfactory:local:
+        alerting:
+          webhookUrl: {webhook}
+          email: {{smarthost: "smtp.example.com:587", from: alerts@example.com, to: [ops@example.com],
+                  username: alerts@example.com}}
+    """
+
+
+def test_alerting_channels_come_from_the_stack_file_and_the_password_from_a_private_file(
+    tmp_path: Path,
+) -> None:
+    from local_stack import alertmanager
+
+    config = stack_config.load(_write(tmp_path, ALERTING.format(webhook="http://127.0.0.1:5001/alerts")))
+    folder = tmp_path / "state" / "alertmanager"
+    with pytest.raises(UsageError, match="does not exist; create it readable by you only"):
+        alertmanager.channels(config.local.alerting, folder)
+    folder.mkdir(parents=True)
+    secret = alertmanager.smtp_password_file(folder)
+    secret.write_text("hunter2")
+    secret.chmod(0o644)
+    with pytest.raises(UsageError, match="nobody else can read") as refused:
+        alertmanager.channels(config.local.alerting, folder)
+    assert "hunter2" not in str(refused.value)
+    secret.chmod(0o600)
+    channels = alertmanager.channels(config.local.alerting, folder)
+    assert channels.webhook_url == "http://127.0.0.1:5001/alerts"
+    assert channels.email is not None and channels.email.password_file == str(secret)
+    assert channels.email.to_addresses == ("ops@example.com",)
+    assert channels.email.username == "alerts@example.com"
+
+
+def test_a_webhook_url_with_credentials_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, ALERTING.format(webhook="https://bot:s3cret@hooks.example.com/x"))
+    with pytest.raises(UsageError) as refused:
+        stack_config.load(path)
+    message = str(refused.value)
+    assert "iotfactory:local.alerting.webhookUrl" in message and "s3cret" not in message
+    assert len(message.splitlines()) == 1

@@ -40,7 +40,7 @@ def test_cloud_bundle_holds_every_file_prometheus_and_grafana_read() -> None:
         "prometheus/prometheus.yml", "prometheus/rules/alerts.yml",
         "grafana/provisioning/datasources/prometheus.yml", "grafana/provisioning/dashboards/dashboards.yml",
         "grafana/provisioning/alerting/contact-points.yml", "grafana/provisioning/alerting/policies.yml",
-        "grafana/provisioning/alerting/rules.yml", *dashboards,
+        "alertmanager/alertmanager.yml", *dashboards,
     }
     assert all(isinstance(text, str) and text for text in bundle.values())
 
@@ -59,8 +59,10 @@ def test_cloud_prometheus_discovers_every_site_and_loads_its_rules() -> None:
 
 
 def test_cloud_grafana_reaches_prometheus_under_its_route_prefix() -> None:
-    (datasource,) = yaml.safe_load(_cloud()[cb.DATASOURCE_KEY])["datasources"]
+    datasource, alertmanager = yaml.safe_load(_cloud()[cb.DATASOURCE_KEY])["datasources"]
     assert datasource["url"] == "http://localhost:9090/prometheus"
+    # Alertmanager shares the task: Grafana shows its alerts and silences from localhost.
+    assert (alertmanager["type"], alertmanager["url"]) == ("alertmanager", "http://localhost:9093")
     assert f"--web.route-prefix={cb.CLOUD_ROUTE_PREFIX}" in cb.CLOUD_PROMETHEUS_ARGS
     assert datasource["uid"] == grafana_provisioning.DATASOURCE_UID and datasource["isDefault"]
     assert datasource["jsonData"]["timeInterval"] == "15s"
@@ -69,7 +71,7 @@ def test_cloud_grafana_reaches_prometheus_under_its_route_prefix() -> None:
     assert cb.CLOUD_GRAFANA_ENVIRONMENT["GF_PATHS_PROVISIONING"] == "/etc/grafana-config/provisioning"
 
 
-def test_cloud_alert_mail_goes_to_the_injected_address_through_the_injected_smtp() -> None:
+def test_cloud_grafana_mail_goes_to_the_injected_address_and_sends_no_project_rule_twice() -> None:
     bundle = _cloud()
     (point,) = yaml.safe_load(bundle[cb.CONTACT_POINTS_KEY])["contactPoints"]
     (receiver,) = point["receivers"]
@@ -79,10 +81,10 @@ def test_cloud_alert_mail_goes_to_the_injected_address_through_the_injected_smtp
     assert policy["receiver"] == point["name"]
     assert {"GF_SMTP_HOST", "GF_SMTP_PASSWORD", grafana_provisioning.ALERT_EMAIL_ENV} <= set(
         cb.CLOUD_GRAFANA_SECRET_ENV)
-    groups = yaml.safe_load(bundle[cb.GRAFANA_RULES_KEY])["groups"]
-    titles = {rule["title"].split()[0] for group in groups for rule in group["rules"]}
-    assert titles == {rule.alert for rule in rules_for("cloud")}
-    assert all(group["folder"] == grafana_provisioning.FOLDER for group in groups)
+    # The project's rules are e-mailed by Alertmanager; Grafana-managed twins would mail them again.
+    assert cb.GRAFANA_RULES_KEY not in bundle
+    config = yaml.safe_load(bundle[cb.PROMETHEUS_CONFIG_KEY])
+    assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["localhost:9093"]}]}]
 
 
 def test_local_bundle_uses_static_targets_and_the_local_prometheus(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """The test that matters: every dashboard query and alert expression returns data from a real pipeline.
 
 Real processes on ephemeral ports: Mosquitto (mutual TLS), the simulator (`python -m simulator`,
-its real exporter), the rule runner (archive metrics) and Prometheus scraping every second with
-the rules the local stack ships, `for:` shortened via `render_rules(for_scale=...)`.
+its real exporter), the rule runner (archive metrics), Prometheus scraping every second with the
+rules the local stack ships, `for:` shortened via `render_rules(for_scale=...)`, and Alertmanager
+(the process the local stack starts, its config from the same bundle) notifying a webhook receiver
+that runs in this test process, its grouping intervals shortened the same way.
 """
 
 from __future__ import annotations
@@ -15,29 +17,43 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support_alerting import WebhookReceiver, add_silence, post_alert, wait_state, webhook_receiver
 
 from factory_core.fleet import FaultSettings, FleetSettings, MachineType, ScheduledFault
+from local_stack import alertmanager
 from local_stack import prometheus as prom
 from local_stack.certificate_authority import CertificateAuthority
 from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess
 from local_stack.ports import free_port, wait_for_port
 from local_stack.processes import ManagedProcess, python_command
 from observability.alert_rules import render_rules
-from observability.config_bundle import PROMETHEUS_CONFIG_KEY, RULES_KEY, local_bundle, write_bundle
+from observability.alertmanager_config import Channels, Timing
+from observability.config_bundle import (
+    ALERTMANAGER_CONFIG_KEY,
+    PROMETHEUS_CONFIG_KEY,
+    RULES_KEY,
+    local_bundle,
+    write_bundle,
+)
 from observability.query_inventory import CheckedQuery, iter_queries
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus"),
+    pytest.mark.skipif(shutil.which(alertmanager.BINARY) is None, reason="needs prometheus-alertmanager"),
 ]
 
 SCRAPE_INTERVAL_S = 1.0
 # Overheating must fire within seconds: `for: 1m` becomes 1.2 s.
 FOR_SCALE = 0.02
 OVERHEATED = "site-00-line-01-cnc_mill-01"
-# At speed 10 the injected fault crosses the warning threshold ~18 s after start and stays above it
-# for ~10 s (see alert_rules.OVERHEAT_MARGIN_C and simulator/model/faults.py).
+# A failed cooler of this severity heats the mill past its warning threshold (90 °C) without
+# tripping it (105 °C): at speed 10 it crosses ~45 s after start and stays above for minutes, so
+# the alert is still firing while the silence is tested (simulator/model/faults.py).
+OVERHEAT_SEVERITY = 0.64
 SPEED = 10.0
+# Alertmanager's group_wait 30 s, group_interval 5 m, repeat_interval 4 h, shrunk like `for:`.
+ALERT_TIMING = Timing(group_wait_s=0.2, group_interval_s=0.5, repeat_interval_s=1.0)
 # Grafana's $__rate_interval is at least 4 scrape intervals; $__range is the dashboard's time range.
 BUILTINS = {"__rate_interval": "10s", "__range": "1m", "__interval": "1s"}
 
@@ -48,6 +64,8 @@ class Pipeline:
     simulator: ManagedProcess
     rule_runner: ManagedProcess
     directory: Path
+    alertmanager_url: str
+    webhook: WebhookReceiver
 
 
 def _fleet() -> FleetSettings:
@@ -55,7 +73,9 @@ def _fleet() -> FleetSettings:
         seed=42,
         speed=SPEED,
         faults=FaultSettings(
-            scheduled=[ScheduledFault(machine=OVERHEATED, fault="overheating", at_s=30, severity=1.0)]
+            scheduled=[
+                ScheduledFault(machine=OVERHEATED, fault="overheating", at_s=30, severity=OVERHEAT_SEVERITY)
+            ]
         ),
     )
 
@@ -80,7 +100,13 @@ def _wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> N
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+def webhook() -> Iterator[WebhookReceiver]:
+    with webhook_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver) -> Iterator[Pipeline]:
     root = tmp_path_factory.mktemp("observability")
     ca = CertificateAuthority.create(root / "ca")
     server = ca.issue_server("broker", root / "broker")
@@ -96,6 +122,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     config_file = root / "fleet.yaml"
     config_file.write_text(yaml.safe_dump(_fleet().model_dump(mode="json")))
     simulator_port, archive_port, prometheus_port = free_port(), free_port(), free_port()
+    alertmanager_port = free_port()
     tls = ["--endpoint", "127.0.0.1", "--port", str(broker_port), "--ca", str(ca.ca_cert_path)]
     simulator = ManagedProcess("simulator", python_command(
         "simulator", "--config", str(config_file), "--site-index", "0", "--engine", "fleet",
@@ -113,6 +140,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         prometheus_url=f"http://127.0.0.1:{prometheus_port}",
         scrape_interval_s=SCRAPE_INTERVAL_S,
         grafana_dir=root / "grafana",
+        alertmanager_url=alertmanager.url(alertmanager_port),
+        alert_channels=Channels(webhook_url=webhook.url, timing=ALERT_TIMING),
     )
     # Test-only: the shipped rules with every `for:` scaled down, evaluated every scrape.
     bundle[RULES_KEY] = render_rules(target="local", for_scale=FOR_SCALE)
@@ -123,15 +152,20 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         f"--storage.tsdb.path={root / 'prometheus-data'}",
         f"--web.listen-address=127.0.0.1:{prometheus_port}",
     ], root / "prometheus.log", stop_timeout_s=20)
+    alerts = alertmanager.process(
+        root / "bundle" / ALERTMANAGER_CONFIG_KEY, root / "alertmanager-data", alertmanager_port,
+        root / "alertmanager.log",
+    )
 
     started: list[ManagedProcess] = []
     try:
         broker.start()
         for process, port in ((rule_runner, archive_port), (simulator, simulator_port),
-                              (prometheus, prometheus_port)):
+                              (alerts, alertmanager_port), (prometheus, prometheus_port)):
             started.append(process)
             _start(process, port, process.name)
-        yield Pipeline(prometheus_port, simulator, rule_runner, root)
+        yield Pipeline(prometheus_port, simulator, rule_runner, root, alertmanager.url(alertmanager_port),
+                       webhook)
     finally:
         for process in reversed(started):
             process.stop()
@@ -224,3 +258,30 @@ def test_overheating_fault_fires_the_overheating_alert(pipeline: Pipeline) -> No
     fired = prom.query(port, every_firing)
     assert {sample["metric"]["machine"] for sample in fired} == {OVERHEATED}
     assert {sample["metric"]["severity"] for sample in fired} == {"critical"}
+
+
+def test_the_alert_reaches_the_webhook_and_a_silence_holds_back_the_next_notifications(
+    pipeline: Pipeline,
+) -> None:
+    """Prometheus → Alertmanager → webhook, routed as critical; then a silence added through
+    Alertmanager's API stops the repeats while the alert keeps firing."""
+    url, webhook = pipeline.alertmanager_url, pipeline.webhook
+    first = webhook.wait_for(120, "the overheating", alertname="MachineOverheating", machine=OVERHEATED)
+    assert first.receiver == "iotfactory-critical"
+    assert first.group_labels == {"alertname": "MachineOverheating", "site": "site-00"}
+    webhook.wait_for_count(2, 10, machine=OVERHEATED)  # repeated while it fires (repeat_interval 1 s)
+
+    silence = add_silence(url, {"alertname": "MachineOverheating", "machine": OVERHEATED})
+    wait_state(url, lambda states: bool(states) and all(silence in s["silencedBy"] for s in states),
+               "the silence", machine=OVERHEATED)
+    # A canary group on the same schedule shows when the silenced group would have been repeated.
+    canary = {"alertname": "WebhookCanary", "severity": "warning", "site": "site-99"}
+    post_alert(url, canary)
+    webhook.wait_for(10, "the canary", alertname="WebhookCanary")  # and anything sent before the silence
+    before = len(webhook.matching(machine=OVERHEATED))
+    canaries = len(webhook.matching(alertname="WebhookCanary"))
+    webhook.wait_for_count(canaries + 3, 15, alertname="WebhookCanary")
+    assert len(webhook.matching(machine=OVERHEATED)) == before
+    # Still firing: it was the silence that held the notifications back, not the alert resolving.
+    wait_state(url, lambda states: any(s["state"] == "suppressed" for s in states), "suppressed",
+               machine=OVERHEATED)

@@ -219,3 +219,20 @@ def test_bad_arguments_say_what_is_wrong(kwargs: dict, message: str) -> None:
 )
 def test_durations_use_prometheus_syntax(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_local_targets_carry_their_site_so_simulator_down_names_it() -> None:
+    config = yaml.safe_load(render_prometheus_config(
+        static_targets=["127.0.0.1:9801", "127.0.0.1:9802"], static_target_sites=["site-00", "site-01"],
+        rule_files=[],
+    ))
+    (job,) = config["scrape_configs"]
+    assert job["honor_labels"] is True  # the exporter's `site` is kept, not renamed exported_site
+    assert job["static_configs"] == [
+        {"targets": ["127.0.0.1:9801"], "labels": {"site": "site-00"}},
+        {"targets": ["127.0.0.1:9802"], "labels": {"site": "site-01"}},
+    ]
+    with pytest.raises(ValueError, match="one distinct site per static target"):
+        render_prometheus_config(
+            static_targets=["127.0.0.1:9801"], static_target_sites=["a", "b"], rule_files=[]
+        )

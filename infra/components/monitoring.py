@@ -1,4 +1,5 @@
-"""The monitoring service: one Fargate task with Prometheus and Grafana behind the ALB.
+"""The monitoring service: one Fargate task with Prometheus and Grafana behind the ALB, and
+Alertmanager beside them (reached on localhost only).
 
 The task's first container (`config-init`, the AWS CLI image) syncs the config bundle from the
 config bucket into shared volumes and exits; Prometheus and Grafana start only after it
@@ -12,14 +13,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_random as random
 
 from infra import iam
-from infra.components import fargate
+from infra.components import alertmanager_task, fargate
+from infra.components.alerting import AlertTopic
 from infra.components.firewall import GRAFANA_PORT, PROMETHEUS_PORT
 from infra.components.loadbalancer import PROMETHEUS_PATH
 
@@ -52,6 +54,11 @@ class ConfigLayout:
     prometheus_args: tuple[str, ...]  # e.g. --config.file=..., --web.route-prefix=/prometheus/
     grafana_environment: Mapping[str, str]  # e.g. GF_PATHS_PROVISIONING
     alert_email_env: str  # variable the provisioned e-mail contact point takes its recipients from
+    # Alertmanager: placeholder in its config -> environment variable the container fills it from,
+    # the task-local folder it writes the result and the SMTP password file to.
+    alertmanager_placeholders: Mapping[str, str] = field(default_factory=dict)
+    alertmanager_run_dir: str = "/run/alertmanager"
+    smtp_password_file: str = "/run/alertmanager/smtp-password"
 
     def volume(self, prefix: str) -> str:
         return f"{prefix.strip('/')}-config"
@@ -90,12 +97,14 @@ class MonitoringServiceArgs:
     prometheus_image: str
     grafana_image: str
     config_init_image: str
+    alertmanager_image: str
     cpu: int
     memory: int
     log_group_name: str
     log_retention_days: int
     family: str
     smtp: SmtpSecret | None = None
+    alert_topic: AlertTopic | None = None  # Alertmanager publishes critical alerts there
     secret_recovery_days: int = 7
     depends_on: tuple[pulumi.Resource, ...] = ()  # e.g. the listener rules the target groups hang off
 
@@ -177,9 +186,12 @@ class MonitoringService(pulumi.ComponentResource):
                     condition={"StringLike": {"s3:prefix": [CONFIG_PREFIX, f"{CONFIG_PREFIX}*"]}},
                 ),
                 iam.allow(["s3:GetObject"], [account.s3_arn(args.config_bucket_name, f"{CONFIG_PREFIX}*")]),
+                *(args.alert_topic.publisher_statements() if args.alert_topic else ()),
             ),
             opts=child,
         )
+        if args.alert_topic:
+            args.alert_topic.allow_only_publisher(task_role.arn)
 
         containers = pulumi.Output.all(
             base_url=args.base_url,
@@ -187,6 +199,7 @@ class MonitoringService(pulumi.ComponentResource):
             log_group=self.log_group.name,
             admin_secret=self.admin_secret.arn,
             smtp_secret=args.smtp.secret_arn if args.smtp else "",
+            alert_topic=args.alert_topic.topic_arn if args.alert_topic else "",
         ).apply(lambda values: self._containers(args, values))
         self.task_definition = fargate.task_definition(
             name,
@@ -201,6 +214,8 @@ class MonitoringService(pulumi.ComponentResource):
                 "grafana-data",
                 "grafana-tmp",
                 "init-tmp",
+                alertmanager_task.DATA_VOLUME,
+                alertmanager_task.RUN_VOLUME,
             ],
             containers=containers,
             opts=child,
@@ -271,6 +286,10 @@ class MonitoringService(pulumi.ComponentResource):
                 f"chown -R {PROMETHEUS_UID}:{PROMETHEUS_UID} /mnt/prometheus-data",
                 f"chown -R {GRAFANA_UID}:0 /mnt/grafana-data",
                 "chmod 1777 /mnt/grafana-tmp",
+                *(
+                    f"chown -R {alertmanager_task.UID}:{alertmanager_task.UID} /mnt/{volume}"
+                    for volume in (alertmanager_task.DATA_VOLUME, alertmanager_task.RUN_VOLUME)
+                ),
                 'echo "config bundle sha256 $CONFIG_SHA256 synced"',
             ]
         )
@@ -298,6 +317,8 @@ class MonitoringService(pulumi.ComponentResource):
                         "prometheus-data",
                         "grafana-data",
                         "grafana-tmp",
+                        alertmanager_task.DATA_VOLUME,
+                        alertmanager_task.RUN_VOLUME,
                     )
                 ),
                 fargate.mount("init-tmp", "/tmp"),
@@ -409,7 +430,37 @@ class MonitoringService(pulumi.ComponentResource):
             "linuxParameters": fargate.HARDENED_LINUX,
             "logConfiguration": log_configuration,
         }
-        return [init, prometheus, grafana]
+        return [init, prometheus, grafana, self._alertmanager(args, values, log_configuration)]
+
+    def _alertmanager(
+        self, args: MonitoringServiceArgs, values: dict[str, str], log_configuration: dict[str, object]
+    ) -> dict[str, object]:
+        layout = args.layout
+        secrets = []
+        if args.smtp:
+            secrets = [
+                {"name": "SMTP_USERNAME", "valueFrom": f"{values['smtp_secret']}:username::"},
+                {"name": "SMTP_PASSWORD", "valueFrom": f"{values['smtp_secret']}:password::"},
+            ]
+        environment = {"AWS_REGION": args.account.region, "CONFIG_SHA256": self.config_sha256}
+        if values["alert_topic"]:
+            environment["SNS_TOPIC_ARN"] = values["alert_topic"]
+        return alertmanager_task.container(
+            image=args.alertmanager_image,
+            config_volume=layout.volume("alertmanager/"),
+            config_dir=layout.directory_of("alertmanager/"),
+            run_dir=layout.alertmanager_run_dir,
+            script=alertmanager_task.startup_script(
+                layout.directory_of("alertmanager/"),
+                layout.alertmanager_run_dir,
+                layout.alertmanager_placeholders,
+                layout.smtp_password_file,
+            ),
+            environment=environment,
+            secrets=secrets,
+            log_configuration=log_configuration,
+            depends_on=[{"containerName": INIT_CONTAINER, "condition": "SUCCESS"}],
+        )
 
 
 def prometheus_command(required: tuple[str, ...], defaults: tuple[str, ...]) -> list[str]:

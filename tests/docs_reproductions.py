@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from support_cloud import BASE_CONFIG, cloud_stand_in
+from support_local_stack import every_port_free
 
 from automation.recording_stack import ScriptedResource
 from automation.stack_port import StackBusyError
@@ -165,8 +166,7 @@ def _metrics_port_taken(tmp_path: Path, _monkeypatch: pytest.MonkeyPatch) -> str
 
 
 def _local_stack_file(tmp_path: Path, **local: object) -> Path:
-    document = {"config": {"iotfactory:local": {"prometheusPort": 0, "grafanaPort": 0,
-                                                 "metricsPortBase": 0, **local}}}
+    document = {"config": {"iotfactory:local": {**every_port_free(), **local}}}
     path = tmp_path / "Pulumi.local.yaml"
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path

@@ -11,6 +11,17 @@ from typer.testing import CliRunner, Result
 from factory_core import stack_file
 
 
+def every_port_free() -> dict[str, int]:
+    """Every port key of `iotfactory:local` at 0 (any free port), read from the schema itself."""
+    from local_stack.stack_config import LocalSettings
+
+    return {
+        field.alias or name: 0
+        for name, field in LocalSettings.model_fields.items()
+        if name.endswith(("_port", "_port_base"))
+    }
+
+
 def write_local_stack_file(
     directory: Path, simulators: int, fleet: Mapping[str, Any], *, header: str = "", **local: Any
 ) -> Path:
@@ -19,15 +30,7 @@ def write_local_stack_file(
         stack_file.CONFIG_FIELD: {
             stack_file.FLEET_KEY: dict(fleet),
             stack_file.SIMULATOR_COUNT_KEY: simulators,
-            stack_file.LOCAL_KEY: {
-                "brokerPort": 0,
-                "prometheusPort": 0,
-                "alertmanagerPort": 0,
-                "grafanaPort": 0,
-                "metricsPortBase": 0,
-                "scrapeIntervalS": 1,
-                **local,
-            },
+            stack_file.LOCAL_KEY: {**every_port_free(), "scrapeIntervalS": 1, **local},
         }
     }
     path = directory / "Pulumi.local.yaml"

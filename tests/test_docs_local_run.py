@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from docs_commands import DOCUMENTS, REPO, Command, commands
+from support_local_stack import every_port_free
 
 from factory_core import stack_file
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV
@@ -114,8 +115,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     root = tmp_path_factory.mktemp("docs-run")
     document = stack_file.read_document(REPO / "Pulumi.local.yaml")
     local = document["config"].setdefault("iotfactory:local", {})
-    local.update({"brokerPort": 0, "prometheusPort": 0, "grafanaPort": 0, "metricsPortBase": 0,
-                  "scrapeIntervalS": 1})
+    local.update({**every_port_free(), "scrapeIntervalS": 1})
     config = root / "Pulumi.local.yaml"
     config.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     env = {**os.environ, CONFIG_ENV: str(config), STATE_DIR_ENV: str(root / "state"), "NO_COLOR": "1",

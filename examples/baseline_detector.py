@@ -36,31 +36,36 @@ SIGNALS = ("vibration_rms", "temperature")
 class BaselineSettings:
     short_s: float = 1_800.0  # the recent level: half an hour
     long_s: float = 86_400.0  # normal: the last day
-    threshold: float = 4.0  # standard deviations
+    threshold: float = 3.0  # standard deviations of the long-run spread
     cooldown_s: float = 3_600.0
     warmup_s: float = 4 * 3_600.0  # running time to learn normal before judging
 
 
 @dataclass
 class _Track:
-    """Running statistics of one signal of one machine."""
+    """Running statistics of one signal of one machine (EWMAs, the long ones bias-corrected)."""
 
     short: float | None = None
-    long: float | None = None
-    variance: float = 0.0
+    long_sum: float = 0.0
+    square_sum: float = 0.0
+    weight: float = 0.0  # of everything seen: normalises the long mean and variance from the start
 
     def update(self, value: float, dt: float, settings: BaselineSettings, learn: bool) -> float:
         """Add a sample `dt` seconds after the previous one; return its z-score."""
-        if self.short is None or self.long is None:
-            self.short = self.long = value
-            return 0.0
-        self.short += (1.0 - math.exp(-dt / settings.short_s)) * (value - self.short)
+        if self.short is None:
+            self.short = value
+        else:
+            self.short += (1.0 - math.exp(-dt / settings.short_s)) * (value - self.short)
         if learn:
-            weight = 1.0 - math.exp(-dt / settings.long_s)
-            deviation = value - self.long
-            self.long += weight * deviation
-            self.variance = (1.0 - weight) * (self.variance + weight * deviation * deviation)
-        return (self.short - self.long) / math.sqrt(self.variance) if self.variance > 0 else 0.0
+            keep = math.exp(-dt / settings.long_s)
+            self.long_sum = keep * self.long_sum + value
+            self.square_sum = keep * self.square_sum + value * value
+            self.weight = keep * self.weight + 1.0
+        if self.weight < 2.0:
+            return 0.0
+        mean = self.long_sum / self.weight
+        variance = max(self.square_sum / self.weight - mean * mean, 1e-12)
+        return (self.short - mean) / math.sqrt(variance)
 
 
 @dataclass

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 from baseline_detector import detect  # noqa: E402
 
 from factory_core.fleet import FAILURE_MODES, FleetSettings, MachineType  # noqa: E402
-from scoring import Detection, GroundTruth, regenerated, score  # noqa: E402
+from scoring import Detection, GroundTruth, regenerated, render_text, score  # noqa: E402
 from simulator.dry_run import DEFAULT_START_EPOCH_MS, generate, ground_truth  # noqa: E402
 
 START_S = DEFAULT_START_EPOCH_MS / 1000
@@ -229,6 +229,8 @@ def score_figures(days: float, sites: int, step: float) -> None:
             f"{failures.f1:15.2f} {report.false_alarms_per_machine_day:24.2f} {report.nab_score:6.1f} "
             f"{'-' if lead is None else f'{lead / 3_600:.1f} h':>26s}"
         )
+    print("\nThe baseline detector (examples/baseline_detector.py) in full:")
+    print(render_text(score(truth, baseline)))
 
 
 def main() -> None:

@@ -152,7 +152,7 @@ class FaultSettings(_Strict):
     timescale: Timescale = "realistic"
     maintenance: MaintenancePolicy = "condition_based"
     failure_rate_scale: Annotated[float, Field(ge=0, le=1_000)] = 1.0
-    sensor_fault_per_hour: Annotated[float, Field(ge=0)] = 0.05
+    sensor_fault_per_hour: Annotated[float, Field(ge=0)] = 0.01
     scheduled: list[ScheduledFault] = Field(default_factory=list)
 
 

@@ -37,12 +37,13 @@ class Wave:
 class Ambient:
     """The hall temperature felt through a first-order lag: `value(t)` for simulated seconds `t`."""
 
-    __slots__ = ("_terms", "mean", "waves")
+    __slots__ = ("_terms", "mean", "upper_bound", "waves")
 
     def __init__(self, mean: float, waves: tuple[Wave, ...]) -> None:
         self.mean, self.waves = mean, waves
         # Flat (amplitude, omega, phase) triples: evaluated for every sample of every machine.
         self._terms = tuple(x for wave in waves for x in (wave.amplitude, wave.omega, wave.phase))
+        self.upper_bound = mean + sum(abs(wave.amplitude) for wave in waves)  # no value exceeds it
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Ambient) and (self.mean, self.waves) == (other.mean, other.waves)
@@ -66,10 +67,6 @@ class Ambient:
             + a3 * cos(w3 * t + p3)
             + a4 * cos(w4 * t + p4)
         )
-
-    @property
-    def upper_bound(self) -> float:
-        return self.mean + sum(abs(wave.amplitude) for wave in self.waves)
 
     def lagged(self, tau_s: float, offset_c: float = 0.0) -> Ambient:
         """The steady-state response of a lag with time constant `tau_s`, shifted by `offset_c`."""

@@ -43,13 +43,16 @@ def build_process(
     start_epoch_ms: int,
     scheduled: Iterable[ScheduledFault] = (),
     feed: LineFeed | None = None,
+    *,
+    count_parts: bool = True,
 ) -> MachineProcess:
-    """A machine's process from its key: the same arguments always give the same process."""
+    """A machine's process from its key: the same arguments always give the same process
+    (`count_parts` False: a copy that only tells when it runs, see line.py)."""
     return MachineProcess(
         profile,
         settings,
         CounterRandom(stream_key(machine_key, "process")),
-        CounterRandom(stream_key(machine_key, "production")),
+        CounterRandom(stream_key(machine_key, "production")) if count_parts else None,
         ambient,
         start_epoch_ms,
         scheduled,

@@ -108,7 +108,7 @@ class MachineProcess:
         profile: MachineProfile,
         settings: FaultSettings,
         rng: CounterRandom,
-        production: CounterRandom,
+        production: CounterRandom | None,
         ambient: Ambient,
         start_epoch_ms: int = 0,
         scheduled: Iterable[ScheduledFault] = (),
@@ -116,7 +116,8 @@ class MachineProcess:
     ) -> None:
         self.profile, self.settings, self.rng, self.production = profile, settings, rng, production
         self.timescale = TIMESCALES[settings.timescale]
-        self.produces_parts = profile.produces_parts
+        # A copy that only tells its neighbours when it runs (line.py) counts no parts: None.
+        self.produces_parts = profile.produces_parts and production is not None
         self.c = ProcessConstants.draw(profile, rng, ambient, start_epoch_ms)
         self._schedule = sorted(
             (item for item in scheduled if item.fault in MODES), key=lambda item: item.at_s, reverse=True
@@ -519,6 +520,7 @@ class MachineProcess:
         """Complete the cycles that end by running clock `clock`: one draw per cycle, in cycle order,
         with faults as they were when the cycle ended, so parts do not depend on sampling either."""
         while self.cycle_end_clock <= clock:
+            assert self.production is not None
             bits = self.production.bits()
             end = self.cycle_end_clock
             rejects = self.profile.base_reject_rate

@@ -207,6 +207,7 @@ def _line_feeds(
                 ambient,
                 start_epoch_ms,
                 scheduled.get(spec.machine_id, ()),
+                count_parts=False,
             )
             feeds[spec.line] = LineFeed(copy)
     return feeds

@@ -7,23 +7,18 @@ same seed and config (`sources.regenerated`); detections from CSV or JSON lines
 
 from scoring.detections import Detection, parse_detections, read_detections, write_detections
 from scoring.labels import GroundTruth, Label, ground_truth_from_events
-from scoring.render import render_text
-from scoring.scorer import KindScore, ScoreOptions, ScoreReport, score
+from scoring.scorer import score
 from scoring.sources import from_archive, regenerated
 
 __all__ = [
     "Detection",
     "GroundTruth",
-    "KindScore",
     "Label",
-    "ScoreOptions",
-    "ScoreReport",
     "from_archive",
     "ground_truth_from_events",
     "parse_detections",
     "read_detections",
     "regenerated",
-    "render_text",
     "score",
     "write_detections",
 ]

@@ -21,64 +21,22 @@ import statistics
 from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from factory_core.fleet import FAILURE_MODES, SENSOR_FAULTS, MachineType
+from factory_core.score_report import (
+    FAILURE_MODES_ROW,
+    OVERALL_ROW,
+    SENSOR_FAULTS_ROW,
+    KindScore,
+    ScoreOptions,
+    ScoreReport,
+)
 from scoring.detections import Detection
 from scoring.labels import GroundTruth, Label
 
 # NAB's standard application profile.
 NAB_TRUE_POSITIVE, NAB_FALSE_NEGATIVE, NAB_FALSE_POSITIVE = 1.0, -1.0, -0.11
-FAILURE_MODES_ROW, SENSOR_FAULTS_ROW, OVERALL_ROW = "failure modes", "sensor faults", "overall"
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    merge_s: float = 3_600.0  # false detections of one machine closer than this are one false alarm
-    grace_s: float = 0.0  # detections this long after a machine restarts are ignored too
-    tolerance_s: float = 60.0  # a sensor fault's window extends this far past its end (sampling)
-
-
-@dataclass(frozen=True)
-class KindScore:
-    """Scores of one fault kind (or a group of kinds)."""
-
-    kind: str
-    labels: int  # windows that became visible (detectable_from set) before the machine stopped
-    invisible: int  # windows that never did: detecting them counts, missing them does not
-    detected: int  # visible windows with a detection
-    false_alarms: float  # attributed to this kind (see ScoreReport)
-    precision: float
-    recall: float
-    f1: float
-    lead_before_trip_median_s: float | None  # windows that ended in a trip
-    lead_before_trip_p10_s: float | None
-    delay_after_visible_median_s: float | None  # first detection - detectable_from (< 0: earlier)
-    delay_after_visible_p90_s: float | None
-
-
-@dataclass(frozen=True)
-class ScoreReport:
-    """Per fault kind and overall. A false alarm without a failure mode is shared equally by the
-    failure modes of its machine's type; one naming a fault counts for that fault."""
-
-    rows: list[KindScore]
-    nab_score: float  # NAB standard profile, normalised: 0 = no detections, 100 = perfect
-    false_alarms: int
-    false_alarms_per_machine_day: float
-    machine_days: float
-    detections: int
-    ignored: int  # while a machine was stopped, just after, or outside the observed time
-    unknown_machines: list[str]
-    diagnosis_accuracy: float | None  # of detections naming a fault, the share naming the right one
-    options: ScoreOptions = field(default_factory=ScoreOptions)
-
-    def row(self, kind: str) -> KindScore:
-        return next(row for row in self.rows if row.kind == kind)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def percentile(values: Sequence[float], share: float) -> float | None:
@@ -140,9 +98,12 @@ class _Machine:
 
 
 def score(
-    truth: GroundTruth, detections: Sequence[Detection], options: ScoreOptions | None = None
+    truth: GroundTruth,
+    detections: Sequence[Detection],
+    options: ScoreOptions | None = None,
+    source: str = "",
 ) -> ScoreReport:
-    """Score `detections` against the labels of `truth`."""
+    """Score `detections` against the labels of `truth` (`source` says where those came from)."""
     options = options or ScoreOptions()
     by_machine: dict[str, list[Label]] = defaultdict(list)
     for label in truth.labels:
@@ -170,19 +131,19 @@ def score(
             false_times[detection.machine].append(detection)
     alarms = _false_alarms(false_times, truth.machine_types, options.merge_s)
     windows = [window for machine in machines.values() for window in machine.windows]
-    rows = _rows(windows, alarms)
-    total_alarms = sum(1 for _ in _alarm_starts(false_times, options.merge_s))
+    total_alarms = len(_alarm_starts(false_times, options.merge_s))
     days = truth.machine_days
     return ScoreReport(
-        rows=rows,
+        ground_truth=source,
+        rows=tuple(_rows(windows, alarms)),
         nab_score=_nab(windows, total_alarms),
         false_alarms=total_alarms,
         false_alarms_per_machine_day=total_alarms / days if days > 0 else 0.0,
-        machine_days=days,
+        observed_s=days * 86_400.0,
         detections=len(detections),
         ignored=ignored,
-        unknown_machines=sorted(unknown),
-        diagnosis_accuracy=right / named if named else None,
+        unknown_machines=tuple(sorted(unknown)),
+        diagnosis_ratio=right / named if named else None,
         options=options,
     )
 
@@ -233,10 +194,9 @@ def _kind_row(kind: str, windows: list[_Window], false_alarms: float) -> KindSco
         labels=len(visible),
         invisible=len(windows) - len(visible),
         detected=len(detected),
-        false_alarms=round(false_alarms, 3),
-        precision=precision,
-        recall=recall,
-        f1=f1,
+        precision_ratio=precision,
+        recall_ratio=recall,
+        f1_score=f1,
         lead_before_trip_median_s=statistics.median(leads) if leads else None,
         lead_before_trip_p10_s=percentile(leads, 0.1),
         delay_after_visible_median_s=statistics.median(delays) if delays else None,

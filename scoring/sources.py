@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from factory_core.fleet import TOPIC_ROOT, FleetSettings
 from factory_core.payload_contract import payload_kind
-from local_stack.archive import RAW_PREFIX, Archive, iter_records
 from scoring.labels import GroundTruth, epoch_seconds, ground_truth_from_events
+
+if TYPE_CHECKING:
+    from local_stack.archive import Archive
 
 
 def _archived_records(archive: Archive) -> Iterator[bytes]:
     """Every record under the batched layout and the cloud's direct (per-topic) layout."""
+    # Imported here: the cloud stacks regenerate labels with this module and never read a local archive.
+    from local_stack.archive import RAW_PREFIX, iter_records
+
     for prefix in (RAW_PREFIX, TOPIC_ROOT + "/"):
         for info in archive.list_objects(prefix):
             yield from iter_records(archive.get_object(info.key).body)

@@ -192,3 +192,16 @@ def test_condition_based_maintenance_starts_at_iso_zone_c() -> None:
     assert before and statistics.fmean(before) > PROFILES[MachineType.CONVEYOR].zone_bc_mm_s * 0.9
     end = next(e for e in stream.ground_truth if e["event"] == "fault_end")
     assert end["reason"] == "condition_based" and end["severity"] < 1.0
+
+
+def test_the_documented_failure_modes_are_the_modelled_ones() -> None:
+    """docs/model.md's table names every mode of every type with its MTBF and development time."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[2].strip(" `"): line for line in text.splitlines() if line.count("|") == 9}
+    for name, spec in MODES.items():
+        row = rows[name]
+        low, high = spec.development_h
+        assert f"| {spec.mtbf_h:,.0f} |" in row and f"| {low:g}–{high:g} |" in row, row
+        assert f"`{spec.trip_reason}`" in row and f"| {spec.repair_h:g} |" in row, row

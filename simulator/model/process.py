@@ -287,7 +287,11 @@ class MachineProcess:
     def _on_inject(self, item: ScheduledFault) -> None:
         self._schedule.pop()
         duration = INF if item.duration_s is None else item.duration_s
-        self._start_failure(MODES[item.fault], item.severity, self.t, scheduled=True, end_s=self.t + duration)
+        failure = self._start_failure(
+            MODES[item.fault], item.severity, self.t, scheduled=True, end_s=self.t + duration
+        )
+        if failure.knot_damage >= 1.0 and self.state not in (FAULT, MAINTENANCE):
+            self._trip(failure.spec.trip_reason, failure)  # injected as a functional failure
 
     def _on_remove(self, failure: Failure) -> None:
         self._end_failures([failure], "cleared")

@@ -67,7 +67,8 @@ def render_score(report: ScoreReport, console: Console) -> None:
         Text(
             f"{report.detections} detections, {report.false_alarms} false alarms "
             f"({report.false_alarms_per_machine_day:.2f} per machine-day over {days:.1f} machine-days), "
-            f"{report.ignored} ignored (machine stopped); NAB score {report.nab_score:.1f} "
+            f"{report.ignored} ignored (machine stopped, or outside the labelled time); "
+            f"NAB score {report.nab_score:.1f} "
             f"(standard profile: 0 = no detections, 100 = perfect); right fault named: {diagnosis}"
         ),
         soft_wrap=True,

@@ -203,5 +203,5 @@ def test_the_documented_failure_modes_are_the_modelled_ones() -> None:
     for name, spec in MODES.items():
         row = rows[name]
         low, high = spec.development_h
-        assert f"| {spec.mtbf_h:,.0f} |" in row and f"| {low:g}–{high:g} |" in row, row
+        assert f"| {spec.mtbf_h:,.0f} |" in row and f"| {low:g}\u2013{high:g} |" in row, row  # an en dash
         assert f"`{spec.trip_reason}`" in row and f"| {spec.repair_h:g} |" in row, row

@@ -74,15 +74,8 @@ def _per_type(machine_type: MachineType, then: dict[str, Any]) -> dict[str, Any]
     return {"if": {"properties": {"type": {"const": machine_type.value}}, "required": ["type"]}, "then": then}
 
 
-def telemetry_schema() -> dict[str, Any]:
-    signal_properties = {
-        name: {
-            "description": f"{_signal_description(name)} in {unit}; null while the sensor drops out.",
-            "x-unit": unit,
-            "type": ["number", "null"],
-        }
-        for name, unit in SIGNAL_UNITS.items()
-    }
+def _telemetry_rules() -> list[dict[str, Any]]:
+    """Per machine type: its signals, and their bounds; and speed 0 unless running."""
     per_type = [
         _per_type(
             machine_type,
@@ -107,6 +100,52 @@ def telemetry_schema() -> dict[str, Any]:
         "if": {"properties": {"state": {"not": {"const": "running"}}}, "required": ["state"]},
         "then": {"properties": {"signals": {"properties": {"speed": {"maximum": 0}}}}},
     }
+    return [*per_type, stopped]
+
+
+def _telemetry_properties() -> dict[str, Any]:
+    signal_properties = {
+        name: {
+            "description": f"{_signal_description(name)} in {unit}; null while the sensor drops out.",
+            "x-unit": unit,
+            "type": ["number", "null"],
+        }
+        for name, unit in SIGNAL_UNITS.items()
+    }
+    return {
+        **_header("telemetry"),
+        "ts": {**_timestamp(), "description": "Simulated sample time, ISO-8601 UTC with milliseconds."},
+        "seq": {
+            "description": "Per-machine telemetry sequence number: starts at 1 when the simulator "
+            "starts and increases by 1 with every telemetry message of that machine. Ground-truth "
+            "events have their own counter. A gap means a lost message.",
+            "type": "integer",
+            "minimum": 1,
+        },
+        "state": {"enum": list(MACHINE_STATES)},
+        "signals": {
+            "description": "Readings of the machine type's signals, within each transmitter's range; "
+            "speed is 0 unless the machine is running.",
+            "type": "object",
+            "additionalProperties": False,
+            "properties": signal_properties,
+        },
+        "parts": {
+            "description": "Production counters since the simulator started; they only grow. Compressors "
+            "make no parts (always 0).",
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["good", "rejected"],
+            "properties": {
+                "good": {"type": "integer", "minimum": 0},
+                "rejected": {"type": "integer", "minimum": 0},
+            },
+        },
+    }
+
+
+def telemetry_schema() -> dict[str, Any]:
+    properties = _telemetry_properties()
     return {
         "$schema": DRAFT,
         "$id": f"urn:iot-factory-simulator:schema:telemetry:{SCHEMA_VERSION}",
@@ -116,50 +155,9 @@ def telemetry_schema() -> dict[str, Any]:
         "Telemetry never carries ground-truth labels: those are on the ground-truth topic.",
         "type": "object",
         "additionalProperties": False,
-        "required": [
-            "schema",
-            "kind",
-            "machine",
-            "site",
-            "line",
-            "type",
-            "ts",
-            "seq",
-            "state",
-            "signals",
-            "parts",
-        ],
-        "properties": {
-            **_header("telemetry"),
-            "ts": {**_timestamp(), "description": "Simulated sample time, ISO-8601 UTC with milliseconds."},
-            "seq": {
-                "description": "Per-machine telemetry sequence number: starts at 1 when the simulator "
-                "starts and increases by 1 with every telemetry message of that machine. Ground-truth "
-                "events have their own counter. A gap means a lost message.",
-                "type": "integer",
-                "minimum": 1,
-            },
-            "state": {"enum": list(MACHINE_STATES)},
-            "signals": {
-                "description": "Readings of the machine type's signals, within each transmitter's range; "
-                "speed is 0 unless the machine is running.",
-                "type": "object",
-                "additionalProperties": False,
-                "properties": signal_properties,
-            },
-            "parts": {
-                "description": "Production counters since the simulator started; they only grow. Compressors "
-                "make no parts (always 0).",
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["good", "rejected"],
-                "properties": {
-                    "good": {"type": "integer", "minimum": 0},
-                    "rejected": {"type": "integer", "minimum": 0},
-                },
-            },
-        },
-        "allOf": [*per_type, stopped],
+        "required": list(properties),
+        "properties": properties,
+        "allOf": _telemetry_rules(),
     }
 
 
@@ -222,8 +220,8 @@ def _ground_truth_rules() -> list[dict[str, Any]]:
     ]
 
 
-def ground_truth_schema() -> dict[str, Any]:
-    properties: dict[str, Any] = {
+def _ground_truth_properties() -> dict[str, Any]:
+    return {
         **_header("ground_truth"),
         "ts": {
             **_timestamp(),
@@ -283,6 +281,10 @@ def ground_truth_schema() -> dict[str, Any]:
             "description": "Why a state changed, or why a fault ended.",
         },
     }
+
+
+def ground_truth_schema() -> dict[str, Any]:
+    properties = _ground_truth_properties()
     return {
         "$schema": DRAFT,
         "$id": f"urn:iot-factory-simulator:schema:ground-truth:{SCHEMA_VERSION}",

@@ -77,7 +77,9 @@ def _fleet() -> FleetSettings:
         faults=FaultSettings(
             maintenance="run_to_failure",
             scheduled=[
-                ScheduledFault(machine=OVERHEATED, fault="coolant_failure", at_s=0, severity=OVERHEAT_SEVERITY)
+                ScheduledFault(
+                    machine=OVERHEATED, fault="coolant_failure", at_s=0, severity=OVERHEAT_SEVERITY
+                )
             ],
         ),
     )

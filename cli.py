@@ -190,6 +190,73 @@ def verify(
 
 
 @app.command()
+def score(
+    detections: Annotated[
+        Path, typer.Argument(help="CSV (machine,timestamp[,failure_mode][,score]) or JSON lines.")
+    ],
+    stack: StackOpt = "local",
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            "--archive", help="Labels from this archive: a folder, file:///path, s3://BUCKET[/PREFIX]."
+        ),
+    ] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option("--s3-endpoint-url", help="S3-compatible endpoint for --archive.")
+    ] = None,
+    regenerate: Annotated[
+        bool, typer.Option("--regenerate", help="Labels from the model again: same config, seed and start.")
+    ] = False,
+    config: Annotated[
+        str | None, typer.Option("--config", help="With --regenerate: this fleet file, not the stack's.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="With --regenerate: simulated seconds of the run.")
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option("--start", help="With --regenerate: the run's start (default: the dry run's)."),
+    ] = None,
+    site: Annotated[
+        list[int] | None, typer.Option("--site-index", help="With --regenerate: only this site (repeatable).")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Leave out detections scoring below this.")
+    ] = None,
+    merge: Annotated[
+        float, typer.Option("--merge-s", help="False detections this close: one alarm.")
+    ] = 3600.0,
+    grace: Annotated[
+        float, typer.Option("--grace-s", help="Ignore detections this long after repairs.")
+    ] = 0.0,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance-s", help="Sensor-fault windows extend this far past their end.")
+    ] = 60.0,
+    json_output: JsonOpt = False,
+) -> None:
+    """Score a detector against a run's labels: precision, recall, F1, lead time, false alarms."""
+    from factory_core.verbs import ScoreRequest
+
+    request = ScoreRequest(
+        detections=str(detections),
+        archive=archive,
+        endpoint_url=endpoint_url,
+        regenerate=regenerate,
+        config=config,
+        duration_s=duration,
+        start=start,
+        sites=tuple(site or ()),
+        threshold=threshold,
+        merge_s=merge,
+        grace_s=grace,
+        tolerance_s=tolerance,
+    )
+    # An explicit archive or config file is read the same way whatever the stack: with the local tools.
+    explicit = archive is not None or config is not None
+    _run_verb("local" if explicit else stack, json_output, lambda verbs, sink: verbs.score(request, sink))
+
+
+@app.command()
 def logs(
     stack: StackOpt = "local",
     service: Annotated[

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from automation import preflight, stack_context
 from automation.cloud_rotation import rotate_certificates
 from automation.cloud_status import stack_status
@@ -25,11 +27,13 @@ from factory_core import cert_rotation
 from factory_core.archive_report import VerifyReport
 from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
 from factory_core.progress_events import ScalePlanned
+from factory_core.score_report import ScoreReport
 from factory_core.stack_file import (
     MAX_SIMULATORS_KEY,
     MIN_SIMULATORS_KEY,
     ROTATION_KEY,
     SIMULATOR_COUNT_KEY,
+    config_int,
     read_config,
     require_stack_file,
 )
@@ -52,6 +56,7 @@ from factory_core.verbs import (
     ProgressSink,
     RotateRequest,
     ScaleRequest,
+    ScoreRequest,
     StackVerbs,
     StatusRequest,
     StopRequest,
@@ -175,6 +180,28 @@ class CloudStack(StackVerbs):
             "`python cli.py verify --archive s3://BUCKET` (the bucket is archiveBucket in "
             f"`python cli.py outputs --stack {self.name}`)"
         )
+
+    def score(self, request: ScoreRequest, sink: ProgressSink) -> ScoreReport:
+        """Regenerated labels only: reading the cloud's bucket is `score --archive s3://BUCKET`."""
+        if request.archive is not None or not request.regenerate:
+            raise VerbUnavailable(
+                f"`score --stack {self.name}` regenerates labels from the stack's fleet config "
+                f"(`--regenerate --duration S --start ISO`); to score against the archived ground truth use "
+                "`python cli.py score DETECTIONS --archive s3://BUCKET` (the bucket is archiveBucket in "
+                f"`python cli.py outputs --stack {self.name}`)"
+            )
+        from scoring.command import score_request
+
+        def stack_fleet() -> tuple[Any, int, str]:
+            path = require_stack_file(stack_context.cloud_env().project_dir, self.name)
+            config = read_config(path)
+            count = config_int(config, SIMULATOR_COUNT_KEY, 1, str(path))
+            return fleet_of(config, str(path)), count, str(path)
+
+        def no_archive() -> Any:
+            raise AssertionError("refused above")
+
+        return score_request(request, stack_archive=no_archive, stack_fleet=stack_fleet)
 
     def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
         groups = f"/{PROJECT}/{self.name}"

@@ -11,8 +11,10 @@ from rich.table import Table
 from rich.text import Text
 
 from cli_render.local_views import status_renderable, where_table
+from cli_render.score_view import render_score
 from cli_render.verify_view import render_report
 from factory_core.archive_report import VerifyReport
+from factory_core.score_report import ScoreReport
 from factory_core.verb_results import (
     BootstrapResult,
     CloudOutputs,
@@ -218,6 +220,7 @@ RENDERERS: dict[type[VerbResult], Callable[[Any, Console], None]] = {
     LogsResult: logs,
     RotationOutcome: rotation,
     VerifyReport: verify,
+    ScoreReport: render_score,
     UpdateOutcome: update,
     CloudOutputs: cloud_outputs,
     CloudStatus: cloud_status,

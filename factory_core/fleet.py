@@ -80,27 +80,79 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False, allow_inf_nan=False)
 
 
+# Failure modes belong to machine types: each has its own physics and signature in the model
+# (simulator/model/failure_modes.py). Sensor faults corrupt one reading of any machine.
+FAILURE_MODES: dict[MachineType, tuple[str, ...]] = {
+    MachineType.CNC_MILL: ("spindle_bearing_wear", "tool_wear", "coolant_failure"),
+    MachineType.HYDRAULIC_PRESS: ("seal_leakage", "pump_wear", "oil_overheating"),
+    MachineType.CONVEYOR: ("belt_misalignment", "gearbox_wear", "motor_bearing_wear"),
+    MachineType.AIR_COMPRESSOR: ("airend_wear", "cooler_fouling", "inlet_filter_clogging", "air_leak"),
+}
+SENSOR_FAULTS: tuple[str, ...] = ("stuck", "drift", "spike", "noise_burst", "dropout")
+FaultKind = Literal[
+    "spindle_bearing_wear", "tool_wear", "coolant_failure",
+    "seal_leakage", "pump_wear", "oil_overheating",
+    "belt_misalignment", "gearbox_wear", "motor_bearing_wear",
+    "airend_wear", "cooler_fouling", "inlet_filter_clogging", "air_leak",
+    "stuck", "drift", "spike", "noise_burst", "dropout",
+]
+Timescale = Literal["realistic", "demo"]
+MaintenancePolicy = Literal["condition_based", "preventive", "run_to_failure"]
+
+
+def machine_type_of(machine: str) -> MachineType | None:
+    """The type named in a machine id (`site-00-line-01-cnc_mill-01` -> cnc_mill), if it names one."""
+    parts = machine.split("-")
+    if len(parts) != 6:
+        return None
+    try:
+        return MachineType(parts[4])
+    except ValueError:
+        return None
+
+
 class ScheduledFault(_Strict):
-    """A fault injected at a fixed simulated time, e.g. to make an alert fire in a test."""
+    """A fault injected at a fixed simulated time, e.g. to make an alert fire in a test.
+
+    A failure mode starts with `severity` as its damage (0-1) and keeps developing from there; a
+    sensor fault corrupts one reading with that strength. `duration_s` ends the fault early
+    (reason `cleared`); without it a failure mode lasts until maintenance ends it.
+    """
 
     machine: Annotated[str, Field(min_length=1, description="machine id, e.g. site-00-line-01-cnc_mill-01")]
-    fault: Literal[
-        "bearing_wear", "overheating", "tool_wear", "stuck", "drift", "spike", "noise_burst", "dropout"
-    ]
+    fault: FaultKind
     at_s: Annotated[float, Field(ge=0, description="simulated seconds after start")]
     severity: Annotated[float, Field(gt=0, le=1)] = 0.8
     duration_s: Annotated[float | None, Field(gt=0)] = None
 
+    @model_validator(mode="after")
+    def _mode_fits_machine(self) -> ScheduledFault:
+        machine_type = machine_type_of(self.machine)
+        if machine_type is not None and self.fault not in (*FAILURE_MODES[machine_type], *SENSOR_FAULTS):
+            modes = ", ".join(FAILURE_MODES[machine_type])
+            raise ValueError(
+                f"fault {self.fault!r} does not occur on {machine_type.value} machines; "
+                f"use one of its failure modes ({modes}) or a sensor fault ({', '.join(SENSOR_FAULTS)})"
+            )
+        return self
+
 
 class FaultSettings(_Strict):
-    """Rates are per machine per simulated hour; 0 disables that kind of fault."""
+    """Failure modes, their maintenance and sensor faults.
 
-    health_decay_per_hour: Annotated[float, Field(ge=0, le=1)] = 0.002
-    bearing_wear_per_hour: Annotated[float, Field(ge=0)] = 0.01
-    overheating_per_hour: Annotated[float, Field(ge=0)] = 0.01
-    tool_wear_per_hour: Annotated[float, Field(ge=0)] = 0.02
-    sensor_fault_per_hour: Annotated[float, Field(ge=0)] = 0.05
-    mean_repair_s: Annotated[float, Field(gt=0)] = 1800.0
+    `timescale` picks how fast machines degrade: `realistic` (days to weeks from onset to failure,
+    hundreds to thousands of running hours between failures) or `demo` (the same physics 720x
+    faster, so a local run shows a labelled fault within minutes). `maintenance` picks the policy
+    that ends failure modes: `condition_based` (planned repair at ISO 10816 zone C or an alarm
+    temperature, plus scheduled preventive maintenance), `preventive` (scheduled only) or
+    `run_to_failure`. `failure_rate_scale` multiplies every failure mode's onset rate (0 turns
+    random failure modes off); `sensor_fault_per_hour` is per machine per simulated hour.
+    """
+
+    timescale: Timescale = "realistic"
+    maintenance: MaintenancePolicy = "condition_based"
+    failure_rate_scale: Annotated[float, Field(ge=0, le=1_000)] = 1.0
+    sensor_fault_per_hour: Annotated[float, Field(ge=0)] = 0.01
     scheduled: list[ScheduledFault] = Field(default_factory=list)
 
 

@@ -29,6 +29,7 @@ from typing import Protocol
 from factory_core.archive_report import VerifyReport
 from factory_core.errors import UsageError
 from factory_core.progress_events import ProgressEvent
+from factory_core.score_report import ScoreReport
 from factory_core.verb_results import (
     BootstrapResult,
     DestroyResult,
@@ -82,6 +83,24 @@ class VerifyRequest:
     archive: str | None = None  # folder, file:// or s3:// URL; None: the stack's own archive
     endpoint_url: str | None = None  # S3-compatible endpoint for an s3:// archive
     window: bool = False  # the archive is a time window: no gap before a stream's first seq
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score a detector's output against a run's labels (docs/model.md, "Scoring a detector")."""
+
+    detections: str  # CSV or JSON lines: machine, timestamp, optional failure_mode, optional score
+    archive: str | None = None  # folder, file:// or s3:// URL; None: the stack's own archive
+    endpoint_url: str | None = None  # S3-compatible endpoint for an s3:// archive
+    regenerate: bool = False  # labels from the model (same config, seed and start) instead of an archive
+    config: str | None = None  # with regenerate: a fleet settings file instead of the stack's
+    duration_s: float | None = None  # with regenerate: the simulated seconds the run covered
+    start: str | None = None  # with regenerate: the run's start, ISO 8601 (default: the dry run's)
+    sites: tuple[int, ...] = ()  # with regenerate: these sites (default: every site of the stack)
+    threshold: float | None = None  # leave out detections scoring below this
+    merge_s: float = 3_600.0  # false detections of one machine closer than this are one false alarm
+    grace_s: float = 0.0  # ignore detections this long after a machine restarts
+    tolerance_s: float = 60.0  # a sensor fault's window extends this far past its end
 
 
 @dataclass(frozen=True)
@@ -216,6 +235,10 @@ class StackVerbs(ABC):
     @abstractmethod
     def verify(self, request: VerifyRequest, sink: ProgressSink) -> VerifyReport:
         """Reconcile the archive: gaps, duplicates, latency."""
+
+    @abstractmethod
+    def score(self, request: ScoreRequest, sink: ProgressSink) -> ScoreReport:
+        """A detector's detections against the labels of the stack's run (archived or regenerated)."""
 
     @abstractmethod
     def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:

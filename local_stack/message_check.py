@@ -1,7 +1,8 @@
 """The rule runner's check of one message: archive it, or quarantine it and say why.
 
 The cloud rule archives whatever arrives; locally every message is also held to the payload
-contract (JSON, its JSON Schema, the topic it came on), and what fails is quarantined, never lost.
+contract (JSON, its JSON Schema, a machine id that names its own site, line and type, the topic it
+came on), and what fails is quarantined, never lost.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import Any, Literal
 import orjson
 
 from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT, ground_truth_topic, telemetry_topic
-from factory_core.payload_contract import PayloadKind, load_schema, payload_errors, payload_kind, validator
+from factory_core.payload_contract import (
+    PayloadKind,
+    identity_error,
+    load_schema,
+    payload_errors,
+    payload_kind,
+    validator,
+)
 
 log = logging.getLogger("iotfactory.rule_runner")
 
@@ -108,6 +116,9 @@ def check_message(topic: str, payload: bytes) -> MessageVerdict:
     chosen = kind or payload_kind(document)
     if not schema_check(chosen)(document):
         return MessageVerdict(chosen, "schema_violation", "; ".join(payload_errors(document, chosen)[:3]))
+    identity = identity_error(document)  # the machine id names its own site, line and type
+    if identity is not None:
+        return MessageVerdict(chosen, "schema_violation", identity)
     expected = (telemetry_topic if chosen == "telemetry" else ground_truth_topic)(
         document["site"], document["line"], document["machine"]
     )

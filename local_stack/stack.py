@@ -11,6 +11,7 @@ from typing import Any
 
 from factory_core.archive_report import VerifyReport
 from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
+from factory_core.score_report import ScoreReport
 from factory_core.verb_results import (
     BootstrapResult,
     LocalDestroyResult,
@@ -32,6 +33,7 @@ from factory_core.verbs import (
     ProgressSink,
     RotateRequest,
     ScaleRequest,
+    ScoreRequest,
     StackVerbs,
     StatusRequest,
     StopRequest,
@@ -174,6 +176,19 @@ class LocalStack(StackVerbs):
             note = "the stack is running: the newest messages may still be on their way to the archive"
             report = dataclasses.replace(report, notes=(*report.notes, note))
         return report
+
+    def score(self, request: ScoreRequest, sink: ProgressSink) -> ScoreReport:
+        from scoring.command import score_request
+
+        def stack_archive() -> Any:
+            config, paths = _load()
+            return open_stack_archive(config, paths)
+
+        def stack_fleet() -> tuple[Any, int, str]:
+            config = config_module.load(config_path())
+            return config.fleet, config.simulator_count, str(config.path)
+
+        return score_request(request, stack_archive=stack_archive, stack_fleet=stack_fleet)
 
     def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
         return log_files.logs(StatePaths.from_environment(), request, sink)

@@ -99,12 +99,11 @@ class AlertRule:
         return text
 
 
-# Warn this far below each machine type's protective trip temperature (the machine's own
-# nameplate in simulator/model/profiles.py): an overheating machine crosses it a minute or two
-# before it trips into the fault state.
-OVERHEAT_MARGIN_C = 15.0
+# Warn at each machine type's alarm temperature (the model's, simulator/model/profiles.py, where
+# condition-based maintenance is planned), some 10 °C below its protective trip: an overheating
+# machine crosses it well before it trips into the fault state.
 OVERHEAT_CELSIUS: dict[MachineType, float] = {
-    machine_type: profile.trip_temperature_c - OVERHEAT_MARGIN_C for machine_type, profile in PROFILES.items()
+    machine_type: profile.alarm_temperature_c for machine_type, profile in PROFILES.items()
 }
 OVERHEAT_FOR_S = 60.0
 # ISO 10816-3 (group 2, rigid foundation): 7.1 mm/s is the zone C/D boundary ("damage may occur"),

@@ -19,7 +19,7 @@ from factory_core.fleet import FleetSettings
 from simulator.model.site import SiteModel
 from simulator.private_files import write_private
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the event-driven model (payload schema 2)
 # How messages travel does not change what the machines do: these may differ across a restart.
 _TRANSPORT_FIELDS = {
     "qos", "engine", "max_publishes_per_connection", "inflight_window", "offline_queue_limit",

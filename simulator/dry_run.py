@@ -92,6 +92,24 @@ def write(
     return lines
 
 
+def ground_truth(
+    fleet: FleetSettings,
+    site_index: int = 0,
+    duration_s: float = 3600.0,
+    start_epoch_ms: int = DEFAULT_START_EPOCH_MS,
+) -> Iterator[bytes]:
+    """The ground-truth payloads of `generate(...)`, byte for byte, without generating telemetry.
+
+    The machines' processes do not depend on sampling, so labels alone cost a few events per
+    machine-hour instead of 3,600 samples: 30 simulated days of the default fleet take seconds.
+    Ordered by machine, then time (not interleaved across machines as `generate` is).
+    """
+    model = SiteModel(fleet, site_index, start_epoch_ms)
+    for index in range(len(model.machines)):
+        for message in model.ground_truth_until(index, duration_s):
+            yield message.payload
+
+
 @dataclass
 class MachineStream:
     """Everything one machine emitted, in order: raw payloads and the decoded messages by kind."""
@@ -125,5 +143,5 @@ def collect(
         message = orjson.loads(payload)
         stream = streams.setdefault(message["machine"], MachineStream(message["machine"]))
         stream.payloads.append(payload)
-        (stream.ground_truth if "event" in message else stream.telemetry).append(message)
+        (stream.ground_truth if message["kind"] == "ground_truth" else stream.telemetry).append(message)
     return streams

@@ -21,7 +21,7 @@ FLEET = FleetSettings(
     faults=FaultSettings(
         sensor_fault_per_hour=1.0,
         scheduled=[
-            ScheduledFault(machine="site-00-line-02-air_compressor-01", fault="overheating", at_s=30.0)
+            ScheduledFault(machine="site-00-line-02-air_compressor-01", fault="cooler_fouling", at_s=30.0)
         ],
     ),
 )
@@ -50,7 +50,7 @@ def test_every_sample_of_the_period_is_there_in_time_order() -> None:
     payloads = list(generate(FLEET, 0, duration))
     validate_payloads(payloads)
     messages = [orjson.loads(payload) for payload in payloads]
-    telemetry = [m for m in messages if "signals" in m]
+    telemetry = [m for m in messages if m["kind"] == "telemetry"]
     specs = build_machine_specs(FLEET, 0)
     expected = {
         spec.machine_id: math.ceil(duration / FLEET.publish_interval_s - spec.phase) for spec in specs
@@ -65,7 +65,7 @@ def test_every_sample_of_the_period_is_there_in_time_order() -> None:
     assert stamps[-1] < iso_timestamp(DEFAULT_START_EPOCH_MS + int(duration * 1000))
     # Within one timestamp, ground truth of a machine comes right before that machine's telemetry.
     for previous, current in itertools.pairwise(messages):
-        if "event" in previous:
+        if previous["kind"] == "ground_truth":
             assert current["machine"] == previous["machine"]
             assert current["ts"] == previous["ts"]
 
@@ -77,18 +77,25 @@ def test_rotation_order_equals_a_heap_merge() -> None:
     validate_payloads(fast)
 
 
-def test_start_time_only_moves_timestamps() -> None:
-    later_ms = DEFAULT_START_EPOCH_MS + 86_400_000 * 45 + 123
-    default = [orjson.loads(p) for p in generate(FLEET, 0, 120.0)]
-    later_payloads = list(generate(FLEET, 0, 120.0, later_ms))
-    validate_payloads(later_payloads)
-    later = [orjson.loads(p) for p in later_payloads]
-    assert len(default) == len(later)
-    shift = {key: None for key in ("ts", "onset", "end")}
-    for a, b in zip(default, later, strict=True):
-        assert {**a, **shift} == {**b, **shift}
+def test_start_time_moves_timestamps_and_the_season() -> None:
+    """The start only moves timestamps, and the hall temperature with the date (the model's season)."""
+    healthy = FleetSettings(seed=7, faults=FaultSettings(sensor_fault_per_hour=1.0))
+    july_ms = DEFAULT_START_EPOCH_MS + 86_400_000 * 181 + 123
+    january = [orjson.loads(p) for p in generate(healthy, 0, 120.0)]
+    july_payloads = list(generate(healthy, 0, 120.0, july_ms))
+    validate_payloads(july_payloads)
+    july = [orjson.loads(p) for p in july_payloads]
+    assert len(january) == len(july)
+    times = {key: None for key in ("ts", "at", "onset", "end", "detectable_from")}
+    warmer = []
+    for a, b in zip(january, july, strict=True):
         assert a["ts"] != b["ts"]
-    assert later[0]["ts"].startswith("2026-02-15T")
+        if a["kind"] == "telemetry":
+            warmer.append(b["signals"]["temperature"] - a["signals"]["temperature"])
+            a["signals"]["temperature"] = b["signals"]["temperature"] = None
+        assert {**a, **times} == {**b, **times}
+    assert july[0]["ts"].startswith("2026-07-01T")
+    assert sum(warmer) / len(warmer) > 4.0  # the hall is ~7.5 °C warmer in July than on New Year's Day
 
 
 def test_speed_compresses_simulated_time() -> None:

@@ -33,8 +33,9 @@ from local_stack.supervisor_documents import local_status, rotation_outcome
 
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 KEBAB = re.compile(r"^[a-z]+(-[a-z]+)*$")
-# A float is a duration in seconds (`_s`) or a rate (`_per_s`, `_per_second`); counts are ints.
-FLOAT_SUFFIXES = ("_s", "_per_s", "_per_second")
+# A float is a duration in seconds (`_s`), a rate (`_per_s`, `_per_second`, `_per_machine_day`), a
+# share 0-1 (`_ratio`) or a score on a documented scale (`_score`); counts are ints.
+FLOAT_SUFFIXES = ("_s", "_per_s", "_per_second", "_per_machine_day", "_ratio", "_score")
 
 
 def subclasses(base: type) -> set[type]:

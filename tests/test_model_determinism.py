@@ -14,15 +14,16 @@ from simulator.dry_run import collect, generate
 from simulator.model import SiteModel, build_machine_specs
 from simulator.model.site import machine_stream
 
-# High fault rates so that faults, repairs and sensor glitches all happen inside short runs.
+# The demo timescale and high fault rates, so that faults, repairs and sensor glitches all happen
+# inside short runs.
 BUSY_FAULTS = FaultSettings(
-    bearing_wear_per_hour=0.5,
-    overheating_per_hour=0.5,
-    tool_wear_per_hour=0.5,
+    timescale="demo",
+    failure_rate_scale=5.0,
     sensor_fault_per_hour=2.0,
-    mean_repair_s=600.0,
     scheduled=[
-        ScheduledFault(machine="site-00-line-01-cnc_mill-01", fault="overheating", at_s=120.0, severity=0.9)
+        ScheduledFault(
+            machine="site-00-line-01-cnc_mill-01", fault="coolant_failure", at_s=120.0, severity=0.9
+        )
     ],
 )
 
@@ -184,8 +185,12 @@ def test_cached_encoder_writes_the_bytes_of_the_reference_encoder() -> None:
     """`TelemetryEncoder` reuses one dict per machine; it must write what `encode_telemetry` does."""
     from simulator.model.payload import TelemetryEncoder, encode_telemetry
 
-    header = {"machine": "site-00-line-01-air_compressor-01", "site": "site-00", "line": "line-01",
-              "type": "air_compressor"}
+    header = {
+        "machine": "site-00-line-01-air_compressor-01",
+        "site": "site-00",
+        "line": "line-01",
+        "type": "air_compressor",
+    }
     encoder = TelemetryEncoder(header, ["temperature", "vibration_rms", "speed", "power", "pressure"])
     rng = random.Random(5)
     for seq in range(1, 200):

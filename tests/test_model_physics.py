@@ -1,4 +1,4 @@
-"""Physics of the four machine types: plausible ranges, thermal inertia, wear and failure modes."""
+"""Physics of the four machine types: plausible ranges, thermal inertia, load, jobs, hall and noise."""
 
 from __future__ import annotations
 
@@ -6,23 +6,22 @@ import itertools
 import math
 import statistics
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 
 from factory_core.fleet import FaultSettings, FleetSettings, MachineType, ScheduledFault
-from factory_core.payload_contract import validate_payloads
+from factory_core.payload_contract import SIGNALS, validate_payloads
 from simulator.model import MachineView, SiteModel
+from simulator.model.ambient import site_ambient
 from simulator.model.profiles import PROFILES
 
-NO_RANDOM_FAULTS = {
-    "bearing_wear_per_hour": 0.0,
-    "overheating_per_hour": 0.0,
-    "tool_wear_per_hour": 0.0,
-    "sensor_fault_per_hour": 0.0,
-}
+NO_RANDOM_FAULTS = {"failure_rate_scale": 0.0, "sensor_fault_per_hour": 0.0}
 ONE_OF_EACH = {machine_type: 1 for machine_type in MachineType}
+JANUARY_MS = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp() * 1000)
+JULY_MS = int(datetime(2026, 7, 20, tzinfo=UTC).timestamp() * 1000)
 # Long runs take big steps: every payload is schema-validated, and that is what costs time.
 LONG_STEP_S = 120.0
 LONG_RUN_HOURS = 48
@@ -39,13 +38,15 @@ class Sample:
     def state(self) -> str:
         return self.telemetry["state"]
 
-    def signal(self, name: str) -> float | None:
-        return self.telemetry["signals"][name][0]
+    def signal(self, name: str) -> float:
+        value = self.telemetry["signals"][name]
+        assert value is not None
+        return value
 
 
-def run(settings: FleetSettings, duration_s: float) -> list[list[Sample]]:
+def run(settings: FleetSettings, duration_s: float, start_ms: int = JANUARY_MS) -> list[list[Sample]]:
     """Sample every machine until `duration_s`; every payload is schema-validated."""
-    model = SiteModel(settings, 0, 0)
+    model = SiteModel(settings, 0, start_ms)
     samples: list[list[Sample]] = [[] for _ in model.machines]
     payloads: list[bytes] = []
     for index in range(len(model.machines)):
@@ -80,39 +81,13 @@ def machine_id(machine_type: MachineType) -> str:
     return f"site-00-line-01-{machine_type.value}-01"
 
 
-def sensor_faulted(samples: list[Sample]) -> list[set[str]]:
-    """Per sample, the signals a sensor fault was active on (from ground truth)."""
-    active: dict[int, str] = {}
-    result = []
-    for sample in samples:
-        for event in sample.events:
-            if event["fault_class"] == "sensor" and event["event"] == "fault_start":
-                active[event["fault_id"]] = event["signal"]
-        result.append(set(active.values()))
-        for event in sample.events:
-            if event["fault_class"] == "sensor" and event["event"] == "fault_end":
-                active.pop(event["fault_id"], None)
-        # A fault that ends with the next step was still active during this one.
-        result[-1] |= set(active.values())
-    return result
-
-
 @pytest.fixture(scope="module")
 def long_run() -> list[list[Sample]]:
-    """Two simulated days of one machine of each type with failure modes on and no sensor faults."""
+    """Two simulated days in July of one machine of each type, healthy, no sensor faults."""
     settings = FleetSettings(
-        seed=5,
-        lines_per_site=1,
-        machines_per_line=ONE_OF_EACH,
-        speed=LONG_STEP_S,
-        faults=faults(
-            bearing_wear_per_hour=0.05,
-            overheating_per_hour=0.05,
-            tool_wear_per_hour=0.05,
-            mean_repair_s=1_800.0,
-        ),
+        seed=5, lines_per_site=1, machines_per_line=ONE_OF_EACH, speed=LONG_STEP_S, faults=faults()
     )
-    return run(settings, LONG_RUN_HOURS * 3_600.0)
+    return run(settings, LONG_RUN_HOURS * 3_600.0, JULY_MS)
 
 
 def test_every_type_stays_in_physical_bounds(long_run: list[list[Sample]]) -> None:
@@ -122,25 +97,23 @@ def test_every_type_stays_in_physical_bounds(long_run: list[list[Sample]]) -> No
         assert len(samples) == LONG_RUN_HOURS * 3_600 / LONG_STEP_S
         assert {sample.state for sample in samples} >= {"running", "idle"}, spec.machine_id
         for position, sample in enumerate(samples):
-            temperature = sample.signal("temperature")
-            vibration = sample.signal("vibration_rms")
-            speed = sample.signal("speed")
-            power = sample.signal("power")
-            assert temperature is not None and vibration is not None
-            assert speed is not None and power is not None
-            assert 19.0 <= temperature <= 135.0
-            assert vibration >= 0.0
-            assert power >= 0.0
-            bearing = "bearing_wear" in sample.view.active_faults
+            temperature, vibration = sample.signal("temperature"), sample.signal("vibration_rms")
+            speed, power = sample.signal("speed"), sample.signal("power")
+            # Healthy machines stay below their alarm temperature even on a July afternoon.
+            assert 15.0 <= temperature < profile.alarm_temperature_c, (spec.machine_id, sample.telemetry)
+            assert vibration >= 0.0 and power >= 0.0
             if sample.state == "running":
-                nominal = profile.nominal_speed_rpm
-                assert (
-                    nominal * (1 - profile.speed_spread) * 0.98
-                    <= speed
-                    <= nominal * (1 + profile.speed_spread) * 1.02
+                nominal = profile.nominal_speed_rpm  # mills: spindle speed; motors: synchronous speed
+                low = (
+                    nominal
+                    * min(profile.job_speed_range)
+                    * (1 - profile.speed_spread)
+                    * (1 - 1.6 * profile.rated_slip)
                 )
-                # ISO 10816: a healthy machine runs in zones A/B; only a bearing fault reaches D.
-                assert vibration <= (4.5 if not bearing else 15.0), (spec.machine_id, sample.telemetry)
+                high = nominal * max(profile.job_speed_range) * (1 + profile.speed_spread)
+                assert low * 0.995 <= speed <= high, (spec.machine_id, speed)
+                # ISO 10816: a healthy machine runs in zones A/B.
+                assert vibration < profile.zone_bc_mm_s, (spec.machine_id, sample.telemetry)
                 assert power >= profile.idle_power_kw
             else:
                 assert speed == 0.0, sample.telemetry
@@ -148,26 +121,26 @@ def test_every_type_stays_in_physical_bounds(long_run: list[list[Sample]]) -> No
                 assert power <= max(profile.setup_power_kw, profile.idle_power_kw) * 1.5
             if spec.type is MachineType.AIR_COMPRESSOR:
                 pressure = sample.signal("pressure")
-                assert pressure is not None and 0.0 <= pressure <= 8.1
+                assert 0.0 <= pressure <= 8.1
                 settled = all(s.state == "running" for s in samples[max(0, position - 3) : position + 1])
                 if settled:  # after a restart the receiver needs a few minutes to fill
                     assert pressure >= 6.2  # cut-in is at 6.3-7.0 bar
+                warm = all(s.state == "running" for s in samples[max(0, position - 8) : position + 1])
+                if warm:  # air-end discharge runs 75-95 °C in a warm hall, once warmed up
+                    assert 70.0 <= temperature <= 100.0, temperature
             if spec.type is MachineType.HYDRAULIC_PRESS:
                 pressure = sample.signal("pressure")
-                assert pressure is not None
                 assert (15.0 <= pressure <= 250.0) if sample.state == "running" else (pressure <= 3.0)
             if "cycle_time" in profile.signals:
                 cycle_time = sample.signal("cycle_time")
-                assert cycle_time is not None
-                assert sample.view.ideal_cycle_time_s <= cycle_time <= sample.view.ideal_cycle_time_s * 1.5
+                assert sample.view.ideal_cycle_time_s <= cycle_time <= sample.view.ideal_cycle_time_s * 1.6
 
 
 def test_counters_are_monotonic_and_grow_only_while_running(long_run: list[list[Sample]]) -> None:
     for samples in long_run:
         spec = samples[0].view.spec
         profile = PROFILES[spec.type]
-        previous = samples[0]
-        for sample in samples[1:]:
+        for previous, sample in itertools.pairwise(samples):
             good, rejected = sample.telemetry["parts"]["good"], sample.telemetry["parts"]["rejected"]
             old_good, old_rejected = (
                 previous.telemetry["parts"]["good"],
@@ -185,15 +158,12 @@ def test_counters_are_monotonic_and_grow_only_while_running(long_run: list[list[
             )
             if not ran:
                 assert made == 0, (spec.machine_id, sample.telemetry)
-            # One step can finish at most a step's worth of ideal cycles (plus one begun earlier).
             if profile.produces_parts:
                 assert made <= LONG_STEP_S / sample.view.ideal_cycle_time_s + 1
             else:
                 assert good == rejected == 0
-            previous = sample
         last = samples[-1].view
         assert sum(last.state_seconds.values()) == pytest.approx(samples[-1].time_s)
-        assert samples[-1].time_s == pytest.approx((len(samples) - 1 + last.spec.phase) * LONG_STEP_S)
         if profile.produces_parts:
             assert last.parts_good > 100
 
@@ -210,218 +180,139 @@ def test_oee_components_are_plausible(long_run: list[list[Sample]]) -> None:
         performance = parts * view.ideal_cycle_time_s / view.state_seconds["running"]
         quality = view.parts_good / parts
         assert 0.4 <= availability <= 0.98, view.state_seconds
-        assert 0.8 <= performance <= 1.0
-        assert 0.6 <= quality <= 1.0
+        assert 0.6 <= performance <= 1.0
+        assert 0.95 <= quality <= 1.0  # healthy: only the base reject rate
 
 
 def test_temperature_has_thermal_inertia(long_run: list[list[Sample]]) -> None:
     """After a machine stops, temperature decays over several samples instead of jumping."""
     checked = 0
     for samples in long_run:
-        tau = PROFILES[samples[0].view.spec.type].thermal_time_constant_s
+        profile = PROFILES[samples[0].view.spec.type]
         for before, after in itertools.pairwise(samples):
-            if (
-                before.state == "running"
-                and after.state in ("idle", "setup")
-                and not after.view.active_faults
-            ):
-                drop = before.signal("temperature") - after.signal("temperature")  # type: ignore[operator]
-                rise = PROFILES[before.view.spec.type].temperature_rise_running_c
-                # At most what a first-order lag allows in one step (plus noise), never the full step.
-                assert drop <= rise * (1 - math.exp(-LONG_STEP_S / tau)) + 3.0
-                assert drop < rise
+            if before.state == "running" and after.state in ("idle", "setup"):
+                drop = before.signal("temperature") - after.signal("temperature")
+                rise = profile.temperature_rise_running_c * 1.3
+                assert drop <= rise * (1 - math.exp(-LONG_STEP_S / profile.thermal_time_constant_s)) + 3.0
                 checked += 1
     assert checked >= 5
 
 
+def test_the_hall_follows_season_and_time_of_day() -> None:
+    january, july = site_ambient(42, "site-00", JANUARY_MS), site_ambient(42, "site-00", JULY_MS)
+    hours = [january.value(h * 3_600.0) for h in range(24 * 14)]
+    assert 12.0 < min(hours) < max(hours) < 25.0
+    assert statistics.mean(july.value(h * 3_600.0) for h in range(24 * 14)) > statistics.mean(hours) + 5.0
+    # Warmest in the afternoon, coolest before dawn (UTC taken as local time).
+    afternoon = statistics.mean(january.value((d * 24 + 15) * 3_600.0) for d in range(14))
+    dawn = statistics.mean(january.value((d * 24 + 3) * 3_600.0) for d in range(14))
+    assert afternoon > dawn + 2.5
+    assert site_ambient(42, "site-01", JANUARY_MS).value(86_400.0) != january.value(86_400.0)  # own weather
+
+
+def test_jobs_set_the_operating_point_after_each_changeover() -> None:
+    samples = run(single_machine(MachineType.CNC_MILL, faults(), speed=30.0), 24 * 3_600.0)[0]
+    speeds_by_job: list[set[float]] = [set()]
+    for sample in samples:
+        if any(e["event"] == "state_change" and e["reason"] == "setup_done" for e in sample.events):
+            speeds_by_job.append(set())
+        if sample.state == "running":
+            speeds_by_job[-1].add(round(sample.signal("speed"), -2))
+    jobs = [speeds for speeds in speeds_by_job if speeds]
+    assert len(jobs) >= 4
+    assert all(len(speeds) <= 2 for speeds in jobs)  # one programmed speed per job (±0.05 % servo ripple)
+    assert len({min(speeds) for speeds in jobs}) >= 3  # and jobs differ
+
+
+def test_mill_power_follows_the_cutting_cycle() -> None:
+    samples = run(single_machine(MachineType.CNC_MILL, faults()), 3 * 3_600.0)[0]
+    running = [s for s in samples if s.state == "running"]
+    powers = [s.signal("power") for s in running]
+    assert max(powers) > 2.5 * min(powers)  # roughing versus positioning within each cycle
+    cycle = round(statistics.median(s.signal("cycle_time") for s in running))
+    same_phase = _autocorrelation(powers, cycle)
+    half_cycle = _autocorrelation(powers, cycle // 2)
+    assert same_phase > 0.3 and same_phase > half_cycle + 0.3
+
+
+def _autocorrelation(values: list[float], lag: int) -> float:
+    mean = statistics.fmean(values)
+    centred = [v - mean for v in values]
+    denominator = sum(v * v for v in centred)
+    return sum(a * b for a, b in zip(centred, centred[lag:], strict=False)) / denominator
+
+
+def test_noise_is_autocorrelated_and_motor_speed_droops_with_load() -> None:
+    settings = single_machine(MachineType.CONVEYOR, faults())
+    samples = [s for s in run(settings, 4 * 3_600.0)[0] if s.state == "running"]
+    power = [s.signal("power") for s in samples]
+    vibration = [s.signal("vibration_rms") for s in samples]
+    assert _autocorrelation(power, 1) > 0.7
+    assert _autocorrelation(vibration, 1) > 0.3
+    speed = [s.signal("speed") for s in samples]
+    # An induction motor slips more under load: speed falls as power rises.
+    assert statistics.correlation(power, speed) < -0.5
+
+
+def test_temperature_follows_load() -> None:
+    """At the end of long runs, a mill's spindle is warmer above the hall the faster its job turns."""
+    settings = single_machine(MachineType.CNC_MILL, faults(), speed=60.0)
+    samples = run(settings, 8 * 86_400.0)[0]
+    hall = site_ambient(settings.seed, "site-00", JANUARY_MS)
+    tau = PROFILES[MachineType.CNC_MILL].thermal_time_constant_s
+    speeds, rises = [], []
+    running_since = None
+    for sample in samples:
+        if sample.state != "running":
+            running_since = None
+            continue
+        running_since = sample.time_s if running_since is None else running_since
+        if sample.time_s - running_since > 4 * tau:  # settled
+            speeds.append(sample.signal("speed"))
+            rises.append(sample.signal("temperature") - hall.value(sample.time_s))
+    assert len(speeds) > 200
+    assert statistics.correlation(speeds, rises) > 0.5
+
+
 def test_compressor_cycles_between_load_and_unload() -> None:
-    settings = single_machine(MachineType.AIR_COMPRESSOR, faults(), speed=5.0)  # a load cycle is ~1 min
+    settings = single_machine(MachineType.AIR_COMPRESSOR, faults(), speed=5.0)
     everything = run(settings, 4 * 3_600.0)[0]
-    # Settled: running for the last 5 minutes (after a restart the receiver first has to fill up).
     samples = [
         s for i, s in enumerate(everything) if all(x.state == "running" for x in everything[i - 60 : i + 1])
     ]
     assert len(samples) > 500
     pressures = [s.signal("pressure") for s in samples]
     powers = [s.signal("power") for s in samples]
-    assert max(pressures) - min(pressures) >= 0.8  # fills to cut-out, drains to cut-in
-    assert max(pressures) - min(pressures) <= 1.2
+    assert 0.8 <= max(pressures) - min(pressures) <= 1.2  # fills to cut-out, drains to cut-in
     loaded = [p for p in powers if p > 20.0]
     unloaded = [p for p in powers if p <= 20.0]
     assert len(loaded) > 100 and len(unloaded) > 100
     assert statistics.median(unloaded) < 0.45 * statistics.median(loaded)
-    # Discharge temperature runs high but below an 85 °C alert threshold when healthy.
-    assert 45.0 <= statistics.median(s.signal("temperature") for s in samples) <= 80.0
+
+
+def test_a_vented_receiver_stays_vented_until_the_compressor_runs() -> None:
+    compressor = machine_id(MachineType.AIR_COMPRESSOR)
+    scheduled = [ScheduledFault(machine=compressor, fault="air_leak", at_s=600.0, severity=0.99)]
+    settings = single_machine(
+        MachineType.AIR_COMPRESSOR, faults(scheduled=scheduled, timescale="demo"), speed=2.0
+    )
+    samples = run(settings, 3 * 3_600.0)[0]
+    after = [s for s in samples if s.time_s > 600.0]
+    vented = next(i for i, s in enumerate(after) if s.state == "maintenance")
+    stopped = list(itertools.takewhile(lambda s: s.state != "running", after[vented:]))
+    assert stopped and stopped[-1].state == "idle"
+    pressures = [s.signal("pressure") for s in stopped]
+    assert all(b <= a + 0.03 for a, b in itertools.pairwise(pressures))  # never re-pressurises by itself
 
 
 def test_press_pressure_follows_the_stroke() -> None:
-    # 7 s steps against a ~12 s stroke: samples land on every phase of the stroke.
     settings = single_machine(MachineType.HYDRAULIC_PRESS, faults(), speed=7.0)
     samples = [s for s in run(settings, 3 * 3_600.0)[0] if s.state == "running"]
     pressures = [s.signal("pressure") for s in samples]
-    assert max(pressures) >= 170.0
-    assert min(pressures) <= 30.0
-    high = [s.signal("power") for s in samples if s.signal("pressure") > 150]
+    assert max(pressures) >= 130.0 and min(pressures) <= 30.0
+    high = [s.signal("power") for s in samples if s.signal("pressure") > 120]
     low = [s.signal("power") for s in samples if s.signal("pressure") < 40]
     assert statistics.mean(high) > 1.5 * statistics.mean(low)
-
-
-@pytest.mark.parametrize("machine_type", list(MachineType))
-def test_overheating_exceeds_85_celsius_within_minutes(machine_type: MachineType) -> None:
-    onset = 600.0
-    settings = single_machine(
-        machine_type,
-        faults(
-            scheduled=[
-                ScheduledFault(
-                    machine=machine_id(machine_type), fault="overheating", at_s=onset, severity=0.9
-                )
-            ]
-        ),
-    )
-    samples = run(settings, onset + 900.0)[0]
-    before = [s.signal("temperature") for s in samples if s.time_s < onset]
-    assert max(before) < 80.0  # healthy machines stay below the alert threshold
-    hot = [s for s in samples if s.signal("temperature") > 85.0]
-    assert hot, "temperature never exceeded 85 °C"
-    assert hot[0].time_s - onset <= 6 * 60
-    # Ground truth: the fault start is labelled at its onset; a trip, if any, comes after 85 °C.
-    starts = [e for s in samples for e in s.events if e["event"] == "fault_start"]
-    assert [(e["fault"], e["onset"]) for e in starts] == [("overheating", "1970-01-01T00:10:00.000Z")]
-    trips = [(s.time_s, e) for s in samples for e in s.events if e["to_state"] == "fault"]
-    for when, trip in trips:
-        assert trip["reason"] == "overtemperature_trip" and trip["fault"] == "overheating"
-        assert when > hot[0].time_s
-
-
-def test_mild_overheating_runs_hot_without_tripping() -> None:
-    settings = single_machine(
-        MachineType.CNC_MILL,
-        faults(
-            scheduled=[
-                ScheduledFault(
-                    machine=machine_id(MachineType.CNC_MILL), fault="overheating", at_s=0.0, severity=0.2
-                )
-            ]
-        ),
-        speed=20.0,
-    )
-    samples = run(settings, 3 * 3_600.0)[0]
-    assert not any(s.state == "fault" for s in samples)
-    running = [s.signal("temperature") for s in samples if s.state == "running"]
-    healthy = run(single_machine(MachineType.CNC_MILL, faults(), speed=20.0), 3 * 3_600.0)[0]
-    healthy_running = [s.signal("temperature") for s in healthy if s.state == "running"]
-    assert statistics.median(running) > statistics.median(healthy_running) + 5.0
-
-
-@pytest.mark.parametrize("machine_type", list(MachineType))
-def test_bearing_wear_raises_vibration_over_hours(machine_type: MachineType) -> None:
-    onset = 1_800.0
-    settings = single_machine(
-        machine_type,
-        faults(
-            scheduled=[
-                ScheduledFault(
-                    machine=machine_id(machine_type), fault="bearing_wear", at_s=onset, severity=0.8
-                )
-            ]
-        ),
-        speed=20.0,
-    )
-    samples = run(settings, 8 * 3_600.0)[0]
-    # Look at running samples until the bearing is repaired (it trips once fully developed).
-    repaired_at = next(
-        (
-            i
-            for i, s in enumerate(samples)
-            for e in s.events
-            if e["event"] == "fault_end" and e["fault"] == "bearing_wear"
-        ),
-        len(samples),
-    )
-    running = [(s.time_s, s.signal("vibration_rms")) for s in samples[:repaired_at] if s.state == "running"]
-    baseline = [v for t, v in running if t < onset]
-    developed = [v for t, v in running if t > onset + 1.5 * 3_600.0]
-    assert baseline and len(developed) > 20
-    assert statistics.mean(developed) > 2.0 * statistics.mean(baseline)
-    # A trend, not a jump: vibration one hour in sits between the baseline and the developed level.
-    middle = [v for t, v in running if onset + 0.5 * 3_600.0 < t < onset + 1.0 * 3_600.0]
-    if middle:
-        assert statistics.mean(baseline) < statistics.mean(middle) < statistics.mean(developed)
-    # Slope of running vibration against time after onset is positive.
-    after = [(t, v) for t, v in running if t >= onset]
-    mean_t = statistics.mean(t for t, _ in after)
-    mean_v = statistics.mean(v for _, v in after)
-    slope = sum((t - mean_t) * (v - mean_v) for t, v in after)
-    assert slope > 0
-
-
-def test_tool_wear_raises_reject_rate() -> None:
-    mills = {MachineType.CNC_MILL: 4}
-    worn_ids = [f"site-00-line-01-cnc_mill-{n:02d}" for n in range(1, 5)]
-    # Severity below the breakage threshold: the tool stays in and keeps making bad parts.
-    scheduled = [ScheduledFault(machine=m, fault="tool_wear", at_s=0.0, severity=0.45) for m in worn_ids]
-    base = {"seed": 3, "lines_per_site": 1, "machines_per_line": mills, "speed": 60.0}
-    worn = run(FleetSettings.model_validate({**base, "faults": faults(scheduled=scheduled)}), 8 * 3_600.0)
-    sharp = run(FleetSettings.model_validate({**base, "faults": faults()}), 8 * 3_600.0)
-
-    def reject_rate(runs: list[list[Sample]]) -> float:
-        good = sum(samples[-1].view.parts_good for samples in runs)
-        rejected = sum(samples[-1].view.parts_rejected for samples in runs)
-        assert good + rejected > 500
-        return rejected / (good + rejected)
-
-    assert reject_rate(sharp) < 0.03
-    assert reject_rate(worn) > 3 * reject_rate(sharp)
-    assert reject_rate(worn) > 0.06
-
-
-def test_severe_tool_wear_ends_in_breakage_then_maintenance_restores_health() -> None:
-    settings = single_machine(
-        MachineType.CNC_MILL,
-        faults(
-            scheduled=[
-                ScheduledFault(
-                    machine=machine_id(MachineType.CNC_MILL), fault="tool_wear", at_s=0.0, severity=1.0
-                )
-            ],
-            mean_repair_s=1_200.0,
-        ),
-        speed=20.0,
-    )
-    samples = run(settings, 6 * 3_600.0)[0]
-    events = [e for s in samples for e in s.events]
-    kinds = [(e["event"], e["to_state"] or e["fault"], e["reason"]) for e in events]
-    assert ("state_change", "fault", "tool_breakage") in kinds
-    breakage = kinds.index(("state_change", "fault", "tool_breakage"))
-    assert ("state_change", "maintenance", "repair_started") in kinds[breakage:]
-    assert ("fault_end", "tool_wear", "repaired") in kinds[breakage:]
-    lowest = min(s.view.health for s in samples)
-    assert lowest < 0.6
-    assert samples[-1].view.health >= 0.9
-    assert "tool_wear" not in samples[-1].view.active_faults
-
-
-def test_health_degrades_with_running_hours_and_maintenance_restores_it() -> None:
-    decay_per_hour = 0.02
-    settings = single_machine(MachineType.CONVEYOR, faults(health_decay_per_hour=decay_per_hour), speed=120.0)
-    samples = run(settings, 36 * 3_600.0)[0]
-    healths = [s.view.health for s in samples]
-    assert all(0.0 <= h <= 1.0 for h in healths)
-    repairs = [i for i, s in enumerate(samples) for e in s.events if e["reason"] == "repaired"]
-    preventive = [e for s in samples for e in s.events if e["reason"] == "preventive_maintenance"]
-    assert repairs and preventive, "a worn machine should get planned maintenance"
-    first_repair = repairs[0]
-    worn = samples[:first_repair]
-    assert all(b.view.health <= a.view.health + 1e-12 for a, b in itertools.pairwise(worn))
-    # Wear accrues fully while running and at a quarter rate while idle or in setup.
-    seconds = worn[-1].view.state_seconds
-    loaded_hours = (seconds["running"] + 0.25 * (seconds["idle"] + seconds["setup"])) / 3_600.0
-    assert worn[0].view.health - worn[-1].view.health == pytest.approx(
-        decay_per_hour * loaded_hours, rel=0.05
-    )
-    assert worn[-1].view.health < 0.6
-    assert samples[first_repair].view.health >= 0.95
 
 
 @pytest.mark.parametrize("kind", ["stuck", "drift", "spike", "noise_burst", "dropout"])
@@ -438,32 +329,26 @@ def test_sensor_faults_corrupt_one_reading(kind: str) -> None:
     signal = starts[0]["signal"]
     ends = [e for s in faulty for e in s.events if e["event"] == "fault_end"]
     assert len(ends) == 1 and ends[0]["fault_id"] == starts[0]["fault_id"]
-    window = [i for i, s in enumerate(faulty) if s.view.active_faults]
-    assert window
     # The machine itself is unaffected: same states and counters as without the fault.
     assert [(s.state, s.telemetry["parts"]) for s in faulty] == [
         (s.state, s.telemetry["parts"]) for s in clean
     ]
-    reported = [faulty[i].signal(signal) for i in window]
-    true = [clean[i].signal(signal) for i in window]
-    # Every other reading, and this one outside the window, is exactly what it would have been.
-    for i, (faulty_sample, clean_sample) in enumerate(zip(faulty, clean, strict=True)):
-        for name in clean_sample.telemetry["signals"]:
-            if name != signal or i not in window:
-                assert faulty_sample.signal(name) == clean_sample.signal(name), (i, name)
+    differing = [
+        (i, name)
+        for i, (a, b) in enumerate(zip(faulty, clean, strict=True))
+        for name in a.telemetry["signals"]
+        if a.telemetry["signals"][name] != b.telemetry["signals"][name]
+    ]
+    assert {name for _, name in differing} <= {signal}
+    window = sorted({i for i, _ in differing})
+    assert window, "the fault changed nothing"
+    assert all(600.0 <= faulty[i].time_s <= 600.0 + max(duration, 2.0) + 2.0 for i in window)
+    reported = [faulty[i].telemetry["signals"][signal] for i in window]
     if kind == "dropout":
         assert all(value is None for value in reported)
-    elif kind == "stuck":
-        assert len(set(reported)) == 1
-    elif kind == "drift":
-        deviation = [abs(r - t) for r, t in zip(reported, true, strict=True)]
-        assert deviation[-1] > deviation[0]
-        assert deviation[-1] > 0
     elif kind == "spike":
         assert len(window) == 1
-        assert reported[0] != true[0]
-    else:
-        assert any(abs(r - t) > 0 for r, t in zip(reported, true, strict=True))
+        assert ends[0]["end"] == starts[0]["onset"]  # a single reading: the label is an instant
 
 
 def test_random_sensor_faults_stay_in_sensor_range() -> None:
@@ -475,19 +360,17 @@ def test_random_sensor_faults_stay_in_sensor_range() -> None:
         faults=faults(sensor_fault_per_hour=3.0),
     )
     runs = run(settings, 12 * 3_600.0)
-    kinds_seen = set()
-    dropped = 0
+    kinds_seen, dropped = set(), 0
     for samples in runs:
-        profile = PROFILES[samples[0].view.spec.type]
-        faulted = sensor_faulted(samples)
-        for sample, corrupted in zip(samples, faulted, strict=True):
+        bounds = {spec.name: spec for spec in SIGNALS[samples[0].view.spec.type]}
+        for sample in samples:
             kinds_seen |= {e["fault"] for e in sample.events if e["fault_class"] == "sensor"}
-            for name, (value, _unit) in sample.telemetry["signals"].items():
+            for name, value in sample.telemetry["signals"].items():
                 if value is None:
-                    assert name in corrupted, (name, sample.telemetry)
                     dropped += 1
                     continue
-                bounds = profile.ranges[name]
-                assert bounds.low <= value <= bounds.high
+                assert bounds[name].low <= value <= bounds[name].high
+                if name == "speed" and sample.state != "running":
+                    assert value == 0.0  # the drive reports 0 when off, whatever the sensor does
     assert kinds_seen == {"stuck", "drift", "spike", "noise_burst", "dropout"}
     assert dropped > 0

@@ -46,11 +46,13 @@ pytestmark = [
 SCRAPE_INTERVAL_S = 1.0
 # Overheating must fire within seconds: `for: 1m` becomes 1.2 s.
 FOR_SCALE = 0.02
-OVERHEATED = "site-00-line-01-cnc_mill-01"
-# A failed cooler of this severity heats the mill past its warning threshold (90 °C) without
-# tripping it (105 °C): at speed 10 it crosses ~45 s after start and stays above for minutes, so
-# the alert is still firing while the silence is tested (simulator/model/faults.py).
-OVERHEAT_SEVERITY = 0.64
+OVERHEATED = "site-00-line-02-cnc_mill-01"
+# A failing coolant supply of this damage heats the mill past its alarm temperature (65 °C) without
+# tripping it (75 °C): with the simulated start fixed (the hall's temperature follows the date) and
+# no maintenance to end it, at speed 10 it crosses ~90 s after start and stays above for ~4 minutes,
+# so the alert is still firing while the silence is tested (simulator/model/failure_modes.py).
+OVERHEAT_SEVERITY = 0.65
+START = "2026-01-01T00:00:00Z"
 SPEED = 10.0
 # Alertmanager's group_wait 30 s, group_interval 5 m, repeat_interval 4 h, shrunk like `for:`.
 ALERT_TIMING = Timing(group_wait_s=0.2, group_interval_s=0.5, repeat_interval_s=1.0)
@@ -73,9 +75,12 @@ def _fleet() -> FleetSettings:
         seed=42,
         speed=SPEED,
         faults=FaultSettings(
+            maintenance="run_to_failure",
             scheduled=[
-                ScheduledFault(machine=OVERHEATED, fault="overheating", at_s=30, severity=OVERHEAT_SEVERITY)
-            ]
+                ScheduledFault(
+                    machine=OVERHEATED, fault="coolant_failure", at_s=0, severity=OVERHEAT_SEVERITY
+                )
+            ],
         ),
     )
 
@@ -125,7 +130,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver)
     alertmanager_port = free_port()
     tls = ["--endpoint", "127.0.0.1", "--port", str(broker_port), "--ca", str(ca.ca_cert_path)]
     simulator = ManagedProcess("simulator", python_command(
-        "simulator", "--config", str(config_file), "--site-index", "0", "--engine", "fleet",
+        "simulator", "--config", str(config_file), "--site-index", "0", "--engine", "fleet", "--start", START,
         "--metrics-port", str(simulator_port), *tls,
         "--cert", str(device.cert_path), "--key", str(device.key_path),
     ), root / "simulator.log", stop_timeout_s=30)
@@ -252,7 +257,7 @@ def test_overheating_fault_fires_the_overheating_alert(pipeline: Pipeline) -> No
             return True
         return bool(prom.query(port, f'max_over_time(ALERTS{{{selector}, alertstate="firing"}}[10m])'))
 
-    _wait_until(firing, 90, f"MachineOverheating firing for {OVERHEATED}")
+    _wait_until(firing, 150, f"MachineOverheating firing for {OVERHEATED}")
     # Only the machine with the injected fault overheated.
     every_firing = 'max_over_time(ALERTS{alertname="MachineOverheating", alertstate="firing"}[10m])'
     fired = prom.query(port, every_firing)

@@ -56,7 +56,7 @@ def test_overheating_thresholds_sit_below_each_machine_type_s_trip_temperature()
     assert set(overheating) == {t.value for t in MachineType}
     for machine_type, profile in PROFILES.items():
         rule = overheating[machine_type.value]
-        assert rule.threshold == profile.trip_temperature_c - alert_rules.OVERHEAT_MARGIN_C
+        assert rule.threshold == profile.alarm_temperature_c < profile.trip_temperature_c
         assert f'type="{machine_type.value}"' in rule.expr
 
 

@@ -9,9 +9,21 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from factory_core.fleet import FaultSettings, FleetSettings, MachineType, ScheduledFault
+from factory_core import payload_schema
+from factory_core.fleet import (
+    SENSOR_FAULTS,
+    FaultKind,
+    FaultSettings,
+    FleetSettings,
+    MachineType,
+    ScheduledFault,
+)
 from factory_core.metric_catalog import MACHINE_STATES
 from factory_core.payload_contract import (
+    ALL_FAILURE_MODES,
+    SCHEMA_VERSION,
+    SIGNAL_UNITS,
+    SIGNALS,
     PayloadInvalid,
     load_schema,
     payload_errors,
@@ -20,9 +32,8 @@ from factory_core.payload_contract import (
     validate_payloads,
 )
 from simulator.dry_run import generate
-from simulator.model.faults import FAULT_KINDS
-from simulator.model.payload import SCHEMA_VERSION, iso_timestamp
-from simulator.model.profiles import PROFILES, SIGNAL_UNITS
+from simulator.model.payload import iso_timestamp
+from simulator.model.profiles import PROFILES
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +55,7 @@ def samples() -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for payload in payloads:
         message = orjson.loads(payload)
-        key = message.get("event") or message["type"]
+        key = message["event"] if message["kind"] == "ground_truth" else message["type"]
         found.setdefault(key, message)
     assert set(found) == {*(t.value for t in MachineType), "state_change", "fault_start", "fault_end"}
     return found
@@ -62,22 +73,36 @@ def test_schemas_are_valid_draft_2020_12() -> None:
 
 def test_telemetry_schema_matches_the_model() -> None:
     schema = load_schema("telemetry")
-    assert schema["$defs"]["state"]["enum"] == list(MACHINE_STATES)
-    assert schema["$defs"]["machine_type"]["enum"] == [t.value for t in MachineType]
+    assert schema["properties"]["state"]["enum"] == list(MACHINE_STATES)
+    assert schema["properties"]["type"]["enum"] == [t.value for t in MachineType]
     signals = schema["properties"]["signals"]["properties"]
-    assert {name: spec["prefixItems"][1]["const"] for name, spec in signals.items()} == SIGNAL_UNITS
+    assert {name: spec["x-unit"] for name, spec in signals.items()} == SIGNAL_UNITS
     per_type = {
-        rule["if"]["properties"]["type"]["const"]: rule["then"]["properties"]["signals"]["required"]
+        rule["if"]["properties"]["type"]["const"]: rule["then"]["properties"]["signals"]
         for rule in schema["allOf"]
+        if "type" in rule["if"]["properties"]
     }
-    assert per_type == {t.value: list(profile.signals) for t, profile in PROFILES.items()}
+    assert {name: rule["required"] for name, rule in per_type.items()} == {
+        t.value: list(profile.signals) for t, profile in PROFILES.items()
+    }
+    for machine_type, specs in SIGNALS.items():
+        bounds = per_type[machine_type.value]["properties"]
+        assert {
+            spec.name: (bounds[spec.name]["minimum"], bounds[spec.name]["maximum"]) for spec in specs
+        } == {spec.name: (spec.low, spec.high) for spec in specs}
 
 
 def test_ground_truth_schema_matches_the_model() -> None:
     properties = load_schema("ground_truth")["properties"]
-    assert properties["fault"]["enum"] == [*FAULT_KINDS, None]
+    assert properties["fault"]["enum"] == [*ALL_FAILURE_MODES, *SENSOR_FAULTS, None]
+    assert set(properties["fault"]["enum"][:-1]) == set(FaultKind.__args__)
     assert properties["to_state"]["enum"] == [*MACHINE_STATES, None]
     assert properties["signal"]["enum"] == [*SIGNAL_UNITS, None]
+
+
+def test_schemas_and_the_signal_table_are_generated_from_the_contract() -> None:
+    assert payload_schema.main(["--check"]) == 0, "run python -m factory_core.payload_schema"
+    assert payload_schema.signal_table() in payload_schema.DOC_FILE.read_text(encoding="utf-8")
 
 
 def test_real_payloads_pass(samples: dict[str, dict[str, Any]]) -> None:
@@ -88,7 +113,7 @@ def test_real_payloads_pass(samples: dict[str, dict[str, Any]]) -> None:
 def test_telemetry_size_stays_compact(samples: dict[str, dict[str, Any]]) -> None:
     for machine_type in MachineType:
         size = len(orjson.dumps(samples[machine_type.value]))
-        assert 250 <= size <= 380, (machine_type, size)
+        assert 240 <= size <= 350, (machine_type, size)
 
 
 def _broken(message: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -112,17 +137,25 @@ TELEMETRY_BREAKAGES = [
     ("seq as string", ("seq",), "1"),
     ("seq zero", ("seq",), 0),
     ("seq float", ("seq",), 1.5),
-    ("schema version 2", ("schema",), 2),
+    ("schema version 1", ("schema",), 1),
+    ("missing kind", ("kind",), _DELETE),
+    ("ground-truth kind", ("kind",), "ground_truth"),
+    ("machine id of another type", ("machine",), "site-00-line-01-conveyor-01"),
+    ("machine id of another site", ("machine",), "site-03-line-01-cnc_mill-01"),
+    ("machine id of another line", ("machine",), "site-00-line-07-cnc_mill-01"),
+    ("negative speed", ("signals", "speed"), -5.0),
+    ("speed beyond the transmitter", ("signals", "speed"), 30_000.0),
+    ("temperature below absolute zero", ("signals", "temperature"), -273.0),
+    ("temperature beyond the transmitter", ("signals", "temperature"), 400.0),
+    ("negative power", ("signals", "power"), -0.5),
+    ("schema-1 value and unit pair", ("signals", "temperature"), [41.2, "°C"]),
     ("unknown type", ("type",), "robot_arm"),
     ("bad machine id", ("machine",), "mill 1"),
     ("timestamp without ms", ("ts",), "2026-01-01T00:00:01Z"),
     ("timestamp with offset", ("ts",), "2026-01-01T00:00:01.000+00:00"),
     ("extra top-level field", ("health",), 0.9),
-    ("value as string", ("signals", "temperature", 0), "41.2"),
-    ("wrong unit", ("signals", "temperature", 1), "K"),
-    ("reading without unit", ("signals", "temperature"), [41.2]),
-    ("reading with extra item", ("signals", "temperature"), [41.2, "°C", 1]),
-    ("unknown signal", ("signals", "humidity"), [50.0, "%"]),
+    ("value as string", ("signals", "temperature"), "41.2"),
+    ("unknown signal", ("signals", "humidity"), 50.0),
     ("missing signal", ("signals", "speed"), _DELETE),
     ("negative parts", ("parts", "good"), -1),
     ("missing parts", ("parts",), _DELETE),
@@ -143,12 +176,25 @@ def test_telemetry_schema_rejects(
 
 
 def test_signals_must_fit_the_machine_type(samples: dict[str, dict[str, Any]]) -> None:
-    conveyor_with_pressure = _broken(samples["conveyor"], ("signals", "pressure"), [6.5, "bar"])
+    conveyor_with_pressure = _broken(samples["conveyor"], ("signals", "pressure"), 6.5)
     assert payload_errors(conveyor_with_pressure)
     press_without_pressure = _broken(samples["hydraulic_press"], ("signals", "pressure"), _DELETE)
     assert payload_errors(press_without_pressure)
-    dropout = _broken(samples["air_compressor"], ("signals", "pressure", 0), None)
+    dropout = _broken(samples["air_compressor"], ("signals", "pressure"), None)
     assert payload_errors(dropout) == []
+    # Bounds are per type: 1e9 bar is impossible anywhere, 300 bar only on a compressor.
+    assert payload_errors(_broken(samples["air_compressor"], ("signals", "pressure"), 1e9))
+    assert payload_errors(_broken(samples["air_compressor"], ("signals", "pressure"), 300.0))
+    assert payload_errors(_broken(samples["hydraulic_press"], ("signals", "pressure"), 300.0)) == []
+
+
+def test_speed_is_zero_unless_running(samples: dict[str, dict[str, Any]]) -> None:
+    running = samples["hydraulic_press"]
+    assert running["state"] == "running" and running["signals"]["speed"] > 1_000
+    idle = _broken(_broken(running, ("state",), "idle"), ("signals", "speed"), 1_480.0)
+    assert any("speed" in error for error in payload_errors(idle))
+    assert payload_errors(_broken(idle, ("signals", "speed"), 0.0)) == []
+    assert payload_errors(_broken(idle, ("signals", "speed"), None)) == []
 
 
 GROUND_TRUTH_BREAKAGES = [
@@ -164,7 +210,10 @@ GROUND_TRUTH_BREAKAGES = [
     ("fault start with end", "fault_start", ("end",), "2026-01-01T00:00:01.000Z"),
     ("fault end without end", "fault_end", ("end",), None),
     ("fault end with state reason", "fault_end", ("reason",), "changeover"),
-    ("failure mode marked sensor", "fault_end", ("fault",), "bearing_wear"),
+    ("failure mode marked sensor", "fault_end", ("fault",), "spindle_bearing_wear"),
+    ("missing at", "fault_start", ("at",), _DELETE),
+    ("telemetry kind", "state_change", ("kind",), "telemetry"),
+    ("update of a sensor fault", "fault_start", ("event",), "fault_update"),
     ("scheduled as string", "fault_start", ("scheduled",), "yes"),
     ("extra field", "fault_start", ("label",), 1),
 ]
@@ -178,6 +227,15 @@ def test_ground_truth_schema_rejects(
 ) -> None:
     assert payload_errors(samples[kind]) == []
     assert payload_errors(_broken(samples[kind], path, value), "ground_truth"), case
+
+
+def test_failure_modes_belong_to_their_machine_type(samples: dict[str, dict[str, Any]]) -> None:
+    start = samples["fault_start"]
+    assert start["type"] == "cnc_mill"
+    as_failure = {**start, "fault_class": "failure_mode", "signal": None}
+    assert payload_errors({**as_failure, "fault": "tool_wear"}) == []
+    assert payload_errors({**as_failure, "fault": "air_leak"})
+    assert payload_errors({**start, "signal": "pressure"})  # a mill has no pressure signal
 
 
 def test_not_json_and_not_objects_are_reported() -> None:

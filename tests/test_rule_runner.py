@@ -107,7 +107,8 @@ def test_garbage_is_quarantined_and_the_runner_keeps_archiving(broker: Broker, t
     metrics_port = free_port()
     good_before, good_after = fleet_messages(rounds=3)[:5], fleet_messages(rounds=3, site_index=0)[5:]
     valid = orjson.loads(good_before[0].payload)
-    other_machine = {**valid, "machine": valid["machine"].replace("-01", "-02")}
+    other_machine = {**valid, "machine": valid["machine"][:-2] + "02"}  # its neighbour on the same line
+    wrong_line = {**valid, "machine": valid["machine"].replace("-01", "-02")}  # names another line
     topic = good_before[0].topic
     garbage: list[tuple[str, bytes, str]] = [
         (topic, b"\x00\xffnot json at all", "invalid_json"),
@@ -116,6 +117,7 @@ def test_garbage_is_quarantined_and_the_runner_keeps_archiving(broker: Broker, t
         (topic, orjson.dumps({**valid, "seq": -4}), "schema_violation"),
         (topic, orjson.dumps({**valid, "extra": True}), "schema_violation"),
         (topic, orjson.dumps(other_machine), "topic_mismatch"),
+        (topic, orjson.dumps(wrong_line), "schema_violation"),
         ("factory/simulator/site-00/line-01", orjson.dumps(valid), "topic_mismatch"),
         (topic, b'{"pad": "' + b"x" * (129 * 1024) + b'"}', "payload_too_large"),
     ]
@@ -156,7 +158,7 @@ def test_garbage_is_quarantined_and_the_runner_keeps_archiving(broker: Broker, t
         )
 
     assert 'archive_messages_quarantined_total{reason="invalid_json"} 2.0' in exposition
-    assert 'archive_messages_quarantined_total{reason="schema_violation"} 3.0' in exposition
+    assert 'archive_messages_quarantined_total{reason="schema_violation"} 4.0' in exposition
     assert 'archive_messages_quarantined_total{reason="topic_mismatch"} 2.0' in exposition
     assert 'archive_messages_quarantined_total{reason="payload_too_large"} 1.0' in exposition
     archived = sum(
@@ -171,7 +173,7 @@ def test_garbage_is_quarantined_and_the_runner_keeps_archiving(broker: Broker, t
     assert report.quarantined == {
         "invalid_json": 2,
         "payload_too_large": 1,
-        "schema_violation": 3,
+        "schema_violation": 4,
         "topic_mismatch": 2,
     }
     assert report.ok

@@ -19,7 +19,7 @@ def _corpus() -> list[tuple[str, bytes, PayloadKind]]:
     faulty = FleetSettings(
         lines_per_site=1,
         machines_per_line={t: 1 for t in MachineType},
-        faults={"sensor_fault_per_hour": 50.0, "bearing_wear_per_hour": 5.0, "overheating_per_hour": 5.0},
+        faults={"sensor_fault_per_hour": 50.0, "timescale": "demo", "failure_rate_scale": 20.0},
     )
     messages = fleet_messages(rounds=300, fleet=faulty)
     assert {m.kind for m in messages} == {"telemetry", "ground_truth"}
@@ -56,9 +56,10 @@ def _mutations(document: dict[str, Any]) -> list[dict[str, Any]]:
     if "signals" in document:
         signals = copy.deepcopy(document["signals"])
         name = next(iter(signals))
-        out.append({**document, "signals": {**signals, name: [signals[name][0], "furlongs"]}})
-        out.append({**document, "signals": {**signals, "humidity": [1.0, "%"]}})
-        out.append({**document, "signals": {**signals, name: [signals[name][0]]}})
+        out.append({**document, "signals": {**signals, name: [signals[name], "°C"]}})  # schema 1's pairs
+        out.append({**document, "signals": {**signals, "humidity": 1.0}})
+        out.append({**document, "signals": {**signals, name: -1e9}})  # beyond the transmitter
+        out.append({**document, "signals": {**signals, "speed": 1_480.0}, "state": "idle"})
     if "severity" in document:
         out.append({**document, "severity": 7})
         out.append({**document, "event": "party"})
@@ -84,12 +85,14 @@ def test_each_kind_of_garbage_gets_its_reason() -> None:
         b"": "invalid_json",
         b"null": "schema_violation",
         orjson.dumps({**document, "seq": 0}): "schema_violation",
-        orjson.dumps({**document, "line": "line-02"}): "topic_mismatch",
+        orjson.dumps({**document, "line": "line-02"}): "schema_violation",  # not the machine's line
         b" " * (128 * 1024 + 1): "payload_too_large",
     }
     for garbage, reason in cases.items():
         verdict = check_message(topic, garbage)
         assert verdict.reason == reason and verdict.detail, (garbage[:40], verdict)
+    # Another machine's payload on this machine's topic.
+    assert check_message(topic[:-2] + "99", payload).reason == "topic_mismatch"
     # A telemetry payload on a ground-truth topic fails that topic's schema.
     ground_truth_topic = topic.replace("factory/simulator/", "factory/simulator/ground-truth/")
     assert check_message(ground_truth_topic, payload).reason == "schema_violation"

@@ -24,9 +24,9 @@ def test_defaults_without_any_input() -> None:
 
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     config_file = tmp_path / "fleet.yaml"
-    config_file.write_text("seed: 1\nqos: 0\nlines_per_site: 4\nfaults: {tool_wear_per_hour: 0.5}\n")
+    config_file.write_text("seed: 1\nqos: 0\nlines_per_site: 4\nfaults: {failure_rate_scale: 0.5}\n")
     env = {
-        "FACTORY_CONFIG_JSON": '{"seed": 2, "faults": {"overheating_per_hour": 0.25}}',
+        "FACTORY_CONFIG_JSON": '{"seed": 2, "faults": {"timescale": "demo"}}',
         "FACTORY_SITE_INDEX": "7",
         "FACTORY_METRICS_PORT": "9555",
         "FACTORY_ENDPOINT": "env-host",
@@ -35,8 +35,8 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     config = load_run_config(["--config", str(config_file), "--seed", "3", "--endpoint", "flag-host"], env)
     assert config.fleet.seed == 3  # flag over env over file
     assert config.fleet.qos == 0 and config.fleet.lines_per_site == 4  # file
-    assert config.fleet.faults.tool_wear_per_hour == 0.5  # nested keys merge
-    assert config.fleet.faults.overheating_per_hour == 0.25
+    assert config.fleet.faults.failure_rate_scale == 0.5  # nested keys merge
+    assert config.fleet.faults.timescale == "demo"
     assert config.site_index == 7 and config.connection.metrics_port == 9555
     assert config.connection.endpoint == "flag-host" and config.connection.port == 443
     assert config.sources == (str(config_file), "FACTORY_CONFIG_JSON", "flags")

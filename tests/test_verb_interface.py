@@ -130,7 +130,8 @@ def test_only_cli_py_reaches_the_renderer() -> None:
 
 
 def test_the_core_interface_stands_on_the_ground_floor() -> None:
-    for name in ("verbs.py", "verb_results.py", "progress_events.py", "archive_report.py", "errors.py"):
+    core = ("verbs.py", "verb_results.py", "progress_events.py", "archive_report.py", "score_report.py")
+    for name in (*core, "errors.py"):
         imported = top_level(imported_modules(REPO / "factory_core" / name))
         standard = set(sys.stdlib_module_names) | {"__future__", "pydantic"}
         assert imported <= standard | {"factory_core"}, (name, imported)

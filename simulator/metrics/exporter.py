@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import (
@@ -24,11 +24,14 @@ from prometheus_client.registry import Collector
 
 from factory_core import metric_catalog as catalog
 from factory_core.errors import UsageError
-from factory_core.fleet import ScheduledFault
+from factory_core.fleet import FAILURE_MODES, SENSOR_FAULTS, MachineType
 from simulator.metrics.accumulators import BucketCounts
 from simulator.transport.publisher import KINDS, TransportSnapshot
 
-FAULT_KINDS: tuple[str, ...] = get_args(ScheduledFault.model_fields["fault"].annotation)
+# A machine reports the faults it can have: its type's failure modes and every sensor fault.
+FAULT_KINDS: dict[str, tuple[str, ...]] = {
+    machine_type.value: (*FAILURE_MODES[machine_type], *SENSOR_FAULTS) for machine_type in MachineType
+}
 FAILURE_REASONS = ("queue_full", "publish_error", "connect_error", "shutdown")
 _SIGNAL_METRICS = tuple(m for m in catalog.MACHINE_SIGNALS if m.signal is not None)
 _HEALTH = catalog.by_name("factory_machine_health_ratio")
@@ -37,7 +40,10 @@ _VIBRATION = catalog.by_name("factory_machine_vibration_rms_meters_per_second")
 # Upper bound of series one machine can export: signals + health, state one-hot, three part/cycle
 # series, seconds per state, one gauge per fault kind.
 SERIES_PER_MACHINE = (
-    len(catalog.MACHINE_SIGNALS) + 2 * len(catalog.MACHINE_STATES) + 3 + len(FAULT_KINDS)
+    len(catalog.MACHINE_SIGNALS)
+    + 2 * len(catalog.MACHINE_STATES)
+    + 3
+    + max(len(kinds) for kinds in FAULT_KINDS.values())
 )
 
 
@@ -124,7 +130,7 @@ class MachineCollector(Collector):
             rejected.add_metric(labels, view.parts_rejected)
             if view.ideal_cycle_time_s > 0:
                 ideal.add_metric(labels, view.ideal_cycle_time_s)
-            for fault in FAULT_KINDS:
+            for fault in FAULT_KINDS[machine_type]:
                 faults.add_metric([*labels, fault], 1.0 if fault in view.active_faults else 0.0)
         if self.per_machine:
             yield from signals.values()

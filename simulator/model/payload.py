@@ -1,4 +1,4 @@
-"""Encoding of telemetry and ground-truth payloads (compact JSON, schema version 1)."""
+"""Encoding of telemetry and ground-truth payloads (compact JSON, schema version 2)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ from time import gmtime
 
 import orjson
 
-from simulator.model.machine import LabelEvent
-from simulator.model.profiles import SIGNAL_UNITS
-
-# Bump on any change a consumer could notice; the JSON Schemas in factory_core/schema/ pin it.
-SCHEMA_VERSION = 1
+from factory_core.payload_contract import SCHEMA_VERSION
+from simulator.model.labels import LabelEvent
 
 
 @lru_cache(maxsize=16)
@@ -55,15 +52,16 @@ def encode_telemetry(
     parts_good: int,
     parts_rejected: int,
 ) -> bytes:
-    """One telemetry message; signals are `[value, unit]` pairs, value null on sensor dropout."""
+    """One telemetry message; signals are plain numbers in the contract's units, null on dropout."""
     return orjson.dumps(
         {
             "schema": SCHEMA_VERSION,
+            "kind": "telemetry",
             **header,
             "ts": timestamp,
             "seq": seq,
             "state": state,
-            "signals": {name: [value, SIGNAL_UNITS[name]] for name, value in readings.items()},
+            "signals": dict(readings),
             "parts": {"good": parts_good, "rejected": parts_rejected},
         }
     )
@@ -72,21 +70,20 @@ def encode_telemetry(
 class TelemetryEncoder:
     """`encode_telemetry` for one machine, byte for byte, without rebuilding the message per sample.
 
-    The header, key order and units never change for a machine, so the dict handed to orjson is
-    built once and only its values are replaced: building it afresh (header merge, a list per
-    signal) cost twice as much as orjson's own work. Not thread-safe, as the model is not.
+    The header and key order never change for a machine, so the dict handed to orjson is built once
+    and only its values are replaced: building it afresh cost twice as much as orjson's own work.
+    Not thread-safe, as the model is not.
     """
 
     __slots__ = ("_message", "_parts", "_signals")
 
     def __init__(self, header: Mapping[str, str], signal_names: Iterable[str]) -> None:
-        self._signals: dict[str, list[float | str | None]] = {
-            name: [None, SIGNAL_UNITS[name]] for name in signal_names
-        }
+        self._signals: dict[str, float | None] = dict.fromkeys(signal_names)
         self._parts = {"good": 0, "rejected": 0}
         # Same keys in the same order as encode_telemetry, so orjson writes the same bytes.
         self._message: dict[str, object] = {
             "schema": SCHEMA_VERSION,
+            "kind": "telemetry",
             **header,
             "ts": "",
             "seq": 0,
@@ -105,10 +102,10 @@ class TelemetryEncoder:
         parts_rejected: int,
     ) -> bytes:
         signals = self._signals
-        if len(readings) != len(signals):
-            raise ValueError(f"readings {list(readings)} do not match this encoder's {list(signals)}")
-        for name, value in readings.items():
-            signals[name][0] = value  # a KeyError here is a signal this machine never had
+        count = len(signals)
+        signals.update(readings)
+        if len(readings) != count or len(signals) != count:
+            raise ValueError(f"readings {list(readings)} do not match this encoder's signals")
         message = self._message
         message["ts"] = timestamp
         message["seq"] = seq
@@ -119,6 +116,10 @@ class TelemetryEncoder:
         return orjson.dumps(message)
 
 
+def _iso_or_none(start_epoch_ms: int, seconds: float | None) -> str | None:
+    return None if seconds is None else iso_timestamp(start_epoch_ms + round(seconds * 1000))
+
+
 def encode_ground_truth(
     header: Mapping[str, str], timestamp: str, seq: int, event: LabelEvent, start_epoch_ms: int
 ) -> bytes:
@@ -126,14 +127,15 @@ def encode_ground_truth(
     return orjson.dumps(
         {
             "schema": SCHEMA_VERSION,
+            "kind": "ground_truth",
             **header,
             "ts": timestamp,
             "seq": seq,
             "event": event.event,
+            "at": iso_timestamp(start_epoch_ms + round(event.at_s * 1000)),
             "onset": iso_timestamp(start_epoch_ms + round(event.onset_s * 1000)),
-            "end": (
-                None if event.end_s is None else iso_timestamp(start_epoch_ms + round(event.end_s * 1000))
-            ),
+            "end": _iso_or_none(start_epoch_ms, event.end_s),
+            "detectable_from": _iso_or_none(start_epoch_ms, event.detectable_from_s),
             "fault": event.fault,
             "fault_class": event.fault_class,
             "fault_id": event.fault_id,

@@ -1,15 +1,16 @@
 """One site's machines on a simulated clock: the pure model the publisher and dry-run drive.
 
-No I/O, no wall clock, no global random state: every machine owns a `random.Random` seeded from
-(fleet seed, machine id), so its bytes depend on nothing else in the fleet.
+No I/O, no wall clock, no global random state: every machine's streams are keyed by (fleet seed,
+machine id), so its bytes depend on nothing else in the fleet but its line's first conveyor (the
+coupling along the line), and on no other machine at all if its line has no conveyor.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -22,9 +23,14 @@ from factory_core.fleet import (
     site_id,
     telemetry_topic,
 )
-from simulator.model.machine import Machine
+from simulator.model.ambient import Ambient, site_ambient
+from simulator.model.labels import LabelEvent
+from simulator.model.line import LineFeed
+from simulator.model.machine import Machine, build_process
 from simulator.model.payload import TelemetryEncoder, encode_ground_truth, iso_timestamp
 from simulator.model.profiles import PROFILES
+from simulator.model.randomness import stream_key
+from simulator.model.signals import Sensors
 
 MessageKind = Literal["telemetry", "ground_truth"]
 
@@ -79,7 +85,7 @@ def machine_id(site: str, line: str, machine_type: MachineType, number: int) -> 
 class MachineStream:
     """Seeds and publish phase of one machine, from a stable hash of (fleet seed, machine id)."""
 
-    process_seed: int  # states, wear, production, measurement noise
+    process_seed: int  # key of the process streams (states, faults, jobs, production) and the noise
     sensor_fault_seed: int  # sensor faults
     phase: float  # [0, 1)
 
@@ -168,8 +174,8 @@ class _MachineRun:
         self.samples = 0
         self.seq_telemetry = 0
         self.seq_ground_truth = 0
-        # Noise-free readings until the first sample, so looking never consumes randomness.
-        self.readings = machine.measure(noisy=False)
+        # Nothing measured until the first sample: looking never consumes randomness.
+        self.readings: dict[str, float | None] = dict.fromkeys(machine.profile.signals)
         self.encoder = TelemetryEncoder(self.header, self.readings)
 
     # The encoder is a cache of the header: checkpoints leave it out and rebuild it on load.
@@ -182,6 +188,31 @@ class _MachineRun:
         self.encoder = TelemetryEncoder(self.header, self.readings)
 
 
+def _line_feeds(
+    fleet: FleetSettings,
+    specs: tuple[MachineSpec, ...],
+    ambient: Ambient,
+    start_epoch_ms: int,
+    scheduled: dict[str, list[ScheduledFault]],
+) -> dict[str, LineFeed]:
+    """A feed per line with a conveyor: a copy of the line's first conveyor's process."""
+    feeds: dict[str, LineFeed] = {}
+    for spec in specs:
+        if spec.type is MachineType.CONVEYOR and spec.line not in feeds:
+            key = machine_stream(fleet.seed, spec.machine_id).process_seed
+            copy = build_process(
+                PROFILES[spec.type],
+                fleet.faults,
+                key,
+                ambient,
+                start_epoch_ms,
+                scheduled.get(spec.machine_id, ()),
+                count_parts=False,
+            )
+            feeds[spec.line] = LineFeed(copy)
+    return feeds
+
+
 class SiteModel:
     """All machines of one site. `sample(i)` advances machine i by one step and encodes its messages."""
 
@@ -191,16 +222,19 @@ class SiteModel:
         self.machines: tuple[MachineSpec, ...] = build_machine_specs(fleet, site_index)
         self.step_s: float = fleet.publish_interval_s * fleet.speed
         scheduled = scheduled_faults_by_machine(fleet)
+        ambient = site_ambient(fleet.seed, site_id(site_index), start_epoch_ms)
+        feeds = _line_feeds(fleet, self.machines, ambient, start_epoch_ms, scheduled)
         self._runs: list[_MachineRun] = []
         for spec in self.machines:
             stream = machine_stream(fleet.seed, spec.machine_id)
-            machine = Machine(
-                PROFILES[spec.type],
-                fleet.faults,
-                random.Random(stream.process_seed),
-                stream.sensor_fault_seed,
-                scheduled.get(spec.machine_id, ()),
+            profile = PROFILES[spec.type]
+            feed = feeds.get(spec.line) if profile.feed_role is not None else None
+            own = scheduled.get(spec.machine_id, ())
+            process = build_process(
+                profile, fleet.faults, stream.process_seed, ambient, start_epoch_ms, own, feed
             )
+            sensors = Sensors(spec.type, stream_key(stream.process_seed, "sensors"), self.step_s)
+            machine = Machine(process, sensors, stream.sensor_fault_seed, own)
             self._runs.append(_MachineRun(spec, machine))
 
     def samples_taken(self, machine_index: int) -> int:
@@ -236,24 +270,57 @@ class SiteModel:
             )
         run.readings = readings = machine.measure()
         run.seq_telemetry += 1
+        process = machine.process
         payload = run.encoder.encode(
-            timestamp, run.seq_telemetry, machine.state, readings, machine.parts_good, machine.parts_rejected
+            timestamp, run.seq_telemetry, process.state, readings, process.parts_good, process.parts_rejected
         )
         messages.append(Message(spec.telemetry_topic, payload, "telemetry", machine_index))
+        return messages
+
+    def labels(self, machine_index: int, until_s: float) -> Sequence[LabelEvent]:
+        """Advance machine `machine_index` to `until_s` without sampling: its label events only.
+
+        The process does not depend on sampling, so these are the labels a sampled run has. Do not
+        mix with `sample` on the same model.
+        """
+        return self._runs[machine_index].machine.advance(until_s)
+
+    def ground_truth_until(self, machine_index: int, duration_s: float) -> list[Message]:
+        """The ground-truth messages a sampled run of `duration_s` publishes for this machine, byte for
+        byte, without sampling: each event is stamped with the first sample time at or after it."""
+        run, spec = self._runs[machine_index], self.machines[machine_index]
+        last = math.ceil(duration_s / self.step_s - spec.phase) - 1  # index of the last sample
+        if last < 0:
+            return []
+        messages = []
+        for event in run.machine.advance((last + spec.phase) * self.step_s):
+            sample = max(0, math.ceil(event.at_s / self.step_s - spec.phase))
+            while (sample + spec.phase) * self.step_s < event.at_s:  # guard against rounding
+                sample += 1
+            timestamp = iso_timestamp(self.start_epoch_ms + round((sample + spec.phase) * self.step_s * 1000))
+            run.seq_ground_truth += 1
+            payload = encode_ground_truth(
+                run.header, timestamp, run.seq_ground_truth, event, self.start_epoch_ms
+            )
+            messages.append(Message(spec.ground_truth_topic, payload, "ground_truth", machine_index))
         return messages
 
     def view(self, machine_index: int) -> MachineView:
         run = self._runs[machine_index]
         machine = run.machine
+        process = machine.process
+        t = machine.t
+        seconds = dict(process.state_seconds)
+        seconds[process.state] += t - process.t
         return MachineView(
             spec=self.machines[machine_index],
-            state=machine.state,
+            state=process.state,
             signals=MappingProxyType(dict(run.readings)),
-            health=machine.health,
-            parts_good=machine.parts_good,
-            parts_rejected=machine.parts_rejected,
-            ideal_cycle_time_s=(machine.ideal_cycle_time_s if machine.profile.produces_parts else 0.0),
-            state_seconds=MappingProxyType(dict(machine.state_seconds)),
+            health=process.health(t),
+            parts_good=process.parts_good,
+            parts_rejected=process.parts_rejected,
+            ideal_cycle_time_s=(process.c.ideal_cycle_time_s if process.profile.produces_parts else 0.0),
+            state_seconds=MappingProxyType(seconds),
             active_faults=machine.active_fault_kinds(),
         )
 

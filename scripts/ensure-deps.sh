@@ -28,10 +28,10 @@ _say() { printf '%s\n' "$*" >&2; }
 
 # Runs one install step between a start line and an end line with its seconds. On a terminal the
 # tool's own progress shows in between; otherwise the two lines are all there is.
-_step() {  # _step WHAT COMMAND...
+_step() {  # _step WHAT DETAILS COMMAND...  (DETAILS, for the start line only, may be empty)
   local what=$1 began=$SECONDS
-  shift
-  _say "installing $what..."
+  _say "installing $what${2:+: $2}..."
+  shift 2
   if ! "$@"; then
     _say "failed after $((SECONDS - began)) s: installing $what"
     return 1
@@ -84,7 +84,7 @@ PY
 _uv_quiet() { [ -t 2 ] || echo --quiet; }
 
 ensure_python_packages() {  # ensure_python_packages local|cloud|all
-  local set=$1 flags plan count download size what
+  local set=$1 flags plan count download size details
   _python_set_synced "$set" && return 0
   read -ra flags <<<"${UV_SYNC_FLAGS[$set]}"
   # uv's own plan: what it would install and download (a tenth of a second).
@@ -102,10 +102,9 @@ ensure_python_packages() {  # ensure_python_packages local|cloud|all
     "${sync[@]}" --quiet
   else
     size=$(_wheel_size "$python_tag" "${names[@]}")
-    what="${PYTHON_SET_WHAT[$set]}: $count packages${size:+, ~$size of wheels}"
-    what+=", ${download:-0} to download (uv sync ${UV_SYNC_FLAGS[$set]})"
+    details="$count packages${size:+, ~$size of wheels}, ${download:-0} to download"
     # shellcheck disable=SC2046  # _uv_quiet is one word or none
-    _step "$what" "${sync[@]}" $(_uv_quiet)
+    _step "${PYTHON_SET_WHAT[$set]}" "$details (uv sync ${UV_SYNC_FLAGS[$set]})" "${sync[@]}" $(_uv_quiet)
   fi
   touch "$(_python_stamp "$set")"
 }
@@ -167,17 +166,17 @@ install_system_packages() {  # install_system_packages MISSING...
     _say "error: missing $* and no apt-get; install mosquitto, mosquitto-clients, prometheus, prometheus-alertmanager and python3 with your package manager"
     exit 2
   fi
-  _step "the apt package lists (apt-get update, for $*)" "${sudo[@]}" apt-get update -qq
+  _step "the apt package lists" "apt-get update, for $*" "${sudo[@]}" apt-get update -qq
   # apt starts nothing in containers; on a systemd host, keep the packaged services from taking
   # the ports the stack uses.
   local install=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends)
   local size
   size=$(_apt_download_size "${install[@]}" "${APT_PACKAGES[@]}")
+  local details="apt-get${size:+, $size to download}"
   if [ -t 2 ]; then
-    _step "${APT_PACKAGES[*]} (apt-get${size:+, $size to download})" "${install[@]}" -q "${APT_PACKAGES[@]}"
+    _step "${APT_PACKAGES[*]}" "$details" "${install[@]}" -q "${APT_PACKAGES[@]}"
   else
-    _step "${APT_PACKAGES[*]} (apt-get${size:+, $size to download})" \
-      "${install[@]}" -qq "${APT_PACKAGES[@]}" >/dev/null
+    _step "${APT_PACKAGES[*]}" "$details" "${install[@]}" -qq "${APT_PACKAGES[@]}" >/dev/null
   fi
 }
 
@@ -186,7 +185,7 @@ ensure_uv() {
   if python3 -m uv --version >/dev/null 2>&1; then UV=(python3 -m uv); return 0; fi
   local size
   size=$(_wheel_size "$(python3 -c 'import sys; print(f"cp3{sys.version_info[1]}")')" uv)
-  _step "uv (pip${size:+, ~$size})" _pip_install_uv
+  _step uv "pip${size:+, ~$size}" _pip_install_uv
   # `python3 -m uv` works whether or not pip's script folder is on PATH.
   UV=(python3 -m uv)
 }

@@ -154,9 +154,10 @@ def test_up_local_installs_the_local_set_only_and_announces_it(project: tuple[Pa
     start, end = stderr.splitlines()[-2:]
     # Sizes come from uv.lock's wheels for this machine: pydantic's and pulumi-aws's.
     size = re.search(r": 2 packages, ~(\d+) MB of wheels, 2 to download \(uv sync", start)
-    assert start.startswith("installing the Python packages of the local stack") and size, start
+    what = "the Python packages of the local stack and the simulator"
+    assert start.startswith(f"installing {what}: ") and size, start
     assert int(size[1]) >= 10, start  # the pulumi-aws wheel alone is 13 MB
-    assert re.fullmatch(r"installed the Python packages of the local stack.* in \d+ s", end), end
+    assert re.fullmatch(rf"installed {what} in \d+ s", end), end
 
 
 def test_each_set_is_synced_once_and_a_larger_one_covers_the_smaller(
@@ -190,10 +191,10 @@ def test_apt_steps_announce_size_and_time(project: tuple[Path, dict[str, str]]) 
     )
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
-    assert lines[0] == "installing the apt package lists (apt-get update, for mosquitto prometheus)..."
-    assert re.fullmatch(r"installed the apt package lists .* in \d+ s", lines[1]), lines[1]
-    assert lines[2] == f"installing {APT_PACKAGES} (apt-get, 33 MB to download)..."
-    assert re.fullmatch(r"installed mosquitto .* in \d+ s", lines[3]), lines[3]
+    assert lines[0] == "installing the apt package lists: apt-get update, for mosquitto prometheus..."
+    assert re.fullmatch(r"installed the apt package lists in \d+ s", lines[1]), lines[1]
+    assert lines[2] == f"installing {APT_PACKAGES}: apt-get, 33 MB to download..."
+    assert re.fullmatch(rf"installed {APT_PACKAGES} in \d+ s", lines[3]), lines[3]
     calls = Path(environment["CALLS"]).read_text().splitlines()
     assert calls[-1] == f"apt-get install -y --no-install-recommends -qq {APT_PACKAGES}"
 

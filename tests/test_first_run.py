@@ -53,7 +53,6 @@ fi
 SUDO = """#!/usr/bin/env bash
 exec "$@"
 """
-APT_PACKAGES = "mosquitto mosquitto-clients prometheus python3"
 
 
 def set_for(*args: str, cwd: Path = REPO) -> str:
@@ -185,6 +184,11 @@ def test_each_set_is_synced_once_and_a_larger_one_covers_the_smaller(
 
 def test_apt_steps_announce_size_and_time(project: tuple[Path, dict[str, str]]) -> None:
     root, environment = project
+    packages = subprocess.run(
+        ["bash", "-c", 'source "$0" && echo "${APT_PACKAGES[*]}"', str(ENSURE_DEPS)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert packages.startswith("mosquitto mosquitto-clients prometheus "), packages
     command = 'source scripts/ensure-deps.sh && install_system_packages mosquitto prometheus'
     done = subprocess.run(
         ["bash", "-c", command], cwd=root, env=environment, capture_output=True, text=True, check=False
@@ -193,10 +197,10 @@ def test_apt_steps_announce_size_and_time(project: tuple[Path, dict[str, str]]) 
     lines = done.stderr.splitlines()
     assert lines[0] == "installing the apt package lists: apt-get update, for mosquitto prometheus..."
     assert re.fullmatch(r"installed the apt package lists in \d+ s", lines[1]), lines[1]
-    assert lines[2] == f"installing {APT_PACKAGES}: apt-get, 33 MB to download..."
-    assert re.fullmatch(rf"installed {APT_PACKAGES} in \d+ s", lines[3]), lines[3]
+    assert lines[2] == f"installing {packages}: apt-get, 33 MB to download..."
+    assert re.fullmatch(rf"installed {packages} in \d+ s", lines[3]), lines[3]
     calls = Path(environment["CALLS"]).read_text().splitlines()
-    assert calls[-1] == f"apt-get install -y --no-install-recommends -qq {APT_PACKAGES}"
+    assert calls[-1] == f"apt-get install -y --no-install-recommends -qq {packages}"
 
 
 def cloud_group() -> list[str]:

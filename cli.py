@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 PROJECT_DIR = Path(__file__).resolve().parent
 CLOUD_STACKS = ("dev", "prod")
+# What scripts/ensure-deps.sh runs for a cloud verb (tests/test_first_run.py keeps the two equal).
+INSTALL_CLOUD_GROUP = "uv sync --frozen --inexact --no-default-groups --group cloud --compile-bytecode"
 
 app = typer.Typer(
     name="iotfactory",
@@ -51,6 +53,7 @@ def _stack_verbs(stack: str) -> StackVerbs:
 
         return LocalStack()
     if stack in CLOUD_STACKS or (PROJECT_DIR / f"Pulumi.{stack}.yaml").exists():
+        _require_cloud_packages(stack)
         from automation.cloud_stack import CloudStack
 
         return CloudStack(stack)
@@ -58,6 +61,29 @@ def _stack_verbs(stack: str) -> StackVerbs:
 
     known = ", ".join(known_stacks(PROJECT_DIR))
     raise UsageError(f"unknown stack '{stack}'; stacks that exist: {known}")
+
+
+def _require_cloud_packages(stack: str) -> None:
+    """A cloud stack needs pyproject.toml's `cloud` group, which ./iotfactory installs only when needed."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    from factory_core.errors import UsageError
+
+    group = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["dependency-groups"]["cloud"]
+    missing = []
+    for requirement in group:
+        name = re.split(r"[^A-Za-z0-9._-]", requirement, maxsplit=1)[0]
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        raise UsageError(
+            f"stack '{stack}' needs the cloud packages ({', '.join(missing)}), which are not installed; "
+            f"install them with: {INSTALL_CLOUD_GROUP} (./iotfactory does it by itself)"
+        )
 
 
 def _render(json_output: bool, produce: Callable[[ProgressSink], VerbResult]) -> None:

@@ -26,10 +26,10 @@ from factory_core import metric_catalog as catalog
 from factory_core.errors import UsageError
 from factory_core.fleet import ScheduledFault
 from simulator.metrics.accumulators import BucketCounts
-from simulator.transport.publisher import KINDS, TransportSnapshot
+from simulator.transport.publisher import KINDS, OVERSIZE_REASON, TransportSnapshot
 
 FAULT_KINDS: tuple[str, ...] = get_args(ScheduledFault.model_fields["fault"].annotation)
-FAILURE_REASONS = ("queue_full", "publish_error", "connect_error", "shutdown")
+FAILURE_REASONS = ("queue_full", "publish_error", "connect_error", "shutdown", OVERSIZE_REASON)
 _SIGNAL_METRICS = tuple(m for m in catalog.MACHINE_SIGNALS if m.signal is not None)
 _HEALTH = catalog.by_name("factory_machine_health_ratio")
 _TEMPERATURE = catalog.by_name("factory_machine_temperature_celsius")

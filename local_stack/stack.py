@@ -21,6 +21,7 @@ from factory_core.verb_results import (
     LocalUpResult,
     LogsResult,
     RotationOutcome,
+    TailResult,
     UpdateOutcome,
 )
 from factory_core.verbs import (
@@ -35,6 +36,7 @@ from factory_core.verbs import (
     StackVerbs,
     StatusRequest,
     StopRequest,
+    TailRequest,
     UpRequest,
     VerifyRequest,
 )
@@ -177,6 +179,11 @@ class LocalStack(StackVerbs):
 
     def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
         return log_files.logs(StatePaths.from_environment(), request, sink)
+
+    def tail(self, request: TailRequest, sink: ProgressSink) -> TailResult:
+        from local_stack.tail import tail
+
+        return tail(StatePaths.from_environment(), request, sink)
 
     def stop(self, request: StopRequest, sink: ProgressSink) -> LocalStopResult:
         return lifecycle.stop(StatePaths.from_environment(), sink)

@@ -156,7 +156,7 @@ class LocalStack(StackVerbs):
                 "the local stack has no device certificates yet; run `python cli.py up --stack local`"
             )
         with _exclusive(paths):
-            pki = DevicePki.open(paths)
+            pki = DevicePki.open(paths, config.fleet)
             result = rotate(pki, StoppedStack(config.simulator_count), progress, rollback=request.rollback)
         progress("the stack is not running: the next `up` uses the new certificates")
         return rotation_outcome(result.as_dict())

@@ -29,6 +29,7 @@ from factory_core.mqtt_wire import PUBLISH_QOS1, connect_packet, fixed_header, t
 from factory_core.payload_contract import payload_kind
 from local_stack.archive import QUARANTINE_PREFIX, RAW_PREFIX, LocalArchive, iter_records, wait_for_objects
 from local_stack.certificate_authority import IssuedCertificate
+from local_stack.dynamic_security import OBSERVERS_GROUP
 from local_stack.identities import RULE_RUNNER_IDENTITY
 from local_stack.verify import verify_archive
 
@@ -192,10 +193,24 @@ def _archived(archive: LocalArchive, prefix: str = RAW_PREFIX) -> list[bytes]:
 def test_devices_write_only_their_site_and_read_nothing_readers_only_read(broker: Broker) -> None:
     own = "factory/simulator/site-00/line-01/site-00-line-01-cnc_mill-01"
     own_truth = "factory/simulator/ground-truth/site-00/line-01/site-00-line-01-cnc_mill-01"
-    with watched(broker, broker.pki.observer, "observer", mqtt5=True) as observer:
-        assert observer.subscribe("factory/simulator/#") == "Granted QoS 1"
-        assert observer.subscribe("#") == "Not authorized"
-        assert observer.subscribe("$SYS/#") == "Not authorized"
+    sentinel = "factory/simulator/site-00/line-01/site-00-line-01-cnc_mill-02"
+    # A listener of its own (an observer identity as `tail` borrows one): the fixed `observer`
+    # certificate is among those tested below, and a second connection with it would close the first.
+    listener_cert = broker.pki.device_cert("observer-0000beef")
+    broker.admin().create_clients({listener_cert.common_name: OBSERVERS_GROUP})
+    with watched(broker, listener_cert, "listener", mqtt5=True) as listener:
+        assert listener.subscribe("factory/simulator/#") == "Granted QoS 1"
+        assert listener.subscribe("#") == "Not authorized"
+        assert listener.subscribe("$SYS/#") == "Not authorized"
+        for reader in (broker.pki.reader, broker.pki.observer):
+            with watched(broker, reader, "x", mqtt5=True) as client:
+                assert client.publish(own) == "Not authorized"
+        # An identity the broker does not know (valid certificate, no rights) can do nothing.
+        with watched(broker, broker.pki.device_cert("g1-site-00-c07"), "x", mqtt5=True) as stranger:
+            assert stranger.publish(own) == "Not authorized"
+            assert stranger.subscribe("factory/simulator/#") == "Not authorized"
+        with watched(broker, broker.pki.device, "anything") as device311:
+            assert device311.subscribe("factory/simulator/#") == "Unspecified error"  # 3.1.1: 0x80
         with watched(broker, broker.pki.device, "anything", mqtt5=True) as device:
             # Devices subscribe to nothing: refused in the SUBACK, and nothing is ever delivered.
             assert device.subscribe("factory/simulator/#") == "Not authorized"
@@ -210,19 +225,11 @@ def test_devices_write_only_their_site_and_read_nothing_readers_only_read(broker
                 "$CONTROL/dynamic-security/v1",
             ):
                 assert device.publish(foreign) == "Not authorized", foreign
-            assert device.connack == "Success" and device.disconnects == []
-        with watched(broker, broker.pki.device, "anything") as device311:
-            assert device311.subscribe("factory/simulator/#") == "Unspecified error"  # 3.1.1: 0x80
-        for reader in (broker.pki.reader, broker.pki.observer):
-            with watched(broker, reader, "x", mqtt5=True) as client:
-                assert client.publish(own) == "Not authorized"
-        # An identity the broker does not know (valid certificate, no rights) can do nothing.
-        with watched(broker, broker.pki.device_cert("g1-site-00-c07"), "x", mqtt5=True) as stranger:
-            assert stranger.publish(own) == "Not authorized"
-            assert stranger.subscribe("factory/simulator/#") == "Not authorized"
-        wait_for(lambda: len(observer.messages) >= 2, "the observer to see the allowed publishes")
-        time.sleep(0.3)  # the refused ones would have been delivered by now
-        assert sorted(topic for topic, _payload in observer.messages) == sorted([own, own_truth])
+            # Everything above was handled (answered) before this: once it arrives, nothing else will.
+            assert device.publish(sentinel) == "Success"
+            assert device.connack == "Success" and device.disconnects == [] and device.messages == []
+        wait_for(lambda: any(topic == sentinel for topic, _ in listener.messages), "the sentinel")
+        assert [topic for topic, _payload in listener.messages] == [own, own_truth, sentinel]
 
 
 @pytest.mark.parametrize("bad", ["site-00/x", "site-+", "#", "", " site-00", "a" * 65, "site\n00"])

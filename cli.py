@@ -300,6 +300,28 @@ def logs(
 
 
 @app.command()
+def tail(
+    stack: StackOpt = "local",
+    site: Annotated[str | None, typer.Option("--site", help="Only this site, e.g. site-00.")] = None,
+    machine: Annotated[
+        str | None, typer.Option("--machine", help="Only this machine, e.g. site-00-line-01-cnc_mill-01.")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="telemetry or ground_truth (default: both).")
+    ] = None,
+    count: Annotated[
+        int | None, typer.Option("--count", "-n", help="Stop after this many messages (default: Ctrl-C).")
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Show live messages as they reach the broker (local; read-only identity of its own)."""
+    from factory_core.verbs import TailRequest
+
+    request = TailRequest(site=site, machine=machine, kind=kind, count=count)
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.tail(request, sink))
+
+
+@app.command()
 def bootstrap(stack: StackOpt = "dev", json_output: JsonOpt = False) -> None:
     """Create the Pulumi state bucket and secrets KMS key a team needs before the first `up` (cloud)."""
     from factory_core.verbs import BootstrapRequest

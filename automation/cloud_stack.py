@@ -44,6 +44,7 @@ from factory_core.verb_results import (
     LocalStopResult,
     LogsResult,
     RotationOutcome,
+    TailResult,
     UpdateOutcome,
     describe_changes,
 )
@@ -60,6 +61,7 @@ from factory_core.verbs import (
     StackVerbs,
     StatusRequest,
     StopRequest,
+    TailRequest,
     UpRequest,
     VerifyRequest,
     require_answerable,
@@ -208,6 +210,13 @@ class CloudStack(StackVerbs):
         raise VerbUnavailable(
             f"`logs` reads the local stack's log files; stack '{self.name}' logs to CloudWatch: "
             f"`aws logs tail {groups}/simulators --follow` (also {groups}/monitoring)"
+        )
+
+    def tail(self, request: TailRequest, sink: ProgressSink) -> TailResult:
+        raise VerbUnavailable(
+            f"`tail` watches the local broker; for stack '{self.name}' subscribe to factory/simulator/# in"
+            " the AWS IoT console's MQTT test client (AWS IoT > Test > MQTT test client): `aws iot-data`"
+            " can publish but not subscribe, and the devices' policy lets them subscribe to nothing"
         )
 
     def stop(self, request: StopRequest, sink: ProgressSink) -> LocalStopResult:

@@ -28,7 +28,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from factory_core.fleet import FleetSettings, MachineType  # noqa: E402
 from local_stack.certificate_authority import CertificateAuthority  # noqa: E402
-from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess  # noqa: E402
+from local_stack.dynamic_security import BrokerAccess  # noqa: E402
+from local_stack.identities import RULE_RUNNER_IDENTITY, device_identity  # noqa: E402
+from local_stack.mosquitto import BrokerConfig, MosquittoProcess  # noqa: E402
 from local_stack.ports import free_port, wait_for_port  # noqa: E402
 from local_stack.services import BROKER_INFLIGHT_TO_SUBSCRIBERS  # noqa: E402
 from local_stack.verify import verify_archive  # noqa: E402
@@ -74,17 +76,29 @@ def streams(machines: int, per_machine: int) -> list[tuple[str, list[bytes]]]:
 
 
 class Stack:
-    """CA, broker and certificates in a temporary folder."""
+    """CA, broker and certificates in a temporary folder.
+
+    Each publisher has a certificate of its own: the broker takes a certificate's CN as its client
+    id, so publishers sharing one would close each other's connection.
+    """
 
     def __init__(
-        self, root: Path, max_inflight: int, autosave_s: int = BrokerConfig.autosave_interval_s
+        self,
+        root: Path,
+        max_inflight: int,
+        autosave_s: int = BrokerConfig.autosave_interval_s,
+        publishers: int = 4,
     ) -> None:
         self.root = root
         self.max_inflight = max_inflight
         self.ca = CertificateAuthority.create(root / "ca")
         server = self.ca.issue_server("broker", root / "broker")
-        self.device = self.ca.issue_client("site-00", root / "devices")
-        self.reader = self.ca.issue_client(RULE_RUNNER_IDENTITY, root / "devices")
+        self.devices = [
+            self.ca.issue_client(device_identity("g1", 0, number), root / "devices")
+            for number in range(max(1, publishers))
+        ]
+        self.device = self.devices[0]
+        self.reader = self.ca.issue_client(RULE_RUNNER_IDENTITY, root / "readers")
         self.port = free_port()
         self.broker = MosquittoProcess(
             BrokerConfig(
@@ -94,7 +108,7 @@ class Stack:
                 cert_file=server.cert_path,
                 key_file=server.key_path,
                 crl_file=self.ca.crl_path,
-                acl_file=root / "mosquitto" / "acl",
+                access=BrokerAccess(devices={device.common_name: "site-00" for device in self.devices}),
                 max_inflight_messages=max_inflight,
                 autosave_interval_s=autosave_s,
             ),
@@ -111,6 +125,7 @@ def publish(stack: Stack, topic_payloads: list[tuple[str, list[bytes]]], run_id:
     processes = []
     started = time.monotonic()
     for number, (topic, payloads) in enumerate(topic_payloads):
+        device = stack.devices[number % len(stack.devices)]
         process = subprocess.Popen(
             [
                 "mosquitto_pub",
@@ -121,11 +136,11 @@ def publish(stack: Stack, topic_payloads: list[tuple[str, list[bytes]]], run_id:
                 "--cafile",
                 str(stack.ca.ca_cert_path),
                 "--cert",
-                str(stack.device.cert_path),
+                str(device.cert_path),
                 "--key",
-                str(stack.device.key_path),
+                str(device.key_path),
                 "-i",
-                f"site-00-bench-{run_id}-{number}",
+                device.common_name,
                 "-q",
                 "1",
                 "-M",
@@ -185,8 +200,6 @@ class Runner:
             str(stack.reader.cert_path),
             "--key",
             str(stack.reader.key_path),
-            "--client-id",
-            f"bench-{run_id}",
             "--archive",
             self.location,
             "--mode",
@@ -395,7 +408,7 @@ def main() -> int:
             Config("moto S3, one object per message", "direct", "s3", options.direct_messages),
         ]
     root = Path(tempfile.mkdtemp(prefix="bench-archive-"))
-    stack = Stack(root, options.broker_inflight)
+    stack = Stack(root, options.broker_inflight, publishers=options.publishers)
     stack.broker.start()
     moto: subprocess.Popen[bytes] | None = None
     s3_endpoint = None

@@ -68,6 +68,7 @@ def stack_file(directory: Path, rate: float | None, autosave_s: int = 5) -> Path
                 "brokerPort": 0,
                 "prometheusPort": 0,
                 "grafanaPort": 0,
+                "alertmanagerPort": 0,
                 "metricsPortBase": 0,
                 "mosquitto": {"autosaveIntervalS": autosave_s},
             },

@@ -39,7 +39,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from factory_core.fleet import FleetSettings  # noqa: E402
 from local_stack.certificate_authority import CertificateAuthority  # noqa: E402
-from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess  # noqa: E402
+from local_stack.dynamic_security import BrokerAccess  # noqa: E402
+from local_stack.identities import RULE_RUNNER_IDENTITY, device_identity, device_prefix  # noqa: E402
+from local_stack.mosquitto import BrokerConfig, MosquittoProcess  # noqa: E402
 from local_stack.ports import free_port  # noqa: E402
 from simulator.dry_run import generate  # noqa: E402
 from simulator.model.site import SiteModel  # noqa: E402
@@ -59,6 +61,7 @@ class Stack:
     ca: Path
     device_cert: Path
     device_key: Path
+    device_dir: Path  # one certificate per simulator connection (the broker binds client id to CN)
     reader_cert: Path
     reader_key: Path
     broker: MosquittoProcess
@@ -75,11 +78,17 @@ class Delivery:
     cpu_s: float
 
 
+# Enough certificates for the largest plan here (10,000 machines: 125 connections).
+DEVICE_CONNECTIONS = 160
+GENERATION = "g1"
+
+
 def start_stack(directory: Path) -> Stack:
     ca = CertificateAuthority.create(directory / "ca")
     server = ca.issue_server("broker", directory / "broker")
-    device = ca.issue_client("site-00", directory / "devices")
-    reader = ca.issue_client(RULE_RUNNER_IDENTITY, directory / "devices")
+    names = [device_identity(GENERATION, 0, n) for n in range(DEVICE_CONNECTIONS)]
+    devices = [ca.issue_client(name, directory / "devices") for name in names]
+    reader = ca.issue_client(RULE_RUNNER_IDENTITY, directory / "readers")
     port = free_port()
     config = BrokerConfig(
         port=port,
@@ -89,6 +98,7 @@ def start_stack(directory: Path) -> Stack:
         key_file=server.key_path,
         persistence=False,
         max_queued_messages=10_000_000,
+        access=BrokerAccess(devices=dict.fromkeys(names, "site-00")),
     )
     broker = MosquittoProcess(config, directory / "mosquitto.log")
     broker.start()
@@ -96,8 +106,9 @@ def start_stack(directory: Path) -> Stack:
         directory,
         port,
         ca.ca_cert_path,
-        device.cert_path,
-        device.key_path,
+        devices[0].cert_path,
+        devices[0].key_path,
+        directory / "devices",
         reader.cert_path,
         reader.key_path,
         broker,
@@ -130,10 +141,10 @@ def simulator_command(stack: Stack, *args: str) -> list[str]:
         str(stack.port),
         "--ca",
         str(stack.ca),
-        "--cert",
-        str(stack.device_cert),
-        "--key",
-        str(stack.device_key),
+        "--cert-dir",
+        str(stack.device_dir),
+        "--client-id-prefix",
+        device_prefix(GENERATION),
         *args,
     ]
 

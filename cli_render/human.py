@@ -28,6 +28,7 @@ from factory_core.verb_results import (
     LocalUpResult,
     LogsResult,
     RotationOutcome,
+    TailResult,
     UpdateOutcome,
     VerbResult,
     describe_changes,
@@ -120,6 +121,12 @@ def local_scale(result: LocalScaleResult, console: Console) -> None:
 
 def logs(result: LogsResult, console: Console) -> None:
     """The lines themselves went out as they were read."""
+
+
+def tail(result: TailResult, console: Console) -> None:
+    """The messages went out as they came; this is the line after Ctrl-C."""
+    filters = ", ".join(result.topic_filters)
+    _say(console, f"{result.messages} message(s) on {filters} (watched as {result.identity})")
 
 
 def rotation(result: RotationOutcome, console: Console) -> None:
@@ -218,6 +225,7 @@ RENDERERS: dict[type[VerbResult], Callable[[Any, Console], None]] = {
     LocalDestroyResult: local_destroy,
     LocalScaleResult: local_scale,
     LogsResult: logs,
+    TailResult: tail,
     RotationOutcome: rotation,
     VerifyReport: verify,
     ScoreReport: render_score,

@@ -8,7 +8,14 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from factory_core.verb_results import LocalOutputs, LocalService, LocalStatus, PipelineStatus, SimulatorCounts
+from factory_core.verb_results import (
+    BrokerRefusals,
+    LocalOutputs,
+    LocalService,
+    LocalStatus,
+    PipelineStatus,
+    SimulatorCounts,
+)
 
 
 def _rate(value: float) -> str:
@@ -54,8 +61,27 @@ def services_table(services: Iterable[LocalService]) -> Table:
     return table
 
 
+def refusals_line(refusals: BrokerRefusals | None) -> Text | None:
+    """What only the broker's log knows, when there is anything: counts and where to read more."""
+    if refusals is None:
+        return None
+    counts = [
+        (refusals.oversize_disconnects, "client(s) cut for an oversize packet"),
+        (refusals.tls_refusals, "connection(s) refused in TLS (revoked, foreign or no certificate)"),
+        (refusals.sessions_cut, "session(s) of deleted identities closed"),
+        (refusals.takeovers, "connection(s) replaced by a second one with the same certificate"),
+    ]
+    shown = [f"{count:,} {what}" for count, what in counts if count]
+    if not shown:
+        return None
+    return Text(f"broker refused: {'; '.join(shown)} - `python cli.py logs broker`", style="yellow")
+
+
 def status_renderable(status: LocalStatus) -> RenderableType:
     parts: list[RenderableType] = [pipeline_line(status.pipeline, status.simulators)]
+    refusals = refusals_line(status.broker_refusals)
+    if refusals is not None:
+        parts.append(refusals)
     rotation = status.rotation
     if rotation:
         parts.append(

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.text import Text
 
 from cli_render.local_views import pipeline_line, status_renderable, where_table
+from cli_render.tail_view import message_line
 from cli_render.terminal import Terminal
 from cli_render.update_progress import UPDATE_EVENTS, UpdateProgress
 from factory_core.progress_events import (
@@ -19,6 +20,7 @@ from factory_core.progress_events import (
     ProgressEvent,
     ScalePlanned,
     StatusSample,
+    TailMessage,
 )
 from factory_core.verb_results import LocalStatus
 
@@ -68,6 +70,8 @@ class RichSink:
             elif isinstance(event, LogLine):
                 for text in self._logs.line(event):
                     self.console.print(text, soft_wrap=True)
+            elif isinstance(event, TailMessage):
+                self.console.print(message_line(event), soft_wrap=True)
             elif isinstance(event, ScalePlanned):
                 colour = "yellow" if event.verdict == "near-quota" else "green"
                 for note in event.notes:

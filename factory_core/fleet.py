@@ -17,6 +17,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION = 100
 IOT_MAX_INFLIGHT_QOS1_PER_CLIENT = 100
 IOT_DEFAULT_ACCOUNT_PUBLISHES_PER_SECOND = 20_000
+# Largest payload AWS IoT Core accepts (128 KiB); the local broker and rule runner refuse larger too.
+IOT_MAX_PAYLOAD_BYTES = 128 * 1024
 
 # Simulator process i simulates site `site-<i:02d>`: ids, topics, client ids, certificate names and
 # dashboards assume two digits, so there are at most 100 sites.

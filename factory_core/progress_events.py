@@ -7,8 +7,9 @@ With `--json` each event is one line `{"event": <kind>, <fields>}`; the rich ren
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from factory_core.verb_results import LocalOutputs, PipelineStatus, SimulatorCounts
 
@@ -121,3 +122,18 @@ class LogLine(ProgressEvent):
     kind: ClassVar[str] = "log"
     service: str
     line: str
+
+
+@dataclass(frozen=True)
+class TailMessage(ProgressEvent):
+    """`tail`: one message seen on the broker, with where it came from (parsed from its topic)."""
+
+    kind: ClassVar[str] = "message"
+    topic: str
+    payload_kind: str | None  # telemetry | ground_truth; None for a topic outside the contract
+    site: str | None
+    line: str | None
+    machine: str | None
+    received_at: dt.datetime
+    payload: dict[str, Any] | None  # the JSON object; None when it is not one
+    excerpt: str | None = None  # the first bytes, as text, when it is not a JSON object

@@ -77,6 +77,19 @@ class PipelineStatus:
 
 
 @dataclass(frozen=True)
+class BrokerRefusals:
+    """What the local broker refused that only its log shows, counted since the supervisor started.
+
+    MQTT 3.1.1 clients learn nothing of a refusal: they are cut, or their PUBACK looks normal.
+    """
+
+    oversize_disconnects: int = 0  # clients cut for a packet over max_packet_size
+    tls_refusals: int = 0  # connections refused in the TLS handshake (revoked, foreign, no certificate)
+    sessions_cut: int = 0  # connections closed because their identity was deleted (revoked)
+    takeovers: int = 0  # a connection closed by a second one of the same certificate
+
+
+@dataclass(frozen=True)
 class LocalService:
     name: str
     kind: str  # broker | rule-runner | simulator | prometheus | grafana
@@ -107,6 +120,7 @@ class LocalStatus(VerbResult):
     services: tuple[LocalService, ...] = ()
     events: tuple[str, ...] = ()
     error: str | None = None
+    broker_refusals: BrokerRefusals | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,16 @@ class LocalScaleResult(VerbResult):
     simulators: int
     before: int | None  # None: not running
     config_file: str  # where the count is recorded
+
+
+@dataclass(frozen=True)
+class TailResult(VerbResult):
+    """`tail`: the messages went out as `TailMessage` events while it watched; this is the summary."""
+
+    stack: str
+    identity: str  # the read-only identity it watched with
+    topic_filters: tuple[str, ...]
+    messages: int
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from factory_core.verb_results import (
     RotationOutcome,
     ScaleResult,
     StatusResult,
+    TailResult,
     UpdateOutcome,
     UpResult,
 )
@@ -108,6 +109,14 @@ class LogsRequest:
     service: str | None = None  # None: every service
     follow: bool = False
     lines: int = 20  # from the end of each log
+
+
+@dataclass(frozen=True)
+class TailRequest:
+    site: str | None = None  # site-NN; None: every site
+    machine: str | None = None  # a machine id (it names its site and line)
+    kind: str | None = None  # telemetry | ground_truth; None: both
+    count: int | None = None  # stop after this many messages; None: until Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -243,6 +252,10 @@ class StackVerbs(ABC):
     @abstractmethod
     def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
         """The services' logs, as `LogLine` events."""
+
+    @abstractmethod
+    def tail(self, request: TailRequest, sink: ProgressSink) -> TailResult:
+        """Live messages as `TailMessage` events, until Ctrl-C or `count` of them."""
 
     @abstractmethod
     def stop(self, request: StopRequest, sink: ProgressSink) -> LocalStopResult:

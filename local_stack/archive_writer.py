@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -47,8 +48,14 @@ class BatchResult:
     newest_timestamp_s: float | None
 
 
+# Bytes of a quarantined payload kept in its record: enough to see what it was, never so much that
+# a flood of large garbage fills the archive (the size and hash identify the whole).
+QUARANTINE_EXCERPT_BYTES = 1024
+
+
 def quarantine_line(item: Received) -> bytes:
-    """The quarantine record: the exact bytes (base64) and why they were set aside."""
+    """The quarantine record: why the message was set aside, its size, SHA-256 and first KiB (base64)."""
+    payload = item.payload
     return orjson.dumps(
         {
             "reason": item.verdict.reason,
@@ -56,7 +63,9 @@ def quarantine_line(item: Received) -> bytes:
             "topic": item.topic,
             "received_at": _iso_ms(item.received_at),
             "qos": item.qos,
-            "payload_base64": base64.b64encode(item.payload).decode("ascii"),
+            "payload_bytes": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+            "payload_excerpt_base64": base64.b64encode(payload[:QUARANTINE_EXCERPT_BYTES]).decode("ascii"),
         }
     )
 

@@ -1,10 +1,11 @@
-"""What must exist before the broker's clients start: the broker's and the reader's certificates,
-and the archive's persistent session on the broker."""
+"""What must exist before the broker's clients start: the service identities' certificates (broker,
+rule runner, observer, dynamic-security administrator), and the archive's persistent session."""
 
 from __future__ import annotations
 
 import ssl
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from factory_core.errors import OperationFailed
 from factory_core.fleet import TOPIC_ROOT
 from local_stack.certificate_authority import CertificateAuthority, IssuedCertificate
-from local_stack.mosquitto import RULE_RUNNER_IDENTITY
+from local_stack.identities import ADMIN_IDENTITY, OBSERVER_IDENTITY, RULE_RUNNER_IDENTITY
 from local_stack.ports import HOST
 
 if TYPE_CHECKING:
@@ -23,21 +24,29 @@ if TYPE_CHECKING:
 SERVER_IDENTITY = "broker"
 
 
-def service_certificates(
-    ca: CertificateAuthority, certs: Path
-) -> tuple[IssuedCertificate, IssuedCertificate]:
-    """The broker's server certificate and the rule runner's reader certificate (reused across runs)."""
+@dataclass(frozen=True)
+class ServiceCertificates:
+    server: IssuedCertificate
+    reader: IssuedCertificate  # the rule runner
+    observer: IssuedCertificate  # read-only, for `mosquitto_sub` (docs/local-stack.md)
+    admin: IssuedCertificate  # the supervisor's dynamic-security administrator
+
+
+def service_certificates(ca: CertificateAuthority, certs: Path) -> ServiceCertificates:
+    """The service identities' certificates, issued once and reused across runs."""
     issued = []
     for name, issue in (
         (SERVER_IDENTITY, lambda: ca.issue_server(SERVER_IDENTITY, certs)),
         (RULE_RUNNER_IDENTITY, lambda: ca.issue_client(RULE_RUNNER_IDENTITY, certs)),
+        (OBSERVER_IDENTITY, lambda: ca.issue_client(OBSERVER_IDENTITY, certs)),
+        (ADMIN_IDENTITY, lambda: ca.issue_client(ADMIN_IDENTITY, certs)),
     ):
         cert_path, key_path = certs / f"{name}.pem", certs / f"{name}.key"
         if cert_path.exists() and key_path.exists() and _signed_by(cert_path, ca):
             issued.append(IssuedCertificate(cert_path, key_path, 0, name, ca.cert.not_valid_after_utc))
         else:
             issued.append(issue())
-    return issued[0], issued[1]
+    return ServiceCertificates(*issued)
 
 
 def _signed_by(cert_path: Path, ca: CertificateAuthority) -> bool:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from local_stack.identities import check_common_name
 from simulator.private_files import write_private
 
 CA_CERT_FILE = "ca.pem"
@@ -189,9 +190,12 @@ class CertificateAuthority:
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
     ) -> IssuedCertificate:
-        """Device certificate: the broker takes the CN as the identity (the thing name)."""
+        """Device certificate: the broker takes the CN as the identity and client id (the thing name).
+
+        A CN outside `identities.check_common_name` (e.g. holding `/`, `+` or `#`) is refused.
+        """
         return self._issue(
-            common_name,
+            check_common_name(common_name),
             out_dir,
             file_stem or common_name,
             [(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)],

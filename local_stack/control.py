@@ -8,7 +8,8 @@ model, written with `encode` and read with `decode_*`: there is no other seriali
 Threads, and why:
 - the control server accepts on its own thread and gives each connection a thread of its own;
 - `status`, `outputs` and `stop` are answered right there: they only read the supervisor's state
-  (under its lock) or set its stop event, so a slow `scale` never makes `status` wait;
+  (under its lock) or set its stop event, so a slow `scale` never makes `status` wait; so are
+  `observer` and `observer-return` (a read-only identity lent to `tail`), which start no process;
 - `scale`, `rotate` and `restart` start and stop processes, so they are queued as a `Job` for the
   supervisor's main thread, one at a time. Only that thread forks children because the kernel sends a
   child its parent-death signal when the *thread* that forked it ends, not the process: a simulator
@@ -81,8 +82,23 @@ class RestartRequest(BaseModel):
     service: str
 
 
+class ObserverRequest(BaseModel):
+    """Lend `tail` a read-only identity of its own."""
+
+    model_config = _KEYS
+    op: Literal["observer"] = "observer"
+
+
+class ObserverReturnRequest(BaseModel):
+    model_config = _KEYS
+    op: Literal["observer-return"] = "observer-return"
+    identity: str
+
+
 MainThreadRequest = ScaleRequest | RotateRequest | RestartRequest
-AnyRequest = StatusRequest | OutputsRequest | StopRequest | MainThreadRequest
+AnyRequest = (
+    StatusRequest | OutputsRequest | StopRequest | ObserverRequest | ObserverReturnRequest | MainThreadRequest
+)
 ControlRequest = Annotated[AnyRequest, Field(discriminator="op")]
 _REQUEST: TypeAdapter[AnyRequest] = TypeAdapter(ControlRequest)
 
@@ -104,6 +120,21 @@ class ScaleResult(Document):
 class RestartResult(Document):
     service: str
     pid: int | None
+
+
+class ObserverGrant(Document):
+    """A read-only identity for one `tail`: its certificate, and where the broker is."""
+
+    identity: str
+    cert: str
+    key: str
+    ca: str
+    host: str
+    port: int
+
+
+class ObserverReturned(Document):
+    identity: str
 
 
 class RotationReport(Document):
@@ -131,6 +162,8 @@ RESULT_TYPES: dict[type[BaseModel], type[Document]] = {
     ScaleRequest: ScaleResult,
     RotateRequest: RotationReport,
     RestartRequest: RestartResult,
+    ObserverRequest: ObserverGrant,
+    ObserverReturnRequest: ObserverReturned,
 }
 
 
@@ -219,6 +252,12 @@ class Job:
         self.replies.put(ErrorReply(error=message, code=1))
 
 
+class ObserverDesk(Protocol):
+    def lend_observer(self) -> ObserverGrant: ...
+
+    def return_observer(self, name: str) -> ObserverReturned: ...
+
+
 class ControlHandler(Protocol):
     """What the control server asks of the supervisor; see the module note for which thread calls what."""
 
@@ -239,6 +278,11 @@ class ControlHandler(Protocol):
 
     def restart(self, service: str, progress: Progress) -> RestartResult: ...
 
+    @property
+    def observer_identities(self) -> ObserverDesk:
+        """Lends `tail` read-only identities; answered on the connection's thread (no process starts)."""
+        ...
+
     def note(self, message: str) -> None:
         """An event worth showing in `status` (a request that failed with a bug)."""
         ...
@@ -254,6 +298,10 @@ def answer_now(request: BaseModel, handler: ControlHandler) -> Document | None:
         case StopRequest():
             handler.request_stop()
             return StopResult(stopping=True, pid=os.getpid())
+        case ObserverRequest():
+            return handler.observer_identities.lend_observer()
+        case ObserverReturnRequest(identity=identity):
+            return handler.observer_identities.return_observer(identity)
     return None
 
 
@@ -403,6 +451,12 @@ class ControlClient:
 
     def restart(self, service: str, on_progress: Progress | None = None) -> RestartResult:
         return self._call(RestartRequest(service=service), RestartResult, on_progress)
+
+    def lend_observer(self) -> ObserverGrant:
+        return self._call(ObserverRequest(), ObserverGrant)
+
+    def return_observer(self, identity: str) -> ObserverReturned:
+        return self._call(ObserverReturnRequest(identity=identity), ObserverReturned)
 
     def send(self, request: BaseModel, on_progress: Progress | None = None) -> Document:
         """Any request; the result is the model `RESULT_TYPES` names for it."""

@@ -16,7 +16,13 @@ from typing import Any, Literal
 
 import orjson
 
-from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT, ground_truth_topic, telemetry_topic
+from factory_core.fleet import (
+    GROUND_TRUTH_SEGMENT,
+    IOT_MAX_PAYLOAD_BYTES,
+    TOPIC_ROOT,
+    ground_truth_topic,
+    telemetry_topic,
+)
 from factory_core.payload_contract import (
     PayloadKind,
     identity_error,
@@ -28,16 +34,20 @@ from factory_core.payload_contract import (
 
 log = logging.getLogger("iotfactory.rule_runner")
 
-QuarantineReason = Literal["invalid_json", "schema_violation", "topic_mismatch", "payload_too_large"]
+QuarantineReason = Literal[
+    "invalid_json", "schema_violation", "topic_mismatch", "payload_too_large", "machine_mismatch"
+]
 QUARANTINE_REASONS: tuple[QuarantineReason, ...] = (
     "invalid_json",
     "schema_violation",
     "topic_mismatch",
     "payload_too_large",
+    "machine_mismatch",
 )
 PAYLOAD_KINDS: tuple[PayloadKind, ...] = ("telemetry", "ground_truth")
-# AWS IoT Core refuses larger publishes; Mosquitto does not, so the rule runner enforces it.
-MAX_PAYLOAD_BYTES = 128 * 1024
+# AWS IoT Core refuses larger publishes. The local broker drops them too (message_size_limit); the
+# runner checks again so that an archive behind another broker keeps the same promise.
+MAX_PAYLOAD_BYTES = IOT_MAX_PAYLOAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +109,10 @@ def schema_check(kind: PayloadKind) -> SchemaCheck:
 def check_message(topic: str, payload: bytes) -> MessageVerdict:
     """The payload contract, applied where the cloud has no check: JSON, schema, and the topic it came on.
 
-    The topic must be the one the payload's own machine publishes on: the broker's ACL already keeps
-    a device under its site's prefix, and this keeps it from speaking for another machine's stream.
+    The topic must be the one the payload's own machine publishes on, and the machine id must be one
+    of the payload's own site, line and type (`<site>-<line>-<type>-<nn>`): the broker keeps a device
+    under its own site's topics, and these two checks keep it from writing into a machine's stream
+    that is not its own, of its site or of another (verify keys streams by site and machine).
     """
     kind = topic_kind(topic)
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -114,11 +126,12 @@ def check_message(topic: str, payload: bytes) -> MessageVerdict:
             kind, "schema_violation", f"$: expected a JSON object, got {type(document).__name__}"
         )
     chosen = kind or payload_kind(document)
-    if not schema_check(chosen)(document):
-        return MessageVerdict(chosen, "schema_violation", "; ".join(payload_errors(document, chosen)[:3]))
+    # Before the schema, whose per-type id pattern would call another type's id a plain violation.
     identity = identity_error(document)  # the machine id names its own site, line and type
     if identity is not None:
-        return MessageVerdict(chosen, "schema_violation", identity)
+        return MessageVerdict(chosen, "machine_mismatch", identity)
+    if not schema_check(chosen)(document):
+        return MessageVerdict(chosen, "schema_violation", "; ".join(payload_errors(document, chosen)[:3]))
     expected = (telemetry_topic if chosen == "telemetry" else ground_truth_topic)(
         document["site"], document["line"], document["machine"]
     )

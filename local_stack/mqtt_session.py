@@ -36,7 +36,7 @@ from factory_core.mqtt_wire import (
     puback_bytes,
     subscribe_packet,
 )
-from local_stack.mosquitto import RULE_RUNNER_IDENTITY
+from local_stack.identities import RULE_RUNNER_IDENTITY
 from simulator.transport.tls import describe_connect_error
 
 log = logging.getLogger("iotfactory.rule_runner")

@@ -1,16 +1,24 @@
 """Device certificates of the local stack by generation, and `rotate-certs` with the cloud's step semantics.
 
+Every simulator connection has its own certificate (CN = its client id, `identities.device_identity`),
+issued for the connections the connection planner gives the site; the broker lets each
+certificate act only as that one client id.
+
 The steps, their order and their resume/rollback rules come from `factory_core.cert_rotation` (pure,
 shared with dev/prod). Here each step is applied to local things:
 
-- add        — issue the new generation for every site, then move each running simulator onto it,
-               one at a time (drain, restart with its checkpoint so `seq` continues);
-- deactivate — put the old generation's serials on the CRL and make the broker reload it;
+- add        — issue the new generation for every site, make the broker know the new identities,
+               then move each running simulator onto them, one at a time (drain, restart with its
+               checkpoint so `seq` continues);
+- deactivate — put the old generation's serials on the CRL, make the broker reload it (new
+               connections refused), then delete the old identities from the broker, which closes
+               any connection still open on them;
 - remove     — delete the old generation's certificate and key files;
 - rollback   — take the old serials off the CRL, move the simulators back, revoke and delete the new.
 
-`pki.json` in the state folder records the generations, each site's certificate per generation and
-the rotation record, written before and after every step, so an interrupted rotation resumes.
+`pki.json` in the state folder records the generations, each connection's certificate per
+generation and the rotation record, written before and after every step, so an interrupted
+rotation resumes.
 """
 
 from __future__ import annotations
@@ -25,34 +33,52 @@ from typing import Any, Protocol
 
 from factory_core import cert_rotation
 from factory_core.cert_rotation import ActionKind, Generation, RotationError, RotationRecord
+from factory_core.connection_plan import plan_connections
 from factory_core.errors import UsageError
-from factory_core.fleet import site_id
+from factory_core.fleet import FleetSettings, site_id
 from local_stack.certificate_authority import CertificateAuthority
+from local_stack.identities import device_prefix
 from local_stack.paths import StatePaths
 
 Progress = Callable[[str], None]
+# pki.json before one certificate per connection: one per site, CN = site id.
+_LEGACY_DEVICES = "devices"
+_CONNECTIONS = "connections"
 
 
 @dataclass(frozen=True)
-class DeviceCertificate:
+class SiteCredentials:
+    """One site's certificates in one generation: `<client id>.pem`/`.key` in `cert_dir` per connection."""
+
     site: str
     generation: str
-    serial: int
-    cert_path: Path
-    key_path: Path
+    cert_dir: Path
+    client_ids: tuple[str, ...]  # = the certificates' CNs
+    serials: tuple[int, ...]
 
 
 class DevicePki:
-    """The stack's CA plus `pki.json`: which certificate each site has in each generation."""
+    """The stack's CA plus `pki.json`: which certificate each connection has in each generation."""
 
-    def __init__(self, paths: StatePaths, ca: CertificateAuthority) -> None:
+    def __init__(
+        self, paths: StatePaths, ca: CertificateAuthority, fleet: FleetSettings | None = None
+    ) -> None:
         self.paths = paths
         self.ca = ca
+        self.fleet = fleet or FleetSettings()
         self._document = self._read()
+        revoked = self._retire_legacy()
+        # For the supervisor's events: once, on the `up` that upgraded pki.json.
+        self.legacy_notice = (
+            f"revoked {revoked} device certificate(s) of an older layout (one per site); every"
+            " simulator connection now has a certificate of its own"
+            if revoked
+            else None
+        )
 
     @classmethod
-    def open(cls, paths: StatePaths) -> DevicePki:
-        return cls(paths, CertificateAuthority.load_or_create(paths.ca_dir))
+    def open(cls, paths: StatePaths, fleet: FleetSettings | None = None) -> DevicePki:
+        return cls(paths, CertificateAuthority.load_or_create(paths.ca_dir), fleet)
 
     def _read(self) -> dict[str, Any]:
         if self.paths.pki_file.exists():
@@ -60,8 +86,24 @@ class DevicePki:
         return {
             "generations": cert_rotation.dump_generations(cert_rotation.initial_generations()),
             "rotation": None,
-            "devices": {},
+            _CONNECTIONS: {},
         }
+
+    def _retire_legacy(self) -> int:
+        """Revoke the one-per-site certificates of older stacks (they could act as any client id)."""
+        legacy = self._document.pop(_LEGACY_DEVICES, None)
+        self._document.setdefault(_CONNECTIONS, {})
+        if not legacy:
+            return 0
+        serials = [int(entry["serial"]) for sites in legacy.values() for entry in sites.values()]
+        if serials:
+            self.ca.revoke(*serials)
+        for generation in legacy:
+            for entry in legacy[generation].values():
+                for name in ("cert", "key"):
+                    Path(entry[name]).unlink(missing_ok=True)
+        self.save()
+        return len(serials)
 
     def save(self) -> None:
         temporary = self.paths.pki_file.with_suffix(".tmp")
@@ -88,27 +130,55 @@ class DevicePki:
     def current_generation(self) -> str:
         return cert_rotation.current_generation(self.generations).name
 
-    def device(self, index: int, generation: str | None = None) -> DeviceCertificate:
-        """The site's certificate in `generation` (default: the current one), issued on first use."""
+    def site_dir(self, index: int, generation: str) -> Path:
+        return self.paths.certs_dir / generation / site_id(index)
+
+    def device(self, index: int, generation: str | None = None) -> SiteCredentials:
+        """The site's certificates in `generation` (default: the current one), issued on first use.
+
+        One per connection the planner gives the site, named as the planner names the connection
+        when the client-id prefix is the generation's (`g2-site-00-c01`).
+        """
         generation = generation or self.current_generation
         site = site_id(index)
-        entry = self._document["devices"].setdefault(generation, {}).get(site)
-        if entry is not None and Path(entry["cert"]).exists() and Path(entry["key"]).exists():
-            return DeviceCertificate(
-                site, generation, int(entry["serial"]), Path(entry["cert"]), Path(entry["key"])
-            )
-        # The CN is the site id: the broker's ACL (like the IoT policy's thing name) keys on it.
-        issued = self.ca.issue_client(site, self.paths.certs_dir / generation)
-        self._document["devices"][generation][site] = {
-            "serial": str(issued.serial),
-            "cert": str(issued.cert_path),
-            "key": str(issued.key_path),
+        entries = self._document[_CONNECTIONS].setdefault(generation, {})
+        client_ids = plan_connections(self.fleet, index, device_prefix(generation)).client_ids
+        folder = self.site_dir(index, generation)
+        issued = False
+        for client_id in client_ids:
+            entry = entries.get(client_id)
+            if entry is not None and Path(entry["cert"]).exists() and Path(entry["key"]).exists():
+                continue
+            certificate = self.ca.issue_client(client_id, folder)
+            entries[client_id] = {
+                "site": site,
+                "serial": str(certificate.serial),
+                "cert": str(certificate.cert_path),
+                "key": str(certificate.key_path),
+            }
+            issued = True
+        if issued:
+            self.save()
+        serials = tuple(int(entries[client_id]["serial"]) for client_id in client_ids)
+        return SiteCredentials(site, generation, folder, client_ids, serials)
+
+    def identities(self, generation: str) -> dict[str, str]:
+        """CN -> site of every certificate issued in `generation`."""
+        entries = self._document[_CONNECTIONS].get(generation, {})
+        return {cn: str(entry["site"]) for cn, entry in entries.items()}
+
+    def usable_identities(self) -> dict[str, str]:
+        """CN -> site of every device certificate that is not revoked: what the broker admits."""
+        revoked = self.ca.revoked_serials()
+        return {
+            cn: str(entry["site"])
+            for entries in self._document[_CONNECTIONS].values()
+            for cn, entry in entries.items()
+            if int(entry["serial"]) not in revoked
         }
-        self.save()
-        return DeviceCertificate(site, generation, issued.serial, issued.cert_path, issued.key_path)
 
     def serials(self, generation: str) -> list[int]:
-        return [int(entry["serial"]) for entry in self._document["devices"].get(generation, {}).values()]
+        return [int(entry["serial"]) for entry in self._document[_CONNECTIONS].get(generation, {}).values()]
 
     def revoke_generation(self, generation: str) -> int:
         serials = self.serials(generation)
@@ -127,7 +197,7 @@ class DevicePki:
 
     def remove_generation(self, generation: str) -> None:
         shutil.rmtree(self.paths.certs_dir / generation, ignore_errors=True)
-        self._document["devices"].pop(generation, None)
+        self._document[_CONNECTIONS].pop(generation, None)
         self.save()
 
 
@@ -139,6 +209,14 @@ class RotationRuntime(Protocol):
         ...
 
     def reload_broker(self) -> None: ...
+
+    def admit(self, identities: dict[str, str]) -> None:
+        """Make the broker know these device identities (CN -> site) before anyone connects with them."""
+        ...
+
+    def cut_sessions(self, identities: Iterable[str]) -> None:
+        """Make the broker forget these identities: a connection still open on one is closed at once."""
+        ...
 
     def site_indexes(self) -> list[int]:
         """Sites that need a certificate: every simulator the stack runs or will run."""
@@ -155,6 +233,12 @@ class StoppedStack:
         return None
 
     def reload_broker(self) -> None:
+        return None
+
+    def admit(self, identities: dict[str, str]) -> None:
+        return None  # the next `up` writes every usable identity into the broker's rights
+
+    def cut_sessions(self, identities: Iterable[str]) -> None:
         return None
 
     def site_indexes(self) -> list[int]:
@@ -228,11 +312,14 @@ def _apply(
     if kind is ActionKind.ADD:
         for index in runtime.site_indexes():
             pki.device(index, new)
+        runtime.admit(pki.identities(new))
         runtime.roll_simulators(new, progress)
     elif kind is ActionKind.DEACTIVATE:
-        count = pki.revoke_generation(old)
-        runtime.reload_broker()
-        progress(f"revoked {count} certificate(s) of {old}; the broker refuses them from now on")
+        _revoke(pki, runtime, old)
+        progress(
+            f"revoked {len(pki.serials(old))} certificate(s) of {old}; the broker refuses them from now on"
+            " and closed any connection still open on them"
+        )
     elif kind is ActionKind.REMOVE:
         pki.remove_generation(old)
     elif kind is ActionKind.ROLLBACK:
@@ -240,11 +327,18 @@ def _apply(
         runtime.reload_broker()
         for index in runtime.site_indexes():
             pki.device(index, old)
+        runtime.admit(pki.identities(old))
         runtime.roll_simulators(old, progress)
         if pki.serials(new):
-            pki.revoke_generation(new)
-            runtime.reload_broker()
+            _revoke(pki, runtime, new)
         pki.remove_generation(new)
+
+
+def _revoke(pki: DevicePki, runtime: RotationRuntime, generation: str) -> None:
+    """CRL and reload first, so that a connection cut next cannot come back before the CRL applies."""
+    pki.revoke_generation(generation)
+    runtime.reload_broker()
+    runtime.cut_sessions(pki.identities(generation))
 
 
 def interrupted_notice(pki: DevicePki) -> str | None:

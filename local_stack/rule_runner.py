@@ -34,8 +34,9 @@ from factory_core.fleet import TOPIC_ROOT
 from factory_core.mqtt_wire import PUBLISH_DUP, PUBLISH_RETAIN
 from local_stack.archive import DEFAULT_STREAM_NAME, Archive, S3Archive, open_archive, validate_stream_name
 from local_stack.archive_writer import ArchiveMetrics, ArchiveMode, ArchiveWriter, Batcher
+from local_stack.identities import RULE_RUNNER_IDENTITY
 from local_stack.message_check import Received, verdict_for
-from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig
+from local_stack.mosquitto import BrokerConfig
 from local_stack.mqtt_session import ConnectionLost, SubscriberSession, connect_with_backoff
 from local_stack.ports import port_in_use
 from simulator.transport.publisher import TransportOptions
@@ -261,7 +262,8 @@ def _broker_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--client-id",
         default=defaults["client_id"].default,
-        help="fixed MQTT client id: the persistent session is keyed on it",
+        help="fixed MQTT client id: the persistent session is keyed on it (the local broker uses the"
+        " certificate's CN instead, whatever this says)",
     )
     parser.add_argument("--topic", dest="topic_filter", default=defaults["topic_filter"].default)
 

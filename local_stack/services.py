@@ -22,6 +22,8 @@ from pathlib import Path
 from factory_core.errors import UsageError
 from local_stack import alertmanager, grafana, grafana_container, prometheus
 from local_stack.certificate_authority import IssuedCertificate
+from local_stack.dynamic_security import BrokerAccess
+from local_stack.identities import device_prefix
 from local_stack.mosquitto import BrokerConfig, MosquittoProcess
 from local_stack.paths import (
     ALERTMANAGER,
@@ -320,8 +322,9 @@ class ServiceBuilder:
         self.ports = ports  # shared with the supervisor: scale adds and removes simulators' ports
         self.pki = pki
 
-    def broker(self, server_cert: IssuedCertificate) -> Service:
-        build = partial(self._broker_process, server_cert)
+    def broker(self, server_cert: IssuedCertificate, access: Callable[[], BrokerAccess]) -> Service:
+        """`access`: asked at every (re)start, so a restarted broker knows who is admitted by then."""
+        build = partial(self._broker_process, server_cert, access)
         return Service(BROKER, Kind.BROKER, self.ports[BROKER], build, _port_ready(self.ports[BROKER]))
 
     def rule_runner(self, reader_cert: IssuedCertificate) -> Service:
@@ -388,7 +391,9 @@ class ServiceBuilder:
             readiness,
         )
 
-    def _broker_process(self, server_cert: IssuedCertificate) -> ManagedProcess:
+    def _broker_process(
+        self, server_cert: IssuedCertificate, access: Callable[[], BrokerAccess]
+    ) -> ManagedProcess:
         settings = self.stack.local.mosquitto
         config = BrokerConfig(
             port=self.ports[BROKER],
@@ -397,7 +402,7 @@ class ServiceBuilder:
             cert_file=server_cert.cert_path,
             key_file=server_cert.key_path,
             crl_file=self.pki.ca.crl_path,
-            acl_file=self.paths.broker_dir / "acl",
+            access=access(),
             persistence=settings.persistence,
             autosave_interval_s=settings.autosave_interval_s,
             max_inflight_messages=BROKER_INFLIGHT_TO_SUBSCRIBERS,
@@ -408,13 +413,12 @@ class ServiceBuilder:
             config, self.paths.log(BROKER), name=BROKER, stop_timeout_s=stop_timeout_s, ready_timeout_s=None
         )
 
-    def _broker_client_args(self, identity: IssuedCertificate, service_name: str) -> list[str]:
-        """The flags every MQTT client service shares: the broker over mutual TLS with its own
-        certificate, and its Prometheus exporter on the port allocated to it."""
+    def _broker_client_args(self, service_name: str) -> list[str]:
+        """The flags every MQTT client service shares: the broker over mutual TLS, and its
+        Prometheus exporter on the port allocated to it (the certificate flags differ)."""
         return [
             *("--endpoint", HOST, "--port", str(self.ports[BROKER])),
             *("--ca", str(self.pki.ca.ca_cert_path)),
-            *("--cert", str(identity.cert_path), "--key", str(identity.key_path)),
             *("--metrics-host", HOST, "--metrics-port", str(self.ports[service_name])),
         ]
 
@@ -424,7 +428,8 @@ class ServiceBuilder:
         ready_file.unlink(missing_ok=True)
         argv = python_command(
             "local_stack.rule_runner",
-            *self._broker_client_args(reader_cert, RULE_RUNNER),
+            *self._broker_client_args(RULE_RUNNER),
+            *("--cert", str(reader_cert.cert_path), "--key", str(reader_cert.key_path)),
             *("--flush-interval", str(settings.rule_runner.flush_interval_s)),
             *("--max-batch", str(settings.rule_runner.batch_max_messages)),
             *("--receive-window", str(BROKER_INFLIGHT_TO_SUBSCRIBERS)),
@@ -452,12 +457,15 @@ class ServiceBuilder:
         assert service.generation is not None
         index = simulator_index(service.name)
         assert index is not None
-        device = self.pki.device(index, service.generation)
+        credentials = self.pki.device(index, service.generation)
         argv = python_command(
             "simulator",
             *("--config", str(self.paths.fleet_config), "--site-index", str(index)),
-            *self._broker_client_args(device, service.name),
-            *("--client-id-prefix", ""),
+            *self._broker_client_args(service.name),
+            # One certificate per connection, each named as the planner names its connection with
+            # this prefix: the broker takes a certificate's CN as its client id.
+            *("--cert-dir", str(credentials.cert_dir)),
+            *("--client-id-prefix", device_prefix(service.generation)),
             # Drained simulators checkpoint their model here and resume from it: `seq` continues.
             *("--state-file", str(self.paths.simulator_state(index))),
         )

@@ -22,6 +22,7 @@ from factory_core.verb_results import (
     LocalUpResult,
     LogsResult,
     RotationOutcome,
+    TailResult,
     UpdateOutcome,
 )
 from factory_core.verbs import (
@@ -37,6 +38,7 @@ from factory_core.verbs import (
     StackVerbs,
     StatusRequest,
     StopRequest,
+    TailRequest,
     UpRequest,
     VerifyRequest,
 )
@@ -156,7 +158,7 @@ class LocalStack(StackVerbs):
                 "the local stack has no device certificates yet; run `python cli.py up --stack local`"
             )
         with _exclusive(paths):
-            pki = DevicePki.open(paths)
+            pki = DevicePki.open(paths, config.fleet)
             result = rotate(pki, StoppedStack(config.simulator_count), progress, rollback=request.rollback)
         progress("the stack is not running: the next `up` uses the new certificates")
         return rotation_outcome(result.as_dict())
@@ -192,6 +194,11 @@ class LocalStack(StackVerbs):
 
     def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
         return log_files.logs(StatePaths.from_environment(), request, sink)
+
+    def tail(self, request: TailRequest, sink: ProgressSink) -> TailResult:
+        from local_stack.tail import tail
+
+        return tail(StatePaths.from_environment(), request, sink)
 
     def stop(self, request: StopRequest, sink: ProgressSink) -> LocalStopResult:
         return lifecycle.stop(StatePaths.from_environment(), sink)

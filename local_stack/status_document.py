@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
 
+from factory_core.verb_results import BrokerRefusals
 from local_stack import alertmanager, grafana, prometheus
 from local_stack.certificate_authority import CA_CERT_FILE
 from local_stack.paths import ALERTMANAGER, BROKER, GRAFANA, PROMETHEUS, StatePaths
@@ -69,6 +70,7 @@ class StatusReport(Document):
     services: list[ServiceReport]
     events: list[str]
     error: str | None
+    broker_refusals: BrokerRefusals | None = None
 
     @field_serializer("pipeline")
     def _pipeline_keys(self, pipeline: PipelineSnapshot) -> dict[str, Any]:

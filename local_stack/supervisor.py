@@ -30,10 +30,12 @@ from factory_core.errors import OperationFailed, UsageError
 from factory_core.fleet import site_id
 from local_stack import grafana, observers, prometheus
 from local_stack import stack_config as config_module
+from local_stack.access_control import BrokerRights
 from local_stack.alertmanager import BINARY as ALERTMANAGER_BINARY
-from local_stack.broker_setup import ensure_archive_session, service_certificates
-from local_stack.certificate_authority import IssuedCertificate
+from local_stack.broker_log import BrokerLogCounter
+from local_stack.broker_setup import ServiceCertificates, ensure_archive_session
 from local_stack.control import ControlServer, Job, RestartResult, ScaleResult, perform
+from local_stack.mosquitto import MosquittoProcess
 from local_stack.paths import BROKER, PROMETHEUS, RULE_RUNNER, StatePaths, simulator_index, simulator_service
 from local_stack.processes import require_binary
 from local_stack.readiness import CountersSettle, LogLineAfter, wait_until
@@ -81,6 +83,8 @@ class Supervisor:
         self.grafana_container: str | None = None
         self._grafana_runtime: grafana.GrafanaRuntime | None = None
         self.pki: DevicePki | None = None
+        self.rights: BrokerRights | None = None
+        self.broker_log = BrokerLogCounter(paths.log(BROKER))
         self._builder: ServiceBuilder | None = None
         self._jobs: queue.Queue[Job] = queue.Queue()
         self._stop = threading.Event()
@@ -111,18 +115,21 @@ class Supervisor:
         self._write_state(force=True)
 
     def _start(self) -> None:
-        builder, (server_cert, reader_cert) = self._prepare()
+        builder, certificates = self._prepare()
+        assert self.pki is not None and self.rights is not None
         self._server = ControlServer(self.paths.control_socket, self)
-        broker = self.services.add(builder.broker(server_cert))
+        broker = self.services.add(builder.broker(certificates.server, self.rights.access))
         broker.launch()
         broker.wait_ready()
+        assert isinstance(broker.process, MosquittoProcess)
+        broker.process.check_plugin()
+        self.rights.broker_started(self.ports[BROKER])
         # The archive's session must exist before any simulator publishes: the broker drops what
         # nobody subscribed to. Creating it here (a moment's work) lets the rule runner and the
         # simulators boot in parallel; the broker queues for the session until the runner attaches.
-        assert self.pki is not None
-        ensure_archive_session(self.ports[BROKER], self.pki.ca.ca_cert_path, reader_cert)
+        ensure_archive_session(self.ports[BROKER], self.pki.ca.ca_cert_path, certificates.reader)
         pipeline = [
-            self.services.add(builder.rule_runner(reader_cert)),
+            self.services.add(builder.rule_runner(certificates.reader)),
             *(self._add_simulator(index) for index in range(self.desired_simulators)),
         ]
         for service in pipeline:
@@ -136,7 +143,7 @@ class Supervisor:
             service.wait_ready()
         self.monitor.start(self._stop)
 
-    def _prepare(self) -> tuple[ServiceBuilder, tuple[IssuedCertificate, IssuedCertificate]]:
+    def _prepare(self) -> tuple[ServiceBuilder, ServiceCertificates]:
         """Binaries, ports, certificates and the simulators' fleet file: what every service needs."""
         # Binaries first: a missing one costs one line, before any file is written.
         require_binary("mosquitto")
@@ -144,11 +151,12 @@ class Supervisor:
         require_binary(ALERTMANAGER_BINARY)
         self._grafana_runtime = grafana.find_runtime()
         self.ports.update(plan_ports(self.stack, self.desired_simulators, self._grafana_runtime is not None))
-        self.pki = DevicePki.open(self.paths)
-        notice = interrupted_notice(self.pki)
-        if notice:
-            self._event(notice)
-        certificates = service_certificates(self.pki.ca, self.paths.certs_dir)
+        self.pki = DevicePki.open(self.paths, self.stack.fleet)
+        for notice in (interrupted_notice(self.pki), self.pki.legacy_notice):
+            if notice:
+                self._event(notice)
+        self.rights = BrokerRights.prepare(self.pki, self.paths, range(self.desired_simulators))
+        certificates = self.rights.certificates
         self.paths.fleet_config.write_text(config_module.fleet_file_text(self.stack))
         self._builder = ServiceBuilder(self.stack, self.paths, self.ports, self.pki)
         return self._builder, certificates
@@ -290,6 +298,7 @@ class Supervisor:
                 services=[service.report(self.paths) for service in self.services.all()],
                 events=list(self.events),
                 error=self.error,
+                broker_refusals=self.broker_log.counts(),
             )
 
     def status(self) -> dict[str, Any]:
@@ -336,11 +345,15 @@ class Supervisor:
     def _start_simulators(self, indexes: Iterable[int], progress: Progress) -> None:
         """All or nothing: if one does not come up, the fleet stays as it was (and so do Prometheus
         and the config file)."""
+        assert self.pki is not None and self.rights is not None
         started: list[Service] = []
         try:
             for index in indexes:
                 service = self._add_simulator(index)
                 started.append(service)
+                # Known to the broker before the simulator connects: a 3.1.1 publish it is not
+                # allowed yet would get a normal PUBACK and be dropped.
+                self.rights.admit_site(index, self.pki.current_generation)
                 progress(f"starting {service.name} ({site_id(index)}, certificate {service.generation})")
                 service.launch()
             for service in started:
@@ -408,6 +421,12 @@ class Supervisor:
                 f"see {broker.process.log_path}"
             )
 
+    @property
+    def observer_identities(self) -> BrokerRights:
+        """Lends `tail` its read-only identities (asked on the connection's thread)."""
+        assert self.rights is not None
+        return self.rights
+
     def restart(self, service: str, progress: Progress) -> RestartResult:
         """Stop one service cleanly and start it again (operators, and tests of recovery)."""
         found = self.services.get(service)
@@ -426,6 +445,9 @@ class _RunningStack:
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
+        assert supervisor.rights is not None
+        self.admit = supervisor.rights.admit
+        self.cut_sessions = supervisor.rights.cut
 
     def roll_simulators(self, generation: str, progress: Progress) -> None:
         simulators = sorted(

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from factory_core.verb_results import (
+    BrokerRefusals,
     LocalOutputs,
     LocalService,
     LocalStatus,
@@ -120,6 +121,18 @@ def local_status(document: Mapping[str, Any], *, running: bool, state_dir: str) 
         services=tuple(_service(service) for service in document.get("services") or ()),
         events=tuple(str(event) for event in document.get("events") or ()),
         error=document.get("error"),
+        broker_refusals=broker_refusals(document.get("brokerRefusals")),
+    )
+
+
+def broker_refusals(document: Mapping[str, Any] | None) -> BrokerRefusals | None:
+    if not document:
+        return None
+    return BrokerRefusals(
+        oversize_disconnects=_count(document.get("oversizeDisconnects")),
+        tls_refusals=_count(document.get("tlsRefusals")),
+        sessions_cut=_count(document.get("sessionsCut")),
+        takeovers=_count(document.get("takeovers")),
     )
 
 

@@ -220,7 +220,8 @@ class _Stream:
 @dataclass
 class _Scan:
     archive: str
-    streams: dict[tuple[str, str], _Stream] = field(default_factory=dict)
+    # (site, machine, kind): a machine id names its site, but the key does not rely on that.
+    streams: dict[tuple[str, str, str], _Stream] = field(default_factory=dict)
     objects: int = 0
     bytes: int = 0
     first_written_at: dt.datetime | None = None
@@ -256,9 +257,10 @@ class _Scan:
                 if len(self.unreadable_samples) < _SAMPLES_KEPT:
                     self.unreadable_samples.append(f"{stored.key}: {type(error).__name__}: {error}")
                 continue
-            stream = self.streams.get((machine, kind))
+            key = (str(message.get("site", "")), machine, kind)
+            stream = self.streams.get(key)
             if stream is None:
-                stream = self.streams[(machine, kind)] = _Stream(str(message.get("site", "")))
+                stream = self.streams[key] = _Stream(key[0])
             stream.add(seq, timestamp)
             published_s = parse_timestamp(timestamp)
             if published_s is not None:
@@ -280,7 +282,9 @@ class _Scan:
 
 def _quarantine_sample(reason: str, entry: Mapping[str, Any]) -> QuarantineSample:
     try:
-        raw = base64.b64decode(entry.get("payload_base64", ""), validate=True)
+        # `payload_base64`: the whole payload, as records written before the excerpt held it.
+        excerpt = entry.get("payload_excerpt_base64", entry.get("payload_base64", ""))
+        raw = base64.b64decode(excerpt, validate=True)
         preview = raw[:80].decode("utf-8", errors="replace")
     except ValueError:
         preview = "?"
@@ -369,7 +373,7 @@ def _report(
     scan: _Scan, published: Mapping[tuple[str, str], int], expect_seq_from: int | None
 ) -> VerifyReport:
     streams: list[StreamReport] = []
-    for (machine, kind), stream in sorted(scan.streams.items()):
+    for (_site, machine, kind), stream in sorted(scan.streams.items()):
         gaps: list[SeqRange] = []
         unique = 0
         for run_index, run in enumerate(stream.runs):
@@ -400,7 +404,7 @@ def _report(
     for kind in sorted({stream.kind for stream in streams}):
         of_kind = [s for s in streams if s.kind == kind]
         histogram = LatencyHistogram()
-        for (_machine, stream_kind), stream in scan.streams.items():
+        for (_site, _machine, stream_kind), stream in scan.streams.items():
             if stream_kind == kind:
                 histogram.merge(stream.latency)
         overall.merge(histogram)

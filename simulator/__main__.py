@@ -21,12 +21,12 @@ def check_config(argv: Sequence[str]) -> str:
     config = load_run_config(argv, os.environ)
     fleet = config.fleet
     connection = materialize_pem_env(config.connection, dict(os.environ))
-    certificate = ""
-    if connection.endpoint or connection.cert_path or connection.key_path:
-        report = validate_connection(connection)
-        certificate = f"; certificate {report.subject} valid until {report.not_after:%Y-%m-%d}"
     plan = plan_connections(fleet, config.site_index, connection.client_id_prefix,
                             connections=connection.connections)
+    certificate = ""
+    if connection.endpoint or connection.cert_path or connection.key_path or connection.cert_dir:
+        report = validate_connection(connection, plan.client_ids)
+        certificate = f"; certificate {report.subject} valid until {report.not_after:%Y-%m-%d}"
     return (
         f"ok: {config.check_config}: {plan.site}, {fleet.lines_per_site} line(s) x"
         f" {sum(fleet.machines_per_line.values())} machines = {plan.machines} machines,"

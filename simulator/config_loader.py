@@ -43,6 +43,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FACTORY_CA_FILE": "CA certificate file that signed the broker",
     "FACTORY_CERT_FILE": "device certificate file",
     "FACTORY_KEY_FILE": "device private key file",
+    "FACTORY_CERT_DIR": "folder with one <client id>.pem and .key per connection (instead of one cert)",
     "FACTORY_CA_PEM": "CA certificate as PEM text (written to a private temp file)",
     "FACTORY_CERT_PEM": "device certificate as PEM text (written to a private temp file)",
     "FACTORY_KEY_PEM": "device private key as PEM text (written to a private temp file)",
@@ -59,6 +60,7 @@ _ENV_FIELDS = {
     "FACTORY_CA_FILE": "ca_path",
     "FACTORY_CERT_FILE": "cert_path",
     "FACTORY_KEY_FILE": "key_path",
+    "FACTORY_CERT_DIR": "cert_dir",
     "FACTORY_CLIENT_ID_PREFIX": "client_id_prefix",
     "FACTORY_METRICS_PORT": "metrics_port",
     "FACTORY_METRICS_HOST": "metrics_host",
@@ -72,6 +74,7 @@ _RUN_FLAGS = {
     "ca_path": "--ca",
     "cert_path": "--cert",
     "key_path": "--key",
+    "cert_dir": "--cert-dir",
     "client_id_prefix": "--client-id-prefix",
     "metrics_port": "--metrics-port",
     "metrics_host": "--metrics-host",
@@ -117,6 +120,7 @@ class RunSettings(BaseModel):
     ca_path: Path | None = None
     cert_path: Path | None = None
     key_path: Path | None = None
+    cert_dir: Path | None = None
     # MQTT client ids: AWS IoT takes up to 128 characters; the site and connection number follow.
     client_id_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_:.-]{0,64}$")] = DEFAULT_CLIENT_ID_PREFIX
     metrics_host: Host = "0.0.0.0"
@@ -204,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument("--ca", type=Path, metavar="FILE")
     conn.add_argument("--cert", type=Path, metavar="FILE")
     conn.add_argument("--key", type=Path, metavar="FILE")
+    conn.add_argument("--cert-dir", type=Path, metavar="DIR",
+                      help="one certificate per connection: DIR/<client id>.pem and .key (the local"
+                      " broker binds each client id to one certificate)")
     conn.add_argument("--client-id-prefix")
     conn.add_argument("--connections", help="override the planned number of connections")
     conn.add_argument("--metrics-port", help="0 turns the exporter off")
@@ -354,6 +361,7 @@ def load_run_config(argv: Sequence[str], environ: Mapping[str, str]) -> RunConfi
         ca_path=run.ca_path,
         cert_path=run.cert_path,
         key_path=run.key_path,
+        cert_dir=run.cert_dir,
         client_id_prefix=run.client_id_prefix,
         metrics_host=run.metrics_host,
         metrics_port=run.metrics_port,

@@ -1,8 +1,12 @@
-"""Where the simulator connects and with which certificate; checked with `cryptography` before use.
+"""Where the simulator connects and with which certificates; checked with `cryptography` before use.
 
-In a container the certificate and key arrive as PEM text in the environment (the platform reads
-them from Secrets Manager); they are written to a private temporary folder (0700, files 0600)
-that is removed at exit, never logged.
+Two ways to give certificates:
+- one certificate and key for every connection (`--cert`/`--key`, or in a container PEM text in the
+  environment, which the platform reads from Secrets Manager; it is written to a private temporary
+  folder, 0700, files 0600, removed at exit, never logged). AWS IoT lets one certificate connect
+  under every client id its policy allows.
+- a folder with one certificate per connection, `<client id>.pem` and `<client id>.key`
+  (`--cert-dir`): what the local broker needs, where a certificate's CN *is* its one client id.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import datetime as dt
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +40,7 @@ class ConnectionSettings:
     ca_path: Path | None = None
     cert_path: Path | None = None
     key_path: Path | None = None
+    cert_dir: Path | None = None  # one `<client id>.pem`/`.key` per connection instead of cert/key
     client_id_prefix: str = DEFAULT_CLIENT_ID_PREFIX
     metrics_host: str = "0.0.0.0"  # the Prometheus sidecar scrapes over the task's network
     metrics_port: int = DEFAULT_METRICS_PORT  # 0 turns the exporter off
@@ -84,9 +90,17 @@ def _require_file(path: Path | None, what: str, flag: str, env: str) -> Path:
     return path
 
 
-def validate_connection(settings: ConnectionSettings, now: dt.datetime | None = None) -> CredentialReport:
+def credential_files(cert_dir: Path, client_id: str) -> tuple[Path, Path]:
+    """The certificate and key of one connection in a `--cert-dir` folder."""
+    return cert_dir / f"{client_id}.pem", cert_dir / f"{client_id}.key"
+
+
+def validate_connection(
+    settings: ConnectionSettings, client_ids: Sequence[str] = (), now: dt.datetime | None = None
+) -> CredentialReport:
     """Check everything that can be checked without the network; raise UsageError naming the fix.
 
+    `client_ids`: the planned connections, whose certificates a `cert_dir` must hold.
     The CA file is the trust anchor for the *broker's* certificate. On AWS IoT the device
     certificate is issued by a different CA than the one that signed the endpoint (Amazon Root
     CA 1), so the client certificate is deliberately not verified against it here.
@@ -99,10 +113,43 @@ def validate_connection(settings: ConnectionSettings, now: dt.datetime | None = 
     if not 1 <= settings.port <= 65535:
         raise UsageError(f"--port {settings.port} is not a TCP port; use 1-65535 (AWS IoT: 8883 or 443)")
     ca_path = _require_file(settings.ca_path, "CA certificate", "--ca", "FACTORY_CA_FILE or FACTORY_CA_PEM")
-    cert_path = _require_file(
-        settings.cert_path, "client certificate", "--cert", "FACTORY_CERT_FILE or FACTORY_CERT_PEM"
+    now = now or dt.datetime.now(dt.UTC)
+    _check_ca(ca_path, now)
+    if settings.cert_dir is None:
+        cert_path = _require_file(
+            settings.cert_path, "client certificate", "--cert", "FACTORY_CERT_FILE or FACTORY_CERT_PEM"
+        )
+        key_path = _require_file(
+            settings.key_path, "private key", "--key", "FACTORY_KEY_FILE or FACTORY_KEY_PEM"
+        )
+        cert = _check_pair(cert_path, key_path, now)
+        return CredentialReport(subject=cert.subject.rfc4514_string(), not_after=cert.not_valid_after_utc)
+    if settings.cert_path is not None or settings.key_path is not None:
+        raise UsageError(
+            "pass either --cert/--key (one certificate for every connection) or --cert-dir (one per"
+            " connection), not both"
+        )
+    if not settings.cert_dir.is_dir():
+        raise UsageError(
+            f"--cert-dir {settings.cert_dir} is not a folder; pass the folder holding <client id>.pem"
+            " and <client id>.key for every connection (FACTORY_CERT_DIR)"
+        )
+    certs = []
+    for client_id in client_ids:
+        cert_path, key_path = credential_files(settings.cert_dir, client_id)
+        flag = f"--cert-dir (connection {client_id})"
+        _require_file(cert_path, "client certificate", flag, "FACTORY_CERT_DIR")
+        _require_file(key_path, "private key", flag, "FACTORY_CERT_DIR")
+        certs.append(_check_pair(cert_path, key_path, now))
+    first = certs[0].subject.rfc4514_string() if certs else f"none yet in {settings.cert_dir}"
+    more = f" and {len(certs) - 1} more" if len(certs) > 1 else ""
+    return CredentialReport(
+        subject=first + more,
+        not_after=min((cert.not_valid_after_utc for cert in certs), default=now),
     )
-    key_path = _require_file(settings.key_path, "private key", "--key", "FACTORY_KEY_FILE or FACTORY_KEY_PEM")
+
+
+def _check_ca(ca_path: Path, now: dt.datetime) -> None:
     try:
         cas = x509.load_pem_x509_certificates(ca_path.read_bytes())
     except ValueError:
@@ -111,6 +158,16 @@ def validate_connection(settings: ConnectionSettings, now: dt.datetime | None = 
         ) from None
     if not cas:
         raise UsageError(f"CA file {ca_path} holds no certificate; pass the CA's .pem with --ca")
+    for ca in cas:
+        if ca.not_valid_after_utc <= now:
+            raise UsageError(
+                f"CA certificate in {ca_path} ({ca.subject.rfc4514_string()}) expired on"
+                f" {ca.not_valid_after_utc:%Y-%m-%d}; get the current CA bundle"
+            )
+
+
+def _check_pair(cert_path: Path, key_path: Path, now: dt.datetime) -> x509.Certificate:
+    """A client certificate and its key: readable, matching, valid now."""
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except ValueError:
@@ -130,7 +187,6 @@ def validate_connection(settings: ConnectionSettings, now: dt.datetime | None = 
             f"certificate {cert_path} and key {key_path} do not match (different public keys);"
             " pass the key that was issued with this certificate"
         )
-    now = now or dt.datetime.now(dt.UTC)
     subject = cert.subject.rfc4514_string()
     if cert.not_valid_after_utc <= now:
         raise UsageError(
@@ -142,10 +198,4 @@ def validate_connection(settings: ConnectionSettings, now: dt.datetime | None = 
             f"certificate {cert_path} ({subject}) is not valid before"
             f" {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z; check this host's clock"
         )
-    for ca in cas:
-        if ca.not_valid_after_utc <= now:
-            raise UsageError(
-                f"CA certificate in {ca_path} ({ca.subject.rfc4514_string()}) expired on"
-                f" {ca.not_valid_after_utc:%Y-%m-%d}; get the current CA bundle"
-            )
-    return CredentialReport(subject=subject, not_after=cert.not_valid_after_utc)
+    return cert

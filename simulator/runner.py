@@ -203,7 +203,8 @@ class Scheduler:
 
 def transport_options(config: RunConfig, connections: int) -> TransportOptions:
     connection = config.connection
-    assert connection.endpoint and connection.ca_path and connection.cert_path and connection.key_path
+    assert connection.endpoint and connection.ca_path
+    assert connection.cert_dir or (connection.cert_path and connection.key_path)
     fleet = config.fleet
     return TransportOptions(
         endpoint=connection.endpoint,
@@ -211,6 +212,7 @@ def transport_options(config: RunConfig, connections: int) -> TransportOptions:
         ca_path=connection.ca_path,
         cert_path=connection.cert_path,
         key_path=connection.key_path,
+        cert_dir=connection.cert_dir,
         qos=fleet.qos,
         queue_limit_per_connection=max(1, math.ceil(fleet.offline_queue_limit / connections)),
         keepalive_s=connection.keepalive_s,
@@ -224,8 +226,7 @@ def _say(line: str) -> None:
 
 
 def run_live(config: RunConfig) -> RunSummary:
-    """Validate, plan, connect, run until the duration, the count or a signal; then drain."""
-    validate_connection(config.connection)
+    """Plan, validate, connect, run until the duration, the count or a signal; then drain."""
     fleet = config.fleet
     plan = plan_connections(
         fleet,
@@ -234,6 +235,7 @@ def run_live(config: RunConfig) -> RunSummary:
         connections=config.connection.connections,
         max_rate=config.max_rate,
     )
+    validate_connection(config.connection, plan.client_ids)
 
     live = _LiveState()
     stop = threading.Event()

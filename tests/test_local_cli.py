@@ -225,7 +225,7 @@ def test_detached_stack_lifecycle(detached_env: dict[str, str], tmp_path: Path) 
     assert follower.returncode == 0
     # `logs -f` picks up the new simulator's log and the broker's line about its connection.
     assert any(line.startswith("simulator-02 | plan: site-02") for line in followed.splitlines()), followed
-    assert "as site-02-c00" in followed
+    assert "as g1-site-02-c00" in followed
     assert scaled.returncode == 0, scaled.stderr
     assert "scaled from 2 to 3" in scaled.stdout
     assert yaml.safe_load(Path(env[CONFIG_ENV]).read_text())["config"]["iotfactory:simulatorCount"] == 3

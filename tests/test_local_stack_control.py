@@ -27,6 +27,10 @@ from local_stack.control import (
     ControlServer,
     ErrorReply,
     Job,
+    ObserverGrant,
+    ObserverRequest,
+    ObserverReturned,
+    ObserverReturnRequest,
     OutputsRequest,
     ProgressReply,
     RestartRequest,
@@ -124,6 +128,18 @@ class StandIn:
     def restart(self, service: str, progress):
         raise UsageError(f"no service {service!r}; services: broker")
 
+    @property
+    def observer_identities(self) -> StandIn:
+        return self
+
+    def lend_observer(self) -> ObserverGrant:
+        return ObserverGrant(
+            identity="observer-0123abcd", cert="/o.pem", key="/o.key", ca="/ca.pem", host="127.0.0.1", port=1
+        )
+
+    def return_observer(self, name: str) -> ObserverReturned:
+        return ObserverReturned(identity=name)
+
     def note(self, message: str) -> None:
         self.notes.append(message)
 
@@ -194,6 +210,8 @@ def raw_exchange(paths: StatePaths, line: bytes) -> list[dict]:
         ScaleRequest(simulators=4),
         RotateRequest(rollback=True, stop_after="add"),
         RestartRequest(service="broker"),
+        ObserverRequest(),
+        ObserverReturnRequest(identity="observer-0123abcd"),
     ],
 )
 def test_every_request_survives_the_wire(message) -> None:
@@ -259,6 +277,11 @@ def test_typed_round_trip_of_each_command(served: Served) -> None:
     )
     with pytest.raises(UsageError, match="no service 'nope'"):
         client.restart("nope")
+    # Lending `tail` an identity starts no process: answered at once, also while a job runs.
+    grant = client.lend_observer()
+    assert (grant.identity, grant.cert, grant.port) == ("observer-0123abcd", "/o.pem", 1)
+    assert client.return_observer(grant.identity).identity == grant.identity
+    assert served.handler.jobs.empty()
     assert client.stop().stopping and served.handler.stop_requested
     # Once stopping, work that changes processes is refused; reading still works.
     with pytest.raises(OperationFailed, match="stopping"):

@@ -31,7 +31,8 @@ from local_stack import prometheus as prometheus_api
 from local_stack.archive import RAW_PREFIX, LocalArchive, iter_records
 from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority, IssuedCertificate
 from local_stack.control import request
-from local_stack.mosquitto import RULE_RUNNER_IDENTITY
+from local_stack.dynamic_security import DynsecAdmin
+from local_stack.identities import ADMIN_IDENTITY, OBSERVER_IDENTITY
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV, StatePaths
 from local_stack.ports import free_port, wait_for_port
 from local_stack.processes import pid_alive, wait_gone
@@ -166,11 +167,45 @@ def connects(stack: RunningStack, cert: IssuedCertificate | None, client_id: str
         client.disconnect()
 
 
+def stack_certificate(stack: RunningStack, name: str) -> IssuedCertificate:
+    """One of the stack's own service certificates (`observer`, `iotfactory-admin`, ...)."""
+    certs = stack.paths.certs_dir
+    return IssuedCertificate(certs / f"{name}.pem", certs / f"{name}.key", 0, name, None)  # type: ignore[arg-type]
+
+
+def admitted_device(stack: RunningStack, directory: Path, common_name: str, site: str) -> IssuedCertificate:
+    """A device certificate the broker knows as one of `site`'s (as `scale` admits one)."""
+    cert = stack.ca().issue_client(common_name, directory)
+    admin = stack_certificate(stack, ADMIN_IDENTITY)
+    DynsecAdmin(
+        "127.0.0.1", stack.broker_port, stack.paths.ca_dir / CA_CERT_FILE, admin.cert_path, admin.key_path
+    ).admit({common_name: site})
+    return cert
+
+
+class HeldConnection:
+    """A connection kept open (no reconnect) to see whether the broker closes it."""
+
+    def __init__(self, stack: RunningStack, cert: IssuedCertificate) -> None:
+        self.connected, self.gone = threading.Event(), threading.Event()
+        self.client = stack_client(stack, cert, "held")
+        self.client.on_connect = lambda _c, _u, _f, reason, _p: (
+            self.connected.set() if not reason.is_failure else self.gone.set()
+        )
+        self.client.on_disconnect = lambda *_args: self.gone.set()
+        self.client.connect("127.0.0.1", stack.broker_port, keepalive=30)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 class Auditor:
-    """An independent subscriber (the rule runner's identity, its own client id) counting what flows."""
+    """An independent subscriber (the read-only observer identity) counting what flows."""
 
     def __init__(self, stack: RunningStack, directory: Path) -> None:
-        cert = stack.ca().issue_client(RULE_RUNNER_IDENTITY, directory / "auditor", file_stem="auditor")
+        cert = stack_certificate(stack, OBSERVER_IDENTITY)
         self.seen: set[tuple[str, str, int]] = set()
         self.client = stack_client(stack, cert, "test-auditor")
         subscribed = threading.Event()
@@ -231,7 +266,7 @@ def test_full_pipeline_archives_every_message_exactly_once(start_stack, tmp_path
 
     # A device with a valid certificate: garbage under its own prefix is quarantined; a publish
     # under another site's prefix never reaches the archive.
-    intruder = ca.issue_client("site-90", tmp_path / "intruder")
+    intruder = admitted_device(stack, tmp_path / "intruder", "g1-site-90-c00", "site-90")
     client = stack_client(stack, intruder, "site-90-c00")
     client.connect("127.0.0.1", stack.broker_port)
     client.loop_start()
@@ -315,32 +350,41 @@ def test_rotation_while_running_loses_nothing_and_refuses_the_old_certificate(
     old_dir = stack.paths.certs_dir / "g1"
     kept = tmp_path / "old-g1"
     kept.mkdir()
-    for name in ("site-00.pem", "site-00.key"):
-        (kept / name).write_bytes((old_dir / name).read_bytes())
-    old = IssuedCertificate(kept / "site-00.pem", kept / "site-00.key", 0, "site-00", None)  # type: ignore[arg-type]
-    assert connects(stack, old, "site-00-probe")
+    name = "g1-site-00-c00"  # simulator-00's connection in generation g1
+    for suffix in (".pem", ".key"):
+        (kept / f"{name}{suffix}").write_bytes((old_dir / "site-00" / f"{name}{suffix}").read_bytes())
+    old = IssuedCertificate(kept / f"{name}.pem", kept / f"{name}.key", 0, name, None)  # type: ignore[arg-type]
     stack.run_until(3)
 
     # Interrupted after the first step and rolled back: the simulators return to g1, g2 is revoked.
     result = request(stack.paths, "rotate", stop_after="add")
     assert result["steps"] == ["add"] and not result["finished"]
+    assert connects(stack, old, "probe")  # the simulators use g2 now: nobody is displaced
     assert run_cli("rotate-certs", "--stack", "local", "--rollback", "--json").exit_code == 0
     status = stack.status()
     assert status["generation"] == "g1" and status["rotation"] is None
     assert {s["generation"] for s in status["services"] if s["kind"] == "simulator"} == {"g1"}
     assert all(s["state"] == "running" for s in status["services"])
-    assert connects(stack, old, "site-00-probe")
 
-    # Again (the name g2 is reused: its first certificates are revoked and gone), then resumed.
+    # Again (the name g2 is reused: its first certificates are revoked and gone), then resumed
+    # while a connection is held open on an old-generation certificate.
     result = request(stack.paths, "rotate", stop_after="add")
     assert result["steps"] == ["add"] and not result["finished"]
     status = stack.status()
     assert status["rotation"]["step"] == "added"
     assert {s["generation"] for s in status["services"] if s["kind"] == "simulator"} == {"g2"}
-    assert connects(stack, old, "site-00-probe")  # not revoked yet
+    held = HeldConnection(stack, old)
+    assert held.connected.wait(10) and not held.gone.is_set()  # not revoked yet
     assert run_cli("rotate-certs", "--stack", "local", "--json").exit_code == 0
+    # Revocation cut the open session (the CRL alone would have left it up), and it cannot return.
+    assert held.gone.wait(10), "the connection on a revoked certificate stayed open"
+    held.close()
+    log = (stack.paths.logs_dir / "broker.log").read_text()
+    assert f"Client {name} been disconnected by administrative action." in log
+    assert not connects(stack, old, "probe")
+    refusals = stack.status()["brokerRefusals"]
+    assert refusals["sessionsCut"] >= 1 and refusals["tlsRefusals"] >= 1
 
-    assert not connects(stack, old, "site-00-probe")
     assert not old_dir.exists()
     status = stack.status()
     assert status["generation"] == "g2" and status["rotation"] is None

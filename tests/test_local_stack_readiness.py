@@ -216,6 +216,7 @@ def _state_json() -> dict:
         "services": [],
         "events": [],
         "error": None,
+        "brokerRefusals": {"oversizeDisconnects": 0, "tlsRefusals": 0, "sessionsCut": 0, "takeovers": 0},
         "outputs": outputs.as_dict(),
         "controlSocket": "/state/control.sock",
         "pids": [],

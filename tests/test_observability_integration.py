@@ -19,11 +19,14 @@ import pytest
 import yaml
 from support_alerting import WebhookReceiver, add_silence, post_alert, wait_state, webhook_receiver
 
+from factory_core.connection_plan import plan_connections
 from factory_core.fleet import FaultSettings, FleetSettings, MachineType, ScheduledFault
 from local_stack import alertmanager
 from local_stack import prometheus as prom
 from local_stack.certificate_authority import CertificateAuthority
-from local_stack.mosquitto import RULE_RUNNER_IDENTITY, BrokerConfig, MosquittoProcess
+from local_stack.dynamic_security import BrokerAccess
+from local_stack.identities import RULE_RUNNER_IDENTITY
+from local_stack.mosquitto import BrokerConfig, MosquittoProcess
 from local_stack.ports import free_port, wait_for_port
 from local_stack.processes import ManagedProcess, python_command
 from observability.alert_rules import render_rules
@@ -115,13 +118,16 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver)
     root = tmp_path_factory.mktemp("observability")
     ca = CertificateAuthority.create(root / "ca")
     server = ca.issue_server("broker", root / "broker")
-    device = ca.issue_client("site-00", root / "devices")
+    # One certificate per simulator connection (CN = client id), as the local stack issues them.
+    devices = plan_connections(_fleet(), 0, "g1-").client_ids
+    for client_id in devices:
+        ca.issue_client(client_id, root / "devices")
     reader = ca.issue_client(RULE_RUNNER_IDENTITY, root / "devices")
     broker_port = free_port()
     broker = MosquittoProcess(
         BrokerConfig(port=broker_port, data_dir=root / "mosquitto", ca_file=ca.ca_cert_path,
                      cert_file=server.cert_path, key_file=server.key_path, crl_file=ca.crl_path,
-                     acl_file=root / "mosquitto" / "acl"),
+                     access=BrokerAccess(devices=dict.fromkeys(devices, "site-00"))),
         root / "mosquitto.log",
     )
     config_file = root / "fleet.yaml"
@@ -132,7 +138,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver)
     simulator = ManagedProcess("simulator", python_command(
         "simulator", "--config", str(config_file), "--site-index", "0", "--engine", "fleet", "--start", START,
         "--metrics-port", str(simulator_port), *tls,
-        "--cert", str(device.cert_path), "--key", str(device.key_path),
+        "--cert-dir", str(root / "devices"), "--client-id-prefix", "g1-",
     ), root / "simulator.log", stop_timeout_s=30)
     rule_runner = ManagedProcess("rule-runner", python_command(
         "local_stack.rule_runner", *tls, "--cert", str(reader.cert_path), "--key", str(reader.key_path),

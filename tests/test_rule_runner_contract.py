@@ -10,7 +10,7 @@ import orjson
 import pytest
 from test_rule_runner_support import fleet_messages
 
-from factory_core.fleet import FleetSettings, MachineType
+from factory_core.fleet import FleetSettings, MachineType, telemetry_topic
 from factory_core.payload_contract import PayloadKind, validator
 from local_stack.message_check import check_message, schema_check, topic_kind
 
@@ -85,7 +85,7 @@ def test_each_kind_of_garbage_gets_its_reason() -> None:
         b"": "invalid_json",
         b"null": "schema_violation",
         orjson.dumps({**document, "seq": 0}): "schema_violation",
-        orjson.dumps({**document, "line": "line-02"}): "schema_violation",  # not the machine's line
+        orjson.dumps({**document, "line": "line-02"}): "machine_mismatch",  # not the machine's line
         b" " * (128 * 1024 + 1): "payload_too_large",
     }
     for garbage, reason in cases.items():
@@ -93,6 +93,17 @@ def test_each_kind_of_garbage_gets_its_reason() -> None:
         assert verdict.reason == reason and verdict.detail, (garbage[:40], verdict)
     # Another machine's payload on this machine's topic.
     assert check_message(topic[:-2] + "99", payload).reason == "topic_mismatch"
+    # A machine id of another site, line or type, on the topic it names: not this payload's machine.
+    site, line, kind_of_machine = document["site"], document["line"], document["type"]
+    others = {"cnc_mill": "conveyor"}.get(kind_of_machine, "cnc_mill")
+    for machine in (
+        document["machine"].replace(site, "site-42", 1),
+        document["machine"].replace(line, "line-42", 1),
+        document["machine"].replace(kind_of_machine, others, 1),
+    ):
+        forged = orjson.dumps({**document, "machine": machine})
+        verdict = check_message(telemetry_topic(site, line, machine), forged)
+        assert verdict.reason == "machine_mismatch" and machine in verdict.detail, verdict
     # A telemetry payload on a ground-truth topic fails that topic's schema.
     ground_truth_topic = topic.replace("factory/simulator/", "factory/simulator/ground-truth/")
     assert check_message(ground_truth_topic, payload).reason == "schema_violation"

@@ -95,7 +95,7 @@ def test_pem_environment_is_written_private_and_beats_file_paths(pki: Pki) -> No
     assert stat.S_IMODE(connection.key_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(connection.key_path.parent.stat().st_mode) == 0o700
     assert connection.key_path.read_text() == pki.device.key_path.read_text()
-    assert validate_connection(connection).subject.startswith("CN=site-00")
+    assert validate_connection(connection).subject.startswith("CN=g1-site-00-c00")
     flagged = load_run_config(["--cert", "/flag/cert.pem"], env)
     assert materialize_pem_env(flagged.connection, env).cert_path == Path("/flag/cert.pem")
 

@@ -174,7 +174,7 @@ def test_check_config_validates_certificates_too(pki: Pki, tmp_path: Path) -> No
     config.write_text("seed: 1\n")
     good = simulator("--check-config", str(config), *connection_flags(pki, 8883))
     assert good.returncode == 0, good.stderr
-    assert "certificate CN=site-00" in good.stdout
+    assert "certificate CN=g1-site-00-c00" in good.stdout
     bad = simulator("--check-config", str(config), *connection_flags(pki, 8883, key=pki.reader.key_path))
     assert_one_line_usage_error(bad, "do not match")
 
@@ -191,7 +191,7 @@ def test_pem_content_from_the_environment(pki: Pki, tmp_path: Path) -> None:
     }
     result = simulator("--check-config", str(config), env=env)
     assert result.returncode == 0, result.stderr
-    assert "CN=site-00" in result.stdout
+    assert "CN=g1-site-00-c00" in result.stdout
 
 
 @pytest.mark.parametrize("engine", ["fleet", "sdk"])

@@ -80,6 +80,8 @@ class Subscriber:
 
 
 def start_simulator(broker: Broker, engine: str, *args: str) -> subprocess.Popen[str]:
+    """The simulator with a certificate per connection, as the local stack runs it (the broker
+    takes a certificate's CN as its client id, so connections sharing one would close each other)."""
     pki = broker.pki
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FACTORY_")}
     return subprocess.Popen(
@@ -95,10 +97,10 @@ def start_simulator(broker: Broker, engine: str, *args: str) -> subprocess.Popen
             str(broker.port),
             "--ca",
             str(pki.ca.ca_cert_path),
-            "--cert",
-            str(pki.device.cert_path),
-            "--key",
-            str(pki.device.key_path),
+            "--cert-dir",
+            str(broker.device_dir(0, connections=64)),
+            "--client-id-prefix",
+            "g1-",
             "--metrics-port",
             "0",
             *args,
@@ -210,7 +212,7 @@ def test_many_connections_each_with_its_own_client_id(broker: Broker, engine: st
         assert_no_gaps(subscriber)
         log = broker.process.log_path.read_text()
         for index in range(4):
-            assert f"iotfactory-site-00-c{index:02d}" in log
+            assert f"as g1-site-00-c{index:02d} (" in log
     finally:
         subscriber.close()
 

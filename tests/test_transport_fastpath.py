@@ -140,7 +140,7 @@ def _start(
     return subprocess.Popen(
         [sys.executable, *entry, "--engine", "fleet", "--qos", str(qos),
          "--endpoint", broker.host, "--port", str(broker.port), "--ca", str(pki.ca.ca_cert_path),
-         "--cert", str(pki.device.cert_path), "--key", str(pki.device.key_path),
+         "--cert-dir", str(broker.device_dir(0)), "--client-id-prefix", "g1-",
          "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
          "--lines", "1", "--machines", "cnc_mill=3,conveyor=2", "--publish-interval", "0.02", *extra],
         cwd=PROJECT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -28,6 +28,7 @@ UNAVAILABLE = [
     ("local", ["bootstrap"], ["`bootstrap` creates the S3 state bucket", "up --stack local"]),
     ("dev", ["verify"], ["not wired to cloud stacks", "verify --archive s3://", "outputs --stack dev"]),
     ("prod", ["logs"], ["logs to CloudWatch", "aws logs tail /iotfactory/prod/simulators --follow"]),
+    ("dev", ["tail"], ["`tail` watches the local broker", "MQTT test client", "factory/simulator/#"]),
     (
         "dev",
         ["stop"],
@@ -65,7 +66,8 @@ def test_a_verb_the_stack_lacks_is_one_line_naming_the_alternative(
 
 def test_both_kinds_of_stack_answer_every_verb() -> None:
     verbs = set(StackVerbs.__abstractmethods__)
-    assert {"up", "preview", "status", "outputs", "scale", "rotate_certs", "verify", "logs", "stop"} < verbs
+    expected = {"up", "preview", "status", "outputs", "scale", "rotate_certs", "verify", "logs", "tail"}
+    assert expected | {"stop"} < verbs
     for implementation in (LocalStack(), CloudStack("dev")):
         assert isinstance(implementation, StackVerbs)
         assert all(callable(getattr(implementation, verb)) for verb in verbs)

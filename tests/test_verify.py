@@ -217,3 +217,37 @@ def test_large_archive_streams_through(tmp_path: Path, machines: int, per_machin
     assert report.unique == machines * per_machine - 1
     assert report.missing == 1 and report.duplicates == 0
     assert [s.gaps for s in report.streams if s.gaps] == [(SeqRange(500, 500),)]
+
+
+def test_streams_are_keyed_by_site_and_machine(tmp_path: Path) -> None:
+    """A message claiming another site for a machine id is its own stream, never a duplicate or a
+    gap of the real one (the rule runner quarantines such messages; an archive from elsewhere may
+    still hold them)."""
+    archive = LocalArchive(tmp_path / "archive")
+    real = [telemetry(MACHINE, seq, 1_000 * seq) for seq in range(1, 6)]
+    claimed = orjson.loads(telemetry(MACHINE, 3, 3_000)) | {"site": "site-09"}
+    write_batches(archive, [real, [orjson.dumps(claimed)]])
+    report = verify_archive(archive)
+    streams = {(stream.site, stream.machine): stream for stream in report.streams}
+    assert set(streams) == {("site-00", MACHINE), ("site-09", MACHINE)}
+    assert streams[("site-00", MACHINE)].unique == 5 and streams[("site-00", MACHINE)].duplicates == 0
+    assert report.duplicates == 0
+
+
+def test_quarantine_samples_read_the_excerpt(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path / "archive")
+    entry = {
+        "reason": "machine_mismatch",
+        "detail": "machine site-00-line-01-conveyor-01 is not a conveyor of site-01/line-01",
+        "topic": "factory/simulator/site-01/line-01/site-00-line-01-conveyor-01",
+        "received_at": "2026-01-01T00:00:00.000Z",
+        "qos": 1,
+        "payload_bytes": 5000,
+        "payload_sha256": "0" * 64,
+        "payload_excerpt_base64": "eyJzaXRlIjogInNpdGUtMDEifQ==",
+    }
+    key = quarantine_key("machine_mismatch", "test", dt.datetime.now(dt.UTC))
+    archive.put_object(key, encode_batch([orjson.dumps(entry)]))
+    report = verify_archive(archive)
+    assert report.quarantined == {"machine_mismatch": 1}
+    assert report.quarantine_samples[0].payload_preview == '{"site": "site-01"}'

@@ -26,13 +26,13 @@ from factory_core import metric_catalog as catalog
 from factory_core.errors import UsageError
 from factory_core.fleet import FAILURE_MODES, SENSOR_FAULTS, MachineType
 from simulator.metrics.accumulators import BucketCounts
-from simulator.transport.publisher import KINDS, TransportSnapshot
+from simulator.transport.publisher import KINDS, OVERSIZE_REASON, TransportSnapshot
 
 # A machine reports the faults it can have: its type's failure modes and every sensor fault.
 FAULT_KINDS: dict[str, tuple[str, ...]] = {
     machine_type.value: (*FAILURE_MODES[machine_type], *SENSOR_FAULTS) for machine_type in MachineType
 }
-FAILURE_REASONS = ("queue_full", "publish_error", "connect_error", "shutdown")
+FAILURE_REASONS = ("queue_full", "publish_error", "connect_error", "shutdown", OVERSIZE_REASON)
 _SIGNAL_METRICS = tuple(m for m in catalog.MACHINE_SIGNALS if m.signal is not None)
 _HEALTH = catalog.by_name("factory_machine_health_ratio")
 _TEMPERATURE = catalog.by_name("factory_machine_temperature_celsius")

@@ -45,6 +45,7 @@ from simulator.transport.publisher import (
     TokenBucket,
     TransportOptions,
     TransportSnapshot,
+    drop_if_oversize,
     governor,
     merge_stats,
 )
@@ -115,7 +116,11 @@ class FleetPublisher(Publisher):
 
     def __init__(self, plan: ConnectionPlan, options: TransportOptions) -> None:
         super().__init__(plan, options)
-        self._context = client_ssl_context(options)
+        # One context for all connections, or one per connection when each has its own certificate.
+        if options.cert_dir is None:
+            self._contexts = [client_ssl_context(options)] * plan.connections
+        else:
+            self._contexts = [client_ssl_context(options, client_id) for client_id in plan.client_ids]
         # Checked once per process, before any connection: see paho_fastpath.
         self.fastpath = paho_fastpath.fastpath_enabled()
         self._link_type: type[FastLink] | type[PlainLink] = FastLink if self.fastpath else PlainLink
@@ -148,6 +153,8 @@ class FleetPublisher(Publisher):
 
     def submit(self, connection: int, message: Publishable) -> None:
         conn = self._connections[connection]
+        if drop_if_oversize(message, conn.stats):
+            return
         pending = conn.pending
         pending.append(message)
         if len(pending) > self.options.queue_limit_per_connection:
@@ -254,7 +261,7 @@ class FleetPublisher(Publisher):
             protocol=mqtt.MQTTv311,
             userdata=conn,
         )
-        client.tls_set_context(self._context)
+        client.tls_set_context(self._contexts[conn.index])
         client.connect_timeout = self.options.connect_timeout_s
         client.max_inflight_messages_set(max(self.plan.window, 1))
         client.on_connect = self._on_connect

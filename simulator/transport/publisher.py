@@ -8,6 +8,7 @@ that draining a backlog after an outage never exceeds AWS IoT's per-connection q
 
 from __future__ import annotations
 
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from factory_core.connection_plan import ConnectionPlan
-from factory_core.fleet import IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION
+from factory_core.fleet import IOT_MAX_PAYLOAD_BYTES, IOT_MAX_PUBLISHES_PER_SECOND_PER_CONNECTION
 from factory_core.metric_catalog import PUBACK_BUCKETS
 from simulator.metrics.accumulators import BucketCounts
 
@@ -23,6 +24,10 @@ KINDS = ("telemetry", "ground_truth")
 # QoS 0 has no PUBACK: the window then bounds messages handed to the client but not yet written
 # to the socket, which is what keeps memory flat (the SDK alone queued 343 MB in a tight loop).
 QOS0_SEND_BACKLOG = 1_000
+
+
+# Failure reason of a message over AWS IoT's payload limit, dropped before it is ever sent.
+OVERSIZE_REASON = "payload_too_large"
 
 
 class Publishable(Protocol):
@@ -45,8 +50,8 @@ class TransportOptions:
     endpoint: str
     port: int
     ca_path: Path
-    cert_path: Path
-    key_path: Path
+    cert_path: Path | None  # None: every connection has its own in `cert_dir`
+    key_path: Path | None
     qos: int = 1
     queue_limit_per_connection: int = 1_000
     keepalive_s: int = 60
@@ -59,6 +64,14 @@ class TransportOptions:
     # 20 ms halves the TLS writes and PUBACK reads at 80 msg/s per connection; --max-rate uses 0
     # because there the window, not the clock, limits what is in flight.
     linger_s: float = 0.02
+    cert_dir: Path | None = None  # `<client id>.pem`/`.key` per connection (the local broker)
+
+    def credentials(self, client_id: str) -> tuple[Path, Path]:
+        """The certificate and key the connection `client_id` presents."""
+        if self.cert_dir is not None:
+            return self.cert_dir / f"{client_id}.pem", self.cert_dir / f"{client_id}.key"
+        assert self.cert_path is not None and self.key_path is not None
+        return self.cert_path, self.key_path
 
 
 class TokenBucket:
@@ -105,6 +118,33 @@ class ConnectionStats:
 
     def fail(self, reason: str, count: int = 1) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + count
+
+
+_oversize_reported = False
+
+
+def drop_if_oversize(message: Publishable, stats: ConnectionStats) -> bool:
+    """True (and counted, and said once per process) for a payload over AWS IoT's 128 KiB limit.
+
+    The broker would refuse it (AWS IoT, and the local broker's `max_packet_size`, close the
+    connection); since unacknowledged QoS 1 messages are sent again after every reconnect, one such
+    message would keep a connection failing forever. The model's payloads are far smaller: this
+    only guards against that loop.
+    """
+    if len(message.payload) <= IOT_MAX_PAYLOAD_BYTES:
+        return False
+    stats.fail(OVERSIZE_REASON)
+    global _oversize_reported
+    if not _oversize_reported:
+        _oversize_reported = True
+        print(
+            f"dropped a {len(message.payload)}-byte message for {message.topic}: over AWS IoT's"
+            f" {IOT_MAX_PAYLOAD_BYTES}-byte payload limit (counted in simulator_publish_failures_total"
+            f'{{reason="{OVERSIZE_REASON}"}}; further ones are counted, not logged)',
+            file=sys.stderr,
+            flush=True,
+        )
+    return True
 
 
 @dataclass(frozen=True)

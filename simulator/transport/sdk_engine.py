@@ -34,6 +34,7 @@ from simulator.transport.publisher import (
     TokenBucket,
     TransportOptions,
     TransportSnapshot,
+    drop_if_oversize,
     governor,
     merge_stats,
 )
@@ -102,7 +103,8 @@ class SdkPublisher(Publisher):
         options = self.options
         client = AWSIoTMQTTClient(conn.client_id, cleanSession=True)
         client.configureEndpoint(options.endpoint, options.port)
-        client.configureCredentials(str(options.ca_path), str(options.key_path), str(options.cert_path))
+        cert_path, key_path = options.credentials(conn.client_id)
+        client.configureCredentials(str(options.ca_path), str(key_path), str(cert_path))
         # stable (20 s) must exceed base: a connection that stays up that long resets the backoff.
         client.configureAutoReconnectBackoffTime(
             int(options.reconnect_base_s), int(options.reconnect_max_s), 20
@@ -215,6 +217,8 @@ class SdkPublisher(Publisher):
 
     def submit(self, connection: int, message: Publishable) -> None:
         conn = self._connections[connection]
+        if drop_if_oversize(message, conn.stats):
+            return
         conn.pending.append(message)
         if len(conn.pending) > self.options.queue_limit_per_connection:
             with contextlib.suppress(IndexError):

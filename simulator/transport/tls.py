@@ -11,15 +11,17 @@ from simulator.transport.publisher import TransportOptions
 AWS_IOT_ALPN_443 = "x-amzn-mqtt-ca"
 
 
-def client_ssl_context(options: TransportOptions) -> ssl.SSLContext:
-    """TLS 1.2+ with server verification and host-name check, client certificate loaded once.
+def client_ssl_context(options: TransportOptions, client_id: str = "") -> ssl.SSLContext:
+    """TLS 1.2+ with server verification and host-name check, the connection's client certificate.
 
-    One context is shared by every connection of the process: the certificate chain and key are
-    parsed once, and TLS session state stays per socket.
+    With one certificate for all connections one context is shared by every connection of the
+    process (the chain and key are parsed once; TLS session state stays per socket); with a
+    certificate per connection (`cert_dir`) each connection gets its own.
     """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(options.ca_path))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile=str(options.cert_path), keyfile=str(options.key_path))
+    cert_path, key_path = options.credentials(client_id)
+    context.load_cert_chain(certfile=str(cert_path), keyfile=str(key_path))
     if options.port == 443:
         context.set_alpn_protocols([AWS_IOT_ALPN_443])
     return context

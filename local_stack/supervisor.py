@@ -24,7 +24,6 @@ from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.fleet import site_id
@@ -291,13 +290,6 @@ class Supervisor:
                 events=list(self.events),
                 error=self.error,
             )
-
-    def status(self) -> dict[str, Any]:
-        """`status_report()` as JSON-ready data (what `up` in the foreground renders)."""
-        return self.status_report().as_dict()
-
-    def outputs(self) -> dict[str, Any]:
-        return self.outputs_report().as_dict()
 
     def _write_state(self, *, force: bool = False, exit_code: int | None = None) -> None:
         def document() -> StateDocument:

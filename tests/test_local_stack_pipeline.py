@@ -70,7 +70,7 @@ class RunningStack:
 
     @property
     def broker_port(self) -> int:
-        return int(self.outputs()["brokerPort"])
+        return int(self.outputs()["broker_port"])
 
     def archived(self) -> float:
         return float(self.status()["pipeline"]["archived_total"])
@@ -100,7 +100,7 @@ class RunningStack:
         state = read_state(self.paths)
         if state is None:  # destroyed
             return []
-        return [int(state["supervisorPid"]), *[int(pid) for pid in state.get("pids", [])]]
+        return [state.supervisor_pid, *state.pids]
 
     def stop(self) -> None:
         assert run_cli("stop", "--stack", "local", "--json").exit_code == 0
@@ -262,7 +262,7 @@ def test_full_pipeline_archives_every_message_exactly_once(start_stack, tmp_path
     assert not connects(stack, intruder, "site-90-c02")
 
     stack.run_until(20)
-    port = int(stack.outputs()["prometheusUrl"].rsplit(":", 1)[1])
+    port = int(stack.outputs()["prometheus_url"].rsplit(":", 1)[1])
     published = prometheus_api.query(port, "simulator_messages_published_total")
     assert {series["metric"]["site"] for series in published} == {"site-00", "site-01"}
     targets = prometheus_api.query(port, 'up{job="simulator"}')
@@ -294,7 +294,7 @@ def test_scale_up_and_down_while_running_loses_nothing(start_stack) -> None:
     assert run_cli("scale", "--stack", "local", "--simulators", "4", "--json").exit_code == 0
     status = stack.status()
     assert status["simulators"] == {"desired": 4, "up": 4}
-    port = int(stack.outputs()["prometheusUrl"].rsplit(":", 1)[1])
+    port = int(stack.outputs()["prometheus_url"].rsplit(":", 1)[1])
     assert len(prometheus_api.active_targets(port)) == 4
     stack.run_until(7)
     assert run_cli("scale", "--stack", "local", "--simulators", "1", "--json").exit_code == 0

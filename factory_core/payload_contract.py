@@ -1,8 +1,13 @@
-"""The payload contract: loads the JSON Schemas in factory_core/schema/ and validates payloads."""
+"""The payload contract: loads the JSON Schemas in factory_core/schema/ and validates payloads.
+
+`decode_payload` is the one reading of a payload's bytes: the rule runner decides with it what to
+archive, and `verify` reads the archive with it, so the two never disagree on what is valid JSON.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -36,13 +41,44 @@ def validator(kind: PayloadKind) -> Draft202012Validator:
     return Draft202012Validator(load_schema(kind), format_checker=FormatChecker())
 
 
+def decode_payload(payload: bytes | str) -> Any:
+    """The JSON value of `payload`; `PayloadInvalid` for anything but one unambiguous JSON text.
+
+    Refused beyond what orjson refuses: duplicate object keys (readers disagree on which one wins,
+    RFC 8259 §4) and NaN/Infinity. Fast path: orjson, and if writing the value back gives the same
+    bytes (what every simulator payload does: it is written by orjson) the input had no duplicate
+    key and no number orjson could not hold exactly. Anything else is read again by the standard
+    library, which keeps every integer exact and reports repeated keys.
+    """
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        raise PayloadInvalid(f"not JSON: {error}") from None
+    raw = payload.encode() if isinstance(payload, str) else payload
+    if orjson.dumps(document) == raw:
+        return document
+    try:
+        return json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except ValueError as error:
+        raise PayloadInvalid(f"not JSON: {error}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise ValueError(f"duplicate key {repeated!r}")
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _decode(payload: bytes | str | Mapping[str, Any]) -> Any:
     if isinstance(payload, Mapping):
         return payload
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        raise PayloadInvalid(f"not JSON: {error}") from None
+    return decode_payload(payload)
 
 
 def payload_kind(payload: Mapping[str, Any]) -> PayloadKind:

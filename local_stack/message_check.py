@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any, Literal
 
-import orjson
-
 from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT, ground_truth_topic, telemetry_topic
-from factory_core.payload_contract import PayloadKind, load_schema, payload_errors, payload_kind, validator
+from factory_core.payload_contract import (
+    PayloadInvalid,
+    PayloadKind,
+    decode_payload,
+    load_schema,
+    payload_errors,
+    payload_kind,
+    validator,
+)
 
 log = logging.getLogger("iotfactory.rule_runner")
 
@@ -98,8 +104,9 @@ def check_message(topic: str, payload: bytes) -> MessageVerdict:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return MessageVerdict(kind, "payload_too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
-        document = orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
+        # The contract's reading, the same `verify` uses: what is archived, verify can read.
+        document = decode_payload(payload)
+    except PayloadInvalid as error:
         return MessageVerdict(kind, "invalid_json", str(error))
     if not isinstance(document, dict):
         return MessageVerdict(

@@ -1,0 +1,99 @@
+"""The numbers people see, on the real local stack: Prometheus series, alerts and `status` totals.
+
+Every test runs a stack with ephemeral ports (real Mosquitto, simulators, rule runner, Prometheus),
+changes it the way people do (stop and up again, scale, break the archive) and reads the numbers
+where people read them: Prometheus's API and `status --json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from support_local_stack import run_cli
+from test_local_stack_pipeline import MACHINES_PER_SITE, RunningStack, start_stack  # noqa: F401
+
+from local_stack import prometheus as prometheus_api
+
+pytestmark = pytest.mark.integration
+
+MACHINES = "sum(factory_line_machines)"
+SIMULATOR_DOWN = 'ALERTS{alertname="SimulatorDown"}'
+
+
+def prometheus_port(stack: RunningStack) -> int:
+    return int(stack.outputs()["prometheus_url"].rsplit(":", 1)[1])
+
+
+def scalar(port: int, promql: str) -> float | None:
+    result = prometheus_api.query(port, promql)
+    return float(result[0]["value"][1]) if result else None
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"{what} within {timeout_s} s")
+
+
+def hold(condition: Callable[[], Any], seconds: float, what: str) -> None:
+    """`condition` stays truthy for `seconds` (Prometheus evaluates its rules every scrape, 1 s here)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert condition(), what
+        time.sleep(0.25)
+
+
+def quiet(port: int, machines: int) -> bool:
+    """The fleet counts `machines` and no SimulatorDown is pending or firing."""
+    return scalar(port, MACHINES) == machines and not prometheus_api.query(port, SIMULATOR_DOWN)
+
+
+def status() -> dict[str, Any]:
+    result = run_cli("status", "--stack", "local", "--json")
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def test_series_survive_stop_and_up_and_leaving_is_no_outage(start_stack) -> None:  # noqa: F811
+    stack = start_stack(simulators=2)
+    fleet = 2 * MACHINES_PER_SITE
+    port = prometheus_port(stack)
+    wait_for(lambda: scalar(port, MACHINES) == fleet, 30, f"{MACHINES} == {fleet}")
+    first_ports = stack.outputs()["metrics_ports"]
+
+    # Stop and up again: every port is new (0 = pick a free one), the series are the same ones.
+    stack.stop()
+    assert run_cli("up", "--stack", "local", "--detach", "--yes", "--json").exit_code == 0
+    port = prometheus_port(stack)
+    assert stack.outputs()["metrics_ports"] != first_ports
+    wait_for(lambda: prometheus_api.scrapes_exactly(port, {"site-00", "site-01"}), 30, "both sites scraped")
+    wait_for(lambda: scalar(port, "count(up{job='simulator'} == 1)") == 2, 30, "both sites up")
+    hold(
+        lambda: quiet(port, fleet),
+        8,
+        f"{MACHINES} stays {fleet} and SimulatorDown stays quiet after stop + up",
+    )
+    up = prometheus_api.query(port, "up{job='simulator'}")
+    sites = {series["metric"]["instance"]: series["metric"]["site"] for series in up}
+    assert sites == {"site-00": "site-00", "site-01": "site-01"}
+
+    # Scale down: the leaving site is out of Prometheus before it drains; nothing reads as down.
+    assert run_cli("scale", "--stack", "local", "--simulators", "1", "--json").exit_code == 0
+    # The staleness markers land at what would have been the next scrape of the leaving target.
+    wait_for(lambda: scalar(port, MACHINES) == MACHINES_PER_SITE, 10, "the leaving site's series end")
+    hold(
+        lambda: quiet(port, MACHINES_PER_SITE),
+        8,
+        "after scale-down the fleet counts one site and SimulatorDown stays quiet",
+    )
+    rules = prometheus_api.api_get(port, "/api/v1/rules")["data"]["groups"]
+    down = [r for g in rules for r in g["rules"] if r.get("name") == "SimulatorDown"]
+    assert down and all(rule["state"] == "inactive" and not rule["alerts"] for rule in down)

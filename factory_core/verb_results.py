@@ -58,7 +58,8 @@ class SimulatorCounts:
 
 @dataclass(frozen=True)
 class PipelineStatus:
-    """Totals since the supervisor started, current rates, and what the exporters report now."""
+    """Totals since the supervisor started (each process's final counts once it stopped), current
+    rates, and what the exporters report now."""
 
     published_total: int
     archived_total: int
@@ -66,7 +67,7 @@ class PipelineStatus:
     publish_failures_total: int
     published_per_s: float
     archived_per_s: float
-    lag_s: float | None
+    lag_s: float | None  # how far behind the archive is (grows while nothing gets written)
     connections_up: int
     connections_planned: int
     queued: int
@@ -74,6 +75,21 @@ class PipelineStatus:
     exporters_up: int
     exporters_expected: int
     sampled_at: dt.datetime | None
+    archive_write_errors_total: int = 0  # batch writes the archive refused (retried)
+    scrape_failures_total: int = 0  # times a running service's exporter did not answer
+    unanswered: tuple[str, ...] = ()  # running services whose exporter does not answer now
+    # Everything that went wrong: failed publishes, quarantined messages, refused archive writes,
+    # and exporters that did not answer.
+    errors_total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        errors = (
+            self.publish_failures_total
+            + self.quarantined_total
+            + self.archive_write_errors_total
+            + self.scrape_failures_total
+        )
+        object.__setattr__(self, "errors_total", errors)
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,9 @@ def pipeline_status(snapshot: PipelineSnapshot) -> PipelineStatus:
         exporters_up=snapshot.exporters_up,
         exporters_expected=snapshot.exporters_expected,
         sampled_at=_time(snapshot.sampled_at),
+        archive_write_errors_total=round(snapshot.archive_write_errors_total),
+        scrape_failures_total=snapshot.scrape_failures_total,
+        unanswered=tuple(snapshot.unanswered),
     )
 
 

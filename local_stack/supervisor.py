@@ -69,7 +69,7 @@ class Supervisor:
         self.say = progress
         self.lock = threading.RLock()  # guards `phase` and `events` against the other threads
         self.monitor = PipelineMonitor(self._exporters, self._first_archived)
-        self.services = ServiceSet(self._event, self.monitor.forget)
+        self.services = ServiceSet(self._event, self.monitor.forget, self.monitor.settle)
         self.ports: dict[str, int] = {}
         self.desired_simulators = stack.simulator_count
         self.phase = "starting"

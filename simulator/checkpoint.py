@@ -108,6 +108,12 @@ def ledger_path(state_file: Path) -> Path:
     return state_file.with_name(state_file.name + ".seq")
 
 
+def final_metrics_path(state_file: Path) -> Path:
+    """Where a drained process leaves its exporter's last exposition: its final counts, including
+    what it published after the last scrape (the local stack adds them to its totals)."""
+    return state_file.with_name(state_file.name + ".final.prom")
+
+
 @dataclass(frozen=True)
 class SeqMarks:
     """Per machine id, the highest telemetry and ground-truth `seq` a run may have published."""

@@ -337,6 +337,7 @@ def run_live(config: RunConfig) -> RunSummary:
                 checkpoint.save(config.state_file, fleet, config.site_index, model)
                 if ledger is not None:
                     ledger.settle()
+            exporter.write_final(checkpoint.final_metrics_path(config.state_file))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

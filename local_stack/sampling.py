@@ -53,7 +53,7 @@ class PipelineMonitor:
     def sample_once(self) -> PipelineSnapshot:
         # Replaced under the lock, so a sample taken before a `settle` never overwrites it.
         with self._sampler_lock:
-            snapshot = self._sampler.sample(self._exporters())
+            snapshot = self._sampler.sample(self._exporters(), still_expected=self._exporters)
             self.snapshot = snapshot
         if self.first_archived_at is None and snapshot.archived_total > 0:
             self.first_archived_at = time.time()

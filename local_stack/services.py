@@ -256,8 +256,13 @@ class ServiceSet:
         return [pid for s in self.all() if s.running and s.process and (pid := s.process.pid) is not None]
 
     def exporters(self) -> dict[str, int]:
-        """Service name -> metrics port of every running service whose metrics feed the pipeline totals."""
-        return {s.name: s.port for s in self.all() if s.spec.exporter and s.port and s.running}
+        """Service name -> metrics port of every running service whose metrics feed the pipeline totals
+        (not one being stopped: what it counts while it drains comes with its final counts)."""
+        return {
+            s.name: s.port
+            for s in self.all()
+            if s.spec.exporter and s.port and s.running and not s.intentional_stop
+        }
 
 
 # -- ports ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -118,15 +118,20 @@ class PipelineSampler:
     _history: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=4096))
     _scrape_failures: int = 0
 
-    def sample(self, exporters: Mapping[str, int], now: float | None = None) -> PipelineSnapshot:
-        """`exporters`: service name -> metrics port (simulators and the rule runner)."""
+    def sample(
+        self,
+        exporters: Mapping[str, int],
+        now: float | None = None,
+        still_expected: Callable[[], Collection[str]] | None = None,
+    ) -> PipelineSnapshot:
+        """`exporters`: service name -> metrics port (simulators and the rule runner);
+        `still_expected`: asked after the scrapes, so one that stopped meanwhile is no failure."""
         now = time.time() if now is None else now
         snapshot = PipelineSnapshot(exporters_expected=len(exporters), sampled_at=now)
         lags: list[float] = []
         for service, port in exporters.items():
             samples = scrape(port)
             if samples is None:
-                self._scrape_failures += 1
                 snapshot.unanswered.append(service)
                 continue
             snapshot.exporters_up += 1
@@ -137,6 +142,10 @@ class PipelineSampler:
             snapshot.inflight += total(samples, catalog.INFLIGHT.name)
             if any(s.name == catalog.ARCHIVE_LAG.name for s in samples):
                 lags.append(total(samples, catalog.ARCHIVE_LAG.name))
+        if snapshot.unanswered and still_expected is not None:
+            expected = still_expected()
+            snapshot.unanswered = [service for service in snapshot.unanswered if service in expected]
+        self._scrape_failures += len(snapshot.unanswered)
         self._fill(snapshot)
         self._history.append((now, snapshot.published_total, snapshot.archived_total))
         snapshot.published_per_s, snapshot.archived_per_s = self._rates(now)

@@ -8,6 +8,8 @@ where people read them: Prometheus's API and `status --json`.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -97,3 +99,82 @@ def test_series_survive_stop_and_up_and_leaving_is_no_outage(start_stack) -> Non
     rules = prometheus_api.api_get(port, "/api/v1/rules")["data"]["groups"]
     down = [r for g in rules for r in g["rules"] if r.get("name") == "SimulatorDown"]
     assert down and all(rule["state"] == "inactive" and not rule["alerts"] for rule in down)
+
+
+def test_totals_are_final_counters_after_a_scale_down(start_stack) -> None:  # noqa: F811
+    stack = start_stack(simulators=3)
+    stack.wait_archived_beyond(stack.archived() + 60)
+    assert run_cli("scale", "--stack", "local", "--simulators", "2", "--json").exit_code == 0
+    stack.wait_archived_beyond(stack.archived() + 40)
+    stack.stop()
+    # The state the stack left: every process's final counts, the drained one's last second included.
+    pipeline = status()["pipeline"]
+    report = stack.verify()
+    assert report.duplicates == 0 and report.missing == 0
+    assert pipeline["published_total"] == pipeline["archived_total"] == report.unique > 0
+    assert pipeline["errors_total"] == 0
+
+
+Pipeline = dict[str, Any]
+
+
+def wait_pipeline(condition: Callable[[Pipeline], bool], timeout_s: float, what: str) -> Pipeline:
+    def check() -> Pipeline | None:
+        pipeline: Pipeline = status()["pipeline"]
+        return pipeline if condition(pipeline) else None
+
+    return dict(wait_for(check, timeout_s, what))
+
+
+def lag(pipeline: Pipeline) -> float:
+    return float(pipeline["lag_s"] or 0.0)
+
+
+def fault_lasts(began: float, seconds: float) -> None:
+    """The fault's duration (what is tested is what status shows meanwhile, not a wait for it)."""
+    time.sleep(max(0.0, began + seconds - time.monotonic()))
+
+
+def test_errors_and_a_growing_lag_show_while_the_archive_cannot_keep_up(start_stack) -> None:  # noqa: F811
+    stack = start_stack(simulators=1)
+    stack.wait_archived_beyond(stack.archived() + 20)
+    baseline = status()["pipeline"]
+    assert baseline["errors_total"] == 0
+
+    # The archive folder replaced by a file: not even root can write into it.
+    folder = stack.paths.default_archive_dir
+    away = folder.with_name("archive-away")
+    folder.rename(away)
+    folder.write_text("not a folder\n")
+    began = time.monotonic()
+    try:
+        early = wait_pipeline(
+            lambda p: p["archive_write_errors_total"] > 0 and lag(p) > 5, 20, "write errors and lag"
+        )
+        fault_lasts(began, 20)
+        late = status()["pipeline"]
+        assert late["errors_total"] >= late["archive_write_errors_total"] > 0
+        assert late["lag_s"] > early["lag_s"] + 5, (early, late)
+    finally:
+        folder.unlink()
+        away.rename(folder)
+    wait_pipeline(lambda p: lag(p) < 5, 30, "the archive caught up after the folder came back")
+
+    # The rule runner stopped (SIGSTOP) for 30 s: its exporter is silent and the lag grows.
+    runner = int(stack.service("rule-runner")["pid"])
+    os.kill(runner, signal.SIGSTOP)
+    began = time.monotonic()
+    try:
+        early = wait_pipeline(
+            lambda p: "rule-runner" in p["unanswered"] and lag(p) > 5, 20, "a silent runner and lag"
+        )
+        fault_lasts(began, 30)
+        late = status()["pipeline"]
+        assert late["errors_total"] > early["errors_total"] > baseline["errors_total"]
+        assert late["lag_s"] > early["lag_s"] + 10, (early, late)
+    finally:
+        os.kill(runner, signal.SIGCONT)
+    wait_pipeline(lambda p: lag(p) < 5 and not p["unanswered"], 60, "caught up after SIGCONT")
+    stack.stop()
+    report = stack.verify()
+    assert report.missing == 0 and report.unreadable == 0 and report.duplicates == 0

@@ -161,6 +161,33 @@ class LocalDestroyResult(VerbResult):
     config_file: str  # kept
     stopped_supervisor: int | None = None
     killed_leftovers: int = 0
+    archive: str | None = None  # where the archive is
+    archive_deleted: bool = False  # False: it lies outside the state folder (or in S3) and is kept
+    archive_objects: int | None = None  # None: not counted (an S3 archive, kept)
+    archive_bytes: int | None = None
+    deleted: tuple[str, ...] = ()  # what went with the state folder, in words
+
+    @property
+    def deleted_text(self) -> str:
+        return describe_deleted(
+            self.archive, self.archive_deleted, self.archive_objects, self.archive_bytes, self.deleted
+        )
+
+
+def describe_deleted(
+    archive: str | None,
+    archive_deleted: bool,
+    objects: int | None,
+    size_bytes: int | None,
+    deleted: tuple[str, ...],
+) -> str:
+    """What deleting a local stack's state folder deletes, for its prompt and its report."""
+    if archive_deleted:
+        others = [item for item in deleted if item != "archive"]
+        counted = f"the archive ({objects or 0:,} objects, {(size_bytes or 0) / 1e6:,.1f} MB)"
+        return ", ".join([counted, *others])
+    kept = [f"but not the archive at {archive}"] if archive else []
+    return ", ".join([*deleted, *kept])
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,22 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.progress_events import LocalStarted
-from factory_core.verb_results import LocalDestroyResult, LocalStatus, LocalStopResult, LocalUpResult
+from factory_core.verb_results import (
+    LocalDestroyResult,
+    LocalStatus,
+    LocalStopResult,
+    LocalUpResult,
+    describe_deleted,
+)
 from factory_core.verbs import ProgressSink, require_answerable, require_confirmation
 from local_stack import alertmanager, grafana, grafana_container
+from local_stack import stack_config as config_module
 from local_stack.control import ControlClient
 from local_stack.paths import (
     ALERTMANAGER,
@@ -293,6 +301,40 @@ def stop(paths: StatePaths, sink: ProgressSink) -> LocalStopResult:
     )
 
 
+@dataclass(frozen=True)
+class _StateContents:
+    """What deleting the state folder deletes, in numbers and words (for the prompt and the result)."""
+
+    archive: str | None
+    archive_deleted: bool
+    archive_objects: int | None
+    archive_bytes: int | None
+    deleted: tuple[str, ...]
+
+    def describe(self) -> str:
+        return describe_deleted(
+            self.archive, self.archive_deleted, self.archive_objects, self.archive_bytes, self.deleted
+        )
+
+
+def _state_contents(paths: StatePaths) -> _StateContents:
+    try:
+        config: StackConfig | None = config_module.load(config_path())
+    except UsageError:
+        config = None  # a broken stack file must not keep anyone from deleting the state folder
+    folder = config.archive_folder(paths.root) if config else paths.default_archive_dir
+    others = ("certificates and keys", "logs", "broker sessions", "Prometheus data", "simulator checkpoints")
+    if folder is None:
+        s3 = config.local.archive.s3 if config else None
+        where = f"s3://{s3.bucket} at {s3.endpoint}" if s3 else None
+        return _StateContents(where, False, None, None, others)
+    inside = folder.resolve().is_relative_to(paths.root.resolve())
+    files = [path for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")]
+    size = sum(path.stat().st_size for path in files)
+    deleted = ("archive", *others) if inside else others
+    return _StateContents(str(folder), inside, len(files), size, deleted)
+
+
 def destroy(paths: StatePaths, sink: ProgressSink, *, yes: bool) -> LocalDestroyResult:
     config_file = str(config_path())
     if not paths.root.exists():
@@ -304,12 +346,14 @@ def destroy(paths: StatePaths, sink: ProgressSink, *, yes: bool) -> LocalDestroy
             f"refusing to delete {paths.root}: it has no {paths.marker.name} marker, so it is not a local "
             "stack's state folder; check IOTFACTORY_STATE_DIR"
         )
-    what = "destroying stack 'local'"
+    contents = _state_contents(paths)
+    what = f"destroying stack 'local' (deletes {contents.describe()})"
     if require_answerable(sink, yes=yes, what=what):
         require_confirmation(
             sink,
-            f"Destroy stack 'local': stop it and delete {paths.root} (archive, certificates, logs)?",
-            what=what,
+            f"Destroy stack 'local': stop it and delete {paths.root}: {contents.describe()}? "
+            f"(`stop --stack local` keeps them.)",
+            what="destroying stack 'local'",
         )
     pid = _stop_supervisor(paths, sink)
     killed = _kill_leftovers(paths)
@@ -323,4 +367,9 @@ def destroy(paths: StatePaths, sink: ProgressSink, *, yes: bool) -> LocalDestroy
         config_file=config_file,
         stopped_supervisor=pid or None,
         killed_leftovers=killed,
+        archive=contents.archive,
+        archive_deleted=contents.archive_deleted,
+        archive_objects=contents.archive_objects,
+        archive_bytes=contents.archive_bytes,
+        deleted=contents.deleted,
     )

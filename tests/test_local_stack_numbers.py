@@ -178,3 +178,30 @@ def test_errors_and_a_growing_lag_show_while_the_archive_cannot_keep_up(start_st
     stack.stop()
     report = stack.verify()
     assert report.missing == 0 and report.unreadable == 0 and report.duplicates == 0
+
+
+def test_hints_never_lose_data_and_destroy_says_what_it_deletes(start_stack) -> None:  # noqa: F811
+    stack = start_stack(simulators=1)
+    stack.stop()
+    started = run_cli("up", "--stack", "local", "--detach", "--yes")
+    assert started.exit_code == 0, started.output
+    assert "stop --stack local" in started.output and "destroy" not in started.output
+
+    again = run_cli("up", "--stack", "local", "--detach")
+    assert again.exit_code == 2 and "already running" in again.output
+    assert "stop --stack local" in again.output and "destroy" not in again.output
+
+    archive = stack.paths.default_archive_dir
+    files = [path for path in archive.rglob("*") if path.is_file()]
+    refused = run_cli("destroy", "--stack", "local")  # nobody to answer: refused, naming what would go
+    assert refused.exit_code == 2 and "--yes" in refused.output
+    assert all(words in refused.output for words in ("the archive (", "objects", "certificates"))
+    assert archive.is_dir()
+
+    destroyed = run_cli("destroy", "--stack", "local", "--yes", "--json")
+    assert destroyed.exit_code == 0, destroyed.output
+    result = json.loads(destroyed.stdout.strip().splitlines()[-1])
+    assert result["archive_deleted"] is True and result["archive"] == str(archive)
+    assert result["archive_objects"] >= len(files) > 0 and result["archive_bytes"] > 0
+    assert {"certificates and keys", "logs"} <= set(result["deleted"])
+    assert not stack.paths.root.exists()

@@ -94,7 +94,7 @@ def load(path: Path, fleet: FleetSettings, site_index: int) -> SiteModel | None:
 LEDGER_FORMAT_VERSION = 1
 # A reservation covers about this much publishing: a crash costs a successor at most this many
 # unused telemetry seqs per machine, and the ledger is rewritten about this often.
-RESERVE_AHEAD_S = 10.0
+RESERVE_AHEAD_S = 5.0
 GROUND_TRUTH_BLOCK = 4  # label events are rare: a few per machine per reservation
 MAX_BLOCK = 1 << 20
 

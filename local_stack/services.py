@@ -124,6 +124,8 @@ class Service:
 
     def launch(self) -> None:
         self.intentional_stop = False
+        if self.final_metrics is not None:
+            self.final_metrics.unlink(missing_ok=True)  # only this process's own counts may count
         self.process = self.build()
         self.process.start()
 
@@ -162,9 +164,7 @@ class ServiceSet:
     """
 
     def __init__(
-        self,
-        on_event: Callable[[str], None],
-        before_relaunch: Callable[[str], None],
+        self, on_event: Callable[[str], None], before_relaunch: Callable[[str], None],
         on_final_counts: Callable[[str, Path], None] = lambda _name, _path: None,
     ) -> None:
         """`on_event`: a line for `status`; `before_relaunch`: a service's process is about to be
@@ -444,8 +444,6 @@ class ServiceBuilder:
         settings = self.stack.local
         ready_file = self.paths.root / READY_FILE
         ready_file.unlink(missing_ok=True)
-        final_metrics = self.paths.root / FINAL_METRICS_FILE
-        final_metrics.unlink(missing_ok=True)  # only this process's own counts may be read back
         argv = python_command(
             "local_stack.rule_runner",
             *self._broker_client_args(reader_cert, RULE_RUNNER),
@@ -453,7 +451,7 @@ class ServiceBuilder:
             *("--max-batch", str(settings.rule_runner.batch_max_messages)),
             *("--receive-window", str(BROKER_INFLIGHT_TO_SUBSCRIBERS)),
             *("--ready-file", str(ready_file)),
-            *("--final-metrics", str(final_metrics)),
+            *("--final-metrics", str(self.paths.root / FINAL_METRICS_FILE)),
         )
         environment = child_environment()
         if settings.archive.s3 is not None:
@@ -477,8 +475,6 @@ class ServiceBuilder:
         assert service.generation is not None
         index = simulator_index(service.name)
         assert index is not None
-        if service.final_metrics is not None:
-            service.final_metrics.unlink(missing_ok=True)  # only this process's own counts count
         device = self.pki.device(index, service.generation)
         argv = python_command(
             "simulator",

@@ -13,6 +13,9 @@ from simulator.model.profiles import SIGNAL_UNITS
 
 # Bump on any change a consumer could notice; the JSON Schemas in factory_core/schema/ pin it.
 SCHEMA_VERSION = 1
+# The process run a live message comes from (a UUIDv7, see simulator/checkpoint.py): part of each
+# machine's header, so both encoders write it right after `type`. Optional in schema version 1.
+BOOT_FIELD = "boot"
 
 
 @lru_cache(maxsize=16)

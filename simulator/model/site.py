@@ -23,7 +23,7 @@ from factory_core.fleet import (
     telemetry_topic,
 )
 from simulator.model.machine import Machine
-from simulator.model.payload import TelemetryEncoder, encode_ground_truth, iso_timestamp
+from simulator.model.payload import BOOT_FIELD, TelemetryEncoder, encode_ground_truth, iso_timestamp
 from simulator.model.profiles import PROFILES
 
 MessageKind = Literal["telemetry", "ground_truth"]
@@ -213,7 +213,7 @@ class SiteModel:
         ground-truth `seq` lie above its `floors` entry (what an earlier run may have used)."""
         floors = floors or {}
         for spec, run in zip(self.machines, self._runs, strict=True):
-            run.header["boot"] = boot
+            run.header[BOOT_FIELD] = boot
             run.encoder = TelemetryEncoder(run.header, run.readings)
             telemetry, ground_truth = floors.get(spec.machine_id, (0, 0))
             run.seq_telemetry = max(run.seq_telemetry, telemetry)

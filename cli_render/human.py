@@ -62,7 +62,7 @@ def local_up(result: LocalUpResult, console: Console) -> None:
     _say(
         console,
         "next: `python cli.py status --stack local`, `logs --stack local -f`, `verify --stack local`; "
-        "`stop --stack local` stops it and keeps its state (`destroy --stack local` deletes everything)",
+        "`stop --stack local` stops it and keeps the archive, certificates and logs",
     )
 
 
@@ -103,7 +103,7 @@ def local_destroy(result: LocalDestroyResult, console: Console) -> None:
         return
     _say(
         console,
-        f"destroyed: deleted {result.state_dir} (archive, certificates, logs); "
+        f"destroyed: deleted {result.state_dir}: {result.deleted_text}; "
         f"the config in {result.config_file} is kept",
     )
 

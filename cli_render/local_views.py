@@ -29,11 +29,15 @@ def pipeline_line(pipeline: PipelineStatus | None, simulators: SimulatorCounts |
     if pipeline is None:
         return text
     lag = pipeline.lag_s
-    errors = pipeline.publish_failures_total + pipeline.quarantined_total
+    errors = pipeline.errors_total
     text.append(f"   published {_rate(pipeline.published_per_s)} msg/s")
     text.append(f"   archived {_rate(pipeline.archived_per_s)} msg/s")
     text.append(f"   lag {max(0.0, lag):.1f} s" if lag is not None else "   lag -")
     text.append(f"   errors {errors:,}", style="red" if errors else None)
+    if pipeline.archive_write_errors_total:
+        text.append(f" ({pipeline.archive_write_errors_total:,} archive writes failed)", style="red")
+    if pipeline.unanswered:
+        text.append(f"   not answering: {', '.join(pipeline.unanswered)}", style="red")
     text.append(
         f"   (total: {pipeline.published_total:,} published,"
         f" {pipeline.archived_total:,} archived,"

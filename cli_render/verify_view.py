@@ -88,6 +88,17 @@ def _verdict(report: VerifyReport, console: Console) -> None:
         f" ({report.bytes / 1e6:.1f} MB) in {report.archive}",
         highlight=False,
     )
+    if report.restarts:
+        unsized = sum(1 for s in report.streams for r in s.restarts if r.possibly_lost is None)
+        console.print(
+            Text(
+                f"{report.restarts:,} stream restarts (a simulator stopped without draining):"
+                f" {report.possibly_lost:,} messages possibly lost before reaching the broker"
+                + (f"; {unsized:,} restarts cannot be sized" if unsized else ""),
+                style="yellow",
+            ),
+            highlight=False,
+        )
 
 
 def _totals(report: VerifyReport, console: Console) -> None:
@@ -163,7 +174,8 @@ def _troubled_streams(report: VerifyReport, console: Console, max_streams: int) 
     if not troubled:
         return
     title = f"Streams with gaps, duplicates or reordering ({len(troubled):,})"
-    table = _table(title, ("machine", "kind", "seq", "missing", "gaps", "dups", "reord."), ())
+    columns = ("machine", "kind", "seq", "missing", "gaps", "dups", "reord.", "lost?")
+    table = _table(title, columns, ())
     for column in table.columns:
         # Names and ranges read left to right; the gap list may wrap.
         if str(column.header) in ("machine", "kind", "gaps"):
@@ -178,6 +190,7 @@ def _troubled_streams(report: VerifyReport, console: Console, max_streams: int) 
             _ranges(stream.gaps) or "-",
             f"{stream.duplicates:,}",
             f"{stream.out_of_order:,}",
+            f"{stream.possibly_lost:,}" if stream.restarts else "-",
         )
     _show(console, table)
     if len(troubled) > max_streams:

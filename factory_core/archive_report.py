@@ -1,5 +1,6 @@
-"""What `verify` finds in an archive: per machine and kind, gaps and duplicates in `seq`, latency,
-quarantine, and published-versus-archived counts. The scan that builds it is `local_stack.verify`.
+"""What `verify` finds in an archive: per machine and kind, gaps and duplicates in `seq`, restarts and
+what they may have lost, latency, quarantine, and published-versus-archived counts. The scan that
+builds it is `local_stack.verify`.
 
 Derived totals are fields computed in `__post_init__`, so the `--json` document carries them.
 """
@@ -36,6 +37,18 @@ class LatencySummary:
 
 
 @dataclass(frozen=True)
+class Restart:
+    """A simulator process that stopped without handing over (a crash), as one stream shows it."""
+
+    boot: str | None  # the new process's boot (None: payloads without one)
+    last_seq: int  # the last seq archived from the process before (0: none archived)
+    resumed_seq: int  # the first seq archived from the new process
+    # The seqs in between: published by the dead process but never delivered, or reserved and never
+    # used. None when the new process counted again from below (no seq ledger): unknown.
+    possibly_lost: int | None
+
+
+@dataclass(frozen=True)
 class StreamReport:
     """One machine's messages of one kind (`seq` counts per machine per kind)."""
 
@@ -50,7 +63,10 @@ class StreamReport:
     missing: int
     duplicates: int
     out_of_order: int  # new seqs that arrived after a higher one
-    runs: int  # 1 + simulator restarts detected (seq back to 1 with a new timestamp)
+    runs: int  # 1 + restarts: stretches of seq each process continued without a break
+    boots: int  # simulator processes that sent messages with a `boot` (clean handovers included)
+    restarts: tuple[Restart, ...]
+    possibly_lost: int  # what the restarts may have lost (sized ones only)
     latency: LatencySummary | None
 
     @property
@@ -92,6 +108,7 @@ class KindTotals:
     gaps: int
     out_of_order: int
     restarts: int
+    possibly_lost: int
     latency: LatencySummary | None
 
 
@@ -117,8 +134,12 @@ class VerifyReport(VerbResult):
     unique: int = field(init=False)
     duplicates: int = field(init=False)
     missing: int = field(init=False)
+    restarts: int = field(init=False)  # simulator crashes seen, summed over streams
+    possibly_lost: int = field(init=False)  # what those crashes may have lost (not in `missing`)
     quarantined_total: int = field(init=False)
-    ok: bool = field(init=False)  # nothing lost: no gaps, nothing unreadable, every published one archived
+    # Nothing lost that reached the broker: no gaps, nothing unreadable, every published one
+    # archived. What a crashed simulator never delivered is `possibly_lost`, reported beside it.
+    ok: bool = field(init=False)
 
     def __post_init__(self) -> None:
         derived = {
@@ -126,6 +147,8 @@ class VerifyReport(VerbResult):
             "unique": sum(total.unique for total in self.totals),
             "duplicates": sum(total.duplicates for total in self.totals),
             "missing": sum(total.missing for total in self.totals),
+            "restarts": sum(total.restarts for total in self.totals),
+            "possibly_lost": sum(total.possibly_lost for total in self.totals),
             "quarantined_total": sum(self.quarantined.values()),
         }
         derived["ok"] = (

@@ -132,9 +132,13 @@ ARCHIVED = MetricDef("archive_messages_archived_total", "counter", "Messages wri
 QUARANTINED = MetricDef("archive_messages_quarantined_total", "counter",
                         "Messages quarantined (not JSON, or failing the schema).", ("reason",), "short")
 ARCHIVE_LAG = MetricDef("archive_lag_seconds", "gauge",
-                        "Age of the newest archived message's timestamp when it was written.", (), "s")
+                        "Age of the newest archived message's timestamp when it was written; while "
+                        "writes fail, the age of the oldest message waiting to be written.", (), "s")
 ARCHIVE_BATCHES = MetricDef("archive_batches_written_total", "counter", "Batch objects written.",
                             (), "short")
+ARCHIVE_WRITE_ERRORS = MetricDef("archive_write_errors_total", "counter",
+                                 "Batch writes the archive refused; each is retried, its messages stay "
+                                 "unacknowledged in the broker until written.", (), "short")
 
 MACHINE_METRICS: tuple[MetricDef, ...] = (
     *MACHINE_SIGNALS, MACHINE_STATE, PARTS_GOOD, PARTS_REJECTED, IDEAL_CYCLE_TIME, STATE_SECONDS,
@@ -148,7 +152,9 @@ TRANSPORT_METRICS: tuple[MetricDef, ...] = (
     RECONNECTS, INFLIGHT, QUEUED, SCHEDULER_LAG, MACHINES_SIMULATED, SIMULATED_TIME, FASTPATH_ENABLED,
 )
 SIMULATOR_METRICS: tuple[MetricDef, ...] = (*MACHINE_METRICS, *LINE_METRICS, *TRANSPORT_METRICS)
-ARCHIVE_METRICS: tuple[MetricDef, ...] = (ARCHIVED, QUARANTINED, ARCHIVE_LAG, ARCHIVE_BATCHES)
+ARCHIVE_METRICS: tuple[MetricDef, ...] = (
+    ARCHIVED, QUARANTINED, ARCHIVE_LAG, ARCHIVE_BATCHES, ARCHIVE_WRITE_ERRORS,
+)
 ALL_METRICS: tuple[MetricDef, ...] = (*SIMULATOR_METRICS, *ARCHIVE_METRICS)
 
 

@@ -4,12 +4,16 @@ This module is the one source of the contract's facts (signals per machine type 
 and physical bounds, events, reasons, fault kinds); `factory_core.payload_schema` renders the JSON
 Schemas in factory_core/schema/ and the signal table of docs/model.md from them, and the model
 clamps its readings to the same bounds.
+
+`decode_payload` is the one reading of a payload's bytes: the rule runner decides with it what to
+archive, and `verify` reads the archive with it, so the two never disagree on what is valid JSON.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -24,6 +28,12 @@ from factory_core.metric_catalog import MACHINE_SIGNALS, MACHINE_STATES
 
 # Bump on any change a consumer could notice; the JSON Schemas pin it.
 SCHEMA_VERSION = 2
+
+# The simulator process run a live message comes from (a UUIDv7 drawn at process start): the
+# encoders write it right after `type`; optional, since a model run outside a process has none.
+BOOT_FIELD = "boot"
+# The largest integer every JSON reader holds exactly (RFC 7493): the bound of seqs and counters.
+MAX_JSON_INTEGER = 2**53 - 1
 
 PayloadKind = Literal["telemetry", "ground_truth"]
 PAYLOAD_KINDS: tuple[PayloadKind, ...] = ("telemetry", "ground_truth")
@@ -148,13 +158,44 @@ def validator(kind: PayloadKind) -> Draft202012Validator:
     return Draft202012Validator(load_schema(kind), format_checker=FormatChecker())
 
 
+def decode_payload(payload: bytes | str) -> Any:
+    """The JSON value of `payload`; `PayloadInvalid` for anything but one unambiguous JSON text.
+
+    Refused beyond what orjson refuses: duplicate object keys (readers disagree on which one wins,
+    RFC 8259 §4) and NaN/Infinity. Fast path: orjson, and if writing the value back gives the same
+    bytes (what every simulator payload does: it is written by orjson) the input had no duplicate
+    key and no number orjson could not hold exactly. Anything else is read again by the standard
+    library, which keeps every integer exact and reports repeated keys.
+    """
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        raise PayloadInvalid(f"not JSON: {error}") from None
+    raw = payload.encode() if isinstance(payload, str) else payload
+    if orjson.dumps(document) == raw:
+        return document
+    try:
+        return json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except ValueError as error:
+        raise PayloadInvalid(f"not JSON: {error}") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        repeated = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise ValueError(f"duplicate key {repeated!r}")
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _decode(payload: bytes | str | Mapping[str, Any]) -> Any:
     if isinstance(payload, Mapping):
         return payload
-    try:
-        return orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
-        raise PayloadInvalid(f"not JSON: {error}") from None
+    return decode_payload(payload)
 
 
 def payload_kind(payload: Mapping[str, Any]) -> PayloadKind:
@@ -220,11 +261,13 @@ def validate_payloads(payloads: Iterable[bytes | str | Mapping[str, Any]]) -> in
 __all__ = [
     "ALL_FAILURE_MODES",
     "ALL_SIGNALS",
+    "BOOT_FIELD",
     "EVENTS",
     "FAILURE_MODE",
     "FAILURE_MODES",
     "FAULT_END_REASONS",
     "MACHINE_STATES",
+    "MAX_JSON_INTEGER",
     "PAYLOAD_KINDS",
     "SCHEMA_VERSION",
     "SENSOR",
@@ -236,6 +279,7 @@ __all__ = [
     "PayloadInvalid",
     "PayloadKind",
     "SignalSpec",
+    "decode_payload",
     "identity_error",
     "load_schema",
     "payload_errors",

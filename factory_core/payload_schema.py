@@ -17,9 +17,11 @@ from factory_core.metric_catalog import MACHINE_STATES
 from factory_core.payload_contract import (
     ALL_FAILURE_MODES,
     ALL_SIGNALS,
+    BOOT_FIELD,
     EVENTS,
     FAILURE_MODE,
     FAULT_END_REASONS,
+    MAX_JSON_INTEGER,
     SCHEMA_FILES,
     SCHEMA_VERSION,
     SENSOR,
@@ -66,6 +68,15 @@ def _header(kind: PayloadKind) -> dict[str, Any]:
         "site": {"type": "string", "pattern": "^site-[0-9]{2,}$"},
         "line": {"type": "string", "pattern": "^line-[0-9]{2,}$"},
         "type": {"enum": MACHINE_TYPES},
+        BOOT_FIELD: {
+            "description": "The simulator process run that sent this message: a UUIDv7 drawn when the "
+            "process starts, so later runs sort after earlier ones. (machine, boot, seq) names one "
+            "message: a run that crashed is followed by a run with a new boot whose seqs continue above "
+            "what the crashed one had reserved, so the gap between the two is what the crash may have "
+            "lost. Optional: a model run outside a simulator process (a regenerated label set) has none.",
+            "type": "string",
+            "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
+        },
     }
 
 
@@ -116,11 +127,14 @@ def _telemetry_properties() -> dict[str, Any]:
         **_header("telemetry"),
         "ts": {**_timestamp(), "description": "Simulated sample time, ISO-8601 UTC with milliseconds."},
         "seq": {
-            "description": "Per-machine telemetry sequence number: starts at 1 when the simulator "
-            "starts and increases by 1 with every telemetry message of that machine. Ground-truth "
-            "events have their own counter. A gap means a lost message.",
+            "description": "Per-machine telemetry sequence number: starts at 1 and increases by 1 with "
+            "every telemetry message of that machine, also across simulator restarts (a crash leaves a "
+            "gap between two boots, see boot). Ground-truth events have their own counter. A gap within "
+            "one boot means a lost message. At most 2^53-1, the largest integer every JSON reader holds "
+            "exactly (RFC 7493).",
             "type": "integer",
             "minimum": 1,
+            "maximum": MAX_JSON_INTEGER,
         },
         "state": {"enum": list(MACHINE_STATES)},
         "signals": {
@@ -137,8 +151,8 @@ def _telemetry_properties() -> dict[str, Any]:
             "additionalProperties": False,
             "required": ["good", "rejected"],
             "properties": {
-                "good": {"type": "integer", "minimum": 0},
-                "rejected": {"type": "integer", "minimum": 0},
+                "good": {"type": "integer", "minimum": 0, "maximum": MAX_JSON_INTEGER},
+                "rejected": {"type": "integer", "minimum": 0, "maximum": MAX_JSON_INTEGER},
             },
         },
     }
@@ -155,7 +169,7 @@ def telemetry_schema() -> dict[str, Any]:
         "Telemetry never carries ground-truth labels: those are on the ground-truth topic.",
         "type": "object",
         "additionalProperties": False,
-        "required": list(properties),
+        "required": [name for name in properties if name != BOOT_FIELD],
         "properties": properties,
         "allOf": _telemetry_rules(),
     }
@@ -230,9 +244,11 @@ def _ground_truth_properties() -> dict[str, Any]:
         },
         "seq": {
             "description": "Per-machine ground-truth sequence number: starts at 1 and increases by 1 with "
-            "every ground-truth event of that machine, independent of the telemetry seq.",
+            "every ground-truth event of that machine, independent of the telemetry seq; like it, "
+            "continued across restarts.",
             "type": "integer",
             "minimum": 1,
+            "maximum": MAX_JSON_INTEGER,
         },
         "event": {"enum": list(EVENTS)},
         "at": {
@@ -261,6 +277,7 @@ def _ground_truth_properties() -> dict[str, Any]:
         "fault_id": {
             "type": ["integer", "null"],
             "minimum": 1,
+            "maximum": MAX_JSON_INTEGER,
             "description": "Per-machine fault instance number, pairs a fault's events.",
         },
         "signal": {"enum": [*ALL_SIGNALS, None], "description": "Sensor faults: the reading they corrupt."},
@@ -291,11 +308,11 @@ def ground_truth_schema() -> dict[str, Any]:
         "title": f"Factory ground-truth label event, schema version {SCHEMA_VERSION}",
         "description": "A fact about one machine that telemetry does not carry: a state change, or a fault "
         "starting, growing or ending. Published on factory/simulator/ground-truth/<site>/<line>/"
-        "<machine>, so detection can be scored against it. Every key is always present; keys "
+        "<machine>, so detection can be scored against it. Every key but boot is always present; keys "
         "that do not apply to an event are null.",
         "type": "object",
         "additionalProperties": False,
-        "required": list(properties),
+        "required": [name for name in properties if name != BOOT_FIELD],
         "properties": properties,
         "allOf": _ground_truth_rules(),
     }

@@ -58,7 +58,8 @@ class SimulatorCounts:
 
 @dataclass(frozen=True)
 class PipelineStatus:
-    """Totals since the supervisor started, current rates, and what the exporters report now."""
+    """Totals since the supervisor started (each process's final counts once it stopped), current
+    rates, and what the exporters report now."""
 
     published_total: int
     archived_total: int
@@ -66,7 +67,7 @@ class PipelineStatus:
     publish_failures_total: int
     published_per_s: float
     archived_per_s: float
-    lag_s: float | None
+    lag_s: float | None  # how far behind the archive is (grows while nothing gets written)
     connections_up: int
     connections_planned: int
     queued: int
@@ -74,6 +75,21 @@ class PipelineStatus:
     exporters_up: int
     exporters_expected: int
     sampled_at: dt.datetime | None
+    archive_write_errors_total: int = 0  # batch writes the archive refused (retried)
+    scrape_failures_total: int = 0  # times a running service's exporter did not answer
+    unanswered: tuple[str, ...] = ()  # running services whose exporter does not answer now
+    # Everything that went wrong: failed publishes, quarantined messages, refused archive writes,
+    # and exporters that did not answer.
+    errors_total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        errors = (
+            self.publish_failures_total
+            + self.quarantined_total
+            + self.archive_write_errors_total
+            + self.scrape_failures_total
+        )
+        object.__setattr__(self, "errors_total", errors)
 
 
 @dataclass(frozen=True)
@@ -159,6 +175,33 @@ class LocalDestroyResult(VerbResult):
     config_file: str  # kept
     stopped_supervisor: int | None = None
     killed_leftovers: int = 0
+    archive: str | None = None  # where the archive is
+    archive_deleted: bool = False  # False: it lies outside the state folder (or in S3) and is kept
+    archive_objects: int | None = None  # None: not counted (an S3 archive, kept)
+    archive_bytes: int | None = None
+    deleted: tuple[str, ...] = ()  # what went with the state folder, in words
+
+    @property
+    def deleted_text(self) -> str:
+        return describe_deleted(
+            self.archive, self.archive_deleted, self.archive_objects, self.archive_bytes, self.deleted
+        )
+
+
+def describe_deleted(
+    archive: str | None,
+    archive_deleted: bool,
+    objects: int | None,
+    size_bytes: int | None,
+    deleted: tuple[str, ...],
+) -> str:
+    """What deleting a local stack's state folder deletes, for its prompt and its report."""
+    if archive_deleted:
+        others = [item for item in deleted if item != "archive"]
+        counted = f"the archive ({objects or 0:,} objects, {(size_bytes or 0) / 1e6:,.1f} MB)"
+        return ", ".join([counted, *others])
+    kept = [f"but not the archive at {archive}"] if archive else []
+    return ", ".join([*deleted, *kept])
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,14 @@ from typing import Literal
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from factory_core.metric_catalog import ARCHIVE_BATCHES, ARCHIVE_LAG, ARCHIVED, QUARANTINED, MetricDef
+from factory_core.metric_catalog import (
+    ARCHIVE_BATCHES,
+    ARCHIVE_LAG,
+    ARCHIVE_WRITE_ERRORS,
+    ARCHIVED,
+    QUARANTINED,
+    MetricDef,
+)
 from factory_core.payload_contract import PayloadKind
 from local_stack.archive import (
     Archive,
@@ -139,6 +146,9 @@ class ArchiveMetrics:
         )
         self.lag = Gauge(_metric_name(ARCHIVE_LAG), ARCHIVE_LAG.help, registry=self.registry)
         self.batches = Counter(_metric_name(ARCHIVE_BATCHES), ARCHIVE_BATCHES.help, registry=self.registry)
+        self.write_errors = Counter(
+            _metric_name(ARCHIVE_WRITE_ERRORS), ARCHIVE_WRITE_ERRORS.help, registry=self.registry
+        )
         # Series exist from the start at 0, so rate() and alerts see them before the first event.
         for kind in PAYLOAD_KINDS:
             self.archived.labels(kind=kind)
@@ -244,6 +254,11 @@ class Batcher:
 
     def _failed(self, error: Exception) -> None:
         self._failures += 1
+        self.metrics.write_errors.inc()
+        # Nothing is written, so the lag is how long the oldest waiting message has waited: it grows.
+        oldest = min((item.verdict.timestamp_s or item.received_at for item in self.pending), default=None)
+        if oldest is not None:
+            self.metrics.lag.set(time.time() - oldest)
         delay = min(self.retry_max_s, 0.2 * 2 ** min(self._failures, 6))
         self._retry_at = time.monotonic() + delay
         log.error(

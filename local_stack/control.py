@@ -31,18 +31,18 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-from pydantic.alias_generators import to_camel
 
 from factory_core.errors import OperationFailed, UsageError
+from factory_core.verb_results import RotationOutcome
 from local_stack.paths import StatePaths
 from local_stack.rotation import RotationResult
-from local_stack.status_document import Document, StackOutputs, StatusReport
+from local_stack.status_document import STACK, Document, StackOutputs, StatusReport
 
 Progress = Callable[[str], None]
 MAX_REQUEST_BYTES = 65536
 DEFAULT_TIMEOUT_S = 600.0
 
-_KEYS = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+_KEYS = ConfigDict(extra="forbid")
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -138,11 +138,22 @@ class ObserverReturned(Document):
 
 
 class RotationReport(Document):
-    from_generation: str = Field(alias="from")
-    to_generation: str = Field(alias="to")
+    from_generation: str
+    to_generation: str
     rolled_back: bool
     finished: bool
     steps: list[str]
+
+    def to_result(self) -> RotationOutcome:
+        return RotationOutcome(
+            stack=STACK,
+            generation=self.from_generation if self.rolled_back else self.to_generation,
+            from_generation=self.from_generation,
+            to_generation=self.to_generation,
+            rolled_back=self.rolled_back,
+            finished=self.finished,
+            steps=tuple(self.steps),
+        )
 
     @classmethod
     def of(cls, result: RotationResult) -> RotationReport:
@@ -194,7 +205,7 @@ _REPLY = TypeAdapter(Reply)
 
 
 def encode(message: BaseModel) -> bytes:
-    return message.model_dump_json(by_alias=True).encode() + b"\n"
+    return message.model_dump_json().encode() + b"\n"
 
 
 def decode_request(line: bytes) -> AnyRequest:
@@ -507,8 +518,8 @@ def request(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     **args: Any,
 ) -> Any:
-    """The string API (`request(paths, "scale", simulators=3)`): the result as a plain dict.
+    """The string API (`request(paths, "scale", simulators=3)`): the result as its JSON object.
 
-    Kept for callers that predate `ControlClient`; it builds the typed request and uses the client.
+    For scripts and tests that poke at the supervisor; the verbs use `ControlClient`'s typed replies.
     """
     return ControlClient(paths, timeout_s).send(build_request(op, **args), progress).as_dict()

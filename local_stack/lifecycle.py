@@ -12,16 +12,23 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.progress_events import LocalStarted
-from factory_core.verb_results import LocalDestroyResult, LocalStatus, LocalStopResult, LocalUpResult
+from factory_core.verb_results import (
+    LocalDestroyResult,
+    LocalStatus,
+    LocalStopResult,
+    LocalUpResult,
+    describe_deleted,
+)
 from factory_core.verbs import ProgressSink, require_answerable, require_confirmation
 from local_stack import alertmanager, grafana, grafana_container
-from local_stack.control import request
+from local_stack import stack_config as config_module
+from local_stack.control import ControlClient
 from local_stack.paths import (
     ALERTMANAGER,
     BROKER,
@@ -39,8 +46,8 @@ from local_stack.processes import pid_alive, process_command_line, require_binar
 from local_stack.services import port_in_use_message
 from local_stack.stack_config import StackConfig
 from local_stack.state_file import already_running_message, is_running, read_state
+from local_stack.status_document import STACK, StackOutputs
 from local_stack.supervisor import Supervisor
-from local_stack.supervisor_documents import STACK, local_outputs, local_status
 
 UP_TIMEOUT_S = 90.0  # detached `up`: until the first message is archived
 STOP_TIMEOUT_S = 150.0  # simulators drain (≤ 35 s), the archive catches up (≤ 60 s), the rest
@@ -83,7 +90,7 @@ def up_foreground(config: StackConfig, paths: StatePaths, sink: ProgressSink) ->
     began = time.monotonic()
     sink.step(f"starting the local stack ({config.simulator_count} simulators) in {paths.root}")
     supervisor.start()  # Ctrl-C here raises KeyboardInterrupt; start() cleans up after itself
-    sink.event(LocalStarted(os.getpid(), time.monotonic() - began, local_outputs(supervisor.outputs())))
+    sink.event(LocalStarted(os.getpid(), time.monotonic() - began, supervisor.outputs_report().to_result()))
 
     interrupts: list[int] = []
 
@@ -96,7 +103,7 @@ def up_foreground(config: StackConfig, paths: StatePaths, sink: ProgressSink) ->
             supervisor.kill_everything()
 
     def sample() -> LocalStatus:
-        return local_status(supervisor.status(), running=True, state_dir=str(paths.root))
+        return supervisor.status_report().to_result(running=True, state_dir=str(paths.root))
 
     previous = {
         number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -109,7 +116,7 @@ def up_foreground(config: StackConfig, paths: StatePaths, sink: ProgressSink) ->
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-    final = local_status(supervisor.status(), running=False, state_dir=str(paths.root))
+    final = supervisor.status_report().to_result(running=False, state_dir=str(paths.root))
     return LocalUpResult(
         stack=STACK,
         detached=False,
@@ -139,7 +146,7 @@ def up_detached(config: StackConfig, paths: StatePaths, sink: ProgressSink) -> L
         running=True,
         supervisor_pid=pid,
         first_archived_after_s=time.monotonic() - began,
-        outputs=local_outputs(outputs),
+        outputs=outputs.to_result(),
     )
 
 
@@ -190,24 +197,25 @@ def _exit_code(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status) if done else None
 
 
-def _wait_until_flowing(paths: StatePaths, pid: int, began: float) -> dict[str, Any]:
+def _wait_until_flowing(paths: StatePaths, pid: int, began: float) -> StackOutputs:
     """The stack's outputs once its first message is archived; its own error if it exits first."""
     deadline = began + UP_TIMEOUT_S
+    client = ControlClient(paths, timeout_s=5.0)
     while time.monotonic() < deadline:
         code = _exit_code(pid)
         if code is not None:
             raise _start_failure(paths, code)
-        state = read_state(paths) or {}
-        if state.get("phase") == "running":
+        state = read_state(paths)
+        if state is not None and state.phase == "running":
             try:
-                status = request(paths, "status", timeout_s=5.0)
+                status = client.status()
             except OperationFailed:
                 status = None
-            if status and status["pipeline"]["archived_total"] > 0:
-                return dict(state.get("outputs") or request(paths, "outputs"))
+            if status is not None and status.pipeline.archived_total > 0:
+                return client.outputs()
         time.sleep(0.1)
     with contextlib.suppress(OperationFailed):
-        request(paths, "stop", timeout_s=5.0)
+        client.stop()
     raise OperationFailed(
         f"the stack started but nothing reached the archive within {UP_TIMEOUT_S:g} s; it is being stopped. "
         f"See the logs: python cli.py logs --stack local (in {paths.logs_dir})"
@@ -215,8 +223,8 @@ def _wait_until_flowing(paths: StatePaths, pid: int, began: float) -> dict[str, 
 
 
 def _start_failure(paths: StatePaths, code: int) -> Exception:
-    state = read_state(paths) or {}
-    message = state.get("error") or _last_error_line(paths.log(SUPERVISOR)) or f"exit {code}"
+    state = read_state(paths)
+    message = (state and state.error) or _last_error_line(paths.log(SUPERVISOR)) or f"exit {code}"
     message = str(message).removeprefix("error: ")
     if code == 2:
         return UsageError(message)
@@ -242,13 +250,13 @@ def _last_error_line(log_path: Path) -> str | None:
 
 def _stop_supervisor(paths: StatePaths, sink: ProgressSink) -> int:
     """Ask the supervisor to stop and wait until it is gone; returns its pid (0 if none ran)."""
-    state = read_state(paths) or {}
-    pid = int(state.get("supervisorPid") or 0)
+    state = read_state(paths)
+    pid = state.supervisor_pid if state else 0
     if not is_running(paths):
         return 0
     sink.step(f"stopping the local stack (supervisor pid {pid}): simulators drain first")
     try:
-        request(paths, "stop", timeout_s=10.0)
+        ControlClient(paths, timeout_s=10.0).stop()
     except OperationFailed:
         if pid and pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
@@ -268,11 +276,12 @@ def _stop_supervisor(paths: StatePaths, sink: ProgressSink) -> int:
 def _kill_leftovers(paths: StatePaths) -> int:
     """Processes the state file lists that still run (only possible after a SIGKILLed supervisor),
     and Grafana's container if it ran in one and is still there."""
-    state = read_state(paths) or {}
+    state = read_state(paths)
     killed = 0
-    if (state.get("outputs") or {}).get("grafanaContainer") and grafana_container.remove_leftover(paths.root):
+    in_container = state is not None and state.outputs.grafana_container
+    if in_container and grafana_container.remove_leftover(paths.root):
         killed += 1
-    for pid in state.get("pids") or []:
+    for pid in state.pids if state else ():
         command = " ".join(process_command_line(int(pid)))
         # Only what this stack started: its state folder or its own programs are on the command line.
         if pid_alive(int(pid)) and (
@@ -292,6 +301,40 @@ def stop(paths: StatePaths, sink: ProgressSink) -> LocalStopResult:
     )
 
 
+@dataclass(frozen=True)
+class _StateContents:
+    """What deleting the state folder deletes, in numbers and words (for the prompt and the result)."""
+
+    archive: str | None
+    archive_deleted: bool
+    archive_objects: int | None
+    archive_bytes: int | None
+    deleted: tuple[str, ...]
+
+    def describe(self) -> str:
+        return describe_deleted(
+            self.archive, self.archive_deleted, self.archive_objects, self.archive_bytes, self.deleted
+        )
+
+
+def _state_contents(paths: StatePaths) -> _StateContents:
+    try:
+        config: StackConfig | None = config_module.load(config_path())
+    except UsageError:
+        config = None  # a broken stack file must not keep anyone from deleting the state folder
+    folder = config.archive_folder(paths.root) if config else paths.default_archive_dir
+    others = ("certificates and keys", "logs", "broker sessions", "Prometheus data", "simulator checkpoints")
+    if folder is None:
+        s3 = config.local.archive.s3 if config else None
+        where = f"s3://{s3.bucket} at {s3.endpoint}" if s3 else None
+        return _StateContents(where, False, None, None, others)
+    inside = folder.resolve().is_relative_to(paths.root.resolve())
+    files = [path for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")]
+    size = sum(path.stat().st_size for path in files)
+    deleted = ("archive", *others) if inside else others
+    return _StateContents(str(folder), inside, len(files), size, deleted)
+
+
 def destroy(paths: StatePaths, sink: ProgressSink, *, yes: bool) -> LocalDestroyResult:
     config_file = str(config_path())
     if not paths.root.exists():
@@ -303,12 +346,14 @@ def destroy(paths: StatePaths, sink: ProgressSink, *, yes: bool) -> LocalDestroy
             f"refusing to delete {paths.root}: it has no {paths.marker.name} marker, so it is not a local "
             "stack's state folder; check IOTFACTORY_STATE_DIR"
         )
-    what = "destroying stack 'local'"
+    contents = _state_contents(paths)
+    what = f"destroying stack 'local' (deletes {contents.describe()})"
     if require_answerable(sink, yes=yes, what=what):
         require_confirmation(
             sink,
-            f"Destroy stack 'local': stop it and delete {paths.root} (archive, certificates, logs)?",
-            what=what,
+            f"Destroy stack 'local': stop it and delete {paths.root}: {contents.describe()}? "
+            f"(`stop --stack local` keeps them.)",
+            what="destroying stack 'local'",
         )
     pid = _stop_supervisor(paths, sink)
     killed = _kill_leftovers(paths)
@@ -322,4 +367,9 @@ def destroy(paths: StatePaths, sink: ProgressSink, *, yes: bool) -> LocalDestroy
         config_file=config_file,
         stopped_supervisor=pid or None,
         killed_leftovers=killed,
+        archive=contents.archive,
+        archive_deleted=contents.archive_deleted,
+        archive_objects=contents.archive_objects,
+        archive_bytes=contents.archive_bytes,
+        deleted=contents.deleted,
     )

@@ -20,7 +20,7 @@ from local_stack.paths import (
     StatePaths,
     simulator_index,
 )
-from local_stack.supervisor_documents import STACK
+from local_stack.status_document import STACK
 
 SERVICE_ORDER = (SUPERVISOR, BROKER, RULE_RUNNER, PROMETHEUS, ALERTMANAGER, GRAFANA)
 FOLLOW_POLL_S = 0.25

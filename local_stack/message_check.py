@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any, Literal
 
-import orjson
-
 from factory_core.fleet import (
     GROUND_TRUTH_SEGMENT,
     IOT_MAX_PAYLOAD_BYTES,
@@ -24,7 +22,9 @@ from factory_core.fleet import (
     telemetry_topic,
 )
 from factory_core.payload_contract import (
+    PayloadInvalid,
     PayloadKind,
+    decode_payload,
     identity_error,
     load_schema,
     payload_errors,
@@ -118,8 +118,9 @@ def check_message(topic: str, payload: bytes) -> MessageVerdict:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return MessageVerdict(kind, "payload_too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
-        document = orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
+        # The contract's reading, the same `verify` uses: what is archived, verify can read.
+        document = decode_payload(payload)
+    except PayloadInvalid as error:
         return MessageVerdict(kind, "invalid_json", str(error))
     if not isinstance(document, dict):
         return MessageVerdict(

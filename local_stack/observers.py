@@ -15,20 +15,19 @@ from local_stack.services import Service, ServiceBuilder
 from local_stack.stack_config import StackConfig
 
 
-def simulator_targets(ports: dict[str, int], simulators: int) -> list[str]:
-    return [f"{HOST}:{ports[simulator_service(index)]}" for index in range(simulators)]
+def scrape_targets(ports: dict[str, int], simulators: int) -> prometheus.ScrapeTargets:
+    """Each of the first `simulators` under its site, the rule runner under its role; never their ports."""
+    return prometheus.ScrapeTargets(
+        simulators={site_id(i): f"{HOST}:{ports[simulator_service(i)]}" for i in range(simulators)},
+        archive=f"{HOST}:{ports[RULE_RUNNER]}",
+    )
 
 
 def write_config(stack: StackConfig, paths: StatePaths, ports: dict[str, int], simulators: int) -> Path:
     """Prometheus's, Alertmanager's and Grafana's files for the current fleet; returns prometheus.yml."""
-    targets = prometheus.ScrapeTargets(
-        simulators=tuple(simulator_targets(ports, simulators)),
-        archive=f"{HOST}:{ports[RULE_RUNNER]}",
-        sites=tuple(site_id(index) for index in range(simulators)),
-    )
     return prometheus.write_config(
         paths.root,
-        targets,
+        scrape_targets(ports, simulators),
         stack.local.scrape_interval_s,
         prometheus.url(ports[PROMETHEUS]),
         alertmanager_url=alertmanager.url(ports[ALERTMANAGER]),

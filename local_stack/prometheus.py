@@ -6,15 +6,19 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from local_stack.paths import RULE_RUNNER
 from local_stack.ports import HOST
 from local_stack.processes import ManagedProcess, require_binary
 from local_stack.readiness import wait_until
-from observability.prometheus_config import SIMULATOR_JOB
+from observability.prometheus_config import ARCHIVE_JOB, SIMULATOR_JOB
+
+# Prometheus's discovery hands changes on every 5 s at most; this leaves room for a busy machine.
+TARGETS_TIMEOUT_S = 15.0
 
 if TYPE_CHECKING:  # the bundle's modules are imported when it is written (they are slow to import)
     from observability.alertmanager_config import Channels
@@ -22,9 +26,13 @@ if TYPE_CHECKING:  # the bundle's modules are imported when it is written (they 
 
 @dataclass(frozen=True)
 class ScrapeTargets:
-    simulators: tuple[str, ...]  # host:port of each simulator's exporter
-    archive: str  # the rule runner's exporter
-    sites: tuple[str, ...] | None = None  # each simulator's site, in the same order
+    """What Prometheus should scrape, each under its stable name (`instance`), never its port."""
+
+    simulators: Mapping[str, str] = field(default_factory=dict)  # site -> host:port of its exporter
+    archive: str | None = None  # host:port of the rule runner's exporter
+
+    def archive_targets(self) -> dict[str, str]:
+        return {RULE_RUNNER: self.archive} if self.archive else {}
 
 
 def write_config(
@@ -47,9 +55,8 @@ def write_config(
     from observability import config_bundle
 
     bundle = config_bundle.local_bundle(
-        simulator_targets=list(targets.simulators),
-        simulator_sites=targets.sites,
-        archive_targets=[targets.archive],
+        simulator_targets=targets.simulators,
+        archive_targets=targets.archive_targets(),
         prometheus_url=prometheus_url,
         scrape_interval_s=scrape_interval_s,
         grafana_dir=state_root / "grafana",
@@ -58,6 +65,15 @@ def write_config(
     )
     config_bundle.write_bundle(bundle, state_root)
     return state_root.joinpath(*PurePosixPath(config_bundle.PROMETHEUS_CONFIG_KEY).parts)
+
+
+def write_targets(state_root: Path, targets: ScrapeTargets) -> None:
+    """Only the discovery files: Prometheus sees the change by itself (no reload) within seconds,
+    and a target that left gets staleness markers, so its series end instead of reading as down."""
+    from observability import config_bundle
+
+    files = config_bundle.local_targets(targets.simulators, targets.archive_targets())
+    config_bundle.write_bundle(files, state_root)
 
 
 def process(config_file: Path, data_dir: Path, port: int, retention: str, log_path: Path) -> ManagedProcess:
@@ -106,6 +122,7 @@ def wait_ready(port: int, timeout_s: float) -> bool:
 
 
 def active_targets(port: int, job: str = SIMULATOR_JOB) -> set[str]:
+    """The `instance` of every target of `job` Prometheus scrapes now (for simulators: their sites)."""
     document = api_get(port, "/api/v1/targets", {"state": "active"})
     return {
         target["labels"].get("instance", target.get("scrapeUrl", ""))
@@ -114,13 +131,33 @@ def active_targets(port: int, job: str = SIMULATOR_JOB) -> set[str]:
     }
 
 
-def scrapes_exactly(port: int, expected: Sequence[str]) -> bool:
+def scrapes_exactly(port: int, expected: Collection[str], job: str = SIMULATOR_JOB) -> bool:
     try:
-        return active_targets(port) == set(expected)
+        return active_targets(port, job) == set(expected)
     except (urllib.error.URLError, OSError, KeyError, ValueError):
         return False
 
 
-def wait_for_targets(port: int, expected: Sequence[str], timeout_s: float) -> bool:
-    """After a reload: true once Prometheus scrapes exactly the expected simulator targets."""
-    return wait_until(lambda: scrapes_exactly(port, expected), timeout_s, poll_s=0.1)
+def wait_for_targets(
+    port: int, expected: Collection[str], timeout_s: float, job: str = SIMULATOR_JOB
+) -> bool:
+    """After the targets changed: true once Prometheus scrapes exactly the `expected` instances of `job`
+    (its discovery passes changes on every 5 s at most)."""
+    return wait_until(lambda: scrapes_exactly(port, expected, job), timeout_s, poll_s=0.1)
+
+
+def apply_targets(
+    state_root: Path, targets: ScrapeTargets, port: int | None, timeout_s: float = TARGETS_TIMEOUT_S
+) -> bool:
+    """Write the discovery files and, with `port` (Prometheus runs), wait until it scrapes exactly
+    those targets; false if it did not within `timeout_s`."""
+    write_targets(state_root, targets)
+    if port is None:
+        return True
+
+    def applied() -> bool:
+        return scrapes_exactly(port, targets.simulators, SIMULATOR_JOB) and scrapes_exactly(
+            port, targets.archive_targets(), ARCHIVE_JOB
+        )
+
+    return wait_until(applied, timeout_s, poll_s=0.1)

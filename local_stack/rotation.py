@@ -253,15 +253,6 @@ class RotationResult:
     finished: bool
     steps: tuple[str, ...]
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "from": self.from_generation,
-            "to": self.to_generation,
-            "rolledBack": self.rolled_back,
-            "finished": self.finished,
-            "steps": list(self.steps),
-        }
-
 
 def rotate(
     pki: DevicePki,

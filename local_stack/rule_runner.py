@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from prometheus_client import start_http_server
+from prometheus_client import start_http_server, write_to_textfile
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from factory_core.errors import OperationFailed, UsageError, describe_validation_error
@@ -79,6 +79,7 @@ class RuleRunnerOptions(BaseModel):
     metrics_host: str = DEFAULT_METRICS_HOST
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no exporter
     ready_file: Path | None = None
+    final_metrics: Path | None = None  # the exporter's last exposition, written on exit
 
     @property
     def batch_limit(self) -> int:
@@ -246,6 +247,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ready-file", type=Path, default=None, help="written (JSON) once the subscription is in place"
     )
+    parser.add_argument(
+        "--final-metrics",
+        type=Path,
+        default=None,
+        help="written on exit: the exporter's last exposition (counts after the last scrape)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -397,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.ready_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 settings.ready_file.unlink()
+        if settings.final_metrics is not None:
+            write_to_textfile(str(settings.final_metrics), metrics.registry)
     log.info(
         "stopped: %d messages received, %d redeliveries recognised",
         runner.messages_received,

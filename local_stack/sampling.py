@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
-from local_stack.status_view import PipelineSampler, PipelineSnapshot
+from local_stack.status_view import PipelineSampler, PipelineSnapshot, read_exposition
 
 SAMPLE_INTERVAL_S = 1.0
 # Until the first message is archived: `up --detach` waits for exactly that moment.
@@ -41,10 +42,19 @@ class PipelineMonitor:
         with self._sampler_lock:
             self._sampler.forget(service)
 
-    def sample_once(self) -> PipelineSnapshot:
+    def settle(self, service: str, final_exposition: Path) -> None:
+        """The service exited cleanly and left its final counts in `final_exposition`: add them."""
+        samples = read_exposition(final_exposition)
+        if samples is None:
+            return
         with self._sampler_lock:
-            snapshot = self._sampler.sample(self._exporters())
-        self.snapshot = snapshot
+            self.snapshot = self._sampler.settle(service, samples, self.snapshot)
+
+    def sample_once(self) -> PipelineSnapshot:
+        # Replaced under the lock, so a sample taken before a `settle` never overwrites it.
+        with self._sampler_lock:
+            snapshot = self._sampler.sample(self._exporters(), still_expected=self._exporters)
+            self.snapshot = snapshot
         if self.first_archived_at is None and snapshot.archived_total > 0:
             self.first_archived_at = time.time()
             self._on_first_archive(self.first_archived_at)

@@ -44,6 +44,7 @@ from local_stack.stack_config import StackConfig
 from local_stack.status_document import ServiceReport
 
 READY_FILE = "rule-runner.ready"
+FINAL_METRICS_FILE = "rule-runner.final.prom"
 RESTART_LIMIT = 5
 RESTART_WINDOW_S = 60.0
 SERVICE_START_TIMEOUT_S = 20.0
@@ -110,6 +111,7 @@ class Service:
     intentional_stop: bool = False
     gave_up: bool = False
     last_exit: int | None = None
+    final_metrics: Path | None = None  # where the process leaves its final counts when it exits cleanly
 
     def __post_init__(self) -> None:
         self.restart_times = deque(maxlen=self.spec.restart.limit)
@@ -124,6 +126,8 @@ class Service:
 
     def launch(self) -> None:
         self.intentional_stop = False
+        if self.final_metrics is not None:
+            self.final_metrics.unlink(missing_ok=True)  # only this process's own counts may count
         self.process = self.build()
         self.process.start()
 
@@ -161,12 +165,17 @@ class ServiceSet:
     Changed only by the supervisor's main thread; read by other threads as copies taken under `lock`.
     """
 
-    def __init__(self, on_event: Callable[[str], None], before_relaunch: Callable[[str], None]) -> None:
-        """`on_event`: a line for `status`; `before_relaunch`: a service's process is about to be replaced."""
+    def __init__(
+        self, on_event: Callable[[str], None], before_relaunch: Callable[[str], None],
+        on_final_counts: Callable[[str, Path], None] = lambda _name, _path: None,
+    ) -> None:
+        """`on_event`: a line for `status`; `before_relaunch`: a service's process is about to be
+        replaced; `on_final_counts`: a service stopped cleanly and left its final counts in a file."""
         self.lock = threading.RLock()
         self._services: dict[str, Service] = {}
         self._on_event = on_event
         self._before_relaunch = before_relaunch
+        self._on_final_counts = on_final_counts
 
     def add(self, service: Service) -> Service:
         with self.lock:
@@ -205,6 +214,9 @@ class ServiceSet:
             assert service.process is not None
             service.process.stop(service.spec.stop_timeout_s)
             service.last_exit = service.process.returncode
+            final = service.final_metrics
+            if service.last_exit == 0 and final is not None and final.exists():
+                self._on_final_counts(service.name, final)
             if service.last_exit not in (0, None):
                 self._on_event(
                     f"{service.name} exited with code {service.last_exit} while stopping; "
@@ -246,8 +258,13 @@ class ServiceSet:
         return [pid for s in self.all() if s.running and s.process and (pid := s.process.pid) is not None]
 
     def exporters(self) -> dict[str, int]:
-        """Service name -> metrics port of every running service whose metrics feed the pipeline totals."""
-        return {s.name: s.port for s in self.all() if s.spec.exporter and s.port and s.running}
+        """Service name -> metrics port of every running service whose metrics feed the pipeline totals
+        (not one being stopped: what it counts while it drains comes with its final counts)."""
+        return {
+            s.name: s.port
+            for s in self.all()
+            if s.spec.exporter and s.port and s.running and not s.intentional_stop
+        }
 
 
 # -- ports ---------------------------------------------------------------------------------------
@@ -335,6 +352,7 @@ class ServiceBuilder:
             self.ports[RULE_RUNNER],
             partial(self._rule_runner_process, reader_cert),
             ready,
+            final_metrics=self.paths.root / FINAL_METRICS_FILE,
         )
 
     def simulator(self, index: int, generation: str) -> Service:
@@ -344,8 +362,12 @@ class ServiceBuilder:
             *_port_ready(port),
             Stage(AllConnectionsUp(port), SIMULATOR_CONNECT_TIMEOUT_S, poll_s=0.1),
         )
+        # Imported here: the model behind it is no business of the CLI's other verbs.
+        from simulator.checkpoint import final_metrics_path
+
         service = Service(name, Kind.SIMULATOR, port, lambda: self._simulator_process(service), ready)
         service.generation = generation
+        service.final_metrics = final_metrics_path(self.paths.simulator_state(index))
         return service
 
     def prometheus(self, config_file: Path) -> Service:
@@ -434,6 +456,7 @@ class ServiceBuilder:
             *("--max-batch", str(settings.rule_runner.batch_max_messages)),
             *("--receive-window", str(BROKER_INFLIGHT_TO_SUBSCRIBERS)),
             *("--ready-file", str(ready_file)),
+            *("--final-metrics", str(self.paths.root / FINAL_METRICS_FILE)),
         )
         environment = child_environment()
         if settings.archive.s3 is not None:

@@ -44,12 +44,12 @@ from factory_core.verbs import (
 )
 from local_stack import lifecycle, log_files
 from local_stack import stack_config as config_module
-from local_stack.control import request as ask_supervisor
+from local_stack.control import ControlClient, RotationReport
 from local_stack.paths import StatePaths, config_path
 from local_stack.rotation import DevicePki, StoppedStack, rotate
 from local_stack.stack_config import StackConfig
 from local_stack.state_file import LOCK_FILE, already_running_message, is_running, read_state
-from local_stack.supervisor_documents import STACK, local_outputs, local_status, rotation_outcome
+from local_stack.status_document import STACK, StackOutputs, StatusReport
 
 NOT_STARTED = "the local stack has not been started yet; run `python cli.py up --stack local`"
 
@@ -104,41 +104,42 @@ class LocalStack(StackVerbs):
     def status(self, request: StatusRequest, sink: ProgressSink) -> LocalStatus:
         paths = StatePaths.from_environment()
         running = is_running(paths)
-        current: dict[str, Any] | None = None
+        current: StatusReport | None = None
         if running:
             with contextlib.suppress(OperationFailed):
-                current = dict(ask_supervisor(paths, "status", timeout_s=5.0))
+                current = ControlClient(paths, timeout_s=5.0).status()
         if current is None:
             current = read_state(paths)
         if current is None:
             return LocalStatus(stack=STACK, running=False, phase="absent", state_dir=str(paths.root))
-        return local_status(current, running=running, state_dir=str(paths.root))
+        return current.to_result(running=running, state_dir=str(paths.root))
 
     def outputs(self, request: OutputsRequest, sink: ProgressSink) -> LocalOutputsResult:
         paths = StatePaths.from_environment()
         running = is_running(paths)
-        values: dict[str, Any] | None = None
+        values: StackOutputs | None = None
         if running:
             with contextlib.suppress(OperationFailed):
-                values = dict(ask_supervisor(paths, "outputs", timeout_s=5.0))
+                values = ControlClient(paths, timeout_s=5.0).outputs()
         if values is None:
-            values = (read_state(paths) or {}).get("outputs")
+            state = read_state(paths)
+            values = state.outputs if state else None
         if values is None:
             raise UsageError(NOT_STARTED)
-        return LocalOutputsResult(stack=STACK, running=running, outputs=local_outputs(values))
+        return LocalOutputsResult(stack=STACK, running=running, outputs=values.to_result())
 
     def scale(self, request: ScaleRequest, sink: ProgressSink) -> LocalScaleResult:
         config, paths = _load()
         count = request.simulators
         config_module.check_simulator_count(count, "--simulators", "choose a count in that range")
         if is_running(paths):
-            answer = ask_supervisor(paths, "scale", sink.step, simulators=count)
+            answer = ControlClient(paths).scale(count, sink.step)
             return LocalScaleResult(
                 stack=STACK,
                 running=True,
-                simulators=int(answer["simulators"]),
-                before=int(answer["before"]),
-                config_file=str(answer.get("configFile") or config.path),
+                simulators=answer.simulators,
+                before=answer.before,
+                config_file=answer.config_file,
             )
         config_module.record_simulator_count(config.path, count)
         return LocalScaleResult(
@@ -152,7 +153,7 @@ class LocalStack(StackVerbs):
             sink.step(f"rotate-certs: {message}")
 
         if is_running(paths):
-            return rotation_outcome(ask_supervisor(paths, "rotate", progress, rollback=request.rollback))
+            return ControlClient(paths).rotate(progress, rollback=request.rollback).to_result()
         if not paths.pki_file.exists():
             raise UsageError(
                 "the local stack has no device certificates yet; run `python cli.py up --stack local`"
@@ -161,7 +162,7 @@ class LocalStack(StackVerbs):
             pki = DevicePki.open(paths, config.fleet)
             result = rotate(pki, StoppedStack(config.simulator_count), progress, rollback=request.rollback)
         progress("the stack is not running: the next `up` uses the new certificates")
-        return rotation_outcome(result.as_dict())
+        return RotationReport.of(result).to_result()
 
     def verify(self, request: VerifyRequest, sink: ProgressSink) -> VerifyReport:
         from local_stack.verify import verify_archive

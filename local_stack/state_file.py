@@ -11,7 +11,9 @@ import fcntl
 import json
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO
+
+from pydantic import ValidationError
 
 from factory_core.errors import UsageError
 from local_stack.paths import StatePaths
@@ -62,21 +64,22 @@ def is_running(paths: StatePaths) -> bool:
     return False
 
 
-def read_state(paths: StatePaths) -> dict[str, Any] | None:
-    """The last state document as JSON, or None when there is none (or it cannot be read)."""
+def read_state(paths: StatePaths) -> StateDocument | None:
+    """The last state document, or None when there is none (or it cannot be read: one written by an
+    older version counts as none, the next start writes a new one)."""
     try:
-        return dict(json.loads(paths.state_file.read_text()))
-    except (OSError, ValueError):
+        return StateDocument.model_validate_json(paths.state_file.read_bytes())
+    except (OSError, ValidationError):
         return None
 
 
 def already_running_message(paths: StatePaths) -> str:
-    state = read_state(paths) or {}
-    pid = state.get("supervisorPid")
+    state = read_state(paths)
+    pid = state.supervisor_pid if state else "?"
     return (
         f"the local stack is already running (supervisor pid {pid}, state in {paths.root}); "
-        "see `python cli.py status --stack local`, or stop it with Ctrl-C in its terminal or "
-        "`python cli.py destroy --stack local`"
+        "see `python cli.py status --stack local`, or stop it (keeping its archive) with Ctrl-C in "
+        "its terminal or `python cli.py stop --stack local`"
     )
 
 

@@ -1,19 +1,20 @@
 """What the supervisor says about a running local stack: typed status, outputs and state documents.
 
 The same models travel over the control socket and fill the state file, so `status` reads the
-same shape from a running supervisor and from the file a stopped one left behind. Field names are
-snake_case in Python; the JSON keys come from one alias rule (`_KEYS`), so changing the JSON style
-is one line here.
+same shape from a running supervisor and from the file a stopped one left behind, and each turns
+itself into the verb result (`factory_core.verb_results`) in one step: there is no other reader.
+Their JSON keys are their field names, snake_case like every JSON document of the project.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, ConfigDict
 
-from factory_core.verb_results import BrokerRefusals
+from factory_core.verb_results import BrokerRefusals, LocalOutputs, LocalService, LocalStatus, PipelineStatus
+from factory_core.verb_results import SimulatorCounts as SimulatorCountsResult
 from local_stack import alertmanager, grafana, prometheus
 from local_stack.certificate_authority import CA_CERT_FILE
 from local_stack.paths import ALERTMANAGER, BROKER, GRAFANA, PROMETHEUS, StatePaths
@@ -21,16 +22,16 @@ from local_stack.ports import HOST
 from local_stack.stack_config import StackConfig
 from local_stack.status_view import PipelineSnapshot
 
-_KEYS = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+STACK = "local"
 
 
 class Document(BaseModel):
-    """A model whose `as_dict()` is exactly the JSON object callers of the string API have always seen."""
+    """A typed document of the supervisor; `as_dict()` is its JSON object (field names as keys)."""
 
-    model_config = _KEYS
+    model_config = ConfigDict(extra="ignore")
 
     def as_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
+        return self.model_dump(mode="json")
 
 
 class ServiceReport(Document):
@@ -43,6 +44,9 @@ class ServiceReport(Document):
     generation: str | None  # simulators: the certificate generation they connect with
     log: str
 
+    def to_result(self) -> LocalService:
+        return LocalService(**self.model_dump())
+
 
 class SimulatorCounts(Document):
     desired: int
@@ -50,9 +54,12 @@ class SimulatorCounts(Document):
 
 
 class RotationInProgress(Document):
-    from_generation: str = Field(alias="from")
-    to_generation: str = Field(alias="to")
+    from_generation: str
+    to_generation: str
     step: str
+
+    def to_result(self) -> dict[str, str]:
+        return {"from": self.from_generation, "to": self.to_generation, "step": self.step}
 
 
 class StatusReport(Document):
@@ -72,10 +79,26 @@ class StatusReport(Document):
     error: str | None
     broker_refusals: BrokerRefusals | None = None
 
-    @field_serializer("pipeline")
-    def _pipeline_keys(self, pipeline: PipelineSnapshot) -> dict[str, Any]:
-        # The snapshot's own field names (its owner, status_view, reads them back), not aliases.
-        return pipeline.as_dict()
+    def to_result(self, *, running: bool, state_dir: str) -> LocalStatus:
+        """The `status` verb's answer; `running` is what the lock says, not what this document says."""
+        return LocalStatus(
+            stack=STACK,
+            running=running,
+            phase=self.phase,
+            state_dir=state_dir,
+            supervisor_pid=self.supervisor_pid,
+            started_at=_time(self.started_at),
+            uptime_s=self.uptime_s,
+            first_archived_after_s=self.first_archived_after_s,
+            simulators=SimulatorCountsResult(self.simulators.desired, self.simulators.up),
+            generation=self.generation,
+            rotation=self.rotation.to_result() if self.rotation else None,
+            pipeline=pipeline_status(self.pipeline),
+            services=tuple(service.to_result() for service in self.services),
+            events=tuple(self.events),
+            error=self.error,
+            broker_refusals=self.broker_refusals,
+        )
 
 
 class StackOutputs(Document):
@@ -99,6 +122,9 @@ class StackOutputs(Document):
     silence_command: str | None = None
     grafana_container: str | None = None
 
+    def to_result(self) -> LocalOutputs:
+        return LocalOutputs(**self.model_dump(exclude={"stack"}))
+
 
 class StateDocument(StatusReport):
     """The state file: the last status plus where to find things and which pids the stack owns."""
@@ -111,8 +137,35 @@ class StateDocument(StatusReport):
     def as_dict(self) -> dict[str, Any]:
         document = super().as_dict()
         if self.exit_code is None:
-            del document["exitCode"]
+            del document["exit_code"]
         return document
+
+
+def _time(epoch_s: float | None) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(epoch_s, dt.UTC) if epoch_s else None
+
+
+def pipeline_status(snapshot: PipelineSnapshot) -> PipelineStatus:
+    """The sampler's snapshot as the verb result: counts are whole numbers (samples arrive as floats)."""
+    return PipelineStatus(
+        published_total=round(snapshot.published_total),
+        archived_total=round(snapshot.archived_total),
+        quarantined_total=round(snapshot.quarantined_total),
+        publish_failures_total=round(snapshot.publish_failures_total),
+        published_per_s=snapshot.published_per_s,
+        archived_per_s=snapshot.archived_per_s,
+        lag_s=snapshot.lag_s,
+        connections_up=round(snapshot.connections_up),
+        connections_planned=round(snapshot.connections_planned),
+        queued=round(snapshot.queued),
+        inflight=round(snapshot.inflight),
+        exporters_up=snapshot.exporters_up,
+        exporters_expected=snapshot.exporters_expected,
+        sampled_at=_time(snapshot.sampled_at),
+        archive_write_errors_total=round(snapshot.archive_write_errors_total),
+        scrape_failures_total=snapshot.scrape_failures_total,
+        unanswered=tuple(snapshot.unanswered),
+    )
 
 
 def stack_outputs(

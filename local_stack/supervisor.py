@@ -24,7 +24,6 @@ from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.fleet import site_id
@@ -72,7 +71,7 @@ class Supervisor:
         self.say = progress
         self.lock = threading.RLock()  # guards `phase` and `events` against the other threads
         self.monitor = PipelineMonitor(self._exporters, self._first_archived)
-        self.services = ServiceSet(self._event, self.monitor.forget)
+        self.services = ServiceSet(self._event, self.monitor.forget, self.monitor.settle)
         self.ports: dict[str, int] = {}
         self.desired_simulators = stack.simulator_count
         self.phase = "starting"
@@ -190,6 +189,7 @@ class Supervisor:
         with self.lock:
             self.phase = "stopping"
         self._write_state(force=True)
+        self._retarget_prometheus(say, prometheus.ScrapeTargets())
         simulators = self.services.of_kind(Kind.SIMULATOR)
         if any(s.running for s in simulators):
             say(f"stopping {len(simulators)} simulator(s): draining in-flight messages")
@@ -301,13 +301,6 @@ class Supervisor:
                 broker_refusals=self.broker_log.counts(),
             )
 
-    def status(self) -> dict[str, Any]:
-        """`status_report()` as JSON-ready data (what `up` in the foreground renders)."""
-        return self.status_report().as_dict()
-
-    def outputs(self) -> dict[str, Any]:
-        return self.outputs_report().as_dict()
-
     def _write_state(self, *, force: bool = False, exit_code: int | None = None) -> None:
         def document() -> StateDocument:
             return StateDocument(
@@ -332,12 +325,15 @@ class Supervisor:
         before = len(current)
         if simulators > before:
             self._start_simulators(range(before, simulators), progress)
+            self.desired_simulators = simulators
+            self._retarget_prometheus(progress)
         elif simulators < before:
             leaving = [by_index[index] for index in current[simulators:]]
+            # Out of Prometheus first, then drained: leaving on purpose is not an outage.
+            self.desired_simulators = simulators
+            self._retarget_prometheus(progress)
             progress(f"draining {', '.join(s.name for s in leaving)}")
             self._remove_simulators(leaving)
-        self.desired_simulators = simulators
-        self._reconfigure_prometheus(progress)
         if config_module.record_simulator_count(self.stack.path, simulators):
             progress(f"recorded iotfactory:simulatorCount: {simulators} in {self.stack.path}")
         return ScaleResult(simulators=simulators, before=before, config_file=str(self.stack.path))
@@ -371,17 +367,20 @@ class Supervisor:
     def _write_prometheus_config(self) -> Path:
         return observers.write_config(self.stack, self.paths, self.ports, self.desired_simulators)
 
-    def _reconfigure_prometheus(self, progress: Progress) -> None:
-        self._write_prometheus_config()
+    def _retarget_prometheus(
+        self, progress: Progress, targets: prometheus.ScrapeTargets | None = None
+    ) -> None:
+        """Scrape exactly `targets` (default: the desired fleet). With none, a clean stop is not an
+        outage: every target leaves Prometheus (its series end with staleness markers) before it stops."""
+        if targets is None:
+            targets = observers.scrape_targets(self.ports, self.desired_simulators)
         service = self.services.get(PROMETHEUS)
-        if service is None or service.process is None or not service.running:
-            return
-        service.process.signal(signal.SIGHUP)
-        expected = observers.simulator_targets(self.ports, self.desired_simulators)
-        if prometheus.wait_for_targets(self.ports[PROMETHEUS], expected, 15.0):
-            progress(f"prometheus: scraping {len(expected)} simulator(s)")
+        port = self.ports[PROMETHEUS] if service is not None and service.running else None
+        if prometheus.apply_targets(self.paths.root, targets, port):
+            if port is not None:
+                progress(f"prometheus: scraping {len(targets.simulators)} simulator(s)")
         else:
-            self._event("prometheus did not pick up the new targets; see " + str(self.paths.log(PROMETHEUS)))
+            self._event("prometheus did not pick up its new targets; see " + str(self.paths.log(PROMETHEUS)))
 
     def rotate(
         self, progress: Progress, *, rollback: bool = False, stop_after: str | None = None

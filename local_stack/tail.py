@@ -25,7 +25,7 @@ from local_stack.control import ControlClient, ObserverGrant
 from local_stack.message_check import topic_kind
 from local_stack.paths import StatePaths
 from local_stack.state_file import is_running
-from local_stack.supervisor_documents import STACK
+from local_stack.status_document import STACK
 
 _SITE = re.compile(r"^site-[0-9]{2,}$")
 _MACHINE = re.compile(r"^(?P<site>site-[0-9]{2,})-(?P<line>line-[0-9]{2,})-[a-z_]+-[0-9]{2,}$")

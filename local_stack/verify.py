@@ -24,13 +24,14 @@ from factory_core.archive_report import (
     KindTotals,
     LatencySummary,
     QuarantineSample,
+    Restart,
     SeqRange,
     SiteReconciliation,
     StreamReport,
     VerifyReport,
 )
 from factory_core.fleet import TOPIC_ROOT
-from factory_core.payload_contract import payload_kind
+from factory_core.payload_contract import PayloadInvalid, decode_payload, payload_kind
 from local_stack.archive import QUARANTINE_PREFIX, RAW_PREFIX, Archive, ObjectInfo, StoredObject, iter_records
 
 # Objects holding messages: the batched layout, and the cloud's direct mode (keyed by topic).
@@ -175,46 +176,71 @@ def _bucket_upper(index: int) -> float:
 
 
 class _Run:
-    __slots__ = ("first_timestamp", "seqs")
+    """One simulator process's messages of one stream: a boot, or (payloads without one) a count from 1."""
 
-    def __init__(self, first_timestamp: str | None) -> None:
+    __slots__ = ("boot", "first_timestamp", "max_seq", "seqs")
+
+    def __init__(self, boot: str | None, first_timestamp: str | None = None) -> None:
+        self.boot = boot
         self.seqs = SeqSet()
-        self.first_timestamp = first_timestamp  # ts of this run's seq 1, when archived
+        self.first_timestamp = first_timestamp  # unbooted runs: ts of their seq 1, when archived
+        self.max_seq = 0
+
+    def add(self, seq: int) -> tuple[bool, bool]:
+        """(new, out of order): False if a duplicate; out of order if a higher seq came first."""
+        if not self.seqs.add(seq):
+            return False, False
+        if seq < self.max_seq:
+            return True, True
+        self.max_seq = seq
+        return True, False
 
 
 class _Stream:
-    __slots__ = ("duplicates", "latency", "max_seq", "messages", "out_of_order", "runs", "site")
+    __slots__ = ("boots", "duplicates", "latency", "messages", "out_of_order", "site", "unbooted")
 
     def __init__(self, site: str) -> None:
         self.site = site
-        self.runs: list[_Run] = [_Run(None)]
+        self.unbooted: list[_Run] = [_Run(None)]
+        self.boots: dict[str, _Run] = {}
         self.messages = 0
         self.duplicates = 0
         self.out_of_order = 0
-        self.max_seq = 0
         self.latency = LatencyHistogram()
 
-    def add(self, seq: int, timestamp: str) -> None:
+    def add(self, seq: int, timestamp: str, boot: str | None) -> None:
         self.messages += 1
-        run = self.runs[-1]
-        if seq == 1:
-            known = next((r for r in self.runs if r.first_timestamp == timestamp), None)
-            if known is not None:
-                run = known  # a redelivered seq 1 of this or an earlier run
-            elif run.first_timestamp is None and 1 not in run.seqs:
-                run.first_timestamp = timestamp
-            else:
-                # The simulator restarted and counts from 1 again: a new run, not duplicates.
-                run = _Run(timestamp)
-                self.runs.append(run)
-                self.max_seq = 0
-        if not run.seqs.add(seq):
+        if boot is not None:
+            run = self.boots.get(boot)
+            if run is None:
+                run = self.boots[boot] = _Run(boot)
+        else:
+            run = self._unbooted_run(seq, timestamp)
+        new, late = run.add(seq)
+        if not new:
             self.duplicates += 1
-        elif run is self.runs[-1]:
-            if seq < self.max_seq:
-                self.out_of_order += 1
-            else:
-                self.max_seq = seq
+        elif late and (boot is not None or run is self.unbooted[-1]):
+            self.out_of_order += 1
+
+    def _unbooted_run(self, seq: int, timestamp: str) -> _Run:
+        """Payloads without `boot`: a seq 1 with a new timestamp means the simulator counted again."""
+        run = self.unbooted[-1]
+        if seq != 1:
+            return run
+        known = next((r for r in self.unbooted if r.first_timestamp == timestamp), None)
+        if known is not None:
+            return known  # a redelivered seq 1 of this or an earlier run
+        if run.first_timestamp is None and 1 not in run.seqs:
+            run.first_timestamp = timestamp
+            return run
+        run = _Run(None, timestamp)
+        self.unbooted.append(run)
+        return run
+
+    def runs(self) -> list[_Run]:
+        """Every run with messages, oldest first (boots are UUIDv7s: their order is their age)."""
+        ordered = [run for run in self.unbooted if run.seqs.starts]
+        return ordered + [self.boots[boot] for boot in sorted(self.boots)]
 
 
 @dataclass
@@ -245,14 +271,19 @@ class _Scan:
         parse_timestamp = _timestamp_parser()
         for record in iter_records(stored.body):
             try:
-                message = orjson.loads(record)
+                message = decode_payload(record)
                 machine = message["machine"]
                 seq = message["seq"]
                 timestamp = message["ts"]
-                if not isinstance(seq, int) or not isinstance(machine, str):
+                boot = message.get("boot")
+                if isinstance(seq, float) and seq.is_integer():
+                    seq = int(seq)  # JSON Schema's integer: what the runner accepted, read alike
+                if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(machine, str):
                     raise TypeError("seq must be an integer and machine a string")
+                if boot is not None and not isinstance(boot, str):
+                    raise TypeError("boot must be a string")
                 kind = payload_kind(message)
-            except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+            except (PayloadInvalid, KeyError, TypeError, AttributeError) as error:
                 self.unreadable += 1
                 if len(self.unreadable_samples) < _SAMPLES_KEPT:
                     self.unreadable_samples.append(f"{stored.key}: {type(error).__name__}: {error}")
@@ -261,7 +292,7 @@ class _Scan:
             stream = self.streams.get(key)
             if stream is None:
                 stream = self.streams[key] = _Stream(key[0])
-            stream.add(seq, timestamp)
+            stream.add(seq, timestamp, boot)
             published_s = parse_timestamp(timestamp)
             if published_s is not None:
                 stream.latency.add(written_s - published_s)
@@ -369,36 +400,77 @@ def verify_archive(
     return _report(scan, published or {}, expect_seq_from)
 
 
+def _stream_report(
+    machine: str, kind: str, stream: _Stream, expect_seq_from: int | None, machine_first_boot: str | None
+) -> StreamReport:
+    """Gaps within each run are missing messages; what lies between two runs is a restart.
+
+    A run with a boot that starts right after the previous run's last seq took over cleanly (a
+    drained simulator resumed from its checkpoint): the same run goes on. One that starts further
+    on followed a crash: the seqs between were published by the crashed process but never reached
+    the broker, or were reserved and never used; nobody can tell which, so they are `possibly_lost`,
+    not missing. One that starts at or below it had no ledger to continue from: a restart whose loss
+    cannot be sized. Runs without a boot (older payloads) each count again from 1.
+    """
+    runs = stream.runs()
+    gaps: list[SeqRange] = []
+    restarts: list[Restart] = []
+    run_index = 0
+    previous: _Run | None = None
+    for run in runs:
+        first = run.seqs.first or 0
+        if previous is None and run.boot is not None and machine_first_boot not in (None, run.boot):
+            # The machine's other kind shows an earlier run: this stream's first archived run is
+            # not the machine's first, so its start is a restart too (nothing archived before it).
+            restarts.append(Restart(run.boot, 0, first, first - 1))
+            expected: int | None = None
+        elif previous is None or run.boot is None:
+            expected = expect_seq_from
+            if previous is not None:
+                run_index += 1
+                restarts.append(Restart(None, previous.seqs.last or 0, first, None))
+        else:
+            expected = None
+            before = previous.seqs.last or 0
+            if first != before + 1:
+                run_index += 1
+                lost = first - before - 1 if first > before else None
+                restarts.append(Restart(run.boot, before, first, lost))
+        gaps += [SeqRange(a, b, run_index) for a, b in run.seqs.missing(expected)]
+        previous = run
+    return StreamReport(
+        machine=machine,
+        kind=kind,
+        site=stream.site,
+        messages=stream.messages,
+        unique=sum(len(run.seqs) for run in runs),
+        first_seq=(runs[0].seqs.first or 0) if runs else 0,
+        last_seq=(runs[-1].seqs.last or 0) if runs else 0,
+        gaps=tuple(gaps),
+        missing=sum(gap.size for gap in gaps),
+        duplicates=stream.duplicates,
+        out_of_order=stream.out_of_order,
+        runs=run_index + 1,
+        boots=len(stream.boots),
+        restarts=tuple(restarts),
+        possibly_lost=sum(restart.possibly_lost or 0 for restart in restarts),
+        latency=stream.latency.summary(),
+    )
+
+
 def _report(
     scan: _Scan, published: Mapping[tuple[str, str], int], expect_seq_from: int | None
 ) -> VerifyReport:
-    streams: list[StreamReport] = []
-    for (_site, machine, kind), stream in sorted(scan.streams.items()):
-        gaps: list[SeqRange] = []
-        unique = 0
-        for run_index, run in enumerate(stream.runs):
-            if not run.seqs.starts:
-                continue
-            unique += len(run.seqs)
-            gaps += [SeqRange(a, b, run_index) for a, b in run.seqs.missing(expect_seq_from)]
-        first_run = next(run for run in stream.runs if run.seqs.starts)
-        streams.append(
-            StreamReport(
-                machine=machine,
-                kind=kind,
-                site=stream.site,
-                messages=stream.messages,
-                unique=unique,
-                first_seq=first_run.seqs.first or 0,
-                last_seq=stream.runs[-1].seqs.last or 0,
-                gaps=tuple(gaps),
-                missing=sum(gap.size for gap in gaps),
-                duplicates=stream.duplicates,
-                out_of_order=stream.out_of_order,
-                runs=sum(1 for run in stream.runs if run.seqs.starts),
-                latency=stream.latency.summary(),
-            )
-        )
+    # A machine's first boot, over both its kinds: keyed by (site, machine) like its streams.
+    first_boots: dict[tuple[str, str], str] = {}
+    for (site, machine, _kind), stream in scan.streams.items():
+        if stream.boots:
+            earliest = min(stream.boots)
+            first_boots[(site, machine)] = min(first_boots.get((site, machine), earliest), earliest)
+    streams = [
+        _stream_report(machine, kind, stream, expect_seq_from, first_boots.get((site, machine)))
+        for (site, machine, kind), stream in sorted(scan.streams.items())
+    ]
     totals: list[KindTotals] = []
     overall = LatencyHistogram()
     for kind in sorted({stream.kind for stream in streams}):
@@ -418,7 +490,8 @@ def _report(
                 missing=sum(s.missing for s in of_kind),
                 gaps=sum(len(s.gaps) for s in of_kind),
                 out_of_order=sum(s.out_of_order for s in of_kind),
-                restarts=sum(s.runs - 1 for s in of_kind),
+                restarts=sum(len(s.restarts) for s in of_kind),
+                possibly_lost=sum(s.possibly_lost for s in of_kind),
                 latency=histogram.summary(),
             )
         )
@@ -439,10 +512,19 @@ def _report(
         )
     if not streams and not scan.quarantined:
         notes.append(f"the archive at {scan.archive} holds no messages yet")
-    if any(stream.runs > 1 for stream in streams):
+    restarts = [restart for stream in streams for restart in stream.restarts]
+    if any(restart.possibly_lost for restart in restarts):
         notes.append(
-            "some machines restarted counting at seq 1 (a simulator process restarted): each run is"
-            " checked on its own; gaps name the run they belong to."
+            "some simulators were restarted without draining (a crash or kill -9): the seqs between the"
+            " last archived message of the old run and the first of the new one were published by the"
+            " dead process but never reached the broker, or reserved and never used; they are counted"
+            " as possibly lost, not missing."
+        )
+    if any(restart.possibly_lost is None for restart in restarts):
+        notes.append(
+            "some machines counted their seq again from a lower value (a simulator restarted without"
+            " its seq ledger, or an older simulator): each run is checked on its own, gaps name the run"
+            " they belong to, and what a crash lost between runs cannot be sized."
         )
     return VerifyReport(
         archive=scan.archive,

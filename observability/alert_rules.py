@@ -16,7 +16,7 @@ import yaml
 from factory_core import metric_catalog as catalog
 from factory_core.fleet import MachineType
 from observability import promql
-from observability.prometheus_config import ARCHIVE_JOB, SIMULATOR_JOB, format_duration
+from observability.prometheus_config import ARCHIVE_JOB, SIMULATOR_JOB, SITE_LABEL, format_duration
 from simulator.model.profiles import PROFILES
 
 Comparison = Literal[">", "<", "=="]
@@ -197,15 +197,20 @@ def _in_fault() -> AlertRule:
 
 
 def _simulator_down() -> AlertRule:
+    # By the target's stable names (site, and `instance`, which discovery sets from the site): a
+    # simulator restarted on another port is the same target, and one that left on purpose
+    # (scale-down, stop) is no target any more, so it never reads as down. Only targets discovery
+    # gave a site are expected; anything else (series from before targets were named) is not.
+    up = promql.selector(promql.UP, job=SIMULATOR_JOB, **{SITE_LABEL: "!="})
     return AlertRule(
         alert="SimulatorDown",
         group="simulator",
-        condition=Condition(promql.selector(promql.UP, job=SIMULATOR_JOB), "==", 0),
+        condition=Condition(promql.aggregate("max", ("job", SITE_LABEL, "instance"), up), "==", 0),
         for_s=SIMULATOR_DOWN_FOR_S,
         severity="critical",
-        summary="Simulator target {{ $labels.instance }} is down",
+        summary="Simulator {{ $labels.site }} is down",
         description=(
-            "Prometheus could not scrape the simulator at {{ $labels.instance }} for "
+            "Prometheus could not scrape the simulator of {{ $labels.site }} for "
             f"{format_duration(SIMULATOR_DOWN_FOR_S)}: the process or task is gone or its metrics port "
             "is blocked."
         ),

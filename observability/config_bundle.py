@@ -9,7 +9,7 @@ same keys under its state folder.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -23,7 +23,13 @@ from observability.alertmanager_config import (
     render_alertmanager_config,
 )
 from observability.dashboards import dashboards_for, render_dashboard
-from observability.prometheus_config import ARCHIVE_JOB, render_prometheus_config
+from observability.prometheus_config import (
+    ARCHIVE_JOB,
+    SIMULATOR_JOB,
+    file_sd_path,
+    file_sd_targets,
+    render_prometheus_config,
+)
 
 PROMETHEUS_CONFIG_DIR = "/etc/prometheus-config"
 GRAFANA_CONFIG_DIR = "/etc/grafana-config"
@@ -157,20 +163,27 @@ def cloud_bundle(
     }
 
 
+def local_targets(simulator_targets: Mapping[str, str], archive_targets: Mapping[str, str]) -> dict[str, str]:
+    """The local stack's discovery files: site -> address of each simulator, role -> address of the
+    archive's exporter. Rewritten alone when simulators come or go; Prometheus notices by itself."""
+    return {
+        PROMETHEUS_PREFIX + file_sd_path(SIMULATOR_JOB): file_sd_targets(simulator_targets, sites=True),
+        PROMETHEUS_PREFIX + file_sd_path(ARCHIVE_JOB): file_sd_targets(archive_targets, sites=False),
+    }
+
+
 def local_bundle(
     *,
-    simulator_targets: list[str],
-    archive_targets: list[str],
+    simulator_targets: Mapping[str, str],
+    archive_targets: Mapping[str, str],
     prometheus_url: str,
     scrape_interval_s: float,
     grafana_dir: Path,
     alert_email: str | None = None,
     alertmanager_url: str | None = None,
     alert_channels: Channels | None = None,
-    simulator_sites: Sequence[str] | None = None,
 ) -> dict[str, str]:
-    """The local stack's config: static targets (labelled with `simulator_sites`, one per target,
-    when given), Grafana on `prometheus_url`.
+    """The local stack's config: discovered targets named by site and role, Grafana on `prometheus_url`.
 
     With `alertmanager_url` (`http://host:port`), Prometheus sends its alerts there, Grafana gets
     it as a datasource, and `alertmanager/alertmanager.yml` routes them to `alert_channels`.
@@ -182,13 +195,12 @@ def local_bundle(
     alertmanager_target = urlsplit(alertmanager_url).netloc if alertmanager_url else None
     bundle = {
         PROMETHEUS_CONFIG_KEY: render_prometheus_config(
-            static_targets=simulator_targets,
-            static_target_sites=simulator_sites,
+            file_sd_jobs=[SIMULATOR_JOB, ARCHIVE_JOB],
             scrape_interval_s=scrape_interval_s,
             rule_files=[RULES_PATH_FROM_CONFIG],
-            extra_static_jobs={ARCHIVE_JOB: archive_targets} if archive_targets else None,
             alertmanager_targets=[alertmanager_target] if alertmanager_target else (),
         ),
+        **local_targets(simulator_targets, archive_targets),
         RULES_KEY: render_rules(target="local"),
         DATASOURCE_KEY: grafana_provisioning.datasource(prometheus_url, scrape_interval_s, alertmanager_url),
         DASHBOARD_PROVIDER_KEY: grafana_provisioning.dashboard_provider(str(grafana_dir / "dashboards")),

@@ -1,10 +1,17 @@
-"""Prometheus configuration for both targets, rendered from one template: static targets locally,
-Cloud Map DNS discovery (`dns_sd_configs`, type A, one name per site) in the cloud."""
+"""Prometheus configuration for both targets, rendered from one template: file discovery locally
+(one JSON file per job that the local stack rewrites as simulators come and go), Cloud Map DNS
+discovery (`dns_sd_configs`, type A, one name per site) in the cloud.
+
+Either way a target's identity is its site (or role), never its address: `instance` is the site,
+so a simulator restarted on another port (ports set to 0) continues the same series instead of
+adding a second one, and alerts name the site.
+"""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -13,6 +20,8 @@ SIMULATOR_JOB = "simulator"
 ARCHIVE_JOB = "archive"
 # The label every simulator series carries (factory_core/metric_catalog.py SIMULATOR_LABELS).
 SITE_LABEL = "site"
+# Local file discovery: one file per job, beside prometheus.yml (paths are relative to it).
+FILE_SD_DIR = "targets"
 DNS_REFRESH_INTERVAL = "30s"
 # Cloud discovery names are `<site>.<namespace>`: the first DNS label is the site.
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -32,6 +41,31 @@ def format_duration(seconds: float) -> str:
         if whole % size == 0:
             return f"{whole // size}{unit}"
     return f"{whole}s"
+
+
+def file_sd_path(job: str) -> str:
+    """The discovery file of `job`, relative to prometheus.yml."""
+    return f"{FILE_SD_DIR}/{job}.json"
+
+
+def file_sd_targets(targets: Mapping[str, str], *, sites: bool) -> str:
+    """A file-discovery document: each target's address under its stable name (`instance`), and
+    with `sites` the same name as its `site` label (what `up == 0` then names)."""
+    groups = []
+    for name, address in sorted(targets.items()):
+        labels = {"instance": name, **({SITE_LABEL: name} if sites else {})}
+        groups.append({"targets": [address], "labels": labels})
+    return json.dumps(groups, indent=1) + "\n"
+
+
+def _file_sd_job(name: str, scrape_interval: str) -> dict[str, Any]:
+    return {
+        "job_name": name,
+        "scrape_interval": scrape_interval,
+        # As in the cloud: the exporter's own `site` is the target's, kept as `site`.
+        "honor_labels": True,
+        "file_sd_configs": [{"files": [file_sd_path(name)]}],
+    }
 
 
 def _static_job(name: str, targets: list[str], scrape_interval: str) -> dict[str, Any]:
@@ -123,16 +157,22 @@ def render_prometheus_config(
     static_targets: list[str] | None = None,
     static_target_sites: Sequence[str] | None = None,
     dns_sd_names: Sequence[str] | None = None,
+    file_sd_jobs: Sequence[str] | None = None,
     metrics_port: int = 9100,
     scrape_interval_s: float = 15,
     rule_files: list[str],
     extra_static_jobs: dict[str, list[str]] | None = None,
     alertmanager_targets: Sequence[str] = (),
 ) -> str:
-    """prometheus.yml for the simulators (static `host:port` targets XOR one DNS name per site), plus
-    jobs; firing alerts go to the Alertmanagers at `alertmanager_targets` (`host:port`), if any."""
-    if (static_targets is None) == (dns_sd_names is None):
-        raise ValueError("give exactly one of static_targets (local stack) or dns_sd_names (cloud)")
+    """prometheus.yml for the simulators, by exactly one of: static `host:port` targets (labelled
+    with `static_target_sites` when given), one DNS name per site (cloud), or file discovery for each
+    of `file_sd_jobs` (the local stack: the simulator job and any other, each reading
+    `file_sd_path(job)`); plus static jobs. Firing alerts go to the Alertmanagers at
+    `alertmanager_targets` (`host:port`), if any."""
+    if sum(mode is not None for mode in (static_targets, dns_sd_names, file_sd_jobs)) != 1:
+        raise ValueError(
+            "give exactly one of static_targets, file_sd_jobs (local stack) or dns_sd_names (cloud)"
+        )
     if static_targets is not None and not static_targets:
         raise ValueError("static_targets is empty; list one host:port per simulator metrics port")
     if scrape_interval_s <= 0:
@@ -144,14 +184,18 @@ def render_prometheus_config(
     # A scrape must finish before the next one starts; Prometheus rejects timeout > interval.
     timeout = format_duration(min(10.0, scrape_interval_s))
     if dns_sd_names is not None:
-        simulator_job = _dns_job(check_dns_names(dns_sd_names), metrics_port, interval)
+        jobs = [_dns_job(check_dns_names(dns_sd_names), metrics_port, interval)]
+    elif file_sd_jobs is not None:
+        if SIMULATOR_JOB not in file_sd_jobs:
+            raise ValueError(f"file_sd_jobs must include the {SIMULATOR_JOB!r} job")
+        simulator_first = sorted(file_sd_jobs, key=lambda name: name != SIMULATOR_JOB)
+        jobs = [_file_sd_job(name, interval) for name in simulator_first]
     elif static_target_sites is not None:
-        simulator_job = _static_simulator_job(static_targets or [], static_target_sites, interval)
+        jobs = [_static_simulator_job(static_targets or [], static_target_sites, interval)]
     else:
-        simulator_job = _static_job(SIMULATOR_JOB, static_targets or [], interval)
-    jobs = [simulator_job]
+        jobs = [_static_job(SIMULATOR_JOB, static_targets or [], interval)]
     for name, targets in sorted((extra_static_jobs or {}).items()):
-        if name == SIMULATOR_JOB:
+        if name == SIMULATOR_JOB or name in (file_sd_jobs or ()):
             raise ValueError(f"extra_static_jobs may not redefine the {SIMULATOR_JOB!r} job")
         jobs.append(_static_job(name, targets, interval))
 

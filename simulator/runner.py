@@ -132,8 +132,10 @@ class Scheduler:
         connection_of: list[int],
         stop: threading.Event,
         model_lock: threading.Lock,
+        ledger: checkpoint.SeqLedger | None = None,
     ) -> None:
         self.model = model
+        self.ledger = ledger
         self.publisher = publisher
         self.config = config
         self.connection_of = connection_of
@@ -164,6 +166,7 @@ class Scheduler:
         lock = self.model_lock
         stop = self.stop
         taken = model.samples_taken
+        ledger = self.ledger
         round_number = first_round
         while not stop.is_set():
             for index, phase, connection in zip(order, phases, connections, strict=True):
@@ -189,6 +192,9 @@ class Scheduler:
                     observe(max(0.0, now - due))
                 with lock:
                     messages = sample(index)
+                # Reserved on disk before anyone can see them: a crash never repeats a seq.
+                if ledger is not None and not ledger.covers(index):
+                    ledger.reserve()
                 for message in messages:
                     submit(connection, message)
                 self.messages += len(messages)
@@ -223,6 +229,23 @@ def transport_options(config: RunConfig, connections: int) -> TransportOptions:
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def _start_boot(model: SiteModel, config: RunConfig) -> checkpoint.SeqLedger | None:
+    """Name this run (`boot`) and, with a state file, continue every seq above what any earlier run
+    of the site may have published; the first reservation is on disk before the first publish."""
+    boot = checkpoint.new_boot()
+    if config.state_file is None:
+        model.start_boot(boot)
+        _say(f"boot {boot}")
+        return None
+    ledger = checkpoint.SeqLedger(
+        checkpoint.ledger_path(config.state_file), model, config.fleet.publish_interval_s
+    )
+    model.start_boot(boot, ledger.floors())
+    ledger.reserve()
+    _say(f"boot {boot}; seqs reserved in {ledger.path}")
+    return ledger
 
 
 def run_live(config: RunConfig) -> RunSummary:
@@ -286,6 +309,7 @@ def run_live(config: RunConfig) -> RunSummary:
         first_round = min((model.samples_taken(i) for i in range(len(model.machines))), default=0)
         if resumed:
             _say(f"resumed from {config.state_file}: every machine continues at sample {first_round + 1}")
+        ledger = _start_boot(model, config)
         # The model, clients and modules live for the whole run: move them out of the cyclic
         # collector's reach, so that full collections stay short (a gen-2 pass over 10,000
         # machines was a visible scheduler stall).
@@ -299,7 +323,7 @@ def run_live(config: RunConfig) -> RunSummary:
             model.start_epoch_ms = max(model.start_epoch_ms, anchored) if resumed else anchored
         scheduler = Scheduler(
             model, publisher, config, [plan.connection_for(i) for i in range(len(model.machines))], stop,
-            live.model_lock,
+            live.model_lock, ledger,
         )
         live.attach(model, scheduler)
         if not signalled:
@@ -313,6 +337,9 @@ def run_live(config: RunConfig) -> RunSummary:
         if config.state_file is not None:
             with live.model_lock:
                 checkpoint.save(config.state_file, fleet, config.site_index, model)
+                if ledger is not None:
+                    ledger.settle()
+            exporter.write_final(checkpoint.final_metrics_path(config.state_file))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -29,7 +29,8 @@ from factory_core.verb_results import (
     VerbResult,
 )
 from factory_core.verbs import StackVerbs
-from local_stack.supervisor_documents import local_status, rotation_outcome
+from local_stack.control import RotationReport
+from local_stack.status_document import StatusReport
 
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 KEBAB = re.compile(r"^[a-z]+(-[a-z]+)*$")
@@ -134,13 +135,13 @@ SUPERVISOR_STATUS: dict[str, Any] = {
     "stack": "local",
     "running": True,
     "phase": "running",
-    "supervisorPid": 4242,
-    "startedAt": 1_780_000_000.25,
-    "uptimeS": 12.5,
-    "firstArchivedAfterS": 1.9,
+    "supervisor_pid": 4242,
+    "started_at": 1_780_000_000.25,
+    "uptime_s": 12.5,
+    "first_archived_after_s": 1.9,
     "simulators": {"desired": 2, "up": 2},
     "generation": "g1",
-    "rotation": {"from": "g1", "to": "g2", "step": "added"},
+    "rotation": {"from_generation": "g1", "to_generation": "g2", "step": "added"},
     # What the sampler reports: counters summed from Prometheus samples are floats.
     "pipeline": {
         "published_total": 980.0,
@@ -176,7 +177,8 @@ SUPERVISOR_STATUS: dict[str, Any] = {
 
 
 def test_local_status_document_has_integer_counts_and_iso_times() -> None:
-    document = result_document(local_status(SUPERVISOR_STATUS, running=True, state_dir="/tmp/state"))
+    report = StatusReport.model_validate(SUPERVISOR_STATUS)
+    document = result_document(report.to_result(running=True, state_dir="/tmp/state"))
     assert document["event"] == "result" and not camel_keys(document)
     pipeline = document["pipeline"]
     for name in ("published_total", "archived_total", "quarantined_total", "connections_up", "inflight"):
@@ -245,9 +247,9 @@ def test_events_carry_their_kind_first() -> None:
 
 
 def test_rotation_answer_becomes_a_typed_outcome() -> None:
-    outcome = rotation_outcome(
-        {"from": "g1", "to": "g2", "rolledBack": True, "finished": True, "steps": ["rollback"]}
-    )
+    outcome = RotationReport(
+        from_generation="g1", to_generation="g2", rolled_back=True, finished=True, steps=["rollback"]
+    ).to_result()
     document = result_document(outcome)
     assert document["generation"] == "g1" and document["rolled_back"] is True
     assert not camel_keys(document)

@@ -206,6 +206,7 @@ def test_sampler_counts_an_exporter_that_does_not_answer(monkeypatch: pytest.Mon
     monkeypatch.setattr(status_view, "scrape", lambda port, **_: None)
     snapshot = status_view.PipelineSampler().sample({"simulator-00": 1, "rule-runner": 2}, now=0.0)
     assert (snapshot.exporters_up, snapshot.exporters_expected) == (0, 2)
+    assert snapshot.scrape_failures_total == 2
 
 
 ALERTING = """\
@@ -249,3 +250,33 @@ def test_a_webhook_url_with_credentials_is_refused_without_echoing_it(tmp_path: 
     message = str(refused.value)
     assert "iotfactory:local.alerting.webhookUrl" in message and "s3cret" not in message
     assert len(message.splitlines()) == 1
+
+
+def test_a_drained_process_adds_what_it_counted_after_the_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(status_view, "scrape", lambda port, **_: _exposition(100, 90))
+    sampler = status_view.PipelineSampler()
+    snapshot = sampler.sample({"simulator-00": 1}, now=0.0)
+    # It drained: 7 more published after that scrape; its final exposition says so.
+    settled = sampler.settle("simulator-00", _exposition(107, 90), snapshot)
+    assert settled.published_total == 107 and snapshot.published_total == 100
+    # A process stopped and started again (a rotation) counts from zero once forgotten.
+    sampler.forget("simulator-00")
+    monkeypatch.setattr(status_view, "scrape", lambda port, **_: _exposition(5, 110))
+    assert sampler.sample({"simulator-00": 1}, now=1.0).published_total == 112
+
+
+def test_lag_grows_while_nothing_is_archived(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's own gauge only moves when it writes; by counts, the lag is how long ago the
+    published count stood where the archive stands."""
+    published = iter(range(0, 10_000, 100))
+    gauge = status_view.Sample(catalog.ARCHIVE_LAG.name, {}, 0.4)
+    monkeypatch.setattr(status_view, "scrape", lambda port, **_: [*_exposition(next(published), 300), gauge])
+    sampler = status_view.PipelineSampler()
+    lags = [sampler.sample({"simulator-00": 1}, now=float(second)).lag_s for second in range(12)]
+    # Caught up to 300 at second 3: gauge until the archive is 5 s behind, then the growing gap.
+    assert lags[:8] == [0.4] * 8
+    assert lags[8:] == [5.0, 6.0, 7.0, 8.0]
+    monkeypatch.setattr(status_view, "scrape", lambda port, **_: None)  # the runner stopped (SIGSTOP)
+    silent = sampler.sample({"simulator-00": 1, "rule-runner": 2}, now=12.0)
+    assert silent.unanswered == ["simulator-00", "rule-runner"] and silent.scrape_failures_total == 2
+    assert silent.lag_s == 9.0  # the totals stand; the lag still grows

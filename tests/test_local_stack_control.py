@@ -291,19 +291,25 @@ def test_typed_round_trip_of_each_command(served: Served) -> None:
 
 def test_the_string_api_returns_the_same_json_as_before(served: Served) -> None:
     status = request(served.paths, "status", timeout_s=10)
-    assert status["supervisorPid"] == os.getpid()
+    assert status["supervisor_pid"] == os.getpid()
     assert status["simulators"] == {"desired": 2, "up": 2}
     assert status["pipeline"]["archived_total"] == 7.0
-    assert request(served.paths, "outputs")["metricsPorts"] == {"rule-runner": 9000}
+    assert request(served.paths, "outputs")["metrics_ports"] == {"rule-runner": 9000}
     progress: list[str] = []
     assert request(served.paths, "scale", progress.append, simulators=3) == {
         "simulators": 3,
         "before": 2,
-        "configFile": "/Pulumi.local.yaml",
+        "config_file": "/Pulumi.local.yaml",
     }
     assert progress[0] == "starting 1 simulator(s)"
     rotated = request(served.paths, "rotate", stop_after="add")
-    assert rotated == {"from": "g1", "to": "g2", "rolledBack": False, "finished": False, "steps": ["add"]}
+    assert rotated == {
+        "from_generation": "g1",
+        "to_generation": "g2",
+        "rolled_back": False,
+        "finished": False,
+        "steps": ["add"],
+    }
     with pytest.raises(UsageError, match="unknown request 'dance'"):
         request(served.paths, "dance")
 
@@ -401,7 +407,7 @@ def test_supervisor_start_refuses_the_folder_before_starting_anything(
     with pytest.raises(UsageError, match="can be written by others"):
         supervisor.start()
     state = json.loads(paths.state_file.read_text())
-    assert state["phase"] == "failed" and state["exitCode"] == 2 and state["pids"] == []
+    assert state["phase"] == "failed" and state["exit_code"] == 2 and state["pids"] == []
 
 
 @pytest.mark.timeout(60)

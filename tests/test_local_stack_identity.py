@@ -62,7 +62,7 @@ class Stack:
 
     @property
     def port(self) -> int:
-        return int(request(self.paths, "outputs", timeout_s=10)["brokerPort"])
+        return int(request(self.paths, "outputs", timeout_s=10)["broker_port"])
 
     def broker_log(self) -> str:
         return (self.paths.logs_dir / "broker.log").read_text(errors="replace")

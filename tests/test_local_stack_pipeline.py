@@ -71,7 +71,7 @@ class RunningStack:
 
     @property
     def broker_port(self) -> int:
-        return int(self.outputs()["brokerPort"])
+        return int(self.outputs()["broker_port"])
 
     def archived(self) -> float:
         return float(self.status()["pipeline"]["archived_total"])
@@ -101,7 +101,7 @@ class RunningStack:
         state = read_state(self.paths)
         if state is None:  # destroyed
             return []
-        return [int(state["supervisorPid"]), *[int(pid) for pid in state.get("pids", [])]]
+        return [state.supervisor_pid, *state.pids]
 
     def stop(self) -> None:
         assert run_cli("stop", "--stack", "local", "--json").exit_code == 0
@@ -297,7 +297,7 @@ def test_full_pipeline_archives_every_message_exactly_once(start_stack, tmp_path
     assert not connects(stack, intruder, "site-90-c02")
 
     stack.run_until(20)
-    port = int(stack.outputs()["prometheusUrl"].rsplit(":", 1)[1])
+    port = int(stack.outputs()["prometheus_url"].rsplit(":", 1)[1])
     published = prometheus_api.query(port, "simulator_messages_published_total")
     assert {series["metric"]["site"] for series in published} == {"site-00", "site-01"}
     targets = prometheus_api.query(port, 'up{job="simulator"}')
@@ -329,7 +329,7 @@ def test_scale_up_and_down_while_running_loses_nothing(start_stack) -> None:
     assert run_cli("scale", "--stack", "local", "--simulators", "4", "--json").exit_code == 0
     status = stack.status()
     assert status["simulators"] == {"desired": 4, "up": 4}
-    port = int(stack.outputs()["prometheusUrl"].rsplit(":", 1)[1])
+    port = int(stack.outputs()["prometheus_url"].rsplit(":", 1)[1])
     assert len(prometheus_api.active_targets(port)) == 4
     stack.run_until(7)
     assert run_cli("scale", "--stack", "local", "--simulators", "1", "--json").exit_code == 0
@@ -382,8 +382,8 @@ def test_rotation_while_running_loses_nothing_and_refuses_the_old_certificate(
     log = (stack.paths.logs_dir / "broker.log").read_text()
     assert f"Client {name} been disconnected by administrative action." in log
     assert not connects(stack, old, "probe")
-    refusals = stack.status()["brokerRefusals"]
-    assert refusals["sessionsCut"] >= 1 and refusals["tlsRefusals"] >= 1
+    refusals = stack.status()["broker_refusals"]
+    assert refusals["sessions_cut"] >= 1 and refusals["tls_refusals"] >= 1
 
     assert not old_dir.exists()
     status = stack.status()

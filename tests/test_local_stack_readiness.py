@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -179,7 +180,8 @@ def test_state_file_is_replaced_whole_and_throttled(tmp_path: Path) -> None:
     writer.write(document, force=True)
     assert len(written) == 2
     state = read_state(paths)
-    assert state is not None and state == _state_json() and "exitCode" not in state
+    assert state is not None and state.as_dict() == _state_json()
+    assert "exit_code" not in json.loads(paths.state_file.read_text())
     assert not paths.state_file.with_suffix(".tmp").exists()
 
 
@@ -205,10 +207,10 @@ def _state_json() -> dict:
         "stack": "local",
         "running": True,
         "phase": "starting",
-        "supervisorPid": 1,
-        "startedAt": 1.0,
-        "uptimeS": 0.0,
-        "firstArchivedAfterS": None,
+        "supervisor_pid": 1,
+        "started_at": 1.0,
+        "uptime_s": 0.0,
+        "first_archived_after_s": None,
         "simulators": {"desired": 0, "up": 0},
         "generation": None,
         "rotation": None,
@@ -216,8 +218,8 @@ def _state_json() -> dict:
         "services": [],
         "events": [],
         "error": None,
-        "brokerRefusals": {"oversizeDisconnects": 0, "tlsRefusals": 0, "sessionsCut": 0, "takeovers": 0},
+        "broker_refusals": {"oversize_disconnects": 0, "tls_refusals": 0, "sessions_cut": 0, "takeovers": 0},
         "outputs": outputs.as_dict(),
-        "controlSocket": "/state/control.sock",
+        "control_socket": "/state/control.sock",
         "pids": [],
     }

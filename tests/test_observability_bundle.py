@@ -27,7 +27,8 @@ def _cloud(names: list[str] = DNS_NAMES) -> dict[str, str]:
 
 def _local(tmp_path: Path, alert_email: str | None = None) -> dict[str, str]:
     return cb.local_bundle(
-        simulator_targets=["127.0.0.1:9101", "127.0.0.1:9102"], archive_targets=["127.0.0.1:9200"],
+        simulator_targets={"site-00": "127.0.0.1:9101", "site-01": "127.0.0.1:9102"},
+        archive_targets={"rule-runner": "127.0.0.1:9200"},
         prometheus_url="http://127.0.0.1:9090", scrape_interval_s=15, grafana_dir=tmp_path / "grafana",
         alert_email=alert_email,
     )
@@ -87,12 +88,25 @@ def test_cloud_grafana_mail_goes_to_the_injected_address_and_sends_no_project_ru
     assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["localhost:9093"]}]}]
 
 
-def test_local_bundle_uses_static_targets_and_the_local_prometheus(tmp_path: Path) -> None:
+def test_local_bundle_names_targets_by_site_and_role_and_the_local_prometheus(tmp_path: Path) -> None:
     bundle = _local(tmp_path)
     config = yaml.safe_load(bundle[cb.PROMETHEUS_CONFIG_KEY])
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert jobs[SIMULATOR_JOB]["static_configs"][0]["targets"] == ["127.0.0.1:9101", "127.0.0.1:9102"]
-    assert jobs[ARCHIVE_JOB]["static_configs"][0]["targets"] == ["127.0.0.1:9200"]
+    for job in (SIMULATOR_JOB, ARCHIVE_JOB):
+        (files,) = jobs[job]["file_sd_configs"]
+        assert jobs[job]["honor_labels"] is True
+        groups = json.loads(bundle["prometheus/" + files["files"][0]])
+        targets = {group["labels"]["instance"]: group for group in groups}
+        if job == SIMULATOR_JOB:
+            # The port is only where to scrape: the series are named by the site, so a simulator
+            # that comes back on another port continues its series.
+            assert {name: group["targets"] for name, group in targets.items()} == {
+                "site-00": ["127.0.0.1:9101"],
+                "site-01": ["127.0.0.1:9102"],
+            }
+            assert all(group["labels"]["site"] == name for name, group in targets.items())
+        else:
+            assert targets["rule-runner"]["targets"] == ["127.0.0.1:9200"]
     (datasource,) = yaml.safe_load(bundle[cb.DATASOURCE_KEY])["datasources"]
     assert datasource["url"] == "http://127.0.0.1:9090"
     provider = yaml.safe_load(bundle[cb.DASHBOARD_PROVIDER_KEY])["providers"][0]

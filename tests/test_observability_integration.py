@@ -146,8 +146,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, webhook: WebhookReceiver)
     ), root / "rule-runner.log", stop_timeout_s=30)
 
     bundle = local_bundle(
-        simulator_targets=[f"127.0.0.1:{simulator_port}"],
-        archive_targets=[f"127.0.0.1:{archive_port}"],
+        simulator_targets={"site-00": f"127.0.0.1:{simulator_port}"},
+        archive_targets={"rule-runner": f"127.0.0.1:{archive_port}"},
         prometheus_url=f"http://127.0.0.1:{prometheus_port}",
         scrape_interval_s=SCRAPE_INTERVAL_S,
         grafana_dir=root / "grafana",

@@ -25,6 +25,7 @@ from factory_core.payload_contract import (
     SIGNAL_UNITS,
     SIGNALS,
     PayloadInvalid,
+    decode_payload,
     load_schema,
     payload_errors,
     payload_kind,
@@ -149,6 +150,10 @@ TELEMETRY_BREAKAGES = [
     ("temperature beyond the transmitter", ("signals", "temperature"), 400.0),
     ("negative power", ("signals", "power"), -0.5),
     ("schema-1 value and unit pair", ("signals", "temperature"), [41.2, "°C"]),
+    ("seq beyond what every JSON reader holds exactly", ("seq",), 2**53),
+    ("seq beyond 63 bits", ("seq",), 2**63),
+    ("boot not a UUIDv7", ("boot",), "6f1c2a7e-3b2d-4c1e-8f00-000000000000"),
+    ("boot not a string", ("boot",), 7),
     ("unknown type", ("type",), "robot_arm"),
     ("bad machine id", ("machine",), "mill 1"),
     ("timestamp without ms", ("ts",), "2026-01-01T00:00:01Z"),
@@ -158,6 +163,7 @@ TELEMETRY_BREAKAGES = [
     ("unknown signal", ("signals", "humidity"), 50.0),
     ("missing signal", ("signals", "speed"), _DELETE),
     ("negative parts", ("parts", "good"), -1),
+    ("parts beyond 2^53", ("parts", "rejected"), 2**53),
     ("missing parts", ("parts",), _DELETE),
     ("extra parts field", ("parts", "scrap"), 1),
 ]
@@ -263,3 +269,36 @@ def test_kind_is_told_by_content(samples: dict[str, dict[str, Any]]) -> None:
 )
 def test_timestamps_are_iso_utc_with_milliseconds(epoch_ms: int, expected: str) -> None:
     assert iso_timestamp(epoch_ms) == expected
+
+
+def test_live_payloads_carry_their_boot_and_stay_valid() -> None:
+    from simulator.checkpoint import new_boot
+    from simulator.model.site import SiteModel
+
+    model = SiteModel(FleetSettings(lines_per_site=1, seed=3), 0, 1_780_000_000_000)
+    boot = new_boot()
+    model.start_boot(boot, {model.machines[0].machine_id: (41, 7)})
+    messages = [message for index in range(len(model.machines)) for message in model.sample(index)]
+    documents = [validate_payload(message.payload) for message in messages]
+    assert {document["boot"] for document in documents} == {boot}
+    first = [d for d in documents if d["machine"] == model.machines[0].machine_id]
+    assert {d["seq"] for d in first if "signals" in d} == {42}
+    assert {d["seq"] for d in first if "event" in d} == {8}
+    assert new_boot() > boot  # UUIDv7: a later process sorts after
+
+
+def test_decoding_refuses_duplicate_keys_and_keeps_big_integers_exact(
+    samples: dict[str, dict[str, Any]],
+) -> None:
+    payload = orjson.dumps(samples["cnc_mill"])
+    assert decode_payload(payload) == samples["cnc_mill"]  # the fast path: written back identically
+    spaced = payload.replace(b",", b", ")  # another writer's spacing: the careful path, same value
+    assert decode_payload(spaced) == samples["cnc_mill"]
+    with pytest.raises(PayloadInvalid, match="duplicate key 'seq'"):
+        decode_payload(payload[:-1] + b',"seq":2}')
+    with pytest.raises(PayloadInvalid, match="duplicate key 'good'"):
+        decode_payload(b'{"parts": {"good": 1, "good": 1}}')
+    assert decode_payload(b'{"seq": 18446744073709551616}') == {"seq": 2**64}
+    for bad in (b'{"a": NaN}', b'{"a": Infinity}', b"\xff", b'{"a": "\\ud800"}'):
+        with pytest.raises(PayloadInvalid):
+            decode_payload(bad)

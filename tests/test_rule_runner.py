@@ -428,3 +428,38 @@ def test_archive_outage_holds_acknowledgements_until_it_recovers(broker: Broker,
         records = _wait_for_records(archive, len(messages))
         assert runner.stop() == 0
     assert sorted(records) == sorted(m.payload for m in messages)
+
+
+def test_what_verify_could_not_read_is_quarantined_not_archived(broker: Broker, tmp_path: Path) -> None:
+    """Numbers beyond the contract's bounds and repeated keys, from a device with a valid certificate."""
+    archive = LocalArchive(tmp_path / "archive")
+    good = fleet_messages(rounds=2)
+    valid = good[-1]
+    canonical = orjson.dumps({**orjson.loads(valid.payload), "seq": 1})
+    crafted = [
+        # 2^64: orjson reads it as a float, which JSON Schema calls an integer.
+        (canonical.replace(b'"seq":1,', b'"seq":18446744073709551616,'), "schema_violation"),
+        (canonical.replace(b'"seq":1,', b'"seq":9007199254740993,'), "schema_violation"),
+        (canonical.replace(b'"seq":1,', b'"seq":5,"seq":1,'), "invalid_json"),
+        (canonical.replace(b'"good":', b'"good":0,"good":'), "invalid_json"),
+    ]
+    with running_runner(broker, str(archive.root), tmp_path, ["--flush-interval", "0.2"]) as runner:
+        device = DevicePublisher(broker)
+        try:
+            device.publish_all(good)
+            for payload, _reason in crafted:
+                device.publish(valid.topic, payload)
+            device.wait_all_acknowledged()
+        finally:
+            device.close()
+        records = _wait_for_records(archive, len(good))
+        quarantine = wait_for_objects(archive, QUARANTINE_PREFIX, 1, 10)
+        deadline = time.monotonic() + 10
+        while sum(verify_archive(archive).quarantined.values()) < len(crafted):
+            assert time.monotonic() < deadline, "not everything crafted was quarantined"
+            time.sleep(0.1)
+        assert runner.stop() == 0
+    assert sorted(records) == sorted(m.payload for m in good) and quarantine
+    report = verify_archive(archive)
+    assert report.unreadable == 0 and report.ok
+    assert report.quarantined == {"invalid_json": 2, "schema_violation": 2}

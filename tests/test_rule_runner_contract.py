@@ -87,6 +87,12 @@ def test_each_kind_of_garbage_gets_its_reason() -> None:
         orjson.dumps({**document, "seq": 0}): "schema_violation",
         orjson.dumps({**document, "line": "line-02"}): "machine_mismatch",  # not the machine's line
         b" " * (128 * 1024 + 1): "payload_too_large",
+        # What verify could not read back as the same message is never archived.
+        payload[:-1] + b',"seq":2}': "invalid_json",
+        orjson.dumps({**document, "seq": 1}).replace(b'"seq":1,', b'"seq":18446744073709551616,'): (
+            "schema_violation"
+        ),
+        orjson.dumps({**document, "parts": {"good": 2**63, "rejected": 0}}): "schema_violation",
     }
     for garbage, reason in cases.items():
         verdict = check_message(topic, garbage)

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from cli_render.json_style import dumps, result_document
 from cli_render.verify_view import render_report
+from factory_core.archive_report import Restart
 from local_stack.archive import LocalArchive, batch_key, encode_batch, quarantine_key
 from local_stack.verify import LatencyHistogram, SeqRange, SeqSet, verify_archive
 from simulator.model.payload import iso_timestamp
@@ -251,3 +252,70 @@ def test_quarantine_samples_read_the_excerpt(tmp_path: Path) -> None:
     report = verify_archive(archive)
     assert report.quarantined == {"machine_mismatch": 1}
     assert report.quarantine_samples[0].payload_preview == '{"site": "site-01"}'
+
+
+BOOT_1 = "0190b5a2-0000-7000-8000-000000000001"  # UUIDv7s: boot 2 is the later process
+BOOT_2 = "0190b5a2-0001-7000-8000-000000000002"
+BOOT_3 = "0190b5a2-0002-7000-8000-000000000003"
+
+
+def booted(machine: str, seq: int, boot: str, kind: str = "telemetry") -> bytes:
+    message = telemetry(machine, seq, 1_000 * seq) if kind == "telemetry" else ground_truth(machine, seq, 0)
+    document = orjson.loads(message)
+    document["boot"] = boot
+    return orjson.dumps(document)
+
+
+def test_a_crash_is_a_restart_with_its_possible_loss_never_duplicates(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path)
+    # Boot 1 published 1..20 and crashed having reserved up to 30; boot 2 resumed at 31 and
+    # drained cleanly; boot 3 continued at 46 from its checkpoint (a clean handover, not a restart).
+    # A second machine's boot 2 redelivers a message: one duplicate, no restart of its own.
+    first = [booted(MACHINE, seq, BOOT_1) for seq in range(1, 21)]
+    second = [booted(MACHINE, seq, BOOT_2) for seq in range(31, 46)]
+    third = [booted(MACHINE, seq, BOOT_3) for seq in range(46, 50)]
+    other = [booted(OTHER, seq, BOOT_2) for seq in (1, 2, 2, 3)]
+    write_batches(archive, [third, second[5:], first, second[:5], other])
+    report = verify_archive(archive)
+    stream = next(s for s in report.streams if s.machine == MACHINE)
+    assert (stream.duplicates, stream.missing, stream.boots, stream.runs) == (0, 0, 3, 2)
+    assert stream.restarts == (Restart(BOOT_2, 20, 31, 10),)
+    assert stream.possibly_lost == 10 and stream.unique == 20 + 15 + 4
+    assert (report.restarts, report.possibly_lost, report.duplicates, report.missing) == (1, 10, 1, 0)
+    assert report.ok
+    assert any("possibly lost" in note for note in report.notes)
+
+
+def test_a_gap_within_a_boot_is_missing_and_a_restart_from_below_is_unsized(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path)
+    # Boot 2 had no ledger: it counted again from 1, which is neither a duplicate nor a loss estimate.
+    batch = [booted(MACHINE, seq, BOOT_1) for seq in (1, 2, 4)]
+    batch += [booted(MACHINE, seq, BOOT_2) for seq in (1, 2, 3)]
+    write_batches(archive, [batch])
+    stream = verify_archive(archive).streams[0]
+    assert stream.missing == 1 and stream.gaps == (SeqRange(3, 3, 0),)
+    assert stream.restarts == (Restart(BOOT_2, 4, 1, None),)
+    assert stream.duplicates == 0 and stream.possibly_lost == 0
+
+
+def test_a_stream_first_seen_after_its_machine_restarted_is_not_missing_its_start(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path)
+    # The machine's telemetry shows boot 1; its first archived label event is from boot 2, above
+    # what boot 1 reserved: not "events 1..4 missing" but a restart that may have lost them.
+    batch = [booted(MACHINE, seq, BOOT_1) for seq in (1, 2)]
+    batch += [booted(MACHINE, seq, BOOT_2) for seq in (9, 10)]
+    batch += [booted(MACHINE, 5, BOOT_2, kind="ground_truth")]
+    write_batches(archive, [batch])
+    report = verify_archive(archive)
+    labels = next(s for s in report.streams if s.kind == "ground_truth")
+    assert labels.missing == 0 and labels.restarts == (Restart(BOOT_2, 0, 5, 4),)
+    assert report.missing == 0 and report.possibly_lost == 6 + 4
+
+
+def test_records_the_rule_runner_would_refuse_are_unreadable_here_too(tmp_path: Path) -> None:
+    archive = LocalArchive(tmp_path)
+    good = telemetry(MACHINE, 1, 1_000)
+    duplicate_key = good[:-1] + b',"seq":2}'
+    write_batches(archive, [[good, duplicate_key, telemetry(MACHINE, 2, 2_000)]])
+    report = verify_archive(archive)
+    assert report.unreadable == 1 and "duplicate key 'seq'" in report.unreadable_samples[0]

@@ -132,7 +132,9 @@ def build(*, include_archive: bool) -> builders.Dashboard:
             "Quarantined", [query(f"{quarantined} or on () vector(0)", "{{reason}}")],
             unit=MESSAGES_PER_SECOND, span=12, description=catalog.QUARANTINED.help))
         .with_panel(panels.graph(
-            "Batches written", [query(promql.sum_by((), promql.rate(catalog.ARCHIVE_BATCHES, RATE_WINDOW)),
-                                      "batches")],
-            unit="suffix: /s", span=12, description=catalog.ARCHIVE_BATCHES.help))
+            "Batches written and refused",
+            [query(promql.sum_by((), promql.rate(catalog.ARCHIVE_BATCHES, RATE_WINDOW)), "written"),
+             query(promql.sum_by((), promql.rate(catalog.ARCHIVE_WRITE_ERRORS, RATE_WINDOW)), "refused")],
+            unit="suffix: /s", span=12,
+            description=f"{catalog.ARCHIVE_BATCHES.help} {catalog.ARCHIVE_WRITE_ERRORS.help}"))
     )

@@ -11,9 +11,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server, write_to_textfile
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -215,6 +216,10 @@ class SimulatorExporter:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def write_final(self, path: Path) -> None:
+        """The last exposition, to a file (replaced atomically): the counts a scrape would miss."""
+        write_to_textfile(str(path), self.registry)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; returns the bound port. A taken port is a usage error."""

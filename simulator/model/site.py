@@ -23,6 +23,7 @@ from factory_core.fleet import (
     site_id,
     telemetry_topic,
 )
+from factory_core.payload_contract import BOOT_FIELD
 from simulator.model.ambient import Ambient, site_ambient
 from simulator.model.labels import LabelEvent
 from simulator.model.line import LineFeed
@@ -236,6 +237,22 @@ class SiteModel:
             sensors = Sensors(spec.type, stream_key(stream.process_seed, "sensors"), self.step_s)
             machine = Machine(process, sensors, stream.sensor_fault_seed, own)
             self._runs.append(_MachineRun(spec, machine))
+
+    def seqs(self, machine_index: int) -> tuple[int, int]:
+        """The last telemetry and ground-truth `seq` machine `machine_index` used (0: none yet)."""
+        run = self._runs[machine_index]
+        return run.seq_telemetry, run.seq_ground_truth
+
+    def start_boot(self, boot: str, floors: Mapping[str, tuple[int, int]] | None = None) -> None:
+        """A new process run: its messages carry `boot`, and each machine's next telemetry and
+        ground-truth `seq` lie above its `floors` entry (what an earlier run may have used)."""
+        floors = floors or {}
+        for spec, run in zip(self.machines, self._runs, strict=True):
+            run.header[BOOT_FIELD] = boot
+            run.encoder = TelemetryEncoder(run.header, run.readings)
+            telemetry, ground_truth = floors.get(spec.machine_id, (0, 0))
+            run.seq_telemetry = max(run.seq_telemetry, telemetry)
+            run.seq_ground_truth = max(run.seq_ground_truth, ground_truth)
 
     def samples_taken(self, machine_index: int) -> int:
         """How many steps machine `machine_index` has made (its next sample's slot number)."""

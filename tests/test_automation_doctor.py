@@ -392,7 +392,9 @@ def test_a_pulumi_login_stands_for_an_unrecorded_backend(setup: Setup, tmp_path:
     setup.quota(20_000)
     checks = {check.name: check for check in setup.doctor().checks}
     assert checks["state backend"].ok and checks["state backend"].detail.startswith("https://api.pulumi.com")
-    assert checks["secrets key"].ok and checks["secrets key"].detail == "the default of https://api.pulumi.com"
+    assert (
+        checks["secrets key"].ok and checks["secrets key"].detail == "the default of https://api.pulumi.com"
+    )
 
 
 def test_certificate_names_cover_one_wildcard_level() -> None:
@@ -427,3 +429,33 @@ def test_local_doctor_passes_on_this_machine(tmp_path: Path, monkeypatch: pytest
     by_name = {check["name"]: check for check in report["checks"]}
     assert by_name["mosquitto"]["ok"] and by_name["prometheus"]["ok"], report
     assert result.exit_code == (0 if all(check["ok"] for check in report["checks"]) else 2)
+
+
+def test_a_stack_file_that_does_not_validate_is_listed_with_its_key(setup: Setup) -> None:
+    setup.write_stack(fleet={"qos": 2})
+    setup.quota(20_000)
+    missing = failing(setup.doctor())
+    assert missing["stack config"].startswith("does not validate | config iotfactory:fleet.qos")
+
+
+def test_without_a_region_the_aws_checks_cannot_run(setup: Setup) -> None:
+    setup.write_stack(**{"aws:region": None})
+    report = setup.doctor()
+    missing = failing(report)
+    assert "AWS region" in missing and "set aws:region in Pulumi.prod.yaml" in missing["AWS region"]
+    assert "AWS credentials" not in {check.name for check in report.checks}
+
+
+def test_a_disabled_key_and_a_secret_being_deleted_are_found(setup: Setup) -> None:
+    setup.everything_in_place()
+    kms = setup.account.client("kms")
+    key_id = kms.describe_key(KeyId=ALIAS)["KeyMetadata"]["KeyId"]
+    kms.disable_key(KeyId=key_id)
+    setup.account.client("secretsmanager").delete_secret(SecretId=SMTP_SECRET, RecoveryWindowInDays=7)
+    setup.quota(20_000)
+    missing = failing(setup.doctor())
+    assert missing["secrets key"].startswith(f"{ALIAS} is Disabled | enable {key_id}")
+    assert missing["SMTP secret"] == (
+        f"{SMTP_SECRET} is scheduled for deletion | "
+        f"`aws secretsmanager restore-secret --secret-id {SMTP_SECRET}`"
+    )

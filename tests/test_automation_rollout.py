@@ -197,3 +197,16 @@ def test_an_old_task_still_draining_pauses_the_rotation(
         "iotfactory-dev-simulator-site-01:3); g1 stays active."
     )
     assert rotation.operations().count("up") == 1
+
+
+def test_a_step_resumed_after_it_stopped_half_way_refreshes_first() -> None:
+    """The state machine says when: an add re-applied from 'started' (interrupted, or rolled back by
+    ECS outside Pulumi's state); a fresh rotation's first add does not need it."""
+    from factory_core.cert_rotation import ACTIVE, Generation, Phase, RotationRecord, next_action
+
+    fresh = next_action((Generation("g1", ACTIVE),), None)
+    assert not fresh.refresh_first
+    resumed = next_action(fresh.generations, RotationRecord("g1", "g2", Phase.STARTED))
+    assert resumed.refresh_first and resumed.apply
+    later = next_action(fresh.generations, RotationRecord("g1", "g2", Phase.ADDED))
+    assert not later.refresh_first

@@ -107,8 +107,7 @@ def test_a_certificate_that_may_publish_into_the_other_namespace_is_caught() -> 
     assert {v.rule for v in violations} == {"stack-isolation"}
     assert (
         "dev's certificates may publish to 'factory/simulator/*', "
-        "into prod's topics 'factory/simulator/prod/'"
-        in [v.message for v in violations]
+        "into prod's topics 'factory/simulator/prod/'" in [v.message for v in violations]
     )
     (found,) = [v for v in check(records, context("dev")) if v.rule == "topic-isolation"]
     assert "outside this stack's namespace factory/simulator/dev/" in found.message
@@ -255,8 +254,7 @@ def test_the_topic_namespace_is_the_programs_not_the_users() -> None:
 def test_the_image_cache_needs_docker_hub_credentials_and_an_account() -> None:
     assert (
         "iotfactory:imageCache.dockerHubSecretName: required because iotfactory:images.grafana "
-        "is on Docker Hub"
-        in (prod_error(imageCache=json.dumps({})))
+        "is on Docker Hub" in (prod_error(imageCache=json.dumps({})))
     )
     dev = {**PROD, "iotfactory:imageCache": json.dumps({"enabled": True})}
     del dev["iotfactory:accountId"]
@@ -374,3 +372,22 @@ def test_outputs_name_each_sites_task_definition_and_generation() -> None:
                 "taskDefinitionArn": tasks[f"iotfactory-{name}-simulator-{site}"],
                 "certGeneration": generation,
             }
+
+
+def test_the_simulator_publishes_exactly_where_its_certificate_may() -> None:
+    """The task's fleet (with the program's namespace) and the site's IoT policy agree on every topic."""
+    from factory_core.fleet import FleetSettings
+    from simulator.model.site import build_machine_specs
+
+    run = offline_run("dev")
+    task = one(run, TASK_DEFINITION, "simulators-site-01")
+    fleet = FleetSettings.model_validate_json(
+        environment(containers(task)["simulator"])["FACTORY_CONFIG_JSON"]
+    )
+    (policy,) = [p for p in run.of_type(IOT_POLICY) if p.inputs["name"].endswith("site-01-publish")]
+    allowed = [pattern.removesuffix("*") for pattern in publish_patterns(policy)]
+    specs = build_machine_specs(fleet, 1)
+    topics = [topic for spec in specs for topic in (spec.telemetry_topic, spec.ground_truth_topic)]
+    assert topics and all(any(topic.startswith(prefix) for prefix in allowed) for topic in topics)
+    assert all(topic.startswith("factory/simulator/dev/") for topic in topics)
+    assert all(topic.count("/") <= 7 for topic in topics)  # AWS IoT's topic depth limit

@@ -1,44 +1,27 @@
 """docs/cloud.md shows what the CLI really prints when operations go wrong, and how to recover.
 
 Every block marked `<!-- reproduced: NAME -->` holds a `$ python cli.py ...` command and the lines it
-prints. Each is run here in the situation the text describes (a machine without the tools, an
-interrupted update, an ECS rollback, a stale checkout, drift), and every documented line must be a
-line of the real output, in the documented order (lines the block leaves out, such as progress
-bars, may come in between). A message changed in the code and not in the docs fails here.
+prints. Each is run here in the situation the text describes (tests/support_operations.py: a machine
+without the tools, an interrupted update, an ECS rollback, a stale checkout, drift), and every
+documented line must be a line of the real output, in the documented order (lines the block leaves
+out, such as progress bars, may come in between; `...` stands for anything, as in the docs test).
+The blocks are `shell-session`, so tests/test_docs_commands.py does not run their commands
+without that situation; it checks their `error:` lines through tests/docs_reproductions.py.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-import signal
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from support_cloud import isolate_from_real_aws, use_plain_terminal
-from support_ecs import CLUSTER, REGION, RecordedEcs, deployed_sites
-from typer.testing import CliRunner
-
-import cli
-from automation import rollout_check, stack_context
-from automation.recording_stack import Interrupted, RecordingStack, ScriptedResource
-from automation.stack_context import CloudEnv
-from automation.stack_port import OutputValue, StackLock
-from factory_core.verb_results import DoctorReport
+from docs_commands import sample_pattern
+from support_operations import SCENARIOS, run_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "cloud.md"
-_BLOCK = re.compile(r"<!-- reproduced: (?P<name>[\w-]+) -->\n```\n(?P<body>.*?)```", re.DOTALL)
-CONFIG = {
-    "aws:region": REGION,
-    "iotfactory:owner": "team",
-    "iotfactory:simulatorCount": 2,
-    "iotfactory:archiveMode": "direct",
-    "iotfactory:allowedCidrs": ["203.0.113.0/24"],
-}
+_BLOCK = re.compile(r"<!-- reproduced: (?P<name>[\w-]+) -->\n```shell-session\n(?P<body>.*?)```", re.DOTALL)
 
 
 def documented() -> dict[str, tuple[list[str], list[str]]]:
@@ -51,104 +34,8 @@ def documented() -> dict[str, tuple[list[str], list[str]]]:
     return blocks
 
 
-Scenario = Callable[[Path, pytest.MonkeyPatch], None]
-
-
-def _recording(project: Path, monkeypatch: pytest.MonkeyPatch, stack: RecordingStack) -> None:
-    (project / "Pulumi.dev.yaml").write_text(yaml.safe_dump({"config": CONFIG}), encoding="utf-8")
-    fake_bin = project.parent / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "pulumi").write_text("#!/bin/sh\nexit 97\n", encoding="utf-8")
-    (fake_bin / "pulumi").chmod(0o755)
-    monkeypatch.setenv("PATH", str(fake_bin))
-    monkeypatch.setattr(
-        stack_context,
-        "cloud_env",
-        lambda: CloudEnv(
-            project_dir=project, open_stack=stack.opener(), doctor=lambda s, p: DoctorReport(s, ())
-        ),
-    )
-
-
-def prerequisites(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """This repository's own dev stack on a machine with no Pulumi CLI, no Docker, no AWS credentials."""
-    monkeypatch.setenv("PATH", str(project / "empty-bin"))
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    monkeypatch.delenv("AWS_REGION", raising=False)
-    monkeypatch.setattr(stack_context, "cloud_env", lambda: CloudEnv(project_dir=REPO))
-
-
-def interrupt(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = RecordingStack("dev")
-    stack.fail_next("up", Interrupted(signal.SIGTERM))
-    _recording(project, monkeypatch, stack)
-
-
-def interrupt_locked(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = RecordingStack("dev")
-    lock = "s3://iotfactory-pulumi-state-123456789012-eu-west-1/.pulumi/locks/organization/iotfactory/dev/0b1c.json"
-    stack.locks = [StackLock(lock, "taken by ci@runner (pid 7) at 2026-12-04T10:00:00Z")]
-    stack.fail_next("up", Interrupted(signal.SIGTERM))
-    _recording(project, monkeypatch, stack)
-
-
-def rotation_rollback(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = RecordingStack(
-        "dev", outputs={"clusterName": CLUSTER, "region": REGION, "simulatorSites": deployed_sites()}
-    )
-    _recording(project, monkeypatch, stack)
-    ecs = (
-        RecordedEcs().services("describe_services_rolled_back.json").tasks("tasks_all_new.json", ("site-00",))
-    )
-    ecs.stubber.activate()
-    monkeypatch.setattr(rollout_check, "ecs_client", lambda region: ecs.client)
-
-
-def drift(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    stack = RecordingStack(
-        "dev", resources=[ScriptedResource("aws:ecs/service:Service", "simulators-site-00-service", "same")]
-    )
-    stack.refresh_resources = [
-        ScriptedResource(
-            "aws:ecs/service:Service", "simulators-site-00-service", "update", diffs=("desiredCount",)
-        )
-    ]
-    _recording(project, monkeypatch, stack)
-
-
-def revert(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    generations = '[{"name": "g1", "status": "ACTIVE"}]'
-    stack = RecordingStack("dev", config={**CONFIG, "iotfactory:certGenerations": generations})
-    stack.updates = [
-        (
-            "update",
-            "succeeded",
-            {"iotfactory:simulatorCount": "2", "iotfactory:certGenerations": generations},
-        ),
-        (
-            "update",
-            "succeeded",
-            {"iotfactory:simulatorCount": "7", "iotfactory:certGenerations": generations},
-        ),
-    ]
-    stack.set_outputs(
-        {"simulatorCount": OutputValue(7), "certGenerations": [{"name": "g1", "status": "ACTIVE"}]}
-    )
-    _recording(project, monkeypatch, stack)
-
-
-SCENARIOS: dict[str, Scenario] = {
-    "prerequisites": prerequisites,
-    "interrupt": interrupt,
-    "interrupt-locked": interrupt_locked,
-    "rotation-rollback": rotation_rollback,
-    "drift": drift,
-    "revert": revert,
-}
-
-
 def test_every_reproduced_block_has_a_scenario() -> None:
+    assert DOC.read_text(encoding="utf-8").count("<!-- reproduced: ") == len(documented())
     assert set(documented()) == set(SCENARIOS)
 
 
@@ -157,17 +44,17 @@ def test_the_documented_lines_are_what_the_cli_prints(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     arguments, expected = documented()[name]
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "Pulumi.yaml").write_text("name: iotfactory\nruntime: python\n", encoding="utf-8")
-    isolate_from_real_aws(monkeypatch, tmp_path)
-    use_plain_terminal(monkeypatch)
-    SCENARIOS[name](project, monkeypatch)
-    result: Any = CliRunner().invoke(cli.app, arguments)
+    result = run_scenario(name, arguments, tmp_path, monkeypatch)
     printed = [line.rstrip() for line in result.output.splitlines()]
     position = 0
     for line in expected:
-        assert line in printed[position:], f"{DOC.name} [{name}] shows a line the CLI does not print:\n{line}"
-        position = printed.index(line, position) + 1
+        pattern = sample_pattern(line)
+        found = next(
+            (index for index in range(position, len(printed)) if pattern.match(printed[index])), None
+        )
+        assert found is not None, f"{DOC.name} [{name}] shows a line the CLI does not print:\n{line}"
+        position = found + 1
     errors = [line for line in expected if line.startswith("error: ")]
-    assert errors == [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    printed_errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(printed_errors)
+    assert all(sample_pattern(doc).match(real) for doc, real in zip(errors, printed_errors, strict=True))

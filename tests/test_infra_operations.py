@@ -310,6 +310,8 @@ def test_prod_pulls_third_party_images_through_the_cache() -> None:
     assert "credentialArn" not in rules["quay"].inputs or not rules["quay"].inputs["credentialArn"]
     registry = f"{MOCK_ACCOUNT_ID}.dkr.ecr.eu-west-1.amazonaws.com"
     images = {c["name"]: c["image"] for c in containers(one(prod, TASK_DEFINITION, "monitoring")).values()}
+    assert images["alertmanager"].startswith(f"{registry}/docker-hub/prom/alertmanager:v0.28.1@sha256:")
+    del images["alertmanager"]
     assert images == {
         "config-init": f"{registry}/ecr-public/aws-cli/aws-cli:2.22.35",
         "prometheus": f"{registry}/quay/prometheus/prometheus:v2.55.1",

@@ -826,7 +826,10 @@ def test_alertmanager_reads_its_bundle_folder_and_gets_smtp_only_from_the_secret
         parts = containers(one(run, TASK_DEFINITION, "monitoring"))
         alertmanager = parts["alertmanager"]
         image = alertmanager["image"]
-        assert image.startswith("docker.io/prom/alertmanager:") and "@sha256:" in image
+        # prod pulls it through the account's ECR pull-through cache (tests/test_infra_operations.py).
+        cached = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/docker-hub/"
+        upstream = "docker.io/" if run.stack == "dev" else cached
+        assert image.startswith(f"{upstream}prom/alertmanager:") and "@sha256:" in image
         assert alertmanager["user"] == "65534:65534" and alertmanager["readonlyRootFilesystem"] is True
         mounts = {m["containerPath"]: m for m in alertmanager["mountPoints"]}
         assert mounts["/etc/alertmanager-config"]["readOnly"] is True

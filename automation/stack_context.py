@@ -101,8 +101,14 @@ def text_or_none(value: Any) -> str | None:
 
 
 def require_prerequisites(stack: str, purpose: str, sink: ProgressSink) -> None:
-    """`doctor` before work that needs everything: each missing prerequisite is shown, then one line."""
+    """`doctor` before work that needs everything: each missing prerequisite is shown, then one line.
+
+    A stack file that cannot be read or does not validate is refused first, in its own one line
+    naming the key: on any machine, before anything else is looked at.
+    """
     env = cloud_env()
+    path = require_stack_file(env.project_dir, stack)
+    validate_stack_config(stack, read_config(path, fix=f"edit {path.name}"), path.name)
     report = env.doctor(stack, env.project_dir)
     missing = [check for check in report.checks if not check.ok]
     if not missing:

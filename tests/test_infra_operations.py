@@ -393,3 +393,13 @@ def test_the_simulator_publishes_exactly_where_its_certificate_may() -> None:
     assert topics and all(any(topic.startswith(prefix) for prefix in allowed) for topic in topics)
     assert all(topic.startswith("factory/simulator/dev/") for topic in topics)
     assert all(topic.count("/") <= 7 for topic in topics)  # AWS IoT's topic depth limit
+
+
+def test_the_policy_command_checks_both_stacks_and_their_isolation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`python -m infra.policy --stack dev --stack prod`: every rule on each, then stack-isolation."""
+    from infra.policy import main
+
+    assert main(["--stack", "dev", "--stack", "prod", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []

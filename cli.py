@@ -101,7 +101,7 @@ def _render(json_output: bool, produce: Callable[[ProgressSink], VerbResult]) ->
         renderer.error(error)
         raise typer.Exit(int(code)) from None
     renderer.result(result)
-    raise typer.Exit(int(exit_code_for_result(result.failed)))
+    raise typer.Exit(int(exit_code_for_result(result.failed, usage=result.failed_as_usage)))
 
 
 def _run_verb(stack: str, json_output: bool, call: Callable[[StackVerbs, ProgressSink], VerbResult]) -> None:
@@ -113,12 +113,19 @@ def up(
     stack: StackOpt = "local",
     detach: Annotated[bool, typer.Option("--detach", "-d", help="local: run in the background.")] = False,
     yes: YesOpt = False,
+    allow_revert: Annotated[
+        bool,
+        typer.Option(
+            "--allow-revert", help="cloud: apply a stack file whose simulators or certificates are older."
+        ),
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Create or update the stack and start the pipeline."""
     from factory_core.verbs import UpRequest
 
-    _run_verb(stack, json_output, lambda verbs, sink: verbs.up(UpRequest(detach=detach, yes=yes), sink))
+    request = UpRequest(detach=detach, yes=yes, allow_revert=allow_revert)
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.up(request, sink))
 
 
 @app.command()
@@ -327,6 +334,22 @@ def bootstrap(stack: StackOpt = "dev", json_output: JsonOpt = False) -> None:
     from factory_core.verbs import BootstrapRequest
 
     _run_verb(stack, json_output, lambda verbs, sink: verbs.bootstrap(BootstrapRequest(), sink))
+
+
+@app.command()
+def doctor(stack: StackOpt = "dev", json_output: JsonOpt = False) -> None:
+    """Check every prerequisite of the stack at once, each missing one with its fix (exit 2 if any)."""
+    from factory_core.verbs import DoctorRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.doctor(DoctorRequest(), sink))
+
+
+@app.command()
+def drift(stack: StackOpt = "dev", json_output: JsonOpt = False) -> None:
+    """cloud: compare the deployed stack with AWS and with this checkout (exit 1 on drift)."""
+    from factory_core.verbs import DriftRequest
+
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.drift(DriftRequest(), sink))
 
 
 @app.command()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from automation.cloud_status import live_services
+from automation import preflight, rollout_check
 from automation.stack_context import (
     StackContext,
     apply_stack_config,
@@ -49,9 +49,13 @@ def rotate_certificates(context: StackContext, sink: ProgressSink, *, rollback: 
         steps.append(action.kind.value)
         _write_rotation_state(port, generations, record, action.generations, action.record_before)
         if action.apply:
+            if action.refresh_first:
+                # A resumed step may follow an ECS rollback Pulumi's state does not know about:
+                # refresh first, so `up` deploys the new task definitions again.
+                run_update(port, "refresh", sink)
             result = run_update(port, "up", sink)
             if action.kind is cert_rotation.ActionKind.ADD:
-                _require_steady_simulators(context, result, action)
+                _require_new_generation_everywhere(context, result, action)
         if action.record_after != action.record_before:
             _write_rotation_state(
                 port, action.generations, action.record_before, action.generations, action.record_after
@@ -72,27 +76,57 @@ def rotate_certificates(context: StackContext, sink: ProgressSink, *, rollback: 
     )
 
 
-def _require_steady_simulators(
+def _require_new_generation_everywhere(
     context: StackContext, result: UpdateResult, action: cert_rotation.RotationAction
 ) -> None:
-    """Before the old generation is deactivated, every simulator service must run steadily on the new one.
+    """Before the old generation is deactivated, ECS must show every site running only the new one.
 
-    `up` already waits for steady state; this re-reads ECS so a service that was rolled back or is
-    still deploying stops the rotation at 'started' (re-run to check again) instead of cutting off
-    simulators that still hold the old certificate.
+    A circuit-breaker rollback is a failed step: the record stays at 'started', the old generation
+    stays active, and the message names the site and what to do. Anything else unproven (a rollout
+    still under way, an old task still draining, ECS unreadable) pauses the rotation the same way.
     """
-    services, note = live_services(ordered_outputs(result.outputs), context.region, simulators_only=True)
-    unsteady = [service for service in services if not service.steady]
-    if note is None and not unsteady:
+    old, new = action.from_generation, action.to_generation
+    outputs = ordered_outputs(result.outputs)
+    sites = rollout_check.sites_of(outputs, new, context.name)
+    cluster = outputs.get("clusterName")
+    if not sites:
         return
-    why = note or ", ".join(
-        f"{s.name} {s.running}/{s.desired} running, {s.pending} pending, {s.rollout.lower()}"
-        for s in unsteady
+    region = (
+        outputs.get("region")
+        if isinstance(outputs.get("region"), str)
+        else preflight.aws_region(context.region)
     )
+    if not isinstance(cluster, str) or region is None:
+        raise OperationFailed(
+            f"rotation {old} -> {new} paused before deactivating {old}: the stack exports no cluster or "
+            f"region to check ECS in; {old} stays active. Run `python cli.py up --stack {context.name}`"
+        )
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        blockers = rollout_check.check_rollout(rollout_check.ecs_client(region), cluster, sites)
+    except (BotoCoreError, ClientError) as exc:
+        raise OperationFailed(
+            f"rotation {old} -> {new} paused before deactivating {old}: could not read ECS ({exc}); "
+            f"{old} stays active. Re-run rotate-certs to check again"
+        ) from None
+    if not blockers:
+        return
+    more = f" (and {len(blockers) - 1} more site(s))" if len(blockers) > 1 else ""
+    rolled_back = [blocker for blocker in blockers if blocker.rolled_back]
+    rerun = f"`python cli.py rotate-certs --stack {context.name}`"
+    if rolled_back:
+        first = rolled_back[0]
+        raise OperationFailed(
+            f"rotation {old} -> {new} failed at {first.site}: {first.detail}; it still runs {old}, so "
+            f"{old} stays active{more}. Find the cause in `aws ecs describe-services --cluster {cluster} "
+            f"--services {first.service}` (events) and the task logs, fix it, then run {rerun} to roll "
+            f"out {new} again, or {rerun[:-1]} --rollback` to return to {old}"
+        )
+    first = blockers[0]
     raise OperationFailed(
-        f"rotation {action.from_generation} -> {action.to_generation} paused before deactivating "
-        f"{action.from_generation}: simulators not confirmed steady on {action.to_generation} ({why}); "
-        f"{action.from_generation} stays active. Re-run rotate-certs to check again, or --rollback"
+        f"rotation {old} -> {new} paused before deactivating {old}: {first.site} not confirmed on {new} "
+        f"({first.detail}){more}; {old} stays active. Re-run {rerun} to check again, or add --rollback"
     )
 
 

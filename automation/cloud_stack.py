@@ -7,6 +7,7 @@ from typing import Any
 from automation import preflight, stack_context
 from automation.cloud_rotation import rotate_certificates
 from automation.cloud_status import stack_status
+from automation.drift import detect_drift, revert_guard
 from automation.scaling import BoundsError, QuotaVerdict, plan_scale
 from automation.stack_context import (
     StackContext,
@@ -18,6 +19,7 @@ from automation.stack_context import (
     ordered_outputs,
     outputs_of,
     prepare,
+    require_prerequisites,
     text_or_none,
 )
 from automation.stack_port import BackendSettings, StackPort, UpdateResult
@@ -41,6 +43,8 @@ from factory_core.verb_results import (
     BootstrapResult,
     CloudOutputs,
     CloudStatus,
+    DoctorReport,
+    DriftReport,
     LocalStopResult,
     LogsResult,
     RotationOutcome,
@@ -51,6 +55,8 @@ from factory_core.verb_results import (
 from factory_core.verbs import (
     BootstrapRequest,
     DestroyRequest,
+    DoctorRequest,
+    DriftRequest,
     LogsRequest,
     OutputsRequest,
     PreviewRequest,
@@ -85,12 +91,14 @@ class CloudStack(StackVerbs):
             raise UsageError(
                 "--detach is for --stack local; a cloud update runs until it is done (Ctrl-C cancels it)"
             )
+        require_prerequisites(self.name, "up", sink)
         context = prepare(self.name, "up")
         what = f"updating stack '{self.name}'"
         # --json is for machines: they confirm with --yes rather than answer a prompt.
         ask = needs_confirmation(context) and require_answerable(sink, yes=request.yes, what=what)
         port = open_stack(context, create=True)
         apply_stack_config(context, port)
+        revert_guard(port, context.source, allow=request.allow_revert, sink=sink)
         self._note_rotation(port, sink)
         if ask:
             planned = run_update(port, "preview", sink)
@@ -109,6 +117,7 @@ class CloudStack(StackVerbs):
             )
 
     def preview(self, request: PreviewRequest, sink: ProgressSink) -> UpdateOutcome:
+        require_prerequisites(self.name, "preview", sink)
         context = prepare(self.name, "preview")
         port = open_stack(context, create=True)
         apply_stack_config(context, port)
@@ -226,6 +235,18 @@ class CloudStack(StackVerbs):
             f"`python cli.py destroy --stack {self.name}`"
         )
 
+    def doctor(self, request: DoctorRequest, sink: ProgressSink) -> DoctorReport:
+        """Every prerequisite of `up`, checked together; never stops at the first."""
+        env = stack_context.cloud_env()
+        return env.doctor(self.name, env.project_dir)
+
+    def drift(self, request: DriftRequest, sink: ProgressSink) -> DriftReport:
+        """Refresh preview (AWS against the state) and preview (this checkout against the state)."""
+        context = prepare(self.name, "drift")
+        port = open_stack(context, create=False)
+        apply_stack_config(context, port)
+        return detect_drift(port, sink)
+
     def bootstrap(self, request: BootstrapRequest, sink: ProgressSink) -> BootstrapResult:
         """S3 state bucket + KMS key for the stack; needs boto3 and credentials, not the Pulumi CLI."""
         import boto3
@@ -253,6 +274,9 @@ class CloudStack(StackVerbs):
         )
         if set_secrets_provider(path, backend.secrets_provider):
             report.changes.append(f"set secretsprovider in {path.name}")
+        from automation.ci_policy import write_ci_policy
+
+        ci_policy = write_ci_policy(env.project_dir, self.name, backend.bucket, backend.kms_key_arn)
         return BootstrapResult(
             stack=self.name,
             backend_url=backend.backend_url,
@@ -263,4 +287,5 @@ class CloudStack(StackVerbs):
             backends_file=str(backends_file.relative_to(env.project_dir)),
             stack_file=path.name,
             changes=tuple(report.changes),
+            ci_policy_file=str(ci_policy.relative_to(env.project_dir)),
         )

@@ -2,13 +2,18 @@
 
 It keeps config the way the Automation API returns it (strings; lists and objects as JSON text),
 emits real `pulumi.automation.EngineEvent` objects built from the engine's JSON shape, and can be
-told to fail or be interrupted (KeyboardInterrupt, as Ctrl-C raises) at the Nth call of an
-operation. Nothing here talks to Pulumi's CLI or to AWS.
+told to fail or be interrupted at the Nth call of an operation. An interrupt behaves like the real
+engine: the process gets the signal while a resource is in flight; once the CLI passes the
+interrupt on, the engine finishes that resource, reports it, and exits with "update canceled".
+Nothing here talks to Pulumi's CLI or to AWS.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,14 +23,31 @@ from typing import Any
 from automation.stack_port import (
     BackendSettings,
     ConfigInput,
+    DeployedConfig,
     EventSink,
     LastUpdate,
     OutputValue,
+    StackLock,
     StackPort,
+    UpdateFailedError,
     UpdateResult,
 )
 
-OPERATIONS = ("up", "preview", "destroy", "refresh")
+OPERATIONS = ("up", "preview", "destroy", "refresh", "preview_refresh")
+# How long the fake engine waits for the CLI to pass an interrupt on before it calls the test failed.
+INTERRUPT_DEADLINE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """`fail_next` outcome: this signal reaches the process while the first resource is in flight.
+
+    `engine_gets_it`: the engine receives the signal itself too, as a terminal's Ctrl-C reaches the
+    whole foreground process group; it then stops without being told (and must not be told twice).
+    """
+
+    signum: int = signal.SIGINT
+    engine_gets_it: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,7 @@ class ScriptedResource:
     name: str
     op: str = "create"
     error: str | None = None  # set: the engine reports this resource as failed with this message
+    diffs: tuple[str, ...] = ()  # properties that differ (drift, updates)
 
 
 def engine_events(stack: str, resources: Iterable[ScriptedResource]) -> list[Any]:
@@ -52,7 +75,13 @@ def engine_events(stack: str, resources: Iterable[ScriptedResource]) -> list[Any
     changes: dict[str, int] = {}
     for resource in resources:
         urn = f"urn:pulumi:{stack}::iotfactory::{resource.type}::{resource.name}"
-        meta = {"op": resource.op, "urn": urn, "type": resource.type, "provider": ""}
+        meta = {
+            "op": resource.op,
+            "urn": urn,
+            "type": resource.type,
+            "provider": "",
+            "diffs": list(resource.diffs),
+        }
         raw.append({"resourcePreEvent": {"metadata": meta}})
         if resource.error is None:
             raw.append({"resOutputsEvent": {"metadata": meta}})
@@ -101,12 +130,26 @@ class RecordingStack:
         self._faults: dict[str, deque[BaseException | None]] = {}
         self.opened_with: list[tuple[Path, BackendSettings, bool]] = []
         self.updates_running = 0
+        # What `preview_refresh` finds: resources whose cloud state differs from the state file.
+        self.refresh_resources: list[ScriptedResource] = []
+        # The backend's locks after an update (None: a backend whose locks cannot be read).
+        self.locks: list[StackLock] | None = []
+        # Finished updates, oldest first: (kind, result, config applied).
+        self.updates: list[tuple[str, str, dict[str, str]]] = []
+        self._interrupt = threading.Event()
 
     # --- test controls -------------------------------------------------------------------------
 
     def fail_next(self, operation: str, *outcomes: BaseException | None) -> None:
         """Queue outcomes for the next calls of `operation`: an exception to raise, or None (succeed)."""
         self._faults.setdefault(operation, deque()).extend(outcomes)
+
+    def set_outputs(self, outputs: Mapping[str, Any]) -> None:
+        """What the deployed stack reports (the outputs of its last update)."""
+        self._outputs = {
+            key: value if isinstance(value, OutputValue) else OutputValue(value)
+            for key, value in outputs.items()
+        }
 
     def opener(self) -> Callable[[str, Path, BackendSettings, bool], StackPort]:
         """A stack opener (as `open_pulumi_stack`) that hands out this stand-in."""
@@ -132,6 +175,26 @@ class RecordingStack:
     def name(self) -> str:
         return self._name
 
+    def _interrupted_run(
+        self, interrupt: Interrupted, on_event: EventSink, resources: list[ScriptedResource]
+    ) -> None:
+        """The signal arrives with the first resource in flight; the engine finishes it once told to."""
+        first = resources[:1]
+        events = engine_events(self._name, first)
+        for event in events[:2]:  # prelude, the first resource started
+            on_event(event)
+        self._interrupt.clear()
+        if interrupt.engine_gets_it:
+            self._interrupt.set()
+        self.calls.append(Call("signal", {"signum": interrupt.signum}))
+        os.kill(os.getpid(), interrupt.signum)
+        if not self._interrupt.wait(INTERRUPT_DEADLINE_S):
+            raise AssertionError("the CLI never passed the interrupt on to the engine")
+        for event in events[2:]:  # the in-flight resource completes, then the summary
+            on_event(event)
+        self.calls.append(Call("engine-exited"))
+        raise UpdateFailedError("update canceled")
+
     def _run(self, operation: str, on_event: EventSink, resources: list[ScriptedResource]) -> UpdateResult:
         self.calls.append(Call(operation))
         self.applied.append((operation, dict(self.config)))
@@ -139,23 +202,23 @@ class RecordingStack:
         outcome = fault.popleft() if fault else None
         events = engine_events(self._name, resources)
         self.updates_running += 1
+        result = "failed"
         try:
-            if isinstance(outcome, KeyboardInterrupt):
-                # Ctrl-C arrives mid-update: the engine has reported the first resource only.
-                for event in events[:2]:
-                    on_event(event)
-                raise outcome
+            if isinstance(outcome, KeyboardInterrupt | Interrupted):
+                interrupt = outcome if isinstance(outcome, Interrupted) else Interrupted()
+                self._interrupted_run(interrupt, on_event, resources)
             for event in events:
                 on_event(event)
             if outcome is not None:
                 raise outcome
             failed = [resource.error for resource in resources if resource.error]
             if failed:
-                from automation.stack_port import UpdateFailedError
-
                 raise UpdateFailedError(failed[0])
+            result = "succeeded"
         finally:
             self.updates_running -= 1
+            if operation in ("up", "destroy", "refresh"):
+                self.updates.append(("update" if operation == "up" else operation, result, dict(self.config)))
         changes: dict[str, int] = {}
         for resource in resources:
             changes[resource.op] = changes.get(resource.op, 0) + 1
@@ -176,6 +239,12 @@ class RecordingStack:
         return self._run(
             "refresh", on_event, [ScriptedResource(r.type, r.name, "same") for r in self.resources]
         )
+
+    def preview_refresh(self, on_event: EventSink) -> UpdateResult:
+        unchanged = [ScriptedResource(r.type, r.name, "same") for r in self.resources]
+        drifted = {(r.type, r.name) for r in self.refresh_resources}
+        scripted = [r for r in unchanged if (r.type, r.name) not in drifted] + self.refresh_resources
+        return self._run("preview_refresh", on_event, scripted)
 
     def outputs(self) -> dict[str, OutputValue]:
         self.calls.append(Call("outputs"))
@@ -203,7 +272,21 @@ class RecordingStack:
         self.config.pop(key, None)
 
     def cancel(self) -> None:
+        """Not part of `StackPort`: recorded so tests can show that nothing calls it."""
         self.calls.append(Call("cancel"))
+
+    def interrupt_engine(self) -> None:
+        self.calls.append(Call("interrupt_engine"))
+        self._interrupt.set()
+
+    def lock_holders(self) -> list[StackLock] | None:
+        self.calls.append(Call("lock_holders"))
+        return None if self.locks is None else list(self.locks)
+
+    def history(self, limit: int) -> list[DeployedConfig]:
+        self.calls.append(Call("history", {"limit": limit}))
+        newest_first = list(reversed(self.updates))[:limit]
+        return [DeployedConfig(kind, result, dict(config)) for kind, result, config in newest_first]
 
     def last_update(self) -> LastUpdate | None:
         self.calls.append(Call("last_update"))

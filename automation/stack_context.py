@@ -48,6 +48,8 @@ from factory_core.stack_file import (
     require_stack_file,
     same_value,
 )
+from factory_core.verb_results import DoctorReport
+from factory_core.verbs import ProgressSink
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -56,12 +58,20 @@ CLI_OWNED_KEYS = (SIMULATOR_COUNT_KEY, CERT_GENERATIONS_KEY, ROTATION_KEY)
 SECRET_MASK = "[secret]"
 
 
+def _cloud_doctor(stack: str, project_dir: Path) -> DoctorReport:
+    from automation.doctor import cloud_doctor
+
+    return cloud_doctor(stack, project_dir)
+
+
 @dataclass
 class CloudEnv:
     """What the verbs touch outside themselves; tests swap the stack opener for a recording stand-in."""
 
     project_dir: Path = PROJECT_DIR
     open_stack: StackOpener = open_pulumi_stack
+    # Every prerequisite checked together (`doctor`, and before `up`/`preview`).
+    doctor: Callable[[str, Path], DoctorReport] = _cloud_doctor
 
 
 cloud_env: Callable[[], CloudEnv] = CloudEnv
@@ -90,6 +100,31 @@ def text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def require_prerequisites(stack: str, purpose: str, sink: ProgressSink) -> None:
+    """`doctor` before work that needs everything: each missing prerequisite is shown, then one line.
+
+    A stack file that cannot be read or does not validate is refused first, in its own one line
+    naming the key: on any machine, before anything else is looked at.
+    """
+    env = cloud_env()
+    path = require_stack_file(env.project_dir, stack)
+    validate_stack_config(stack, read_config(path, fix=f"edit {path.name}"), path.name)
+    report = env.doctor(stack, env.project_dir)
+    missing = [check for check in report.checks if not check.ok]
+    if not missing:
+        return
+    if len(missing) == 1:
+        (check,) = missing
+        raise UsageError(f"{purpose} of stack '{stack}' needs {check.name}: {check.detail}; {check.fix}")
+    for check in missing:
+        sink.step(f"✗ {check.name}: {check.detail}; {check.fix}", warning=True)
+    names = ", ".join(check.name for check in missing)
+    raise UsageError(
+        f"{purpose} of stack '{stack}' needs {len(missing)} missing prerequisites (listed above): {names}; "
+        f"fix them, then `python cli.py doctor --stack {stack}` checks again"
+    )
+
+
 def prepare(
     stack: str, purpose: str, *, needs_aws: bool = True, needs_region: bool = True, runs_program: bool = True
 ) -> StackContext:
@@ -113,17 +148,25 @@ def prepare(
 
 
 def _validate_config(context: StackContext) -> None:
-    """The program's own schema first (so a bad key fails here, not mid-update), then the CLI's keys."""
+    validate_stack_config(context.name, context.config, context.source)
+
+
+def validate_stack_config(stack: str, config: Mapping[str, Any], source: str) -> Any:
+    """The program's own schema first (so a bad key fails here, not mid-update), then the CLI's keys.
+
+    Returns the program's settings (`infra.settings.StackSettings`).
+    """
     from infra.settings import load_settings
 
-    load_settings(context.name, program_view(context.config))
-    fleet_of(context.config, context.source)
-    limits_of(context.config, context.source)
+    settings = load_settings(stack, program_view(config))
+    fleet_of(config, source)
+    limits_of(config, source)
     try:
-        cert_rotation.parse_generations(context.config.get(CERT_GENERATIONS_KEY))
-        cert_rotation.parse_record(context.config.get(ROTATION_KEY))
+        cert_rotation.parse_generations(config.get(CERT_GENERATIONS_KEY))
+        cert_rotation.parse_record(config.get(ROTATION_KEY))
     except cert_rotation.RotationError as exc:
-        raise UsageError(f"{exc}; edit {context.source}") from None
+        raise UsageError(f"{exc}; edit {source}") from None
+    return settings
 
 
 def fleet_of(config: Mapping[str, Any], source: str) -> FleetSettings:

@@ -48,6 +48,23 @@ class LastUpdate:
 
 
 @dataclass(frozen=True)
+class DeployedConfig:
+    """The config one past update applied (from the stack's history), as the Automation API gives it."""
+
+    kind: str  # update, refresh, destroy, ...
+    result: str  # succeeded, failed, in-progress
+    config: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StackLock:
+    """A lock the backend holds for the stack: where it is, and who took it when."""
+
+    where: str
+    holder: str
+
+
+@dataclass(frozen=True)
 class BackendSettings:
     """Where the stack's state lives and how its secrets are encrypted (written by `bootstrap`)."""
 
@@ -85,6 +102,10 @@ class StackPort(Protocol):
 
     def refresh(self, on_event: EventSink) -> UpdateResult: ...
 
+    def preview_refresh(self, on_event: EventSink) -> UpdateResult:
+        """What a refresh would change (the cloud against the state), writing nothing."""
+        ...
+
     def outputs(self) -> dict[str, OutputValue]: ...
 
     def get_config(self, key: str) -> str | None: ...
@@ -97,9 +118,23 @@ class StackPort(Protocol):
 
     def remove_config(self, key: str) -> None: ...
 
-    def cancel(self) -> None: ...
+    def interrupt_engine(self) -> None:
+        """Pass an interrupt to the running engine once (it then stops at a safe point and exits).
+
+        There is deliberately no `cancel`: `pulumi cancel` deletes the lock of an update that may
+        still be running, and the next command then starts a second update on the same state.
+        """
+        ...
+
+    def lock_holders(self) -> list[StackLock] | None:
+        """The locks the backend holds for this stack; None when this backend's locks cannot be read."""
+        ...
 
     def last_update(self) -> LastUpdate | None: ...
+
+    def history(self, limit: int) -> list[DeployedConfig]:
+        """The newest `limit` updates, newest first, with the config each applied."""
+        ...
 
 
 StackOpener = Callable[[str, Path, BackendSettings, bool], StackPort]
@@ -149,8 +184,9 @@ def _scalar_text(value: ConfigInput) -> str:
 class PulumiStack:
     """`StackPort` over a real `pulumi.automation.Stack` (needs the Pulumi CLI on PATH)."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, backend: BackendSettings | None = None) -> None:
         self._stack = stack
+        self._backend = backend or BackendSettings()
 
     @property
     def name(self) -> str:
@@ -175,6 +211,11 @@ class PulumiStack:
         with _translated_errors():
             result = self._stack.refresh(on_event=on_event, color="never", suppress_progress=True)
         return UpdateResult("refresh", _changes(result.summary.resource_changes))
+
+    def preview_refresh(self, on_event: EventSink) -> UpdateResult:
+        with _translated_errors():
+            result = self._stack.preview_refresh(on_event=on_event, color="never", suppress_progress=True)
+        return UpdateResult("preview-refresh", _changes(result.change_summary))
 
     def outputs(self) -> dict[str, OutputValue]:
         with _translated_errors():
@@ -204,9 +245,35 @@ class PulumiStack:
         with _translated_errors():
             self._stack.remove_config(key)
 
-    def cancel(self) -> None:
+    def interrupt_engine(self) -> None:
+        import signal
+
+        import psutil
+
+        # The Automation API runs the `pulumi` CLI as this process's child; SIGINT is its "stop safely".
+        for child in psutil.Process().children():
+            # psutil checks the child is still the process it listed, so a reused pid is never signalled.
+            try:
+                child.send_signal(signal.SIGINT)
+            except psutil.Error:
+                continue
+
+    def lock_holders(self) -> list[StackLock] | None:
+        from automation.state_lock import read_locks
+
+        return read_locks(self._backend.backend_url, self._stack.workspace.project_settings().name, self.name)
+
+    def history(self, limit: int) -> list[DeployedConfig]:
         with _translated_errors():
-            self._stack.cancel()
+            summaries = self._stack.history(page_size=limit, page=1, show_secrets=False)
+        return [
+            DeployedConfig(
+                kind=summary.kind,
+                result=summary.result,
+                config={key: str(value.value) for key, value in (summary.config or {}).items()},
+            )
+            for summary in summaries
+        ]
 
     def last_update(self) -> LastUpdate | None:
         with _translated_errors():
@@ -245,4 +312,4 @@ def open_pulumi_stack(
             stack = auto.create_or_select_stack(stack_name, work_dir=str(project_dir), opts=options)
         else:
             stack = auto.select_stack(stack_name, work_dir=str(project_dir), opts=options)
-    return PulumiStack(stack)
+    return PulumiStack(stack, backend)

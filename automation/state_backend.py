@@ -3,6 +3,13 @@
 Pulumi cannot create the bucket its state lives in, so this uses boto3, idempotently: every
 setting is read first and written only when it differs, and the report lists what changed (an
 empty list on a second run). Locking needs no table: Pulumi's S3 backend keeps its own lock objects.
+
+One scheme for every stack sharing the bucket: the bucket encrypts with SSE-S3, and each stack's
+own KMS key encrypts only that stack's Pulumi secrets (`secretsprovider: awskms://...`). Access to
+a stack's state is then granted by S3 prefix, access to its secrets by its key, and bootstrapping
+one stack never changes what another needs. A bucket from the earlier scheme (default SSE-KMS with
+whichever stack's key was bootstrapped last) is migrated in place: its default encryption becomes
+SSE-S3 and every state object still encrypted with a KMS key is copied onto itself with SSE-S3.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ if TYPE_CHECKING:
 PROJECT = "iotfactory"
 TLS_ONLY_SID = "DenyInsecureTransport"
 LIFECYCLE_RULE_ID = "expire-old-state-versions"
+STATE_PREFIX = ".pulumi/"  # everything Pulumi's DIY backend writes
 # Old state versions are the undo history of every update; keep three months of it.
 NONCURRENT_VERSION_DAYS = 90
 
@@ -67,7 +75,7 @@ def bootstrap_state_backend(session: boto3.session.Session, stack: str, region: 
         changes: list[str] = []
         key_arn = _ensure_kms_key(session.client("kms", region_name=region), stack, changes)
         bucket = bucket_name(account_id, region)
-        _ensure_bucket(session.client("s3", region_name=region), bucket, region, key_arn, changes)
+        _ensure_bucket(session.client("s3", region_name=region), bucket, region, changes)
     except ClientError as exc:
         error = exc.response.get("Error", {})
         raise OperationFailed(
@@ -113,7 +121,7 @@ def _ensure_kms_key(kms: Any, stack: str, changes: list[str]) -> str:
     return str(key["Arn"])
 
 
-def _ensure_bucket(s3: Any, bucket: str, region: str, key_arn: str, changes: list[str]) -> None:
+def _ensure_bucket(s3: Any, bucket: str, region: str, changes: list[str]) -> None:
     from botocore.exceptions import ClientError
 
     try:
@@ -137,7 +145,8 @@ def _ensure_bucket(s3: Any, bucket: str, region: str, key_arn: str, changes: lis
     if s3.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled":
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         changes.append("enabled versioning")
-    _ensure_encryption(s3, bucket, key_arn, changes)
+    _ensure_encryption(s3, bucket, changes)
+    _reencrypt_state_objects(s3, bucket, changes)
     _ensure_tls_only_policy(s3, bucket, changes)
     _ensure_lifecycle(s3, bucket, changes)
 
@@ -180,11 +189,9 @@ def _ensure_ownership(s3: Any, bucket: str, changes: list[str]) -> None:
         changes.append("set object ownership to BucketOwnerEnforced (ACLs disabled)")
 
 
-def _ensure_encryption(s3: Any, bucket: str, key_arn: str, changes: list[str]) -> None:
-    wanted = {
-        "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn},
-        "BucketKeyEnabled": True,
-    }
+def _ensure_encryption(s3: Any, bucket: str, changes: list[str]) -> None:
+    """SSE-S3 for the whole bucket: no stack's state depends on another stack's key."""
+    wanted = {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
     try:
         rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
     except Exception as exc:
@@ -192,14 +199,31 @@ def _ensure_encryption(s3: Any, bucket: str, key_arn: str, changes: list[str]) -
             raise
         rules = []
     current = rules[0] if len(rules) == 1 else {}
-    default = current.get("ApplyServerSideEncryptionByDefault", {})
-    if (
-        default.get("SSEAlgorithm") != "aws:kms"
-        or default.get("KMSMasterKeyID") != key_arn
-        or current.get("BucketKeyEnabled") is not True
-    ):
+    if current.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") != "AES256":
         s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [wanted]})
-        changes.append("enabled default encryption with the stack's KMS key")
+        changes.append("set default encryption to SSE-S3 (each stack's KMS key encrypts only its secrets)")
+
+
+def _reencrypt_state_objects(s3: Any, bucket: str, changes: list[str]) -> None:
+    """State objects a KMS key encrypted (the earlier scheme) become SSE-S3, readable by S3 grants alone."""
+    moved = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=STATE_PREFIX):
+        for item in page.get("Contents", []):
+            head = s3.head_object(Bucket=bucket, Key=item["Key"])
+            if head.get("ServerSideEncryption") != "aws:kms":
+                continue
+            # Copying an object onto itself with new encryption is how S3 re-encrypts it; the old
+            # version stays as a non-current version until the lifecycle rule expires it.
+            s3.copy_object(
+                Bucket=bucket,
+                Key=item["Key"],
+                CopySource={"Bucket": bucket, "Key": item["Key"]},
+                ServerSideEncryption="AES256",
+                MetadataDirective="COPY",
+            )
+            moved += 1
+    if moved:
+        changes.append(f"re-encrypted {moved} state object(s) from SSE-KMS to SSE-S3")
 
 
 def tls_only_statement(bucket: str) -> dict[str, Any]:

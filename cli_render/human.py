@@ -20,6 +20,8 @@ from factory_core.verb_results import (
     CloudOutputs,
     CloudStatus,
     DashboardsResult,
+    DoctorReport,
+    DriftReport,
     LocalDestroyResult,
     LocalOutputsResult,
     LocalScaleResult,
@@ -205,11 +207,45 @@ def bootstrap(result: BootstrapResult, console: Console) -> None:
         _say(console, f"• {change}")
     _say(console, f"state backend:    pulumi login '{result.backend_url}'")
     _say(console, f"secrets provider: {result.secrets_provider}")
+    if result.ci_policy_file:
+        _say(console, f"CI role policy:   {result.ci_policy_file} (state and secrets; see docs/cloud.md, CI)")
     _say(
         console,
         f"recorded in {result.backends_file} and {result.stack_file}; the cloud verbs use them. "
         f"Next: python cli.py up --stack {result.stack}",
     )
+
+
+def doctor(result: DoctorReport, console: Console) -> None:
+    for check in result.checks:
+        mark = Text("✓ ", style="green") if check.ok else Text("✗ ", style="red")
+        line = Text.assemble(mark, (check.name, "bold"), f": {check.detail}")
+        if not check.ok and check.fix:
+            line.append(f"\n    fix: {check.fix}", style="yellow")
+        console.print(line, soft_wrap=True)
+    if result.missing:
+        total = len(result.checks)
+        _say(console, f"{result.missing} of {total} prerequisites of stack '{result.stack}' missing")
+    else:
+        _say(console, f"stack '{result.stack}': every prerequisite is in place")
+
+
+def drift(result: DriftReport, console: Console) -> None:
+    sections = (
+        ("changed outside Pulumi (refresh would record it; `up` puts it back)", result.changed_outside),
+        ("in this checkout but not deployed (`up` would apply it)", result.not_deployed),
+    )
+    for title, items in sections:
+        if not items:
+            continue
+        _say(console, f"{title}:")
+        for item in items:
+            properties = f" [{', '.join(item.properties)}]" if item.properties else ""
+            _say(console, f"  {item.op:<8} {item.type} {item.name}{properties}")
+    if result.drifted:
+        _say(console, f"stack '{result.stack}' has drifted; see docs/cloud.md, Drift, for what to do")
+    else:
+        _say(console, f"stack '{result.stack}': no drift (AWS, the state and this checkout agree)")
 
 
 def dashboards(result: DashboardsResult, console: Console) -> None:
@@ -234,6 +270,8 @@ RENDERERS: dict[type[VerbResult], Callable[[Any, Console], None]] = {
     CloudStatus: cloud_status,
     BootstrapResult: bootstrap,
     DashboardsResult: dashboards,
+    DoctorReport: doctor,
+    DriftReport: drift,
 }
 
 

@@ -111,6 +111,9 @@ class RotationAction:
     record_before: RotationRecord | None
     apply: bool
     record_after: RotationRecord | None
+    # Refresh the stack before applying: set when a step is re-applied after it stopped half-way,
+    # e.g. after ECS rolled the simulators back outside Pulumi's knowledge (circuit breaker).
+    refresh_first: bool = False
 
     @property
     def last(self) -> bool:
@@ -163,6 +166,7 @@ def next_action(generations: Sequence[Generation], record: RotationRecord | None
         )
     old, new = record.from_generation, record.to_generation
     if record.phase is Phase.STARTED:
+        # The add was interrupted or failed (a circuit-breaker rollback leaves it here): apply it again.
         return RotationAction(
             ActionKind.ADD,
             old,
@@ -171,6 +175,7 @@ def next_action(generations: Sequence[Generation], record: RotationRecord | None
             record,
             True,
             replace(record, phase=Phase.ADDED),
+            refresh_first=True,
         )
     if record.phase is Phase.ADDED:
         deactivated = tuple(replace(g, status=INACTIVE) if g.name == old else g for g in gens)

@@ -82,9 +82,12 @@ def exit_code_for(error: BaseException) -> ExitCode | None:
     return None
 
 
-def exit_code_for_result(failed: bool) -> ExitCode:
-    """A verb that returned a result: 0, or 1 when the result itself reports failure."""
-    return ExitCode.FAILED if failed else ExitCode.OK
+def exit_code_for_result(failed: bool, *, usage: bool = False) -> ExitCode:
+    """A verb that returned a result: 0, or 1 when the result itself reports failure (2 when that
+    failure is a gap the user must fill first, as `doctor` reports)."""
+    if not failed:
+        return ExitCode.OK
+    return ExitCode.USAGE if usage else ExitCode.FAILED
 
 
 def redact(text: str) -> str:

@@ -56,6 +56,10 @@ LOCAL_SIMULATORS = SIMULATOR_COUNT_LIMITS["local"]
 
 TOPIC_ROOT = "factory/simulator"
 GROUND_TRUTH_SEGMENT = "ground-truth"
+# A cloud stack's topics live under TOPIC_ROOT/<stack>/: IoT topics are account- and region-wide,
+# so dev's rule and certificates must never see prod's topics. The local stack has its own broker
+# and keeps TOPIC_ROOT/<site>/... (no namespace segment).
+TOPIC_NAMESPACE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 
 def _ascii_whole_number(value: object) -> object:
@@ -190,6 +194,9 @@ class FleetSettings(_Strict):
     offline_queue_limit: Annotated[int, Field(ge=0)] = 100_000
     max_machine_series: Annotated[int, Field(ge=0)] = 2_000
     faults: FaultSettings = Field(default_factory=FaultSettings)
+    # Set by the Pulumi program to the cloud stack's name (topics under factory/simulator/<stack>/);
+    # None on the local stack. Not a user setting: the program refuses it in a stack file.
+    topic_namespace: Annotated[str | None, Field(pattern=TOPIC_NAMESPACE_PATTERN)] = None
 
     @model_validator(mode="after")
     def _has_machines(self) -> FleetSettings:
@@ -211,9 +218,20 @@ def site_id(simulator_index: int) -> str:
     return f"site-{simulator_index:02d}"
 
 
-def telemetry_topic(site: str, line: str, machine: str) -> str:
-    return f"{TOPIC_ROOT}/{site}/{line}/{machine}"
+def topic_prefix(namespace: str | None = None) -> str:
+    """Where a stack's topics live: factory/simulator (local) or factory/simulator/<stack> (cloud)."""
+    return TOPIC_ROOT if namespace is None else f"{TOPIC_ROOT}/{namespace}"
 
 
-def ground_truth_topic(site: str, line: str, machine: str) -> str:
-    return f"{TOPIC_ROOT}/{GROUND_TRUTH_SEGMENT}/{site}/{line}/{machine}"
+def site_topic_prefixes(site: str, namespace: str | None = None) -> tuple[str, str]:
+    """The two prefixes one site publishes under: its telemetry and its ground truth (with a '/')."""
+    prefix = topic_prefix(namespace)
+    return f"{prefix}/{site}/", f"{prefix}/{GROUND_TRUTH_SEGMENT}/{site}/"
+
+
+def telemetry_topic(site: str, line: str, machine: str, namespace: str | None = None) -> str:
+    return f"{site_topic_prefixes(site, namespace)[0]}{line}/{machine}"
+
+
+def ground_truth_topic(site: str, line: str, machine: str, namespace: str | None = None) -> str:
+    return f"{site_topic_prefixes(site, namespace)[1]}{line}/{machine}"

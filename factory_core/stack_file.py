@@ -70,6 +70,10 @@ SMTP_KEY = "iotfactory:smtp"
 ALERTING_KEY = "iotfactory:alerting"  # Alertmanager's webhook and SNS subscriptions (cloud)
 CONTAINER_INSIGHTS_KEY = "iotfactory:containerInsights"
 ACCOUNT_ID_KEY = "iotfactory:accountId"
+# Production defaults (issue 12): prod serves HTTPS unless this says otherwise, and pulls its
+# third-party images through an ECR pull-through cache.
+ALLOW_INSECURE_HTTP_KEY = "iotfactory:allowInsecureHttp"
+IMAGE_CACHE_KEY = "iotfactory:imageCache"
 
 # Top-level fields of a stack file besides `config:` (Pulumi's own).
 CONFIG_FIELD = "config"

@@ -22,6 +22,11 @@ class VerbResult:
     def failed(self) -> bool:
         return False
 
+    @property
+    def failed_as_usage(self) -> bool:
+        """A failure that is the user's to fix before anything can run (exit 2, as `doctor` on a gap)."""
+        return False
+
 
 # -- local stack -------------------------------------------------------------------------------------
 
@@ -324,6 +329,67 @@ class BootstrapResult(VerbResult):
     backends_file: str
     stack_file: str
     changes: tuple[str, ...]  # empty: everything was already in place
+    ci_policy_file: str = ""  # the CI role's inline policy for this state and key (generated)
+
+
+# -- operating a stack: prerequisites and drift (both kinds of stack) ------------------------------
+
+
+@dataclass(frozen=True)
+class PrerequisiteCheck:
+    """One thing a stack needs before `up`: whether it is there, what was found, how to fix it."""
+
+    name: str  # "Pulumi CLI", "AWS credentials", ...
+    ok: bool
+    detail: str  # what was found ("3.272.0 at /usr/local/bin/pulumi")
+    fix: str | None = None  # when not ok: what to run or set
+
+
+@dataclass(frozen=True)
+class DoctorReport(VerbResult):
+    """`doctor`: every prerequisite of a stack, checked together. Anything missing exits 2."""
+
+    stack: str
+    checks: tuple[PrerequisiteCheck, ...]
+    missing: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "missing", sum(1 for check in self.checks if not check.ok))
+
+    @property
+    def failed(self) -> bool:
+        return self.missing > 0
+
+    @property
+    def failed_as_usage(self) -> bool:
+        return self.failed
+
+
+@dataclass(frozen=True)
+class DriftItem:
+    """A resource whose state and reality (or state and this checkout) disagree."""
+
+    op: str  # what `up` (or a refresh) would do: update, create, delete, replace
+    type: str  # aws:ecs/service:Service
+    name: str
+    properties: tuple[str, ...]  # the properties that differ, when the engine names them
+
+
+@dataclass(frozen=True)
+class DriftReport(VerbResult):
+    """`drift`: changes made outside Pulumi, and changes in this checkout not deployed yet. Any: exit 1."""
+
+    stack: str
+    changed_outside: tuple[DriftItem, ...]  # refresh preview: the cloud differs from the state
+    not_deployed: tuple[DriftItem, ...]  # preview: the program or config differs from the state
+    drifted: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "drifted", bool(self.changed_outside or self.not_deployed))
+
+    @property
+    def failed(self) -> bool:
+        return self.drifted
 
 
 # -- not tied to a stack -----------------------------------------------------------------------------

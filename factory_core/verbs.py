@@ -33,6 +33,8 @@ from factory_core.score_report import ScoreReport
 from factory_core.verb_results import (
     BootstrapResult,
     DestroyResult,
+    DoctorReport,
+    DriftReport,
     LocalStatus,
     LocalStopResult,
     LogsResult,
@@ -52,6 +54,7 @@ from factory_core.verb_results import (
 class UpRequest:
     detach: bool = False  # local: run in the background
     yes: bool = False  # do not ask before changing a stack that asks (prod)
+    allow_revert: bool = False  # cloud: apply a stack file that would undo what is deployed
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,16 @@ class DestroyRequest:
 
 @dataclass(frozen=True)
 class BootstrapRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class DoctorRequest:
+    pass
+
+
+@dataclass(frozen=True)
+class DriftRequest:
     pass
 
 
@@ -268,3 +281,11 @@ class StackVerbs(ABC):
     @abstractmethod
     def bootstrap(self, request: BootstrapRequest, sink: ProgressSink) -> BootstrapResult:
         """Create what the stack's state needs before its first `up`."""
+
+    @abstractmethod
+    def doctor(self, request: DoctorRequest, sink: ProgressSink) -> DoctorReport:
+        """Every prerequisite of the stack, checked together, each missing one with its fix."""
+
+    @abstractmethod
+    def drift(self, request: DriftRequest, sink: ProgressSink) -> DriftReport:
+        """What differs between the deployed stack, reality, and this checkout."""

@@ -20,13 +20,14 @@ import pulumi  # noqa: E402
 import pulumi_aws as aws  # noqa: E402
 
 from factory_core import cert_rotation  # noqa: E402
-from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT  # noqa: E402
+from factory_core.fleet import topic_prefix  # noqa: E402
 from infra import iam  # noqa: E402
 from infra.components.alerting import AlertTopic, AlertTopicArgs, Subscriber  # noqa: E402
 from infra.components.archive import TelemetryArchive, TelemetryArchiveArgs  # noqa: E402
 from infra.components.cluster import ContainerPlatform, ContainerPlatformArgs  # noqa: E402
 from infra.components.firewall import Firewall, FirewallArgs  # noqa: E402
 from infra.components.image import SimulatorImage, SimulatorImageArgs, ecr_repository_arn  # noqa: E402
+from infra.components.image_cache import ImageCache, ImageCacheArgs, ImageSources, direct_sources  # noqa: E402
 from infra.components.iot import DeviceFleet, DeviceFleetArgs, GenerationSpec  # noqa: E402
 from infra.components.loadbalancer import (  # noqa: E402
     PublicLoadBalancer,
@@ -148,7 +149,8 @@ def main() -> None:
             account=account,
             mode=settings.archive_mode,
             rule_name=re.sub(r"[^A-Za-z0-9_]", "_", f"{PROJECT}_{stack}_archive"),
-            topic_root=TOPIC_ROOT,
+            # Only this stack's namespace: dev's rule never archives prod's messages.
+            topic_root=topic_prefix(settings.topic_namespace),
             log_group_prefix=logs,
             log_retention_days=settings.log_retention_days,
             lifecycle=GlacierLifecycle(
@@ -168,8 +170,7 @@ def main() -> None:
             client_id_prefix=settings.client_id_prefix,
             generations=tuple(GenerationSpec(g.name, g.active) for g in settings.cert_generations),
             serving_generation=settings.serving_generation.name,
-            topic_root=TOPIC_ROOT,
-            ground_truth_segment=GROUND_TRUTH_SEGMENT,
+            topic_namespace=settings.topic_namespace,
             secret_recovery_days=secret_recovery_days,
         ),
         opts=uses_provider,
@@ -218,6 +219,7 @@ def main() -> None:
             from_address=settings.smtp.from_address,
             to_addresses=settings.smtp.to_addresses,
         )
+    images = image_sources(settings, account, invoke, uses_provider)
     # Every site's name, in site order: Prometheus scrapes each one (see docs/infra.md, Compute).
     discovery_names = [platform.discovery_dns_names[site] for site in settings.sites]
     config_files, config_layout = load_monitoring_bundle(
@@ -250,10 +252,10 @@ def main() -> None:
             grafana_target_group_arn=web.grafana_targets.arn,
             base_url=web.base_url,
             https=settings.certificate_arn is not None,
-            prometheus_image=settings.images.prometheus,
-            grafana_image=settings.images.grafana,
-            config_init_image=settings.images.config_init,
-            alertmanager_image=settings.images.alertmanager,
+            prometheus_image=images.references["prometheus"],
+            grafana_image=images.references["grafana"],
+            config_init_image=images.references["configInit"],
+            alertmanager_image=images.references["alertmanager"],
             cpu=settings.monitoring_task.cpu,
             memory=settings.monitoring_task.memory,
             log_group_name=f"{logs}/monitoring",
@@ -263,6 +265,8 @@ def main() -> None:
             alert_topic=alert_topic,
             secret_recovery_days=secret_recovery_days,
             depends_on=tuple(web.rules),
+            execution_statements=images.pull_statements,  # empty unless the cache is on
+            image_sources=tuple(images.rules),
         ),
         opts=uses_provider,
     )
@@ -286,7 +290,7 @@ def main() -> None:
             image_ref=image.image_ref,
             pull_repository_arns=pull_repositories,
             iot_endpoint=iot_endpoint,
-            fleet_json=settings.fleet.model_dump_json(),
+            fleet_json=settings.task_fleet.model_dump_json(),
             shards=devices.shards,
             serving_generation=settings.serving_generation.name,
             cpu=settings.simulator_task.cpu,
@@ -338,6 +342,32 @@ def main() -> None:
         },
     )
     pulumi.export("region", settings.region)
+    # Read by rotate-certs (ECS must run these task definitions before a generation is deactivated)
+    # and by `up`'s stale-checkout check, `drift` and `doctor` (automation/).
+    pulumi.export("simulatorSites", simulators.site_deployments)
+    pulumi.export("topicPrefix", topic_prefix(settings.topic_namespace))
+    pulumi.export("imageReferences", images.references)
+
+
+def image_sources(
+    settings: StackSettings,
+    account: iam.AccountContext,
+    invoke: pulumi.InvokeOutputOptions,
+    uses_provider: pulumi.ResourceOptions,
+) -> ImageSources:
+    """The monitoring images, through this account's pull-through cache when the stack enables it."""
+    images = settings.images.model_dump(by_alias=True)
+    if not settings.image_cache.enabled or settings.ecr_registry is None:
+        return direct_sources(images)
+    secret_name = settings.image_cache.docker_hub_secret_name
+    secret_arn = (
+        aws.secretsmanager.get_secret_output(name=secret_name, opts=invoke).arn if secret_name else None
+    )
+    return ImageCache(
+        "image-cache",
+        ImageCacheArgs(account, settings.ecr_registry, images, docker_hub_secret_arn=secret_arn),
+        opts=uses_provider,
+    ).sources
 
 
 main()

@@ -8,9 +8,14 @@ plausible fixed answers. One process runs one program: Pulumi's runtime state is
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import os
 import runpy
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -44,6 +49,7 @@ class ResourceRecord:
     inputs: dict[str, Any]
     arn: str | None = None  # as the (mocked) provider returned it
     secret_paths: tuple[str, ...] = ()  # input paths (a.b[0]) that were secret
+    dependencies: tuple[str, ...] = ()  # URNs it waits for: depends_on and the resources its inputs use
 
     @property
     def parent_type(self) -> str | None:
@@ -77,7 +83,13 @@ class OfflineRun:
     def from_json(cls, text: str) -> OfflineRun:
         data = json.loads(text)
         records = [
-            ResourceRecord(**{**record, "secret_paths": tuple(record["secret_paths"])})
+            ResourceRecord(
+                **{
+                    **record,
+                    "secret_paths": tuple(record["secret_paths"]),
+                    "dependencies": tuple(record.get("dependencies", ())),
+                }
+            )
             for record in data["records"]
         ]
         return cls(stack=data["stack"], records=records, outputs=data["outputs"], warnings=data["warnings"])
@@ -119,7 +131,7 @@ class RecordingMocks(Mocks):
         secret_paths: list[str] = []
         inputs = _unwrap(dict(args.inputs), "", secret_paths)
         resource_id, outputs = self._fake_state(args.typ, args.name, inputs)
-        urn, parent = getattr(self.current, "registration", ("", ""))
+        urn, parent, dependencies = getattr(self.current, "registration", ("", "", ()))
         record = ResourceRecord(
             type=args.typ,
             name=args.name,
@@ -131,6 +143,7 @@ class RecordingMocks(Mocks):
             inputs=inputs,
             arn=outputs.get("arn") if args.custom else None,
             secret_paths=tuple(secret_paths),
+            dependencies=tuple(dependencies),
         )
         with self._lock:
             self.records.append(record)
@@ -258,6 +271,7 @@ class _RecordingMonitor(MockMonitor):
         self.recording.current.registration = (
             self.make_urn(request.parent, request.type, request.name),
             request.parent,
+            tuple(request.dependencies),
         )
         return super().RegisterResource(request)
 
@@ -317,3 +331,39 @@ def run_offline(
 
     program()
     return OfflineRun(stack=stack, records=list(mocks.records), outputs=outputs, warnings=warnings)
+
+
+def run_offline_in_subprocess(stack: str, config: Mapping[str, str], *, timeout_s: float = 300) -> OfflineRun:
+    """`run_offline` in a fresh Python process: how one process checks several stacks' programs."""
+    handle, name = tempfile.mkstemp(prefix="iotfactory-offline-", suffix=".json")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(dict(config), file)
+        completed = subprocess.run(
+            [sys.executable, "-m", "infra.offline", "--stack", stack, "--config-file", name],
+            cwd=PROGRAM.parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    finally:
+        os.unlink(name)
+    if completed.returncode != 0:
+        lines = completed.stderr.strip().splitlines() or ["(no output)"]
+        raise pulumi.RunError(f"offline run of stack {stack!r} failed: {lines[-1]}")
+    return OfflineRun.from_json(completed.stdout)
+
+
+def _main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.offline")
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--config-file", type=Path, required=True)
+    args = parser.parse_args()
+    config = json.loads(args.config_file.read_text(encoding="utf-8"))
+    sys.stdout.write(run_offline(args.stack, config).to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

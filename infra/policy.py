@@ -4,7 +4,8 @@ The rules look at resource types, not at which component made a resource, so a r
 later is checked too. Input: the `ResourceRecord`s of an offline run (`infra/offline.py`); output:
 the violations. Run it on a stack file with:
 
-    python -m infra.policy --stack dev        # exit 0 clean, 1 violations, 2 config error
+    python -m infra.policy --stack dev                  # exit 0 clean, 1 violations, 2 config error
+    python -m infra.policy --stack dev --stack prod     # both, and isolation between them
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.components import monitoring, simulators
 from infra.iam import WILDCARD_RESOURCE_ACTIONS
 from infra.offline import ResourceRecord
+
+if TYPE_CHECKING:
+    from infra.settings import StackSettings
 
 REQUIRED_TAGS = ("Project", "Environment", "Owner")
 # Containers that may run as root, and why. Both are non-essential init containers that exit
@@ -89,6 +93,24 @@ class PolicyContext:
     allowed_ingress_cidrs: tuple[str, ...]
     topic_root: str = "factory/simulator"
     required_tags: tuple[str, ...] = REQUIRED_TAGS
+    # Operating safely in one account (infra/policy_operations.py).
+    topic_prefix: str | None = None  # the stack's own namespace, e.g. factory/simulator/dev
+    production: bool = False
+    allow_insecure_http: bool = False
+    image_cache: bool = False
+
+
+def policy_context(settings: StackSettings) -> PolicyContext:
+    """What the rules need to know about the stack that was run."""
+    from factory_core.fleet import topic_prefix
+
+    return PolicyContext(
+        allowed_ingress_cidrs=settings.allowed_cidrs,
+        topic_prefix=topic_prefix(settings.topic_namespace),
+        production=settings.production,
+        allow_insecure_http=settings.allow_insecure_http,
+        image_cache=settings.image_cache.enabled,
+    )
 
 
 def _label(record: ResourceRecord) -> str:
@@ -509,6 +531,10 @@ def _sns(index: _Index, context: PolicyContext) -> Iterator[Violation]:
                 yield Violation("sns-topic", _label(record), message)
 
 
+# The rules for operating stacks side by side in one account register themselves on import.
+from infra import policy_operations  # noqa: E402
+
+
 def check(records: Iterable[ResourceRecord], context: PolicyContext) -> list[Violation]:
     """Every violation of every rule, in rule order."""
     index = _Index(list(records))
@@ -516,19 +542,50 @@ def check(records: Iterable[ResourceRecord], context: PolicyContext) -> list[Vio
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import pulumi
     from rich.console import Console
 
-    from factory_core.errors import UsageError
-    from infra.offline import config_from_stack_file, run_offline
-    from infra.settings import load_settings
-
     parser = argparse.ArgumentParser(prog="python -m infra.policy", description=__doc__.splitlines()[0])
-    parser.add_argument("--stack", required=True, help="dev, prod, ... (reads Pulumi.<stack>.yaml)")
+    parser.add_argument(
+        "--stack",
+        required=True,
+        action="append",
+        help="dev, prod, ... (reads Pulumi.<stack>.yaml); give it twice to also check isolation between them",
+    )
     parser.add_argument("--json", action="store_true", help="print the violations as JSON")
     args = parser.parse_args(argv)
     console = Console(stderr=True, soft_wrap=True)  # one line per message, whatever the width
-    path = Path(__file__).resolve().parent.parent / f"Pulumi.{args.stack}.yaml"
+    stacks = list(dict.fromkeys(args.stack))
+    runs: dict[str, list[ResourceRecord]] = {}
+    violations: list[Violation] = []
+    for stack in stacks:
+        checked = _check_stack(stack, console, in_process=len(stacks) == 1)
+        if isinstance(checked, int):
+            return checked
+        runs[stack], found = checked
+        violations += found
+    if len(stacks) > 1:
+        violations += policy_operations.isolation_violations(runs)
+    if args.json:
+        print(json.dumps([violation.__dict__ for violation in violations], indent=2))
+    else:
+        for violation in violations:
+            console.print(str(violation), markup=False)
+        checked_count = sum(len(records) for records in runs.values())
+        console.print(f"{checked_count} resources checked, {len(violations)} violations", markup=False)
+    return 1 if violations else 0
+
+
+def _check_stack(
+    stack: str, console: Any, *, in_process: bool
+) -> tuple[list[ResourceRecord], list[Violation]] | int:
+    """One stack's records and violations, or the exit code of a config error (already printed)."""
+    import pulumi
+
+    from factory_core.errors import UsageError
+    from infra.offline import config_from_stack_file, run_offline, run_offline_in_subprocess
+    from infra.settings import load_settings
+
+    path = Path(__file__).resolve().parent.parent / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         console.print(
             f"error: no {path.name}; stacks are defined by Pulumi.<stack>.yaml at the repository root"
@@ -536,22 +593,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         config = config_from_stack_file(path)
-        settings = load_settings(args.stack, config)
-        run = run_offline(args.stack, config)
+        settings = load_settings(stack, config)
+        # Pulumi's runtime is process-global: one program per process, so several stacks need several.
+        run = run_offline(stack, config) if in_process else run_offline_in_subprocess(stack, config)
     except UsageError as exc:  # ConfigError, or a stack file that cannot be read
         console.print(f"error: {exc}", markup=False)
         return 2
     except pulumi.RunError as exc:  # e.g. a missing config bundle
         console.print(f"error: {str(exc).splitlines()[0]}", markup=False)
         return 2
-    violations = check(run.records, PolicyContext(allowed_ingress_cidrs=settings.allowed_cidrs))
-    if args.json:
-        print(json.dumps([violation.__dict__ for violation in violations], indent=2))
-    else:
-        for violation in violations:
-            console.print(str(violation), markup=False)
-        console.print(f"{len(run.records)} resources checked, {len(violations)} violations", markup=False)
-    return 1 if violations else 0
+    return run.records, check(run.records, policy_context(settings))
 
 
 if __name__ == "__main__":

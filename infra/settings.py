@@ -33,6 +33,7 @@ from factory_core.cert_rotation import Generation, Generations, current_generati
 from factory_core.errors import SECRET_VALUE_ERROR, UsageError, describe_validation_error
 from factory_core.fleet import CLOUD_SIMULATORS, FleetSettings, site_id
 from factory_core.stack_file import LOCAL_STACK, REGION_KEY
+from infra.image_refs import needs_docker_hub_credentials
 
 PROJECT = keys.NAMESPACE  # Pulumi's config namespace is the project's name
 
@@ -192,6 +193,21 @@ class ContainerImages(_Model):
     )
 
 
+class ImageCacheSettings(_Model):
+    """Third-party images through an ECR pull-through cache (default on in production).
+
+    Docker Hub answers anonymous pulls from a NAT gateway's address with a low hourly limit, so a
+    monitoring task that restarts in a bad hour would not start; the cache pulls once per tag.
+    """
+
+    enabled: bool
+    # Docker Hub needs credentials for a cache rule: a secret named `ecr-pullthroughcache/...`
+    # holding {"username", "accessToken"} (an ECR requirement).
+    docker_hub_secret_name: Annotated[
+        str | None, Field(alias="dockerHubSecretName", pattern=r"^ecr-pullthroughcache/[A-Za-z0-9/_+=.@-]+$")
+    ] = None
+
+
 class StackSettings(_Model):
     """Everything the program needs from `Pulumi.<stack>.yaml`; field aliases are the config keys."""
 
@@ -236,6 +252,9 @@ class StackSettings(_Model):
     alerting: Annotated[AlertingSettings, Field(alias=keys.ALERTING_KEY)] = AlertingSettings()
     container_insights: Annotated[bool, Field(alias=keys.CONTAINER_INSIGHTS_KEY)]
     account_id: Annotated[str | None, Field(alias=keys.ACCOUNT_ID_KEY, pattern=r"^\d{12}$")] = None
+    # -- production defaults (issue 12) --
+    allow_insecure_http: Annotated[bool, Field(alias=keys.ALLOW_INSECURE_HTTP_KEY)] = False
+    image_cache: Annotated[ImageCacheSettings, Field(alias=keys.IMAGE_CACHE_KEY)]
 
     @field_validator("log_retention_days")
     @classmethod
@@ -258,6 +277,7 @@ class StackSettings(_Model):
                     f"{keys.ALLOWED_CIDRS_KEY}: {open_to_all[0]} opens Prometheus (no authentication) to"
                     " the internet on a production stack; list your office or VPN ranges"
                 )
+        _production_defaults(self)
         return self
 
     # Derived values: one definition each, used by the program and by its tests.
@@ -288,6 +308,61 @@ class StackSettings(_Model):
     def tags(self) -> dict[str, str]:
         return {"Project": PROJECT, "Environment": self.environment, "Owner": self.owner}
 
+    @property
+    def topic_namespace(self) -> str:
+        """The stack's own topic namespace: factory/simulator/<stack>/... (factory_core.fleet)."""
+        return self.stack
+
+    @property
+    def task_fleet(self) -> FleetSettings:
+        """The fleet as the simulator tasks get it: the user's settings plus the stack's topic namespace."""
+        return self.fleet.model_copy(update={"topic_namespace": self.topic_namespace})
+
+    @property
+    def https(self) -> bool:
+        return self.certificate_arn is not None
+
+    @property
+    def ecr_registry(self) -> str | None:
+        """This account's ECR registry host, known without AWS when the account is pinned."""
+        if self.account_id is None:
+            return None
+        return f"{self.account_id}.dkr.ecr.{self.region}.amazonaws.com"
+
+
+def _production_defaults(settings: StackSettings) -> None:
+    """Checks a production stack must pass, and the image cache's own needs (one message per key)."""
+    if settings.production and not settings.https and not settings.allow_insecure_http:
+        raise ValueError(
+            f"{keys.CERTIFICATE_ARN_KEY}: required on a production stack (Grafana's login must not travel"
+            f" in clear text): set it and {keys.DOMAIN_NAME_KEY} to an ACM certificate in "
+            f"{settings.region}, or set {keys.ALLOW_INSECURE_HTTP_KEY}: true to serve HTTP on purpose"
+        )
+    if settings.production and settings.account_id is None:
+        raise ValueError(
+            f"{keys.ACCOUNT_ID_KEY}: required on a production stack: the AWS provider is pinned to it, so"
+            " credentials for another account fail before anything changes"
+        )
+    if settings.fleet.topic_namespace is not None:
+        raise ValueError(
+            f"{keys.FLEET_KEY}.topic_namespace: set by the program to the stack's name "
+            f"({settings.stack!r}); remove it from the stack file"
+        )
+    if settings.image_cache.enabled:
+        if settings.account_id is None:
+            raise ValueError(
+                f"{keys.IMAGE_CACHE_KEY}.enabled: the image cache needs {keys.ACCOUNT_ID_KEY} (the"
+                " account whose ECR registry caches the images); set it, or set enabled: false"
+            )
+        on_docker_hub = needs_docker_hub_credentials(settings.images.model_dump(by_alias=True))
+        if on_docker_hub and settings.image_cache.docker_hub_secret_name is None:
+            raise ValueError(
+                f"{keys.IMAGE_CACHE_KEY}.dockerHubSecretName: required because {keys.IMAGES_KEY}."
+                f"{on_docker_hub[0]} is on Docker Hub, which caches only with credentials: create a "
+                "secret named ecr-pullthroughcache/<name> holding {\"username\", \"accessToken\"} and name"
+                " it here, or set enabled: false"
+            )
+
 
 def _per_stack_defaults(stack: str, production: bool) -> dict[str, Any]:
     return {
@@ -300,6 +375,7 @@ def _per_stack_defaults(stack: str, production: bool) -> dict[str, Any]:
             else {"glacierAfterDays": 30, "expireAfterDays": 120}
         ),
         keys.CONTAINER_INSIGHTS_KEY: production,
+        keys.IMAGE_CACHE_KEY: {"enabled": production},
     }
 
 
@@ -334,6 +410,9 @@ def load_settings(stack: str, values: Mapping[str, Any]) -> StackSettings:
         raise ConfigError(
             f"{keys.PRODUCTION_KEY}: must be true or false (got {data[keys.PRODUCTION_KEY]!r}); {fix}"
         ) from None
+    cache = data.get(keys.IMAGE_CACHE_KEY)
+    if isinstance(cache, dict):  # `enabled` defaults per stack even when other cache keys are set
+        data[keys.IMAGE_CACHE_KEY] = {"enabled": production, **cache}
     merged = {**_per_stack_defaults(stack, production), **data, "stack": stack}
     try:
         return StackSettings.model_validate(merged)

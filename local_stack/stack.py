@@ -14,6 +14,8 @@ from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
 from factory_core.score_report import ScoreReport
 from factory_core.verb_results import (
     BootstrapResult,
+    DoctorReport,
+    DriftReport,
     LocalDestroyResult,
     LocalOutputsResult,
     LocalScaleResult,
@@ -28,6 +30,8 @@ from factory_core.verb_results import (
 from factory_core.verbs import (
     BootstrapRequest,
     DestroyRequest,
+    DoctorRequest,
+    DriftRequest,
     LogsRequest,
     OutputsRequest,
     PreviewRequest,
@@ -212,4 +216,15 @@ class LocalStack(StackVerbs):
             "`bootstrap` creates the S3 state bucket and KMS key a cloud stack keeps its Pulumi state "
             "in; the local stack keeps its state in its own folder and needs none: "
             "run `python cli.py up --stack local`"
+        )
+
+    def doctor(self, request: DoctorRequest, sink: ProgressSink) -> DoctorReport:
+        from local_stack.doctor import local_doctor
+
+        return local_doctor(_load)
+
+    def drift(self, request: DriftRequest, sink: ProgressSink) -> DriftReport:
+        raise VerbUnavailable(
+            "`drift` compares a cloud stack's deployed state with AWS; the local stack has no deployed "
+            "state to drift from: `python cli.py status --stack local` shows what runs"
         )

@@ -243,6 +243,17 @@ def _over_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return result.stderr.strip()
 
 
+def _operations(name: str, *arguments: str) -> Reproduction:
+    """A docs/cloud.md operations block's error, in its situation (tests/support_operations.py)."""
+
+    def reproduce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+        from support_operations import error_line
+
+        return error_line(name, list(arguments), tmp_path, monkeypatch)
+
+    return reproduce
+
+
 REPRODUCTIONS: dict[str, Reproduction] = {
     "error: unknown machine type 'lathe'": _simulator("--dry-run", "--machines", "lathe=1"),
     "error: config publish_interval_s": _simulator("--dry-run", "--publish-interval", "-1"),
@@ -257,4 +268,10 @@ REPRODUCTIONS: dict[str, Reproduction] = {
     "error: up of stack 'dev' failed": _update_failed,
     "error: stack 'dev' is locked by another update": _locked,
     "error: scale refused": _over_quota,
+    "error: up of stack 'dev' needs": _operations("prerequisites", "up", "--stack", "dev"),
+    "error: interrupted": _operations("interrupt", "up", "--stack", "dev"),
+    "error: rotation g1 -> g2 failed at site-01": _operations(
+        "rotation-rollback", "rotate-certs", "--stack", "dev"
+    ),
+    "error: up would revert stack 'dev'": _operations("revert", "up", "--stack", "dev"),
 }

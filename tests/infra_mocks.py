@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from infra.offline import OfflineRun, ResourceRecord, config_from_stack_file  # noqa: E402
+from infra.offline import MOCK_ACCOUNT, OfflineRun, ResourceRecord, config_from_stack_file  # noqa: E402
 
 PYTHON = sys.executable
 ALLOWED_CIDR_DEV = "198.51.100.0/24"
@@ -78,6 +78,7 @@ RUNS: dict[str, RunSpec] = {
             simulatorCount=3,
             certificateArn=TEST_CERTIFICATE_ARN,
             domainName=TEST_DOMAIN,
+            accountId=MOCK_ACCOUNT,
             certGenerations=[{"name": "g1", "status": "INACTIVE"}, {"name": "g2", "status": "ACTIVE"}],
             alerting=ALERTING_PROD,
         ),

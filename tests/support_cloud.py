@@ -17,6 +17,7 @@ from automation import stack_context
 from automation.recording_stack import RecordingStack, ScriptedResource
 from automation.stack_context import CloudEnv
 from automation.stack_port import OutputValue
+from factory_core.verb_results import DoctorReport, PrerequisiteCheck
 
 
 def isolate_from_real_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -60,6 +61,8 @@ OUTPUTS = {
     "prometheusUrl": "http://alb.example/prometheus/",
     "grafanaUrl": "http://alb.example/",
     "grafanaAdminPassword": OutputValue("hunter2", secret=True),
+    # No simulator sites: rotate-certs has nothing to prove in ECS (tests/test_automation_rollout.py does).
+    "simulatorSites": {},
 }
 RESOURCES = [
     ScriptedResource("aws:ecs/service:Service", "simulators", "update"),
@@ -91,6 +94,11 @@ class Cloud:
         assert not calls.exists(), f"the real pulumi CLI was invoked: {calls.read_text()}"
 
 
+def all_present(stack: str, project_dir: Path) -> DoctorReport:
+    """`doctor` with every prerequisite in place (tests/test_automation_doctor.py checks the real one)."""
+    return DoctorReport(stack, (PrerequisiteCheck("everything", True, "stand-in"),))
+
+
 def cloud_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cloud:
     """A project folder with Pulumi.dev.yaml, a fake `pulumi` on PATH, and the recording stack."""
     project = tmp_path / "project"
@@ -111,7 +119,7 @@ def cloud_stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cloud:
     state.write_stack_file(BASE_CONFIG)
 
     def env() -> CloudEnv:
-        return CloudEnv(project_dir=project, open_stack=stack.opener())
+        return CloudEnv(project_dir=project, open_stack=stack.opener(), doctor=all_present)
 
     monkeypatch.setattr(stack_context, "cloud_env", env)
     use_plain_terminal(monkeypatch, tty=lambda: state.tty, answer=lambda _question: state.answer)

@@ -121,12 +121,9 @@ def test_bootstrap_creates_a_locked_down_state_bucket_and_kms_key(project: Path)
     (alias,) = [a for a in kms.list_aliases()["Aliases"] if a["AliasName"] == "alias/iotfactory-pulumi-dev"]
     key = kms.describe_key(KeyId=alias["TargetKeyId"])["KeyMetadata"]
     assert kms.get_key_rotation_status(KeyId=key["KeyId"])["KeyRotationEnabled"] is True
+    # SSE-S3 for the shared bucket; the stack's key encrypts only its Pulumi secrets.
     (rule,) = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
-    assert rule["ApplyServerSideEncryptionByDefault"] == {
-        "SSEAlgorithm": "aws:kms",
-        "KMSMasterKeyID": key["Arn"],
-    }
-    assert rule["BucketKeyEnabled"] is True
+    assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
     policy = json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])
     (deny,) = policy["Statement"]
     assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -279,13 +276,24 @@ def test_rotation_pauses_when_ecs_does_not_confirm_the_simulators_are_steady(
     stand_in = with_ecs_service(
         project,
         monkeypatch,
-        {"clusterName": "iotfactory-dev", "simulatorServiceNames": ["sim-site-00"], "region": REGION},
+        {
+            "clusterName": "iotfactory-dev",
+            "simulatorServiceNames": ["sim-site-00"],
+            "simulatorSites": {
+                "site-00": {
+                    "serviceName": "sim-site-00",
+                    "taskDefinitionArn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/sim:1",
+                    "certGeneration": "g2",
+                }
+            },
+            "region": REGION,
+        },
     )
 
     result = CliRunner().invoke(cli.app, ["rotate-certs", "--stack", "dev"])
     assert result.exit_code == 1, result.output
     assert "paused before deactivating g1" in result.stderr
-    assert "sim-site-00 0/1 running, 1 pending, in_progress" in result.stderr
+    assert "site-00 not confirmed on g2 (sim-site-00 0/1 running, 1 pending, in_progress" in result.stderr
     assert stand_in.operations().count("up") == 1
     assert json.loads(stand_in.config["iotfactory:rotation"]) == {"from": "g1", "to": "g2", "step": "started"}
     assert json.loads(stand_in.config["iotfactory:certGenerations"]) == [

@@ -68,6 +68,16 @@ class FakeAutomationStack:
     def cancel(self) -> None:
         self._call("cancel")
 
+    def preview_refresh(self, **kwargs: Any) -> Any:
+        self._call("preview_refresh", **kwargs)
+        return type("R", (), {"change_summary": {"update": 1, "same": 40}})()
+
+    def history(self, **kwargs: Any) -> list[Any]:
+        self._call("history", **kwargs)
+        summary = type("S", (), {"kind": "update", "result": "succeeded"})()
+        summary.config = {"iotfactory:simulatorCount": ConfigValue("7")}
+        return [summary]
+
 
 def command_error(stderr: str) -> Exception:
     return create_command_error(CommandResult(stdout="", stderr=stderr, code=255))
@@ -121,10 +131,31 @@ def test_automation_errors_become_port_errors_with_one_line(
     assert "\n" not in str(caught.value)
 
 
-def test_cancel_errors_are_translated_too() -> None:
-    port = PulumiStack(FakeAutomationStack(error=command_error("error: no update in progress")))
+def test_the_port_cannot_cancel_a_running_update() -> None:
+    """`pulumi cancel` deletes the lock of an update that may still run: nothing above the port calls it."""
+    from automation.stack_port import StackPort
+
+    assert not hasattr(PulumiStack, "cancel") and not hasattr(StackPort, "cancel")
+    fake = FakeAutomationStack()
+    port = PulumiStack(fake)
+    port.preview_refresh(lambda _event: None)
+    assert [name for name, _ in fake.calls] == ["preview_refresh"]
+    assert "cancel" not in [name for name, _ in fake.calls]
+
+
+def test_refresh_preview_and_history_in_plain_types() -> None:
+    fake = FakeAutomationStack()
+    port = PulumiStack(fake)
+    result = port.preview_refresh(lambda _event: None)
+    assert result.kind == "preview-refresh" and result.resource_changes == {"update": 1, "same": 40}
+    assert fake.calls[0][1]["color"] == "never"
+    (update,) = port.history(5)
+    assert (update.kind, update.result) == ("update", "succeeded")
+    assert update.config == {"iotfactory:simulatorCount": "7"}
+    assert fake.calls[-1] == ("history", {"page_size": 5, "page": 1, "show_secrets": False})
+    failing = PulumiStack(FakeAutomationStack(error=command_error("error: no update in progress")))
     with pytest.raises(UpdateFailedError, match="no update in progress"):
-        port.cancel()
+        failing.history(5)
 
 
 def test_first_error_line_prefers_the_cause_over_the_generic_failure() -> None:

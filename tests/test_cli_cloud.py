@@ -8,21 +8,18 @@ on PATH satisfies preflight and fails loudly if anything calls the real CLI.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support_cloud import BASE_CONFIG, OUTPUTS, Cloud, cloud_stand_in
+from support_cloud import BASE_CONFIG, Cloud, cloud_stand_in
 
-from automation import stack_context
-from automation.recording_stack import Call, RecordingStack, ScriptedResource
-from automation.stack_context import CloudEnv
-from automation.stack_port import StackBusyError, UpdateFailedError
+from automation import stack_context, updates
+from automation.recording_stack import Call, Interrupted, RecordingStack, ScriptedResource
+from automation.stack_port import StackBusyError, StackLock, UpdateFailedError
 
 
 @pytest.fixture
@@ -104,15 +101,63 @@ def test_failed_resource_shows_its_message_and_exits_1(cloud: Cloud) -> None:
     assert result.stderr.count("\n") == 1 and "up of stack 'dev' failed" in result.stderr
 
 
-def test_ctrl_c_cancels_the_update_and_exits_130(cloud: Cloud) -> None:
-    cloud.stack.fail_next("up", KeyboardInterrupt())
-    result = cloud.run("up", "--stack", "dev")
+def notes(output: str) -> list[str]:
+    return [record["message"] for record in json_lines(output) if record["event"] == "note"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_waits_for_the_engine_then_reports_the_lock_and_never_cancels(
+    cloud: Cloud, signum: int
+) -> None:
+    cloud.stack.fail_next("up", Interrupted(signum))
+    result = cloud.run("up", "--stack", "dev", "--json")
     assert result.exit_code == 130
     names = cloud.stack.operations()
-    assert names[-2:] == ["up", "cancel"]
+    assert "cancel" not in names  # `pulumi cancel` would delete the lock of a still-running update
+    # Passed on to the engine once; the lock is read only after the engine has exited.
+    assert names.count("interrupt_engine") == 1, (names, result.output, result.stderr)
+    assert names.index("signal") < names.index("interrupt_engine") < names.index("engine-exited")
+    assert names.index("engine-exited") < names.index("lock_holders")
     assert cloud.stack.updates_running == 0
-    assert "update cancelled and the lock released" in result.output
+    # What the user sees, in order: waiting, the in-flight resource finishing, then the verdict.
+    records = json_lines(result.output)
+    order = [
+        r.get("message", r["event"]) for r in records if r["event"] in ("note", "resource-done", "summary")
+    ]
+    assert order[0].startswith("interrupted: waiting for Pulumi to finish the operations in flight")
+    assert order[1:3] == ["resource-done", "summary"]
+    assert order[3] == (
+        "Pulumi stopped and stack 'dev' is not locked; resources it had not reached are unchanged. "
+        "Run the same command again to finish"
+    )
     assert result.stderr.strip() == "error: interrupted"
+
+
+def test_an_interrupt_that_left_a_lock_names_it_and_the_command_that_releases_it(cloud: Cloud) -> None:
+    lock = ".pulumi/locks/organization/iotfactory/dev/0b1c.json"
+    holder = "taken by ci@runner (pid 7) at 2026-12-04T10:00:00Z"
+    cloud.stack.locks = [StackLock(f"s3://state/{lock}", holder)]
+    cloud.stack.fail_next("up", Interrupted(signal.SIGTERM))
+    result = cloud.run("up", "--stack", "dev")
+    assert result.exit_code == 130
+    assert (
+        "Pulumi stopped but stack 'dev' is still locked (s3://state/.pulumi/locks/organization/iotfactory/dev/"
+        "0b1c.json, taken by ci@runner (pid 7) at 2026-12-04T10:00:00Z); if no update is running there, "
+        "release it with `pulumi cancel --stack dev --yes`, then run the same command again"
+    ) in result.output
+    assert "cancel" not in cloud.stack.operations()
+
+
+def test_a_terminal_ctrl_c_is_not_passed_on_a_second_time(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The terminal sent Ctrl-C to the engine too: a second SIGINT would make it stop abruptly."""
+    monkeypatch.setattr(updates, "engine_already_interrupted", lambda signum: signum == signal.SIGINT)
+    cloud.stack.fail_next("up", Interrupted(signal.SIGINT, engine_gets_it=True))
+    result = cloud.run("up", "--stack", "dev")
+    assert result.exit_code == 130
+    assert "interrupt_engine" not in cloud.stack.operations()
+    assert "engine-exited" in cloud.stack.operations()
 
 
 def test_concurrent_update_is_one_clear_line(cloud: Cloud) -> None:
@@ -125,8 +170,17 @@ def test_concurrent_update_is_one_clear_line(cloud: Cloud) -> None:
     assert "cancel" not in cloud.stack.operations()
 
 
+PROD_CONFIG = {
+    **BASE_CONFIG,
+    "iotfactory:certificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/abc",
+    "iotfactory:domainName": "factory.example.com",
+    "iotfactory:accountId": "123456789012",
+    "iotfactory:imageCache": {"enabled": False},
+}
+
+
 def test_prod_up_asks_first_and_refuses_without_a_terminal(cloud: Cloud) -> None:
-    cloud.write_stack_file(BASE_CONFIG, name="prod")
+    cloud.write_stack_file(PROD_CONFIG, name="prod")
     result = cloud.run("up", "--stack", "prod")
     assert result.exit_code == 2
     assert "needs confirmation; re-run with --yes" in result.stderr
@@ -369,7 +423,7 @@ def test_rotation_resumes_after_an_interruption_at_each_step(
     cloud.stack.fail_next("up", *([None] * (interrupted_update - 1)), KeyboardInterrupt())
     result = cloud.run("rotate-certs", "--stack", "dev")
     assert result.exit_code == 130
-    assert cloud.stack.operations()[-1] == "cancel"
+    assert cloud.stack.operations()[-1] == "lock_holders" and "cancel" not in cloud.stack.operations()
     assert config_of(cloud.stack, "iotfactory:rotation") == {"from": "g1", "to": "g2", "step": expected_step}
     ups_before = len(generations_per_update(cloud.stack))
 
@@ -459,35 +513,80 @@ def test_the_program_accepts_the_keys_only_the_cli_reads() -> None:
     assert load_settings("dev", values).simulator_count == 2
 
 
-class TerminatedDuringUp(RecordingStack):
-    """An update during which the process gets SIGTERM, with a child process standing in for `pulumi`."""
+def test_waiting_shows_the_engine_is_still_finishing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine that takes a while after the interrupt: the CLI keeps saying it waits, then reports."""
+    from automation.updates import run_update
+    from factory_core.verbs import QuietSink
 
-    child: subprocess.Popen[bytes] | None = None
+    monkeypatch.setattr(updates, "STILL_WAITING_EVERY_S", 0.01)
+    saw_heartbeat = threading.Event()
+    steps: list[str] = []
 
-    def up(self, on_event: Any) -> Any:
-        self.calls.append(Call("up"))
-        self.child = subprocess.Popen(["sleep", "60"])
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(30)  # interrupted by the handler
-        raise AssertionError("SIGTERM did not interrupt the update")
+    class Sink(QuietSink):
+        def step(self, message: str, *, warning: bool = False) -> None:
+            steps.append(message)
+            if message.startswith("still waiting for Pulumi to stop"):
+                saw_heartbeat.set()
+
+    class SlowEngine(RecordingStack):
+        def up(self, on_event: Any) -> Any:
+            self.calls.append(Call("up"))
+            self._interrupt.clear()
+            signal.raise_signal(signal.SIGTERM)
+            assert self._interrupt.wait(30), "the interrupt was not passed on"
+            assert saw_heartbeat.wait(30), "the CLI never said it was still waiting"
+            self.calls.append(Call("engine-exited"))
+            raise UpdateFailedError("update canceled")
+
+    stack = SlowEngine("dev")
+    with pytest.raises(KeyboardInterrupt):
+        run_update(stack, "up", Sink())
+    assert stack.operations() == ["up", "interrupt_engine", "engine-exited", "lock_holders"]
+    assert steps[0].startswith("interrupted: waiting") and steps[-1].startswith("Pulumi stopped and")
 
 
-def test_sigterm_cancels_like_ctrl_c_and_stops_the_child(
-    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stack = TerminatedDuringUp("dev", outputs=OUTPUTS)
-    monkeypatch.setattr(
-        stack_context, "cloud_env", lambda: CloudEnv(project_dir=cloud.project, open_stack=stack.opener())
-    )
-    handler_before = signal.getsignal(signal.SIGTERM)
+def test_a_second_interrupt_stops_waiting_and_warns_that_the_lock_may_stay() -> None:
+    from automation.updates import run_update
+    from factory_core.verbs import QuietSink
+
+    release = threading.Event()
+    steps: list[str] = []
+
+    class Sink(QuietSink):
+        def step(self, message: str, *, warning: bool = False) -> None:
+            steps.append(message)
+
+    class StuckEngine(RecordingStack):
+        def up(self, on_event: Any) -> Any:
+            self.calls.append(Call("up"))
+            self._interrupt.clear()
+            signal.raise_signal(signal.SIGINT)
+            assert self._interrupt.wait(30)
+            signal.raise_signal(signal.SIGINT)  # the user presses Ctrl-C again
+            release.wait(30)
+            raise UpdateFailedError("update canceled")
+
+    stack = StuckEngine("dev")
     try:
-        result = cloud.run("up", "--stack", "dev")
-        assert result.exit_code == 130
-        assert stack.operations()[-2:] == ["up", "cancel"]
-        assert stack.child is not None
-        assert stack.child.wait(timeout=10) == -signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            run_update(stack, "up", Sink())
     finally:
-        if stack.child is not None and stack.child.poll() is None:
-            stack.child.kill()
-            stack.child.wait()
-    assert signal.getsignal(signal.SIGTERM) is handler_before
+        release.set()
+    assert "lock_holders" not in stack.operations()
+    assert steps[-1].startswith("stopped waiting: Pulumi may still be running and holding the lock")
+
+
+def test_pulumi_stack_passes_the_interrupt_to_its_engine_process() -> None:
+    """The real adapter: SIGINT (Pulumi's "stop safely") to the child process running the CLI."""
+    import subprocess
+
+    from automation.stack_port import PulumiStack
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        PulumiStack(None).interrupt_engine()  # type: ignore[arg-type]
+        assert child.wait(timeout=10) == -signal.SIGINT
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

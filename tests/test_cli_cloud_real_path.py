@@ -12,6 +12,7 @@ import cli
 
 REPO = Path(cli.__file__).resolve().parent
 HEAVY_MODULES = ("pulumi", "pulumi_aws", "pulumi_docker", "boto3", "botocore")
+PULUMI_MODULES = ("pulumi", "pulumi_aws", "pulumi_docker")
 CLOUD_VERBS = ("up", "preview", "destroy", "outputs", "status", "scale", "rotate-certs", "bootstrap")
 
 # Runs cli.py as `python cli.py ARGS` would, then records which top-level modules got imported.
@@ -39,6 +40,9 @@ def run_cli(tmp_path: Path, *args: str, path: str) -> tuple[subprocess.Completed
         "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
         "AWS_SECRET_ACCESS_KEY": "not-a-real-secret",
         "AWS_EC2_METADATA_DISABLED": "true",
+        # Any AWS call fails at once on a closed local port: no test ever reaches real AWS.
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_MAX_ATTEMPTS": "1",
         "COLUMNS": "200",
     }
     completed = subprocess.run(
@@ -59,20 +63,27 @@ def snapshot(folder: Path) -> dict[str, int | None]:
     return {str(path): path.stat().st_mtime_ns if path.exists() else None for path in paths}
 
 
-def test_up_without_pulumi_cli_exits_2_with_install_hint_and_does_no_work(tmp_path: Path) -> None:
+def test_up_without_pulumi_cli_lists_every_missing_prerequisite_exits_2_and_does_no_work(
+    tmp_path: Path,
+) -> None:
     empty_path = tmp_path / "empty-bin"
     empty_path.mkdir()
     before = snapshot(REPO)
     completed, modules = run_cli(tmp_path, "up", "--stack", "dev", path=str(empty_path))
     assert completed.returncode == 2, completed.stderr
-    assert completed.stdout == ""
+    # Every missing prerequisite with its fix (doctor runs first), then one error line.
+    listed = [line for line in completed.stdout.splitlines() if line.startswith("✗ ")]
+    assert listed[0].startswith("✗ Pulumi CLI: not found on PATH; install the Pulumi CLI")
+    assert "get.pulumi.com" in listed[0]
+    assert any(line.startswith("✗ Docker: no Docker daemon answers") for line in listed)
+    assert any(line.startswith("✗ AWS credentials: ") for line in listed)
     lines = completed.stderr.splitlines()
     assert len(lines) == 1, completed.stderr
-    assert "Pulumi CLI was not found on PATH" in lines[0]
-    assert "install" in lines[0] and "get.pulumi.com" in lines[0]
+    summary = f"error: up of stack 'dev' needs {len(listed)} missing prerequisites (listed above)"
+    assert lines[0].startswith(summary)
     assert "Traceback" not in completed.stderr
-    # No work: neither Pulumi nor AWS libraries were loaded, no stack or backend file touched.
-    assert modules.isdisjoint(HEAVY_MODULES), modules & set(HEAVY_MODULES)
+    # No work: the Pulumi SDK and providers were not loaded, no stack or backend file touched.
+    assert modules.isdisjoint(PULUMI_MODULES), modules & set(PULUMI_MODULES)
     assert snapshot(REPO) == before
 
 

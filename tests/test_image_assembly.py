@@ -96,6 +96,12 @@ def ecs_environment(
     for item in container["secrets"]:
         environment[item["name"]] = secret[item["valueFrom"].split(":")[-3]]
     environment["FACTORY_CA_PEM"] = pki.ca.ca_cert_path.read_text()
+    # The task publishes into its stack's namespace (factory/simulator/dev/...), which the AWS IoT
+    # policy allows; this broker's ACL mirrors the local stack's layout (no namespace), so the run here
+    # publishes un-namespaced. The namespace itself is checked under mocks (tests/test_infra_*.py).
+    fleet = json.loads(environment["FACTORY_CONFIG_JSON"])
+    assert fleet.pop("topic_namespace") == "dev"
+    environment["FACTORY_CONFIG_JSON"] = json.dumps(fleet)
     return environment | dict(overrides)
 
 

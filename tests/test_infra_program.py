@@ -271,9 +271,10 @@ def test_shard_policies_allow_only_own_client_ids_and_own_site_topics(run: Offli
                 granted.setdefault(action, set()).update(as_list(statement["Resource"]))
         assert granted == {
             "iot:Connect": {f"{prefix}client/iotfactory-{stack}-{site}-c*"},
+            # Only inside the stack's own namespace: dev's certificates never publish into prod's.
             "iot:Publish": {
-                f"{prefix}topic/factory/simulator/{site}/*",
-                f"{prefix}topic/factory/simulator/ground-truth/{site}/*",
+                f"{prefix}topic/factory/simulator/{stack}/{site}/*",
+                f"{prefix}topic/factory/simulator/{stack}/ground-truth/{site}/*",
             },
         }
 
@@ -320,9 +321,10 @@ def test_rotation_keeps_retired_generation_inactive_and_serves_the_newest_active
 # --- archive ------------------------------------------------------------------------------------
 
 
-def test_topic_rule_selects_all_simulator_topics_with_an_error_action(run: OfflineRun, stack: str) -> None:
+def test_topic_rule_selects_the_stacks_own_topics_with_an_error_action(run: OfflineRun, stack: str) -> None:
     rule = one(run, "aws:iot/topicRule:TopicRule")
-    assert rule.inputs["sql"] == "SELECT * FROM 'factory/simulator/#'"
+    assert rule.inputs["sql"] == f"SELECT * FROM 'factory/simulator/{stack}/#'"
+    assert run.outputs["topicPrefix"] == f"factory/simulator/{stack}"
     assert rule.inputs["enabled"] is True and rule.inputs["sqlVersion"] == "2016-03-23"
     error = rule.inputs["errorAction"]["cloudwatchLogs"]
     errors_group = one(run, "aws:cloudwatch/logGroup:LogGroup", "rule-errors")
@@ -352,7 +354,7 @@ def test_topic_rule_selects_all_simulator_topics_with_an_error_action(run: Offli
         assert set(granted) - {"logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"} == {
             "s3:PutObject"
         }
-        assert granted["s3:PutObject"] == [f"arn:aws:s3:::{archive.id}/factory/simulator/*"]
+        assert granted["s3:PutObject"] == [f"arn:aws:s3:::{archive.id}/factory/simulator/dev/*"]
     else:
         assert not rule.inputs.get("s3")
         (action,) = rule.inputs["firehoses"]
@@ -505,7 +507,9 @@ def test_simulator_task_gets_its_identity_config_and_secrets(run: OfflineRun, st
         assert env["FACTORY_PORT"] == "8883" and env["FACTORY_METRICS_PORT"] == "9100"
         assert env["FACTORY_SITE_INDEX"] == str(index)
         assert env["FACTORY_CLIENT_ID_PREFIX"] == f"iotfactory-{stack}-"
-        assert FleetSettings.model_validate_json(env["FACTORY_CONFIG_JSON"]) == settings.fleet
+        fleet = FleetSettings.model_validate_json(env["FACTORY_CONFIG_JSON"])
+        # The user's fleet, plus the stack's topic namespace the IoT policy allows.
+        assert fleet == settings.fleet.model_copy(update={"topic_namespace": stack})
         by_name = {item["name"]: item["valueFrom"] for item in simulator["secrets"]}
         certificate_secret, key = by_name["FACTORY_CERT_PEM"].split(":certificate_pem::")
         assert key == "" and by_name["FACTORY_KEY_PEM"] == f"{certificate_secret}:private_key_pem::"
@@ -822,7 +826,10 @@ def test_alertmanager_reads_its_bundle_folder_and_gets_smtp_only_from_the_secret
         parts = containers(one(run, TASK_DEFINITION, "monitoring"))
         alertmanager = parts["alertmanager"]
         image = alertmanager["image"]
-        assert image.startswith("docker.io/prom/alertmanager:") and "@sha256:" in image
+        # prod pulls it through the account's ECR pull-through cache (tests/test_infra_operations.py).
+        cached = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/docker-hub/"
+        upstream = "docker.io/" if run.stack == "dev" else cached
+        assert image.startswith(f"{upstream}prom/alertmanager:") and "@sha256:" in image
         assert alertmanager["user"] == "65534:65534" and alertmanager["readonlyRootFilesystem"] is True
         mounts = {m["containerPath"]: m for m in alertmanager["mountPoints"]}
         assert mounts["/etc/alertmanager-config"]["readOnly"] is True

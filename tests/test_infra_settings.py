@@ -100,9 +100,20 @@ def test_local_is_not_a_pulumi_stack() -> None:
     )
 
 
+PROD_HTTPS = {
+    "certificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/abc",
+    "domainName": "factory.example.com",
+    "accountId": "123456789012",
+    "imageCache": {"dockerHubSecretName": "ecr-pullthroughcache/docker-hub"},
+}
+
+
 def test_per_stack_defaults() -> None:
     dev = load_settings("dev", config())
-    prod = load_settings("prod", config(archiveMode="batched"))
+    prod = load_settings("prod", config(archiveMode="batched", **PROD_HTTPS))
+    assert (dev.image_cache.enabled, prod.image_cache.enabled) == (False, True)
+    assert (dev.topic_namespace, prod.topic_namespace) == ("dev", "prod")
+    assert prod.task_fleet.topic_namespace == "prod" and prod.fleet.topic_namespace is None
     assert (dev.production, prod.production) == (False, True)
     assert (dev.log_retention_days, prod.log_retention_days) == (3, 30)
     assert (dev.force_destroy, prod.force_destroy) == (True, False)

@@ -2,8 +2,9 @@
 
 The image is built by pulumi-docker from `simulator/Dockerfile` with the repository root as the
 context and referenced by digest, so a code change rolls the simulators on the next `up`. Tags are
-immutable, so the tag is the digest of the build context (after `.dockerignore`): pulumi-docker
-rebuilds exactly when that context changes, and then the tag is new too.
+immutable, so the tag is a digest of everything pulumi-docker rebuilds on: the build context (after
+`.dockerignore`), the Dockerfile and every build setting (platform, paths). A rebuild therefore
+always pushes under a new tag; an unchanged build keeps its tag and is not pushed again.
 """
 
 from __future__ import annotations
@@ -69,17 +70,15 @@ class SimulatorImage(pulumi.ComponentResource):
             self.image_ref: pulumi.Output[str] = pulumi.Output.from_input(args.prebuilt_image)
             self.tag = None
         else:
-            self.tag = f"sim-{build_context_digest(args.context_dir, args.dockerfile)[:24]}"
+            settings = build_settings(args.context_dir, args.dockerfile)
+            self.tag = build_tag(args.context_dir, args.dockerfile, settings)
             credentials = aws.ecr.get_authorization_token_output(
                 registry_id=self.repository.registry_id, opts=pulumi.InvokeOutputOptions(parent=self)
             )
             image = docker.Image(
                 name,
-                build=docker.DockerBuildArgs(
-                    context=_relative_to_cwd(args.context_dir),
-                    dockerfile=_relative_to_cwd(args.dockerfile),
-                    platform=PLATFORM,
-                ),
+                # Exactly the settings the tag was computed from: nothing reaches the build unhashed.
+                build=docker.DockerBuildArgs(**settings),
                 image_name=pulumi.Output.concat(self.repository.repository_url, ":", self.tag),
                 registry=docker.RegistryArgs(
                     server=self.repository.repository_url,
@@ -120,6 +119,26 @@ def lifecycle_policy(keep_tagged_images: int, untagged_expire_days: int) -> dict
             },
         ]
     }
+
+
+def build_settings(context_dir: Path, dockerfile: Path) -> dict[str, str]:
+    """The `DockerBuildArgs` of the simulator image (pulumi-docker rebuilds when any of them changes)."""
+    return {
+        "context": _relative_to_cwd(context_dir),
+        "dockerfile": _relative_to_cwd(dockerfile),
+        "platform": PLATFORM,
+    }
+
+
+def build_tag(context_dir: Path, dockerfile: Path, settings: dict[str, str]) -> str:
+    """`sim-<24 hex>` over the context digest and the build settings: a different build, a different tag.
+
+    ECR refuses to move an immutable tag, so a rebuild under an old tag (say, after only the
+    platform changed) would fail the push; a tag derived from every input cannot collide.
+    """
+    digest = hashlib.sha256(build_context_digest(context_dir, dockerfile).encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return f"sim-{digest.hexdigest()[:24]}"
 
 
 def ecr_repository_arn(image_ref: str, partition: str = "aws") -> str | None:

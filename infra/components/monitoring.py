@@ -107,6 +107,9 @@ class MonitoringServiceArgs:
     alert_topic: AlertTopic | None = None  # Alertmanager publishes critical alerts there
     secret_recovery_days: int = 7
     depends_on: tuple[pulumi.Resource, ...] = ()  # e.g. the listener rules the target groups hang off
+    # More for the execution role (e.g. pulling through the image cache) and what it needs to exist.
+    execution_statements: tuple[iam.PolicyStatement, ...] = ()
+    image_sources: tuple[pulumi.Resource, ...] = ()  # e.g. the pull-through cache rules
 
 
 class MonitoringService(pulumi.ComponentResource):
@@ -148,7 +151,7 @@ class MonitoringService(pulumi.ComponentResource):
             recovery_window_in_days=args.secret_recovery_days,
             opts=child,
         )
-        aws.secretsmanager.SecretVersion(
+        admin_version = aws.secretsmanager.SecretVersion(
             f"{name}-grafana-admin",
             secret_id=self.admin_secret.id,
             secret_string=password.result,
@@ -164,19 +167,20 @@ class MonitoringService(pulumi.ComponentResource):
         readable_secrets: list[pulumi.Input[str]] = [self.admin_secret.arn]
         if args.smtp:
             readable_secrets.append(args.smtp.secret_arn)
-        aws.iam.RolePolicy(
+        execution_policy = aws.iam.RolePolicy(
             f"{name}-execution",
             role=execution_role.id,
             policy=iam.document(
                 *fargate.log_writer_statements(account, self.log_group.name, "monitoring/*"),
                 iam.allow(["secretsmanager:GetSecretValue"], readable_secrets),
+                *args.execution_statements,
             ),
             opts=child,
         )
         task_role = fargate.task_role(
             name, "Monitoring task: read its config bundle from the config bucket", account, child
         )
-        aws.iam.RolePolicy(
+        task_policy = aws.iam.RolePolicy(
             f"{name}-task",
             role=task_role.id,
             policy=iam.document(
@@ -218,7 +222,11 @@ class MonitoringService(pulumi.ComponentResource):
                 alertmanager_task.RUN_VOLUME,
             ],
             containers=containers,
-            opts=child,
+            # A task must not start before its secret has a value and its roles hold their policies.
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[admin_version, execution_policy, task_policy, *args.image_sources],
+            ),
         )
         self.service = aws.ecs.Service(
             f"{name}-service",

@@ -70,6 +70,16 @@ class SimulatorFleet(pulumi.ComponentResource):
             for index, (site, identity) in enumerate(args.shards.items())
         ]
         self.service_names: list[pulumi.Output[str]] = [shard.service.name for shard in self.shards]
+        # What `rotate-certs` checks in ECS before it deactivates a generation: per site, the
+        # service, the task definition its tasks must run, and that definition's certificate generation.
+        self.site_deployments: dict[str, dict[str, pulumi.Input[str]]] = {
+            shard.site: {
+                "serviceName": shard.service.name,
+                "taskDefinitionArn": shard.task_definition.arn,
+                "certGeneration": args.serving_generation,
+            }
+            for shard in self.shards
+        }
         self.register_outputs({"serviceNames": self.service_names, "logGroup": self.log_group.name})
 
 
@@ -110,7 +120,7 @@ class SimulatorShard(pulumi.ComponentResource):
                     args.pull_repository_arns,
                 ),
             ]
-        aws.iam.RolePolicy(
+        execution_policy = aws.iam.RolePolicy(
             f"{name}-execution", role=execution_role.id, policy=iam.document(*statements), opts=child
         )
         # The simulator talks MQTT with its certificate and calls no AWS API: its task role has no policy.
@@ -138,7 +148,11 @@ class SimulatorShard(pulumi.ComponentResource):
             task_role=task_role,
             volumes=[TMP_VOLUME],
             containers=container,
-            opts=child,
+            # A task must not start before its certificate works and its role may read it: the secret
+            # has its value, the certificate is attached to the thing and the policy, the role its policy.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[execution_policy, *identity.ready[args.serving_generation]]
+            ),
         )
         self.service = aws.ecs.Service(
             f"{name}-service",
@@ -164,6 +178,7 @@ class SimulatorShard(pulumi.ComponentResource):
             tags={"Site": site, "CertGeneration": args.serving_generation},
             opts=child,
         )
+        self.site = site
         self.register_outputs({"serviceName": self.service.name, "site": site})
 
 

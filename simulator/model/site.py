@@ -117,8 +117,8 @@ def build_machine_specs(fleet: FleetSettings, site_index: int) -> tuple[MachineS
                         site=site,
                         line=line,
                         type=machine_type,
-                        telemetry_topic=telemetry_topic(site, line, machine),
-                        ground_truth_topic=ground_truth_topic(site, line, machine),
+                        telemetry_topic=telemetry_topic(site, line, machine, fleet.topic_namespace),
+                        ground_truth_topic=ground_truth_topic(site, line, machine, fleet.topic_namespace),
                         phase=machine_stream(fleet.seed, machine).phase,
                     )
                 )

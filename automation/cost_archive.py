@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
-ArchiveMode = Literal["direct", "batched", "basic-ingest"]
-# `basic-ingest`: simulators publish to the rule's Basic Ingest topic ($aws/rules/<rule>/...), which
-# skips IoT Core's messaging charge, and the rule feeds Firehose as in `batched`. The program does not
-# offer it yet (infra.settings archiveMode is direct|batched); the model prices it ahead of that.
-ARCHIVE_MODES: tuple[ArchiveMode, ...] = ("direct", "batched", "basic-ingest")
+from factory_core.archive_modes import ArchiveMode, uses_firehose
 
 HOURS_PER_MONTH = 730.0  # AWS's own convention for monthly figures
 SECONDS_PER_MONTH = HOURS_PER_MONTH * 3_600
@@ -33,10 +28,6 @@ GLACIER_STANDARD_METADATA_BYTES = 8 * 1024
 GLACIER_MINIMUM_DAYS = 90
 # A zero buffer interval flushes as soon as Firehose can; one object per second is the upper bound used.
 ZERO_BUFFERING_FLUSH_S = 1.0
-
-
-def uses_firehose(mode: ArchiveMode) -> bool:
-    return mode != "direct"
 
 
 @dataclass(frozen=True)

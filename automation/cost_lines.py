@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from automation import cost_archive as archive
-from automation.cost_archive import GIB, HOURS_PER_MONTH, SECONDS_PER_MONTH, ArchiveMode
+from automation.cost_archive import GIB, HOURS_PER_MONTH, SECONDS_PER_MONTH
 from automation.cost_prices import PriceKey, PriceTable
-from automation.cost_traffic import FIREHOSE_SEPARATOR_BYTES, METERING_INCREMENT_BYTES, TrafficProfile
-from infra.settings import StackSettings
+from automation.cost_traffic import FIREHOSE_SEPARATOR_BYTES, METERING_INCREMENT_BYTES
+from factory_core.archive_modes import ArchiveMode, uses_firehose
+from factory_core.verb_results import CostLine, TrafficProfile
+from infra.settings import PROMETHEUS_RETENTION_DAYS, StackSettings
 
 Scale = Literal["messages", "simulators", "stack"]
 MINUTES_PER_MONTH = HOURS_PER_MONTH * 60
@@ -37,6 +39,16 @@ INSIGHTS_CLUSTER_METRICS = 12
 INSIGHTS_SERVICE_METRICS = 15
 INSIGHTS_TASK_FAMILY_METRICS = 10
 INSIGHTS_EVENT_BYTES = 1_000
+# Monitoring history on EFS: Prometheus keeps ~400 series per simulator (its machines' signals and
+# states, the transport's counters and histograms) at ~1.5 bytes per sample on disk (Prometheus'
+# own sizing rule: 1-2 bytes), for its retention; Grafana's database is tens of megabytes.
+PROMETHEUS_SERIES_PER_SIMULATOR = 400
+PROMETHEUS_BYTES_PER_SAMPLE = 1.5
+GRAFANA_DATABASE_GB = 0.05
+# WAF: the web ACL's rules (three AWS managed rule groups and the rate-based rule), and the requests
+# a few people with auto-refreshing dashboards send through it.
+WAF_RULES = 4
+DASHBOARD_REQUESTS_PER_HOUR = 2_000
 SIMULATOR_RUNNING_CONTAINERS = 1  # tmp-init exits before the simulator starts
 MONITORING_RUNNING_CONTAINERS = 2  # config-init exits before Prometheus and Grafana start
 
@@ -53,18 +65,19 @@ ASSUMPTIONS: tuple[str, ...] = (
     "per task and per running container each minute",
     "Firehose GZIP compresses like zlib level 6 on the measured sample of JSON lines",
     "traffic (rates, payload and topic sizes, ground-truth events) measured from the simulator model",
+    f"EFS (monitoring history): {PROMETHEUS_SERIES_PER_SIMULATOR} Prometheus series per simulator at "
+    f"{PROMETHEUS_BYTES_PER_SAMPLE} bytes a sample for {PROMETHEUS_RETENTION_DAYS} days, plus "
+    f"{GRAFANA_DATABASE_GB} GB of Grafana database",
+    f"WAF: {DASHBOARD_REQUESTS_PER_HOUR:,} dashboard requests an hour inspected",
 )
 
 
-@dataclass(frozen=True)
-class LineItem:
-    service: str  # "AWS IoT Core"
-    item: str  # "messaging"
-    quantity: float  # per month
-    unit: str
-    monthly_usd: float
-    scales_with: Scale  # what makes it grow: messages (variable), simulators, or the stack itself
-    detail: str  # how the quantity was computed
+def monitoring_history_gb(simulators: int, scrape_interval_s: int) -> float:
+    """GB the monitoring history keeps on EFS at steady state (Prometheus TSDB + Grafana database)."""
+    samples = (
+        simulators * PROMETHEUS_SERIES_PER_SIMULATOR / scrape_interval_s * PROMETHEUS_RETENTION_DAYS * 86_400
+    )
+    return samples * PROMETHEUS_BYTES_PER_SAMPLE / GIB + GRAFANA_DATABASE_GB
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,7 @@ class AlertTopicPlan:
 
 @dataclass(frozen=True)
 class PlannedFeatures:
-    """Billable parts the program does not create yet; priced only when the settings turn them on."""
+    """Optional parts, priced only when the stack's settings turn them on (`cost_model.planned_features`)."""
 
     efs: EfsPlan | None = None
     waf: WafPlan | None = None
@@ -117,12 +130,12 @@ class Usage:
 
     def item(
         self, service: str, item: str, key: PriceKey, quantity: float, scales_with: Scale, detail: str
-    ) -> LineItem:
+    ) -> CostLine:
         unit = self.prices.figure(key).unit
-        return LineItem(service, item, quantity, unit, self.prices.cost(key, quantity), scales_with, detail)
+        return CostLine(service, item, quantity, unit, self.prices.cost(key, quantity), scales_with, detail)
 
 
-def line_items(usage: Usage, features: PlannedFeatures) -> tuple[tuple[LineItem, ...], int]:
+def line_items(usage: Usage, features: PlannedFeatures) -> tuple[tuple[CostLine, ...], int]:
     """Every line item, and the month from which the archive's storage is at steady state."""
     storage_items, steady_month = _archive_items(usage)
     items = (
@@ -137,7 +150,7 @@ def line_items(usage: Usage, features: PlannedFeatures) -> tuple[tuple[LineItem,
     return items, steady_month
 
 
-def _iot_items(usage: Usage) -> list[LineItem]:
+def _iot_items(usage: Usage) -> list[CostLine]:
     traffic, n, service = usage.traffic, usage.simulators, "AWS IoT Core"
     connections = n * usage.connections_per_simulator
     rate = (
@@ -162,7 +175,7 @@ def _iot_items(usage: Usage) -> list[LineItem]:
             usage.messages * traffic.iot_units_per_message,
             "messages",
             f"{rate} x {traffic.iot_units_per_message:g} 5 KB increments (payload "
-            f"{traffic.mean_payload_bytes:.0f} B + topic {traffic.mean_topic_bytes:.0f} B)",
+            f"{traffic.payload_bytes_per_message:.0f} B + topic {traffic.topic_bytes_per_message:.0f} B)",
         )
     return [
         usage.item(
@@ -194,12 +207,12 @@ def _iot_items(usage: Usage) -> list[LineItem]:
     ]
 
 
-def _archive_items(usage: Usage) -> tuple[list[LineItem], int]:
+def _archive_items(usage: Usage) -> tuple[list[CostLine], int]:
     settings, traffic = usage.settings, usage.traffic
     writes = archive.archive_writes(
         usage.mode,
         usage.messages_per_s,
-        traffic.mean_payload_bytes,
+        traffic.payload_bytes_per_message,
         traffic.gzip_ratio,
         settings.firehose.size_mb,
         settings.firehose.interval_s,
@@ -208,9 +221,9 @@ def _archive_items(usage: Usage) -> tuple[list[LineItem], int]:
     lifecycle = settings.archive_lifecycle
     storage = archive.archive_storage(writes, lifecycle.glacier_after_days, lifecycle.expire_after_days)
     month = f"steady state from month {storage.steady_from_month}"
-    items: list[LineItem] = []
-    if archive.uses_firehose(usage.mode):
-        record_bytes = traffic.mean_payload_bytes + FIREHOSE_SEPARATOR_BYTES
+    items: list[CostLine] = []
+    if uses_firehose(usage.mode):
+        record_bytes = traffic.payload_bytes_per_message + FIREHOSE_SEPARATOR_BYTES
         ingested_gb = usage.messages * traffic.firehose_units_per_message * METERING_INCREMENT_BYTES / GIB
         items.append(
             usage.item(
@@ -277,7 +290,7 @@ def _archive_items(usage: Usage) -> tuple[list[LineItem], int]:
     return items, storage.steady_from_month
 
 
-def _compute_items(usage: Usage) -> list[LineItem]:
+def _compute_items(usage: Usage) -> list[CostLine]:
     simulator, monitoring = usage.settings.simulator_task, usage.settings.monitoring_task
     n, hours, service = usage.simulators, HOURS_PER_MONTH, "AWS Fargate"
     return [
@@ -316,7 +329,7 @@ def _compute_items(usage: Usage) -> list[LineItem]:
     ]
 
 
-def _network_items(usage: Usage) -> list[LineItem]:
+def _network_items(usage: Usage) -> list[CostLine]:
     zones, hours = usage.settings.network.availability_zones, HOURS_PER_MONTH
     items = [
         usage.item("Elastic Load Balancing", "ALB hours", PriceKey.ALB_HOURS, hours, "stack", "1 ALB"),
@@ -350,7 +363,7 @@ def _network_items(usage: Usage) -> list[LineItem]:
         )
         return items
     traffic = usage.traffic
-    publish = traffic.mean_payload_bytes + traffic.mean_topic_bytes + PUBLISH_OVERHEAD_BYTES
+    publish = traffic.payload_bytes_per_message + traffic.topic_bytes_per_message + PUBLISH_OVERHEAD_BYTES
     ack = PUBACK_BYTES if usage.settings.fleet.qos == 1 else 0
     return [
         *items,
@@ -396,7 +409,7 @@ def _log_bytes_per_month(usage: Usage) -> float:
     return per_day * archive.DAYS_PER_MONTH
 
 
-def _observability_items(usage: Usage) -> list[LineItem]:
+def _observability_items(usage: Usage) -> list[CostLine]:
     retention = usage.settings.log_retention_days
     ingested_gb = _log_bytes_per_month(usage) / GIB
     items = [
@@ -447,7 +460,7 @@ def _observability_items(usage: Usage) -> list[LineItem]:
     ]
 
 
-def _identity_items(usage: Usage) -> list[LineItem]:
+def _identity_items(usage: Usage) -> list[CostLine]:
     settings, n = usage.settings, usage.simulators
     generations = len(settings.cert_generations)
     secrets = n * generations + 1 + (1 if settings.smtp else 0)
@@ -480,8 +493,8 @@ def _identity_items(usage: Usage) -> list[LineItem]:
     ]
 
 
-def _planned_items(usage: Usage, features: PlannedFeatures) -> list[LineItem]:
-    items: list[LineItem] = []
+def _planned_items(usage: Usage, features: PlannedFeatures) -> list[CostLine]:
+    items: list[CostLine] = []
     if features.efs:
         items.append(
             usage.item(
@@ -490,21 +503,38 @@ def _planned_items(usage: Usage, features: PlannedFeatures) -> list[LineItem]:
                 PriceKey.EFS_STANDARD_STORAGE,
                 features.efs.stored_gb,
                 "stack",
-                "monitoring history",
+                f"Prometheus TSDB ({PROMETHEUS_RETENTION_DAYS} d) and Grafana database, steady state",
+            )
+        )
+        items.append(
+            usage.item(
+                "AWS KMS",
+                "customer managed key",
+                PriceKey.KMS_KEYS,
+                1,
+                "stack",
+                "encrypts the monitoring history's file system",
             )
         )
     if features.waf:
         waf = features.waf
         items += [
             usage.item("AWS WAF", "web ACL", PriceKey.WAF_WEB_ACL, 1, "stack", "on the ALB"),
-            usage.item("AWS WAF", "rules", PriceKey.WAF_RULES, waf.rules, "stack", f"{waf.rules} rules"),
+            usage.item(
+                "AWS WAF",
+                "rules",
+                PriceKey.WAF_RULES,
+                waf.rules,
+                "stack",
+                f"{waf.rules} rules (3 AWS managed rule groups, 1 rate-based rule)",
+            ),
             usage.item(
                 "AWS WAF",
                 "requests",
                 PriceKey.WAF_REQUESTS,
                 waf.requests_per_month,
                 "stack",
-                "requests inspected",
+                f"{DASHBOARD_REQUESTS_PER_HOUR:,} dashboard requests an hour",
             ),
         ]
     if features.alert_topic:

@@ -12,13 +12,24 @@ and `up` would change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from automation.cost_archive import ARCHIVE_MODES, SECONDS_PER_MONTH, ArchiveMode
-from automation.cost_lines import LineItem, PlannedFeatures, Usage, line_items
+from automation.cost_archive import HOURS_PER_MONTH, SECONDS_PER_MONTH
+from automation.cost_lines import (
+    DASHBOARD_REQUESTS_PER_HOUR,
+    WAF_RULES,
+    EfsPlan,
+    PlannedFeatures,
+    Usage,
+    WafPlan,
+    line_items,
+    monitoring_history_gb,
+)
 from automation.cost_prices import PriceTable, load_price_table
-from automation.cost_traffic import TrafficProfile, measure_traffic
+from automation.cost_traffic import measure_traffic
+from factory_core.archive_modes import ARCHIVE_MODES, ArchiveMode
 from factory_core.connection_plan import plan_connections
+from factory_core.stack_file import SIMULATOR_COUNT_KEY
+from factory_core.verb_results import ArchiveModeCost, CostChange, CostEstimate, TrafficProfile
 from infra.settings import StackSettings
 
 NOT_COUNTED: tuple[str, ...] = (
@@ -31,34 +42,24 @@ NOT_COUNTED: tuple[str, ...] = (
     "the config bucket (kilobytes) and error logs of the IoT rule and Firehose (empty when healthy)",
     "Container Insights' performance log group storage (AWS creates it without a retention)",
     "other workloads in the account: IoT Core messaging tiers are account-wide",
+    "WAF logs in CloudWatch Logs (vended logs; only blocked or sampled requests are large)",
+    "EFS backups (AWS Backup, prod) and EFS requests (bursting throughput: no per-GB charge)",
+    "the secret rotation Lambdas: a few invocations a month, inside Lambda's free tier",
 )
 
 
 def planned_features(settings: StackSettings) -> PlannedFeatures:
-    """The planned parts this stack's settings enable.
+    """The optional parts this stack's settings turn on (`iotfactory:waf`, `iotfactory:monitoringHistory`).
 
-    TODO(issue 14): `StackSettings` has no setting for EFS, WAF or an Alertmanager SNS topic yet. When
-    infra grows them (e.g. `monitoring.efs`, `waf`, `alerting.snsTopic`), build the plans from those
-    fields here; the line items already exist (`_planned_items`).
+    The Alertmanager SNS topic is priced once its setting exists (`AlertTopicPlan`).
     """
-    return PlannedFeatures()
-
-
-@dataclass(frozen=True)
-class CostEstimate:
-    stack: str
-    region: str
-    archive_mode: ArchiveMode
-    simulators: int
-    messages_per_month: float  # telemetry + ground truth
-    ground_truth_per_month: float
-    line_items: tuple[LineItem, ...]
-    total_usd: float
-    variable_usd: float  # the line items that scale with messages
-    per_million_usd: float | None  # total / millions of messages (None without messages)
-    per_million_variable_usd: float | None
-    storage_steady_from_month: int
-    prices_pinned_on: str
+    efs = None
+    if settings.monitoring_history.efs:
+        efs = EfsPlan(stored_gb=monitoring_history_gb(settings.simulator_count, settings.scrape_interval_s))
+    waf = None
+    if settings.waf_enabled:
+        waf = WafPlan(rules=WAF_RULES, requests_per_month=DASHBOARD_REQUESTS_PER_HOUR * HOURS_PER_MONTH)
+    return PlannedFeatures(efs=efs, waf=waf)
 
 
 def estimate(
@@ -90,84 +91,67 @@ def estimate(
         line_items=items,
         total_usd=total,
         variable_usd=variable,
-        per_million_usd=total / millions if millions else None,
-        per_million_variable_usd=variable / millions if millions else None,
+        usd_per_million=total / millions if millions else None,
+        variable_usd_per_million=variable / millions if millions else None,
         storage_steady_from_month=steady_month,
         prices_pinned_on=prices.pinned_on.isoformat(),
     )
 
 
-@dataclass(frozen=True)
-class ModeCost:
-    """One archive mode's figures for the same fleet."""
-
-    archive_mode: ArchiveMode
-    total_usd: float
-    variable_usd: float
-    per_million_usd: float | None
-    per_million_variable_usd: float | None
-    configured: bool  # the mode the stack's settings select
-
-
 def compare_archive_modes(
     settings: StackSettings, prices: PriceTable, traffic: TrafficProfile, *, simulators: int | None = None
-) -> tuple[ModeCost, ...]:
+) -> tuple[ArchiveModeCost, ...]:
     """The same fleet under each archive mode."""
     rows = []
     for mode in ARCHIVE_MODES:
         result = estimate(settings, prices, traffic, simulators=simulators, archive_mode=mode)
         rows.append(
-            ModeCost(
+            ArchiveModeCost(
                 mode,
                 result.total_usd,
                 result.variable_usd,
-                result.per_million_usd,
-                result.per_million_variable_usd,
+                result.usd_per_million,
+                result.variable_usd_per_million,
                 mode == settings.archive_mode,
             )
         )
     return tuple(rows)
 
 
-@dataclass(frozen=True)
-class CostChange:
-    """The monthly estimate before and after a change of settings (what `scale` and `up` would do)."""
-
-    before: CostEstimate
-    after: CostEstimate
-
-    @property
-    def delta_usd(self) -> float:
-        return self.after.total_usd - self.before.total_usd
-
-    def describe(self) -> str:
-        sign = "+" if self.delta_usd >= 0 else "-"
-        return (
-            f"monthly estimate ${self.before.total_usd:,.2f} -> ${self.after.total_usd:,.2f} "
-            f"({sign}${abs(self.delta_usd):,.2f}; prices pinned {self.after.prices_pinned_on})"
-        )
-
-
 def cost_change(
-    settings_before: StackSettings,
+    settings_before: StackSettings | None,
     settings_after: StackSettings,
     *,
     prices: PriceTable | None = None,
     measure: Callable[..., TrafficProfile] = measure_traffic,
 ) -> CostChange:
-    """Estimate both settings with the same price table (the after region's pinned one by default)."""
+    """What a change of settings (`scale N`, an edited stack file) does to the monthly estimate.
+
+    Both sides are priced with the same table (the after region's pinned one by default); a stack that
+    has no settings yet (never deployed) has no "before".
+    """
     table = prices or load_price_table(settings_after.region)
-    before_table = (
-        table if settings_before.region == table.region else load_price_table(settings_before.region)
-    )
+    after = estimate(settings_after, table, measure(settings_after.fleet))
+    before = None
+    if settings_before is not None:
+        before_table = (
+            table if settings_before.region == table.region else load_price_table(settings_before.region)
+        )
+        before = estimate(settings_before, before_table, measure(settings_before.fleet))
+    before_usd = None if before is None else before.total_usd
     return CostChange(
-        before=estimate(settings_before, before_table, measure(settings_before.fleet)),
-        after=estimate(settings_after, table, measure(settings_after.fleet)),
+        stack=settings_after.stack,
+        before_usd=before_usd,
+        after_usd=after.total_usd,
+        delta_usd=after.total_usd - (before_usd or 0.0),
+        prices_pinned_on=after.prices_pinned_on,
+        simulators_before=None if settings_before is None else settings_before.simulator_count,
+        simulators_after=settings_after.simulator_count,
     )
 
 
 def with_simulators(settings: StackSettings, simulators: int) -> StackSettings:
     """The same settings with another simulator count (what `scale N` would apply), validated again."""
     document = settings.model_dump(by_alias=True)
-    document["simulatorCount"] = simulators
+    document[SIMULATOR_COUNT_KEY] = simulators
     return StackSettings.model_validate(document)

@@ -51,6 +51,7 @@ class PriceKey(StrEnum):
     WAF_RULES = "waf_rules"
     WAF_REQUESTS = "waf_requests"
     SNS_REQUESTS = "sns_requests"
+    KMS_KEYS = "kms_keys"
 
 
 class _Model(BaseModel):

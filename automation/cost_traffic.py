@@ -4,16 +4,19 @@
 returns a `TrafficProfile`: message rates, payload and topic sizes, how many 5 KB metering
 increments a message costs at each service, and how well the archive's JSON lines compress.
 The cost model takes the profile as input, so its tests can hand it exact numbers.
+
+It imports the simulator's model (`simulator.model`), which is pure (no sockets, clocks or globals),
+so measuring costs no I/O; it is the only part of automation/ that reads the simulator package.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 from functools import lru_cache
 
 from factory_core.fleet import FleetSettings
+from factory_core.verb_results import TrafficProfile
 
 # AWS IoT Core (messages, rules, actions) and Firehose (per record) meter in 5 KB steps of 5,120 bytes.
 METERING_INCREMENT_BYTES = 5_120
@@ -29,26 +32,6 @@ _GZIP_LEVEL = 6  # Firehose's level is not documented; zlib's default
 def metered_units(size_bytes: int, increment: int = METERING_INCREMENT_BYTES) -> int:
     """Increments a message of `size_bytes` is billed as: 1..5,120 -> 1, 5,121 -> 2; at least 1."""
     return max(1, math.ceil(size_bytes / increment))
-
-
-@dataclass(frozen=True)
-class TrafficProfile:
-    """One simulator's traffic per second, and the sizes that decide what each message costs."""
-
-    telemetry_per_s: float
-    ground_truth_per_s: float
-    mean_payload_bytes: float
-    mean_topic_bytes: float
-    iot_units_per_message: float  # 5 KB increments of payload + topic (IoT messaging)
-    rule_units_per_message: float  # 5 KB increments of the payload (rules triggered, actions executed)
-    firehose_units_per_message: float  # 5 KB increments of payload + separator (Firehose record)
-    gzip_ratio: float  # compressed / uncompressed JSON lines, as Firehose writes them
-    sampled_messages: int = 0
-    sampled_seconds: float = 0.0
-
-    @property
-    def messages_per_s(self) -> float:
-        return self.telemetry_per_s + self.ground_truth_per_s
 
 
 def measure_traffic(
@@ -95,14 +78,14 @@ def _measure(fleet_json: str, sample_s: float, max_messages: int) -> TrafficProf
     return TrafficProfile(
         telemetry_per_s=fleet.publishes_per_second_per_site,
         ground_truth_per_s=ground_truth_after_first / (rounds - 1) * rounds_per_s,
-        mean_payload_bytes=sizes.payload_bytes / sizes.messages,
-        mean_topic_bytes=sizes.topic_bytes / sizes.messages,
+        payload_bytes_per_message=sizes.payload_bytes / sizes.messages,
+        topic_bytes_per_message=sizes.topic_bytes / sizes.messages,
         iot_units_per_message=sizes.iot_units / sizes.messages,
         rule_units_per_message=sizes.rule_units / sizes.messages,
         firehose_units_per_message=sizes.firehose_units / sizes.messages,
         gzip_ratio=compressed_bytes / raw_bytes,
         sampled_messages=sizes.messages,
-        sampled_seconds=rounds * fleet.publish_interval_s,
+        sampled_s=rounds * fleet.publish_interval_s,
     )
 
 

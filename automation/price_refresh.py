@@ -71,6 +71,7 @@ QUERIES: dict[PriceKey, PriceQuery] = {
     PriceKey.WAF_RULES: PriceQuery("awswaf", "RuleV2", verified=False),
     PriceKey.WAF_REQUESTS: PriceQuery("awswaf", "RequestV2-Tier1", verified=False),
     PriceKey.SNS_REQUESTS: PriceQuery("AmazonSNS", "Requests-Tier1"),
+    PriceKey.KMS_KEYS: PriceQuery("awskms", "KMS-Keys", verified=False),
 }
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli_render.cost_view import render_cost
 from cli_render.local_views import status_renderable, where_table
 from cli_render.verify_view import render_report
 from factory_core.archive_report import VerifyReport
@@ -17,6 +18,7 @@ from factory_core.verb_results import (
     BootstrapResult,
     CloudOutputs,
     CloudStatus,
+    CostResult,
     DashboardsResult,
     LocalDestroyResult,
     LocalOutputsResult,
@@ -223,6 +225,7 @@ RENDERERS: dict[type[VerbResult], Callable[[Any, Console], None]] = {
     CloudStatus: cloud_status,
     BootstrapResult: bootstrap,
     DashboardsResult: dashboards,
+    CostResult: render_cost,
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from factory_core.verb_results import LocalOutputs, PipelineStatus, SimulatorCounts
+from factory_core.verb_results import CostChange, LocalOutputs, PipelineStatus, SimulatorCounts
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,14 @@ class ScalePlanned(ProgressEvent):
     account_publishes_per_second: int
     verdict: str  # ok | near-quota
     notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CostChanged(ProgressEvent):
+    """Cloud `up` and `scale`, before the update: the monthly estimate before and after it."""
+
+    kind: ClassVar[str] = "cost-change"
+    change: CostChange
 
 
 # -- local stack -------------------------------------------------------------------------------------

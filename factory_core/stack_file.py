@@ -70,6 +70,10 @@ SMTP_KEY = "iotfactory:smtp"
 ALERTING_KEY = "iotfactory:alerting"  # Alertmanager's webhook and SNS subscriptions (cloud)
 CONTAINER_INSIGHTS_KEY = "iotfactory:containerInsights"
 ACCOUNT_ID_KEY = "iotfactory:accountId"
+# Production hardening (issue 14): the ALB's web ACL, monitoring history on EFS, secret rotation.
+WAF_KEY = "iotfactory:waf"
+MONITORING_HISTORY_KEY = "iotfactory:monitoringHistory"
+SECRET_ROTATION_KEY = "iotfactory:secretRotation"
 
 # Top-level fields of a stack file besides `config:` (Pulumi's own).
 CONFIG_FIELD = "config"

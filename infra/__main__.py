@@ -42,7 +42,13 @@ from infra.components.monitoring import (  # noqa: E402
 from infra.components.network import Network, NetworkArgs  # noqa: E402
 from infra.components.simulators import METRICS_PORT, SimulatorFleet, SimulatorFleetArgs  # noqa: E402
 from infra.components.storage import GlacierLifecycle, SecureBucket, SecureBucketArgs  # noqa: E402
-from infra.settings import PROJECT, ConfigError, StackSettings, settings_from_pulumi  # noqa: E402
+from infra.settings import (  # noqa: E402
+    PROJECT,
+    SETTINGS_OUTPUT,
+    ConfigError,
+    StackSettings,
+    settings_from_pulumi,
+)
 from observability import config_bundle as bundle  # noqa: E402
 
 
@@ -338,6 +344,8 @@ def main() -> None:
         },
     )
     pulumi.export("region", settings.region)
+    # What `up` and `scale` price the change of monthly cost from (automation/cost_report.py).
+    pulumi.export(SETTINGS_OUTPUT, settings.model_dump(mode="json", by_alias=True))
 
 
 main()

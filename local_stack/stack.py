@@ -13,6 +13,7 @@ from factory_core.archive_report import VerifyReport
 from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
 from factory_core.verb_results import (
     BootstrapResult,
+    CostResult,
     LocalDestroyResult,
     LocalOutputsResult,
     LocalScaleResult,
@@ -25,6 +26,7 @@ from factory_core.verb_results import (
 )
 from factory_core.verbs import (
     BootstrapRequest,
+    CostRequest,
     DestroyRequest,
     LogsRequest,
     OutputsRequest,
@@ -190,3 +192,6 @@ class LocalStack(StackVerbs):
             "in; the local stack keeps its state in its own folder and needs none: "
             "run `python cli.py up --stack local`"
         )
+
+    def cost(self, request: CostRequest, sink: ProgressSink) -> CostResult:
+        raise VerbUnavailable("`cost` estimates AWS charges; the local stack costs nothing — try --stack dev")

@@ -1,4 +1,5 @@
-"""`python cli.py cost`: the estimate from the stack files in the repository, without Pulumi or AWS."""
+"""`python cli.py cost`: the estimate from the stack files in the repository, without Pulumi or AWS;
+and the change in monthly cost `up` and `scale` report before they apply."""
 
 from __future__ import annotations
 
@@ -8,15 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support_cloud import isolate_from_real_aws, plain_console
+import test_cli_cloud
+from support_cloud import isolate_from_real_aws, use_plain_terminal
 from support_pricing import recorded_calls, stubbed_pricing_client
+from test_cli_cloud import BASE_CONFIG, Cloud, json_lines
 from typer.testing import CliRunner
 
 import cli
-from automation import cost_prices, cost_report, operations
-from automation.operations import CloudEnv
+from automation import cost_prices, cost_report, stack_context
+from automation.stack_context import CloudEnv
+from automation.stack_port import OutputValue
+from infra.settings import SETTINGS_OUTPUT, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+cloud = test_cli_cloud.cloud  # the recording stand-in for a cloud stack (tests/test_cli_cloud.py)
 
 
 @pytest.fixture
@@ -26,7 +32,8 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     empty_bin.mkdir()
     monkeypatch.setenv("PATH", str(empty_bin))
     isolate_from_real_aws(monkeypatch, tmp_path)
-    monkeypatch.setattr(operations, "cloud_env", lambda: CloudEnv(project_dir=ROOT, console=plain_console()))
+    monkeypatch.setattr(stack_context, "cloud_env", lambda: CloudEnv(project_dir=ROOT))
+    use_plain_terminal(monkeypatch)
     runner = CliRunner()
     return lambda *args: runner.invoke(cli.app, ["cost", *args])
 
@@ -41,7 +48,8 @@ def test_prod_json_shows_the_per_million_figure_of_each_archive_mode(run: Any) -
     result = run("--stack", "prod", "--json")
     assert result.exit_code == 0, result.output
     report = document(result.stdout)
-    by_mode = report["per_million_usd_by_archive_mode"]
+    assert report["event"] == "result" and report["stack"] == "prod"
+    by_mode = report["per_million_by_archive_mode_usd"]
     assert list(by_mode) == ["direct", "batched", "basic-ingest"]
     assert by_mode["direct"] > by_mode["batched"] > by_mode["basic-ingest"] > 0
     estimate = report["estimate"]
@@ -56,6 +64,9 @@ def test_prod_json_shows_the_per_million_figure_of_each_archive_mode(run: Any) -
         "Amazon VPC: NAT gateway hours",
         "Amazon Data Firehose: ingestion",
         "CloudWatch: Container Insights metrics",
+        "AWS WAF: web ACL",
+        "Amazon EFS: Standard storage",
+        "AWS KMS: customer managed key",
     } <= items
     assert report["prices"]["pinned_on"] and report["prices"]["sources"]["nat_hours"].startswith("https://")
     assert report["not_counted"] and report["assumptions"]
@@ -125,3 +136,64 @@ def test_refresh_prices_rewrites_the_table_then_estimates_with_it(
     assert cost_prices.load_price_table("eu-west-1", prices).figure(cost_prices.PriceKey.NAT_HOURS).tiers[
         0
     ].usd == (pytest.approx(0.052))
+
+
+# --- the change in monthly cost before `up` and `scale` apply ----------------------------------------
+
+
+def deployed(cloud: Cloud, config: dict[str, Any]) -> None:
+    """The stack's last update ran with `config`: the program exported those settings."""
+    values = {
+        key: json.dumps(value) if isinstance(value, dict | list) else str(value)
+        for key, value in config.items()
+    }
+    settings = load_settings("dev", values).model_dump(mode="json", by_alias=True)
+    cloud.stack.set_output(SETTINGS_OUTPUT, OutputValue(settings))
+
+
+def test_scale_prints_the_change_in_monthly_cost_before_the_update(cloud: Cloud) -> None:
+    deployed(cloud, BASE_CONFIG)
+    result = cloud.run("scale", "--stack", "dev", "--simulators", "6", "--json")
+    assert result.exit_code == 0, result.output
+    records = json_lines(result.output)
+    kinds = [record["event"] for record in records]
+    assert kinds.index("cost-change") < kinds.index("resource-start")
+    change = records[kinds.index("cost-change")]["change"]
+    assert (change["simulators_before"], change["simulators_after"]) == (2, 6)
+    assert change["after_usd"] > change["before_usd"] > 0
+    assert change["delta_usd"] == pytest.approx(change["after_usd"] - change["before_usd"])
+    assert records[-1]["cost_change"] == change
+    # The settings output is the CLI's; people see the usual outputs.
+    assert "stack_settings" not in records[-1]["outputs"]
+
+
+def test_up_prints_the_change_from_what_the_last_update_ran_with(cloud: Cloud) -> None:
+    deployed(cloud, {**BASE_CONFIG, "iotfactory:archiveMode": "batched"})
+    result = cloud.run("up", "--stack", "dev")  # the file says direct: one S3 object per message
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("monthly estimate $"))
+    assert "(+$" in line and "cost --stack dev" in line
+    assert result.output.index("monthly estimate") < result.output.index("up of 'dev' done")
+
+
+def test_a_first_up_starts_from_nothing_and_a_settings_output_from_an_older_program_is_ignored(
+    cloud: Cloud,
+) -> None:
+    result = cloud.run("up", "--stack", "dev", "--json")
+    change = next(r for r in json_lines(result.output) if r["event"] == "cost-change")["change"]
+    assert change["before_usd"] is None and change["delta_usd"] == change["after_usd"] > 0
+    cloud.stack.set_output(SETTINGS_OUTPUT, OutputValue({"unknownKey": 1}))
+    result = cloud.run("up", "--stack", "dev", "--json")
+    assert result.exit_code == 0, result.output
+    assert (
+        next(r for r in json_lines(result.output) if r["event"] == "cost-change")["change"]["before_usd"]
+        is None
+    )
+
+
+def test_a_region_without_prices_updates_without_a_cost_line(cloud: Cloud) -> None:
+    cloud.write_stack_file({**BASE_CONFIG, "aws:region": "ap-southeast-2"})
+    result = cloud.run("up", "--stack", "dev", "--json")
+    assert result.exit_code == 0, result.output
+    assert "cost-change" not in [record["event"] for record in json_lines(result.output)]
+    assert json_lines(result.output)[-1]["cost_change"] is None

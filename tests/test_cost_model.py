@@ -22,8 +22,10 @@ from automation.cost_model import (
     with_simulators,
 )
 from automation.cost_prices import PriceKey, PriceTable, load_price_table
-from automation.cost_traffic import TrafficProfile, measure_traffic, metered_units
+from automation.cost_traffic import measure_traffic, metered_units
+from factory_core.archive_modes import ARCHIVE_MODES
 from factory_core.fleet import FleetSettings
+from factory_core.verb_results import TrafficProfile
 from infra.settings import StackSettings, load_settings
 
 # The eu-west-1 figures the example below is checked with, written out so the test does not move when the
@@ -56,6 +58,7 @@ EXAMPLE_PRICES: dict[PriceKey, tuple[int, list[tuple[float | None, float]]]] = {
     PriceKey.WAF_RULES: (1, [(None, 1.00)]),
     PriceKey.WAF_REQUESTS: (1_000_000, [(None, 0.60)]),
     PriceKey.SNS_REQUESTS: (1_000_000, [(None, 0.50)]),
+    PriceKey.KMS_KEYS: (1, [(None, 1.00)]),
 }
 
 
@@ -88,6 +91,9 @@ def stack(**config: Any) -> StackSettings:
         "iotfactory:archiveLifecycle": '{"glacierAfterDays": 60, "expireAfterDays": 120}',
         "iotfactory:network": '{"availabilityZones": 2, "privateSubnets": true}',
         "iotfactory:containerInsights": "false",
+        # The optional parts are off here (the hand-checked example predates them); tests turn them on.
+        "iotfactory:monitoringHistory": '{"efs": false}',
+        "iotfactory:waf": '{"enabled": false}',
     }
     values.update({f"iotfactory:{key}" if ":" not in key else key: value for key, value in config.items()})
     return load_settings("dev", values)
@@ -97,8 +103,8 @@ def traffic(**changes: float) -> TrafficProfile:
     base: dict[str, float] = {
         "telemetry_per_s": 10.0,
         "ground_truth_per_s": 0.0,
-        "mean_payload_bytes": 399.0,
-        "mean_topic_bytes": 61.0,
+        "payload_bytes_per_message": 399.0,
+        "topic_bytes_per_message": 61.0,
         "iot_units_per_message": 1.0,
         "rule_units_per_message": 1.0,
         "firehose_units_per_message": 1.0,
@@ -186,8 +192,8 @@ def test_hand_checked_example() -> None:
     assert result.storage_steady_from_month == 5
     assert result.total_usd == pytest.approx(219.105113, abs=1e-5)
     assert result.variable_usd == pytest.approx(77.917586, abs=1e-5)
-    assert result.per_million_usd == pytest.approx(4.168667, abs=1e-6)
-    assert result.per_million_variable_usd == pytest.approx(1.482450, abs=1e-6)
+    assert result.usd_per_million == pytest.approx(4.168667, abs=1e-6)
+    assert result.variable_usd_per_million == pytest.approx(1.482450, abs=1e-6)
 
 
 def test_five_kb_rounding_at_5120_and_5121_bytes() -> None:
@@ -206,7 +212,7 @@ def test_five_kb_rounding_at_5120_and_5121_bytes() -> None:
 def test_measured_payloads_are_one_increment_and_cover_ground_truth() -> None:
     measured = measure_traffic(FleetSettings())
     assert measured.telemetry_per_s == 10.0
-    assert 250 < measured.mean_payload_bytes < 500 and 40 < measured.mean_topic_bytes < 100
+    assert 250 < measured.payload_bytes_per_message < 500 and 40 < measured.topic_bytes_per_message < 100
     assert measured.iot_units_per_message == measured.firehose_units_per_message == 1.0
     assert 0 < measured.ground_truth_per_s < 0.1  # faults and state changes: rare next to telemetry
     assert 0.02 < measured.gzip_ratio < 0.2
@@ -222,7 +228,7 @@ def test_ground_truth_events_are_messages_too() -> None:
     )
 
 
-@pytest.mark.parametrize("mode", cost_archive.ARCHIVE_MODES)
+@pytest.mark.parametrize("mode", ARCHIVE_MODES)
 @pytest.mark.parametrize("private", [False, True])
 def test_more_simulators_never_cost_less(mode: str, private: bool) -> None:
     settings = stack(network=f'{{"privateSubnets": {str(private).lower()}}}', containerInsights="true")
@@ -258,7 +264,7 @@ def test_small_objects_are_never_transitioned() -> None:
     assert "Amazon S3: Glacier storage" not in items and "Amazon S3: lifecycle transitions" not in items
     standard = next(line for line in result.line_items if line.item == "Standard storage")
     # 20 msg/s x 399 B x 86,400 s x 120 days, all in Standard.
-    assert standard.quantity == pytest.approx(20 * 399 * 86_400 * 120 / 2**30)
+    assert standard.quantity_per_month == pytest.approx(20 * 399 * 86_400 * 120 / 2**30)
     assert by_item(result)["Amazon S3: PUT requests"] == pytest.approx(52_560_000 * 0.005 / 1_000)
 
 
@@ -290,7 +296,7 @@ def test_archive_modes_side_by_side() -> None:
     rows = {row.archive_mode: row for row in compare_archive_modes(stack(), example_prices(), traffic())}
     assert list(rows) == ["direct", "batched", "basic-ingest"]
     assert [row.configured for row in rows.values()] == [False, True, False]
-    direct, batched, basic = (rows[mode].per_million_variable_usd or 0 for mode in rows)
+    direct, batched, basic = (rows[mode].variable_usd_per_million or 0 for mode in rows)
     assert direct > batched > basic
     # Basic Ingest skips exactly the messaging charge: $1.00 per million messages of one increment.
     assert batched - basic == pytest.approx(1.00)
@@ -306,13 +312,13 @@ def test_pinned_us_east_1_prices_give_the_issue_figures_for_the_dev_fleet() -> N
         archiveLifecycle='{"glacierAfterDays": 30, "expireAfterDays": 120}',
     )
     rows = compare_archive_modes(dev, load_price_table("us-east-1"), measure_traffic(dev.fleet))
-    variable = {row.archive_mode: round(row.per_million_variable_usd or 0, 2) for row in rows}
+    variable = {row.archive_mode: round(row.variable_usd_per_million or 0, 2) for row in rows}
     assert variable == {"direct": 6.33, "batched": 1.44, "basic-ingest": 0.44}
 
 
 def test_no_simulators_leaves_the_fixed_costs_and_no_per_million_figure() -> None:
     result = estimate(stack(), example_prices(), traffic(), simulators=0)
-    assert result.messages_per_month == 0 and result.per_million_usd is None
+    assert result.messages_per_month == 0 and result.usd_per_million is None
     assert result.variable_usd == 0
     assert by_item(result)["Amazon VPC: NAT gateway hours"] > 0 and result.total_usd > 0
 
@@ -326,7 +332,7 @@ def test_container_insights_is_priced_only_when_enabled() -> None:
 
 
 def test_planned_parts_are_priced_only_when_planned() -> None:
-    assert planned_features(stack()) == PlannedFeatures()  # no setting enables them yet
+    assert planned_features(stack()) == PlannedFeatures()  # both settings off
     plain = by_item(estimate(stack(), example_prices(), traffic()))
     assert not [name for name in plain if name.split(":")[0] in ("Amazon EFS", "AWS WAF", "Amazon SNS")]
     features = PlannedFeatures(
@@ -341,24 +347,50 @@ def test_planned_parts_are_priced_only_when_planned() -> None:
     assert planned["Amazon SNS: alert publishes"] == pytest.approx(1_000 * 0.50 / 1e6)
 
 
+def test_waf_and_monitoring_history_follow_their_settings() -> None:
+    """Both default on in production; on dev the history is on EFS and the WAF is off unless enabled."""
+    defaults = {"monitoringHistory": "{}", "waf": "{}"}
+    production = planned_features(stack(production="true", **defaults))
+    assert production.waf is not None and production.waf.rules == 4
+    assert production.efs is not None and 0.05 < production.efs.stored_gb < 1  # 2 simulators: megabytes
+    dev = planned_features(stack(**defaults))
+    assert dev.waf is None and dev.efs is not None
+    assert planned_features(stack(waf='{"enabled": true}')).waf is not None
+    items = by_item(
+        estimate(stack(monitoringHistory="{}", waf='{"enabled": true}'), example_prices(), traffic())
+    )
+    assert items["AWS KMS: customer managed key"] == pytest.approx(1.00)
+    assert items["AWS WAF: web ACL"] + items["AWS WAF: rules"] == pytest.approx(5 + 4)
+    assert items["AWS WAF: requests"] == pytest.approx(2_000 * 730 * 0.60 / 1e6)
+    assert 0 < items["Amazon EFS: Standard storage"] < 1
+
+
 def test_cost_change_of_a_scale() -> None:
     before = stack(simulatorCount="2")
     after = with_simulators(before, 5)
     change = cost_change(before, after, prices=example_prices(), measure=lambda _fleet: traffic())
-    assert change.before.simulators == 2 and change.after.simulators == 5
-    assert change.delta_usd == pytest.approx(change.after.total_usd - change.before.total_usd)
-    assert change.delta_usd > 0
-    assert change.describe().startswith(f"monthly estimate ${change.before.total_usd:,.2f} -> ")
-    assert "(+$" in change.describe()
+    totals = [estimate(s, example_prices(), traffic()).total_usd for s in (before, after)]
+    assert (change.simulators_before, change.simulators_after) == (2, 5)
+    assert (change.before_usd, change.after_usd) == pytest.approx(totals)
+    assert change.delta_usd == pytest.approx(totals[1] - totals[0]) and change.delta_usd > 0
+    assert change.describe().startswith(f"monthly estimate ${totals[0]:,.2f} -> ${totals[1]:,.2f} (+$")
     same = cost_change(before, before, prices=example_prices(), measure=lambda _fleet: traffic())
     assert same.delta_usd == 0
+
+
+def test_cost_change_of_a_first_up_starts_from_nothing() -> None:
+    change = cost_change(None, stack(), prices=example_prices(), measure=lambda _fleet: traffic())
+    assert change.before_usd is None and change.simulators_before is None
+    assert change.delta_usd == change.after_usd > 0
+    assert change.describe().startswith("monthly estimate nothing -> $")
 
 
 def test_cost_change_measures_each_fleet() -> None:
     before = stack()
     after = stack(fleet='{"lines_per_site": 4}')  # twice the machines per site
-    change = cost_change(before, after, prices=example_prices())
-    assert change.after.messages_per_month == pytest.approx(2 * change.before.messages_per_month, rel=0.01)
+    doubled = cost_change(before, after, prices=example_prices())
+    fixed_fleet = cost_change(before, after, prices=example_prices(), measure=lambda _fleet: traffic())
+    assert doubled.delta_usd > 0 and fixed_fleet.delta_usd == 0
 
 
 def test_with_simulators_keeps_the_programs_limit() -> None:
@@ -370,7 +402,7 @@ def test_with_simulators_keeps_the_programs_limit() -> None:
 def test_every_line_explains_itself() -> None:
     result = estimate(stack(containerInsights="true"), example_prices(), traffic())
     for line in result.line_items:
-        assert line.detail and line.unit and math.isfinite(line.monthly_usd) and line.quantity >= 0
+        assert line.detail and line.unit and math.isfinite(line.monthly_usd) and line.quantity_per_month >= 0
 
 
 def test_the_cost_model_needs_no_pulumi() -> None:

@@ -33,8 +33,9 @@ from local_stack.supervisor_documents import local_status, rotation_outcome
 
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 KEBAB = re.compile(r"^[a-z]+(-[a-z]+)*$")
-# A float is a duration in seconds (`_s`) or a rate (`_per_s`, `_per_second`); counts are ints.
-FLOAT_SUFFIXES = ("_s", "_per_s", "_per_second")
+# A float carries its unit in its name: seconds (`_s`), US dollars (`_usd`), a ratio (`_ratio`) or a rate
+# (`_per_<unit>`: `_per_s`, `_per_second`, `_per_month`, `_per_message`, `_per_million`); counts are ints.
+FLOAT_NAME = re.compile(r"_(s|usd|ratio|per_[a-z]+)$")
 
 
 def subclasses(base: type) -> set[type]:
@@ -93,9 +94,9 @@ def test_field_names_are_snake_case_and_floats_are_seconds_or_rates(cls: type) -
     for field in dataclasses.fields(cls):
         assert SNAKE.match(field.name), f"{cls.__name__}.{field.name} is not snake_case"
         if is_float(hints[field.name]):
-            assert field.name.endswith(FLOAT_SUFFIXES), (
-                f"{cls.__name__}.{field.name} is a float: name it `_s` (seconds) or `_per_s` (a rate),"
-                " or make it an int if it counts something"
+            assert FLOAT_NAME.search(field.name), (
+                f"{cls.__name__}.{field.name} is a float: name its unit (`_s` seconds, `_usd`, `_ratio`,"
+                " a rate `_per_s`/`_per_month`), or make it an int if it counts something"
             )
 
 

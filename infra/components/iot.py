@@ -36,6 +36,9 @@ class DeviceFleetArgs:
     topic_root: str  # "factory/simulator"
     ground_truth_segment: str  # "ground-truth"
     secret_recovery_days: int  # 0 deletes a retired key at once (dev); 7+ keeps it recoverable (prod)
+    # Before every topic the devices publish to: "" or the archive rule's Basic Ingest prefix
+    # (`$aws/rules/<rule>/`, factory_core.archive_modes), which then is the only topic they may use.
+    publish_prefix: str = ""
 
 
 @dataclass
@@ -52,9 +55,15 @@ class ShardIdentity:
 
 
 def shard_policy_document(
-    account: iam.AccountContext, client_id_prefix: str, site: str, topic_root: str, ground_truth_segment: str
+    account: iam.AccountContext,
+    client_id_prefix: str,
+    site: str,
+    topic_root: str,
+    ground_truth_segment: str,
+    publish_prefix: str = "",
 ) -> pulumi.Output[str]:
-    """Connect as this site's client IDs only; publish to this site's telemetry and ground truth only."""
+    """Connect as this site's client IDs only; publish to this site's telemetry and ground truth only
+    (under `publish_prefix`: with Basic Ingest, only through the archive rule)."""
     return iam.document(
         iam.allow(
             ["iot:Connect"], [account.arn("iot", f"client/{client_id_prefix}{site}-c*")], sid="ConnectAsShard"
@@ -62,8 +71,8 @@ def shard_policy_document(
         iam.allow(
             ["iot:Publish"],
             [
-                account.arn("iot", f"topic/{topic_root}/{site}/*"),
-                account.arn("iot", f"topic/{topic_root}/{ground_truth_segment}/{site}/*"),
+                account.arn("iot", f"topic/{publish_prefix}{topic_root}/{site}/*"),
+                account.arn("iot", f"topic/{publish_prefix}{topic_root}/{ground_truth_segment}/{site}/*"),
             ],
             sid="PublishOwnSite",
         ),
@@ -94,7 +103,12 @@ class DeviceFleet(pulumi.ComponentResource):
                 f"{name}-{site}",
                 name=f"{thing_name}-publish",
                 policy=shard_policy_document(
-                    args.account, args.client_id_prefix, site, args.topic_root, args.ground_truth_segment
+                    args.account,
+                    args.client_id_prefix,
+                    site,
+                    args.topic_root,
+                    args.ground_truth_segment,
+                    args.publish_prefix,
                 ),
                 opts=child,
             )

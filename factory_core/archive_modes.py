@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from factory_core.fleet import TOPIC_ROOT
+
 ArchiveMode = Literal["direct", "batched", "basic-ingest"]
 ARCHIVE_MODES: tuple[ArchiveMode, ...] = ("direct", "batched", "basic-ingest")
 BASIC_INGEST = "basic-ingest"
@@ -49,6 +51,11 @@ def basic_ingest_prefix(rule_name: str) -> str:
 def topic_prefix(mode: ArchiveMode, rule_name: str) -> str:
     """What devices put before their topics in this archive mode ("" unless Basic Ingest)."""
     return basic_ingest_prefix(rule_name) if mode == BASIC_INGEST else ""
+
+
+def archive_topic_filter(prefix: str) -> str:
+    """What the archive subscribes to (locally; the cloud rule's SQL reads the same without prefix)."""
+    return f"{prefix}{TOPIC_ROOT}/#"
 
 
 def strip_basic_ingest(topic: str) -> tuple[str | None, str]:

@@ -401,6 +401,7 @@ class ServiceBuilder:
             persistence=settings.persistence,
             autosave_interval_s=settings.autosave_interval_s,
             max_inflight_messages=BROKER_INFLIGHT_TO_SUBSCRIBERS,
+            publish_prefix=self.stack.topic_prefix,
         )
         stop_timeout_s = SPECS[Kind.BROKER].stop_timeout_s
         # No ready_timeout_s: readiness is waited for like every other service's.
@@ -429,6 +430,7 @@ class ServiceBuilder:
             *("--max-batch", str(settings.rule_runner.batch_max_messages)),
             *("--receive-window", str(BROKER_INFLIGHT_TO_SUBSCRIBERS)),
             *("--ready-file", str(ready_file)),
+            *_archive_mode_args(self.stack),
         )
         environment = child_environment()
         if settings.archive.s3 is not None:
@@ -460,6 +462,7 @@ class ServiceBuilder:
             *("--client-id-prefix", ""),
             # Drained simulators checkpoint their model here and resume from it: `seq` continues.
             *("--state-file", str(self.paths.simulator_state(index))),
+            *(("--topic-prefix", self.stack.topic_prefix) if self.stack.topic_prefix else ()),
         )
         return ManagedProcess(
             service.name,
@@ -469,6 +472,14 @@ class ServiceBuilder:
             cwd=PROJECT_DIR,
             stop_timeout_s=SIMULATOR_STOP_TIMEOUT_S,
         )
+
+
+def _archive_mode_args(stack: StackConfig) -> list[str]:
+    """The rule runner's side of the archive mode: one object per message (direct), or batches read
+    from the topics (batched) or from the local rule's Basic Ingest topics (basic-ingest)."""
+    direct = ["--mode", "direct"] if stack.archive_mode == "direct" else []
+    prefix = ["--basic-ingest-prefix", stack.topic_prefix] if stack.topic_prefix else []
+    return [*direct, *prefix]
 
 
 def _port_ready(port: int) -> Readiness:

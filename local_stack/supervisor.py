@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from factory_core.archive_modes import archive_topic_filter
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.fleet import site_id
 from local_stack import grafana, observers, prometheus
@@ -120,7 +121,12 @@ class Supervisor:
         # nobody subscribed to. Creating it here (a moment's work) lets the rule runner and the
         # simulators boot in parallel; the broker queues for the session until the runner attaches.
         assert self.pki is not None
-        ensure_archive_session(self.ports[BROKER], self.pki.ca.ca_cert_path, reader_cert)
+        ensure_archive_session(
+            self.ports[BROKER],
+            self.pki.ca.ca_cert_path,
+            reader_cert,
+            topic_filter=archive_topic_filter(self.stack.topic_prefix),
+        )
         pipeline = [
             self.services.add(builder.rule_runner(reader_cert)),
             *(self._add_simulator(index) for index in range(self.desired_simulators)),

@@ -59,6 +59,8 @@ class TransportOptions:
     # 20 ms halves the TLS writes and PUBACK reads at 80 msg/s per connection; --max-rate uses 0
     # because there the window, not the clock, limits what is in flight.
     linger_s: float = 0.02
+    # Before every topic: "" or the archive rule's Basic Ingest prefix (factory_core.archive_modes).
+    topic_prefix: str = ""
 
 
 class TokenBucket:

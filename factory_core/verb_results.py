@@ -346,11 +346,16 @@ class CostResult(VerbResult):
     assumptions: tuple[str, ...]
     not_counted: tuple[str, ...]
     refresh: str | None = None  # what --refresh-prices did
+    # The same fleet per archive mode, per million messages: everything, and the variable part only.
     per_million_by_archive_mode_usd: dict[str, float | None] = field(init=False)
+    variable_per_million_by_archive_mode_usd: dict[str, float | None] = field(init=False)
 
     def __post_init__(self) -> None:
-        by_mode = {row.archive_mode: row.usd_per_million for row in self.archive_modes}
-        object.__setattr__(self, "per_million_by_archive_mode_usd", by_mode)
+        rows = self.archive_modes
+        total = {row.archive_mode: row.usd_per_million for row in rows}
+        variable = {row.archive_mode: row.variable_usd_per_million for row in rows}
+        object.__setattr__(self, "per_million_by_archive_mode_usd", total)
+        object.__setattr__(self, "variable_per_million_by_archive_mode_usd", variable)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 
 from factory_core import stack_file
 from factory_core.archive_modes import ARCHIVE_MODES, ArchiveMode, archive_rule_name, topic_prefix
-from factory_core.errors import SECRET_VALUE_ERROR, UsageError, describe_validation_error
+from factory_core.errors import SECRET_VALUE_ERROR, UsageError, describe_validation_error, shown
 from factory_core.fleet import LOCAL_SIMULATORS, FleetSettings
 from factory_core.stack_file import ARCHIVE_MODE_KEY, FLEET_KEY, LOCAL_KEY, SIMULATOR_COUNT_KEY
 
@@ -247,7 +247,9 @@ def load(path: Path) -> StackConfig:
     archive_mode = config.get(ARCHIVE_MODE_KEY, "batched")
     if archive_mode not in ARCHIVE_MODES:
         modes = ", ".join(ARCHIVE_MODES)
-        raise UsageError(f"config {ARCHIVE_MODE_KEY}: must be one of {modes} (got {archive_mode!r}); {fix}")
+        raise UsageError(
+            f"config {ARCHIVE_MODE_KEY}: must be one of {modes} (got {shown(archive_mode)}); {fix}"
+        )
     return StackConfig(path, fleet, count, local, fleet_raw, archive_mode)
 
 

@@ -49,6 +49,8 @@ GRAFANA_DATABASE_GB = 0.05
 # a few people with auto-refreshing dashboards send through it.
 WAF_RULES = 4
 DASHBOARD_REQUESTS_PER_HOUR = 2_000
+# Alertmanager publishes critical alerts to SNS (with repeats): a few hundred a month is a bad month.
+ALERT_PUBLISHES_PER_MONTH = 300
 SIMULATOR_RUNNING_CONTAINERS = 1  # tmp-init exits before the simulator starts
 MONITORING_RUNNING_CONTAINERS = 2  # config-init exits before Prometheus and Grafana start
 
@@ -69,6 +71,7 @@ ASSUMPTIONS: tuple[str, ...] = (
     f"{PROMETHEUS_BYTES_PER_SAMPLE} bytes a sample for {PROMETHEUS_RETENTION_DAYS} days, plus "
     f"{GRAFANA_DATABASE_GB} GB of Grafana database",
     f"WAF: {DASHBOARD_REQUESTS_PER_HOUR:,} dashboard requests an hour inspected",
+    f"alert topic: {ALERT_PUBLISHES_PER_MONTH} critical alerts a month published to SNS",
 )
 
 
@@ -495,6 +498,7 @@ def _identity_items(usage: Usage) -> list[CostLine]:
 
 def _planned_items(usage: Usage, features: PlannedFeatures) -> list[CostLine]:
     items: list[CostLine] = []
+    keys: list[str] = []  # what each customer managed KMS key encrypts
     if features.efs:
         items.append(
             usage.item(
@@ -506,16 +510,7 @@ def _planned_items(usage: Usage, features: PlannedFeatures) -> list[CostLine]:
                 f"Prometheus TSDB ({PROMETHEUS_RETENTION_DAYS} d) and Grafana database, steady state",
             )
         )
-        items.append(
-            usage.item(
-                "AWS KMS",
-                "customer managed key",
-                PriceKey.KMS_KEYS,
-                1,
-                "stack",
-                "encrypts the monitoring history's file system",
-            )
-        )
+        keys.append("the monitoring history's file system")
     if features.waf:
         waf = features.waf
         items += [
@@ -545,7 +540,19 @@ def _planned_items(usage: Usage, features: PlannedFeatures) -> list[CostLine]:
                 PriceKey.SNS_REQUESTS,
                 features.alert_topic.publishes_per_month,
                 "stack",
-                "Alertmanager -> SNS",
+                f"Alertmanager -> SNS, {ALERT_PUBLISHES_PER_MONTH} critical alerts a month",
+            )
+        )
+        keys.append("the alert topic")
+    if keys:
+        items.append(
+            usage.item(
+                "AWS KMS",
+                "customer managed keys",
+                PriceKey.KMS_KEYS,
+                len(keys),
+                "stack",
+                "one each for " + " and ".join(keys),
             )
         )
     return items

@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 from automation.cost_archive import HOURS_PER_MONTH, SECONDS_PER_MONTH
 from automation.cost_lines import (
+    ALERT_PUBLISHES_PER_MONTH,
     DASHBOARD_REQUESTS_PER_HOUR,
     WAF_RULES,
+    AlertTopicPlan,
     EfsPlan,
     PlannedFeatures,
     Usage,
@@ -49,17 +51,18 @@ NOT_COUNTED: tuple[str, ...] = (
 
 
 def planned_features(settings: StackSettings) -> PlannedFeatures:
-    """The optional parts this stack's settings turn on (`iotfactory:waf`, `iotfactory:monitoringHistory`).
-
-    The Alertmanager SNS topic is priced once its setting exists (`AlertTopicPlan`).
-    """
+    """The optional parts this stack's settings turn on (`iotfactory:waf`, `iotfactory:monitoringHistory`,
+    `iotfactory:alerting.snsSubscriptions`)."""
     efs = None
     if settings.monitoring_history.efs:
         efs = EfsPlan(stored_gb=monitoring_history_gb(settings.simulator_count, settings.scrape_interval_s))
     waf = None
     if settings.waf_enabled:
         waf = WafPlan(rules=WAF_RULES, requests_per_month=DASHBOARD_REQUESTS_PER_HOUR * HOURS_PER_MONTH)
-    return PlannedFeatures(efs=efs, waf=waf)
+    alert_topic = None
+    if settings.alerting.sns_subscriptions:
+        alert_topic = AlertTopicPlan(publishes_per_month=ALERT_PUBLISHES_PER_MONTH)
+    return PlannedFeatures(efs=efs, waf=waf, alert_topic=alert_topic)
 
 
 def estimate(

@@ -70,7 +70,7 @@ def test_prod_json_shows_the_per_million_figure_of_each_archive_mode(run: Any) -
         "CloudWatch: Container Insights metrics",
         "AWS WAF: web ACL",
         "Amazon EFS: Standard storage",
-        "AWS KMS: customer managed key",
+        "AWS KMS: customer managed keys",
     } <= items
     assert report["prices"]["pinned_on"] and report["prices"]["sources"]["nat_hours"].startswith("https://")
     assert report["not_counted"] and report["assumptions"]

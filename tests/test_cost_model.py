@@ -345,6 +345,8 @@ def test_planned_parts_are_priced_only_when_planned() -> None:
     assert planned["AWS WAF: web ACL"] + planned["AWS WAF: rules"] == pytest.approx(5 + 4)
     assert planned["AWS WAF: requests"] == pytest.approx(2 * 0.60)
     assert planned["Amazon SNS: alert publishes"] == pytest.approx(1_000 * 0.50 / 1e6)
+    # One key for the file system, one for the alert topic.
+    assert planned["AWS KMS: customer managed keys"] == pytest.approx(2 * 1.00)
 
 
 def test_waf_and_monitoring_history_follow_their_settings() -> None:
@@ -356,10 +358,15 @@ def test_waf_and_monitoring_history_follow_their_settings() -> None:
     dev = planned_features(stack(**defaults))
     assert dev.waf is None and dev.efs is not None
     assert planned_features(stack(waf='{"enabled": true}')).waf is not None
+    assert planned_features(stack()).alert_topic is None
+    subscribed = stack(
+        alerting='{"snsSubscriptions": [{"protocol": "email", "endpoint": "oncall@example.com"}]}'
+    )
+    assert planned_features(subscribed).alert_topic == AlertTopicPlan(publishes_per_month=300)
     items = by_item(
         estimate(stack(monitoringHistory="{}", waf='{"enabled": true}'), example_prices(), traffic())
     )
-    assert items["AWS KMS: customer managed key"] == pytest.approx(1.00)
+    assert items["AWS KMS: customer managed keys"] == pytest.approx(1.00)
     assert items["AWS WAF: web ACL"] + items["AWS WAF: rules"] == pytest.approx(5 + 4)
     assert items["AWS WAF: requests"] == pytest.approx(2_000 * 730 * 0.60 / 1e6)
     assert 0 < items["Amazon EFS: Standard storage"] < 1

@@ -139,7 +139,7 @@ def test_the_waf_rule_catches_a_missing_acl_a_counting_group_and_missing_logs() 
 def test_history_file_system_is_encrypted_backed_up_in_prod_and_reachable_only_from_monitoring() -> None:
     prod, dev = offline_run("prod"), offline_run("dev")
     system = one(prod, FILE_SYSTEM)
-    key = one(prod, "aws:kms/key:Key")
+    key = one(prod, "aws:kms/key:Key", "monitoring-history")
     assert system.inputs["encrypted"] is True and system.inputs["kmsKeyId"] == key.arn
     assert key.inputs["enableKeyRotation"] is True
     backups = {
@@ -217,7 +217,7 @@ def test_on_efs_one_task_at_a_time_prometheus_without_lock_file_and_no_chown() -
         task = containers(monitoring_task(run))
         assert ("--storage.tsdb.no-lockfile" in task["prometheus"]["command"]) is on_efs
         init = task["config-init"]
-        assert ("chown" in init["command"][0]) is not on_efs
+        assert ("/mnt/prometheus-data" in init["command"][0]) is not on_efs  # no chown of EFS data
         init_mounts = {m["sourceVolume"] for m in init["mountPoints"]}
         assert ("prometheus-data" in init_mounts) is not on_efs
     assert not plain.of_type(FILE_SYSTEM) and plain.outputs["monitoringHistoryFileSystemId"] is None

@@ -29,7 +29,14 @@ from infra.components import alertmanager_task, fargate
 from infra.components.alerting import AlertTopic
 from infra.components.firewall import GRAFANA_PORT, PROMETHEUS_PORT
 from infra.components.loadbalancer import PROMETHEUS_PATH
-from infra.components.monitoring_history import GRAFANA_VOLUME, PROMETHEUS_VOLUME, HistoryVolumes
+from infra.components.monitoring_history import (
+    GRAFANA_ENTRYPOINT,
+    GRAFANA_VOLUME,
+    PROMETHEUS_NO_LOCKFILE,
+    PROMETHEUS_VOLUME,
+    HistoryVolumes,
+    data_volumes,
+)
 from infra.settings import PROMETHEUS_RETENTION_DAYS
 
 CONFIG_PREFIX = "monitoring/"  # where the bundle lives in the config bucket
@@ -42,20 +49,6 @@ INIT_CONTAINER = "config-init"
 PROMETHEUS_CONTAINER = "prometheus"
 GRAFANA_CONTAINER = "grafana"
 PROMETHEUS_RETENTION = f"{PROMETHEUS_RETENTION_DAYS}d"
-# Prometheus 2.x (the image's v2.55) takes a lock file in its data directory; on NFS a lock of a task
-# that was killed outlives it by the lease time and keeps the next task from starting. With history
-# on EFS the deployment guarantees one writer instead (stop before start), so no lock file.
-PROMETHEUS_NO_LOCKFILE = "--storage.tsdb.no-lockfile"
-# Grafana applies GF_SECURITY_ADMIN_PASSWORD only when it creates its database; with the database on
-# EFS a rotated secret would never reach it. So the container resets the admin password from the
-# secret before starting (through stdin: never on a command line), if there is a database to reset.
-GRAFANA_ENTRYPOINT = (
-    'if [ -s "$GF_PATHS_DATA/grafana.db" ]; then '
-    'printf %s "$GF_SECURITY_ADMIN_PASSWORD" | grafana cli --homepath "$GF_PATHS_HOME" '
-    '--config "$GF_PATHS_CONFIG" admin reset-admin-password --password-from-stdin >/dev/null '
-    '|| echo "grafana: could not set the admin password from its secret; the previous one stays" >&2; '
-    "fi; exec /run.sh"
-)
 _CONTENT_TYPES = {".yml": "application/yaml", ".yaml": "application/yaml", ".json": "application/json"}
 
 
@@ -233,7 +226,7 @@ class MonitoringService(pulumi.ComponentResource):
             task_role=task_role,
             volumes=[
                 *(args.layout.volume(prefix) for prefix in sorted(args.layout.directories)),
-                *_data_volumes(args.history),
+                *data_volumes(args.history),
                 "grafana-tmp",
                 "init-tmp",
                 alertmanager_task.DATA_VOLUME,
@@ -501,13 +494,6 @@ class MonitoringService(pulumi.ComponentResource):
             log_configuration=log_configuration,
             depends_on=[{"containerName": INIT_CONTAINER, "condition": "SUCCESS"}],
         )
-
-
-def _data_volumes(history: HistoryVolumes | None) -> list[str | dict[str, object]]:
-    """Prometheus' and Grafana's data: task storage, or their EFS access points."""
-    if history is None:
-        return [PROMETHEUS_VOLUME, GRAFANA_VOLUME]
-    return [history.task_definition_volume(PROMETHEUS_VOLUME), history.task_definition_volume(GRAFANA_VOLUME)]
 
 
 def prometheus_command(required: tuple[str, ...], defaults: tuple[str, ...]) -> list[str]:

@@ -26,9 +26,23 @@ import pulumi_aws as aws
 from infra import iam
 
 NFS_PORT = 2049
-# Access points by task volume: the user each container runs as, and its directory on the file system.
+# The monitoring task's data volumes: task storage, or an access point each on EFS.
 PROMETHEUS_VOLUME = "prometheus-data"
 GRAFANA_VOLUME = "grafana-data"
+# Prometheus 2.x (the image's v2.55) takes a lock file in its data directory; on NFS a lock of a task
+# that was killed outlives it by the lease time and keeps the next task from starting. With history
+# on EFS the deployment guarantees one writer instead (stop before start), so no lock file.
+PROMETHEUS_NO_LOCKFILE = "--storage.tsdb.no-lockfile"
+# Grafana applies GF_SECURITY_ADMIN_PASSWORD only when it creates its database; with the database on
+# EFS a rotated secret would never reach it. So the container resets the admin password from the
+# secret before starting (through stdin: never on a command line), if there is a database to reset.
+GRAFANA_ENTRYPOINT = (
+    'if [ -s "$GF_PATHS_DATA/grafana.db" ]; then '
+    'printf %s "$GF_SECURITY_ADMIN_PASSWORD" | grafana cli --homepath "$GF_PATHS_HOME" '
+    '--config "$GF_PATHS_CONFIG" admin reset-admin-password --password-from-stdin >/dev/null '
+    '|| echo "grafana: could not set the admin password from its secret; the previous one stays" >&2; '
+    "fi; exec /run.sh"
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,13 @@ class HistoryVolumes:
                 sid="MountHistoryThroughItsAccessPoints",
             )
         ]
+
+
+def data_volumes(history: HistoryVolumes | None) -> list[str | dict[str, object]]:
+    """Prometheus' and Grafana's data volumes: task storage, or their EFS access points."""
+    if history is None:
+        return [PROMETHEUS_VOLUME, GRAFANA_VOLUME]
+    return [history.task_definition_volume(PROMETHEUS_VOLUME), history.task_definition_volume(GRAFANA_VOLUME)]
 
 
 class MonitoringHistory(pulumi.ComponentResource):

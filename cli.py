@@ -329,6 +329,25 @@ def tail(
 
 
 @app.command()
+def cost(
+    stack: StackOpt = "dev",
+    simulators: Annotated[
+        int | None, typer.Option("--simulators", "-n", help="Estimate for this many simulators instead.")
+    ] = None,
+    refresh_prices: Annotated[
+        bool,
+        typer.Option("--refresh-prices", help="Re-read the price table from the AWS Price List API first."),
+    ] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Estimate the stack's monthly AWS bill from its config, per line and per archive mode."""
+    from factory_core.verbs import CostRequest
+
+    request = CostRequest(simulators=simulators, refresh_prices=refresh_prices)
+    _run_verb(stack, json_output, lambda verbs, sink: verbs.cost(request, sink))
+
+
+@app.command()
 def bootstrap(stack: StackOpt = "dev", json_output: JsonOpt = False) -> None:
     """Create the Pulumi state bucket and secrets KMS key a team needs before the first `up` (cloud)."""
     from factory_core.verbs import BootstrapRequest

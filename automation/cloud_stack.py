@@ -22,13 +22,13 @@ from automation.stack_context import (
     require_prerequisites,
     text_or_none,
 )
-from automation.stack_port import BackendSettings, StackPort, UpdateResult
+from automation.stack_port import BackendSettings, StackPort, UpdateFailedError, UpdateResult
 from automation.state_backend import PROJECT
 from automation.updates import run_update
 from factory_core import cert_rotation
 from factory_core.archive_report import VerifyReport
 from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
-from factory_core.progress_events import ScalePlanned
+from factory_core.progress_events import CostChanged, ScalePlanned
 from factory_core.score_report import ScoreReport
 from factory_core.stack_file import (
     MAX_SIMULATORS_KEY,
@@ -36,6 +36,7 @@ from factory_core.stack_file import (
     ROTATION_KEY,
     SIMULATOR_COUNT_KEY,
     config_int,
+    program_view,
     read_config,
     require_stack_file,
 )
@@ -43,6 +44,8 @@ from factory_core.verb_results import (
     BootstrapResult,
     CloudOutputs,
     CloudStatus,
+    CostChange,
+    CostResult,
     DoctorReport,
     DriftReport,
     LocalStopResult,
@@ -54,6 +57,7 @@ from factory_core.verb_results import (
 )
 from factory_core.verbs import (
     BootstrapRequest,
+    CostRequest,
     DestroyRequest,
     DoctorRequest,
     DriftRequest,
@@ -73,6 +77,7 @@ from factory_core.verbs import (
     require_answerable,
     require_confirmation,
 )
+from infra.settings import StackSettings, load_settings
 
 
 class CloudStack(StackVerbs):
@@ -81,9 +86,13 @@ class CloudStack(StackVerbs):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def _outcome(self, result: UpdateResult) -> UpdateOutcome:
+    def _outcome(self, result: UpdateResult, cost_change: CostChange | None = None) -> UpdateOutcome:
         return UpdateOutcome(
-            self.name, result.kind, dict(result.resource_changes), ordered_outputs(result.outputs)
+            self.name,
+            result.kind,
+            dict(result.resource_changes),
+            ordered_outputs(result.outputs),
+            cost_change,
         )
 
     def up(self, request: UpRequest, sink: ProgressSink) -> UpdateOutcome:
@@ -100,11 +109,28 @@ class CloudStack(StackVerbs):
         apply_stack_config(context, port)
         revert_guard(port, context.source, allow=request.allow_revert, sink=sink)
         self._note_rotation(port, sink)
+        change = self._report_cost_change(port, _file_settings(context), sink)
         if ask:
             planned = run_update(port, "preview", sink)
             question = f"Apply {describe_changes(planned.resource_changes)} to '{self.name}'?"
             require_confirmation(sink, question, what=what)
-        return self._outcome(run_update(port, "up", sink))
+        return self._outcome(run_update(port, "up", sink), change)
+
+    def _report_cost_change(
+        self, port: StackPort, after: StackSettings, sink: ProgressSink
+    ) -> CostChange | None:
+        """Before an update: the monthly estimate from the last update's settings to these (an estimate:
+        it never stops the update)."""
+        from automation.cost_report import deployed_settings, stack_cost_change
+
+        try:
+            outputs = port.outputs()
+        except UpdateFailedError:
+            outputs = {}
+        change = stack_cost_change(deployed_settings(outputs), after)
+        if change is not None:
+            sink.event(CostChanged(change))
+        return change
 
     def _note_rotation(self, port: StackPort, sink: ProgressSink) -> None:
         record = cert_rotation.parse_record(port.get_config(ROTATION_KEY))
@@ -149,9 +175,12 @@ class CloudStack(StackVerbs):
         self._check_scale(context, simulators, sink)
         port = open_stack(context, create=True)
         apply_stack_config(context, port)
+        from automation.cost_model import with_simulators
+
+        change = self._report_cost_change(port, with_simulators(_file_settings(context), simulators), sink)
         port.set_config(SIMULATOR_COUNT_KEY, simulators)
         try:
-            return self._outcome(run_update(port, "up", sink))
+            return self._outcome(run_update(port, "up", sink), change)
         except OperationFailed as exc:
             raise OperationFailed(
                 f"{exc} ({SIMULATOR_COUNT_KEY} is now {simulators}; run `up` to retry or scale to another N)"
@@ -289,3 +318,19 @@ class CloudStack(StackVerbs):
             changes=tuple(report.changes),
             ci_policy_file=str(ci_policy.relative_to(env.project_dir)),
         )
+
+    def cost(self, request: CostRequest, sink: ProgressSink) -> CostResult:
+        """From the stack file alone: no Pulumi CLI, no state, no AWS (unless refreshing prices)."""
+        from automation.cost_report import estimate_stack_cost
+
+        env = stack_context.cloud_env()
+        path = require_stack_file(env.project_dir, self.name)
+        settings = load_settings(self.name, program_view(read_config(path, fix=f"edit {path.name}")))
+        return estimate_stack_cost(
+            settings, simulators=request.simulators, refresh_prices=request.refresh_prices
+        )
+
+
+def _file_settings(context: StackContext) -> StackSettings:
+    """The program's settings from the stack file (already validated by `prepare`)."""
+    return load_settings(context.name, program_view(context.config))

@@ -250,6 +250,10 @@ class RecordingStack:
         self.calls.append(Call("outputs"))
         return dict(self._outputs)
 
+    def set_output(self, key: str, value: OutputValue) -> None:
+        """What the last update exported (tests: a stack that was deployed before)."""
+        self._outputs[key] = value
+
     def get_config(self, key: str) -> str | None:
         self.calls.append(Call("get_config", {"key": key}))
         return self.config.get(key)

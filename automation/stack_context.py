@@ -255,7 +255,12 @@ def apply_stack_config(context: StackContext, port: StackPort) -> dict[str, Any]
 
 
 def ordered_outputs(outputs: Mapping[str, OutputValue]) -> dict[str, Any]:
-    """Output values with secrets masked, Grafana's URL first (what a user opens first), then Prometheus'."""
+    """Output values with secrets masked, Grafana's URL first (what a user opens first), then Prometheus'.
+
+    The settings the last update ran with (`stackSettings`, for the cost change) are for the CLI, not
+    for people: left out.
+    """
+    from infra.settings import SETTINGS_OUTPUT
 
     def rank(key: str) -> tuple[int, int, str]:
         lowered = key.lower()
@@ -265,6 +270,7 @@ def ordered_outputs(outputs: Mapping[str, OutputValue]) -> dict[str, Any]:
     return {
         key: SECRET_MASK if item.secret else item.value
         for key, item in sorted(outputs.items(), key=lambda item: rank(item[0]))
+        if key != SETTINGS_OUTPUT
     }
 
 

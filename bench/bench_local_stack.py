@@ -11,6 +11,11 @@
    measure what Mosquitto's autosave interval can lose.
 
     .venv/bin/python bench/bench_local_stack.py [--repeats 3] [--seconds 60] [--rates 2000,6000]
+                                                [--check] [--json FILE]
+
+`--check` compares the first-archive time, the worst ratio and the worst p99 of the clean runs
+against the goals in README.md's performance table and exits 1 if one is missed (the broker-kill
+runs measure loss, they have no goal); `--json FILE` writes the results and verdicts.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from goals import check, finish  # noqa: E402
 
 from factory_core.verbs import QuietSink, StopRequest  # noqa: E402
 from local_stack.archive import LocalArchive  # noqa: E402
@@ -189,6 +196,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each pipeline run")
     parser.add_argument("--rates", default="2000,6000", help="offered msg/s (all simulators together)")
     parser.add_argument("--kill-broker", action="store_true", help="also measure loss after broker SIGKILLs")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a goal in README.md is missed")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results and verdicts here")
     args = parser.parse_args()
     rates = [float(rate) for rate in args.rates.split(",") if rate]
 
@@ -212,8 +221,11 @@ def main() -> int:
         kills = [(rates[0], "now", 5), (rates[0], "backlog", 5), (rates[0], "backlog", 1)]
         plan: list[tuple[float, str | None, int]] = [(rate, None, 5) for rate in rates]
         plan += kills if args.kill_broker else []
+        clean: list[PipelineRun] = []
         for rate, kill, autosave_s in plan:
             run = pipeline(workdir, rate, args.seconds, kill_broker=kill, autosave_s=autosave_s)
+            if kill is None:
+                clean.append(run)
             label = f"{run.offered:>8.0f}"
             print(
                 f"{label} {run.archived_per_s:>11.0f} {run.published:>10} {run.unique:>9} {run.ratio:>6.3f} "
@@ -230,7 +242,18 @@ def main() -> int:
             "\nratio = unique archived / published by the simulators (goal 1.000); "
             "latency = archive write time - payload ts (goal p99 <= 2 s)"
         )
-    return 0
+    measured = {
+        "first-archive": {"value": statistics.median(firsts)},
+        "local-stack": {
+            "ratio": min(run.ratio for run in clean),
+            # A run without latencies archived nothing: infinitely late, not on time.
+            "p99": max(float("inf") if run.p99_s is None else run.p99_s for run in clean),
+        },
+    }
+    verdicts = [verdict for row, values in measured.items() for verdict in check(row, values)]
+    results = {**measured, "runs": [asdict(run) for run in clean]}
+    code = finish(verdicts, args.json, results)
+    return code if args.check else 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ is measured the same way for every publisher: messages received between the firs
 arrival at the subscriber. Each scenario is repeated and the medians and ratios are printed; it
 asserts nothing, because this machine is shared and noisy (compare ratios from the same run).
 
-    .venv/bin/python bench/bench_simulator.py [--quick] [--repeats 3] [--skip-scale]
+    .venv/bin/python bench/bench_simulator.py [--quick] [--repeats 3] [--skip-scale] [--check] [--json F]
+
+`--check` compares the ratios (and, with the scale scenario, the fleet's p99 and RSS) against the
+goals in README.md's performance table and exits 1 if one is missed; `--json F` writes the results.
 
 1. QoS 1: the full simulator (`--max-rate`: model, scheduler, metrics exporter on) vs a bare
    AWSIoTPythonSDK `publishAsync` loop with a window of 20, the same payloads. Goal >= 0.9x.
@@ -36,6 +39,8 @@ import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from goals import check, finish, goals  # noqa: E402
 
 from factory_core.fleet import FleetSettings  # noqa: E402
 from local_stack.certificate_authority import CertificateAuthority  # noqa: E402
@@ -260,7 +265,8 @@ def write_payloads(path: Path, count: int) -> float:
     return sizes / count
 
 
-def scenario_throughput(stack: Stack, qos: int, messages: int, repeats: int) -> None:
+def scenario_throughput(stack: Stack, qos: int, messages: int, repeats: int) -> float:
+    """Prints the medians; returns the ratio simulator / reference (delivered msg/s)."""
     payloads = stack.directory / f"payloads-{qos}.txt"
     mean_size = write_payloads(payloads, messages)
     fleet = throughput_fleet()
@@ -337,6 +343,7 @@ def scenario_throughput(stack: Stack, qos: int, messages: int, repeats: int) -> 
     )
     print(f"  {reference:40s}: {median(ref_rates):9.0f} msg/s delivered  {median(ref_cpu):5.0f} CPU-µs/msg")
     print(f"  ratio {ratio:.2f}x (goal >= {goal}x)")
+    return ratio
 
 
 def scenario_scale(
@@ -397,8 +404,9 @@ def scenario_scale(
 
 
 def held(result: dict[str, float]) -> bool:
-    """On schedule: nothing lost, p99 lateness under 250 ms, the whole schedule generated."""
-    return result["lost"] == 0 and result["p99_ms"] < 250 and result["on_time_share"] >= 0.99
+    """On schedule: nothing lost, p99 lateness within README's fleet goal, the whole schedule generated."""
+    p99_goal = next(goal for goal in goals("fleet") if goal.metric == "p99")
+    return result["lost"] == 0 and p99_goal.met(result["p99_ms"] / 1000) and result["on_time_share"] >= 0.99
 
 
 def scenario_model(repeats: int) -> None:
@@ -418,12 +426,14 @@ def scenario_model(repeats: int) -> None:
     )
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short run of each scenario")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--engines", default="fleet,sdk")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a goal in README.md is missed")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the results and verdicts here")
     args = parser.parse_args()
     for tool in ("mosquitto", "mosquitto_sub", "mosquitto_pub"):
         if shutil.which(tool) is None and not Path("/usr/sbin/mosquitto").exists():
@@ -439,8 +449,10 @@ def main() -> None:
                 f"broker: mosquitto on 127.0.0.1:{stack.port}, mutual TLS; {os.cpu_count()} CPUs", flush=True
             )
             scenario_model(3 if args.quick else 5)
-            scenario_throughput(stack, 1, qos1_messages, repeats)
-            scenario_throughput(stack, 0, qos0_messages, repeats)
+            measured: dict[str, dict[str, float]] = {
+                "simulator-qos1": {"ratio": scenario_throughput(stack, 1, qos1_messages, repeats)},
+                "simulator-qos0": {"ratio": scenario_throughput(stack, 0, qos0_messages, repeats)},
+            }
             if not args.skip_scale:
                 print(
                     f"fleet scale, QoS 1, {scale_seconds:g} s each (goal: zero loss, p99 < 250 ms,"
@@ -450,6 +462,8 @@ def main() -> None:
                 largest = 0
                 for engine in args.engines.split(","):
                     result = scenario_scale(stack, engine, 10_000, 1.0, scale_seconds)
+                    if engine == "fleet":
+                        measured["fleet"] = {"p99": result["p99_ms"] / 1000, "rss": result["rss_mb"]}
                     if engine == "fleet" and held(result):
                         largest = 10_000
                 if largest:
@@ -464,7 +478,10 @@ def main() -> None:
             print(f"load average at the end: {os.getloadavg()[0]:.1f}")
         finally:
             stack.broker.stop()
+    verdicts = [verdict for row, values in measured.items() for verdict in check(row, values)]
+    code = finish(verdicts, args.json, measured)
+    return code if args.check else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

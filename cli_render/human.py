@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli_render.cost_view import render_cost
 from cli_render.local_views import status_renderable, where_table
 from cli_render.score_view import render_score
 from cli_render.verify_view import render_report
@@ -19,6 +20,7 @@ from factory_core.verb_results import (
     BootstrapResult,
     CloudOutputs,
     CloudStatus,
+    CostResult,
     DashboardsResult,
     DoctorReport,
     DriftReport,
@@ -272,6 +274,7 @@ RENDERERS: dict[type[VerbResult], Callable[[Any, Console], None]] = {
     DashboardsResult: dashboards,
     DoctorReport: doctor,
     DriftReport: drift,
+    CostResult: render_cost,
 }
 
 

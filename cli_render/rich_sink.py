@@ -14,6 +14,7 @@ from cli_render.tail_view import message_line
 from cli_render.terminal import Terminal
 from cli_render.update_progress import UPDATE_EVENTS, UpdateProgress
 from factory_core.progress_events import (
+    CostChanged,
     LocalStarted,
     LogLine,
     LogSources,
@@ -76,6 +77,8 @@ class RichSink:
                 colour = "yellow" if event.verdict == "near-quota" else "green"
                 for note in event.notes:
                     self.console.print(Text(note, style=colour))
+            elif isinstance(event, CostChanged):
+                self.console.print(Text(event.change.describe(), style="cyan"), soft_wrap=True)
             elif isinstance(event, LocalStarted):
                 self.console.print(where_table(event.outputs))
                 self.step(

@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from factory_core.verb_results import LocalOutputs, PipelineStatus, SimulatorCounts
+from factory_core.verb_results import CostChange, LocalOutputs, PipelineStatus, SimulatorCounts
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,14 @@ class ScalePlanned(ProgressEvent):
     account_publishes_per_second: int
     verdict: str  # ok | near-quota
     notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CostChanged(ProgressEvent):
+    """Cloud `up` and `scale`, before the update: the monthly estimate before and after it."""
+
+    kind: ClassVar[str] = "cost-change"
+    change: CostChange
 
 
 # -- local stack -------------------------------------------------------------------------------------

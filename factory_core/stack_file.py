@@ -74,6 +74,10 @@ ACCOUNT_ID_KEY = "iotfactory:accountId"
 # third-party images through an ECR pull-through cache.
 ALLOW_INSECURE_HTTP_KEY = "iotfactory:allowInsecureHttp"
 IMAGE_CACHE_KEY = "iotfactory:imageCache"
+# Production hardening (issue 14): the ALB's web ACL, monitoring history on EFS, secret rotation.
+WAF_KEY = "iotfactory:waf"
+MONITORING_HISTORY_KEY = "iotfactory:monitoringHistory"
+SECRET_ROTATION_KEY = "iotfactory:secretRotation"
 
 # Top-level fields of a stack file besides `config:` (Pulumi's own).
 CONFIG_FIELD = "config"

@@ -267,6 +267,7 @@ class UpdateOutcome(VerbResult):
     operation: str
     resource_changes: dict[str, int]
     outputs: dict[str, Any]
+    cost_change: CostChange | None = None  # up and scale: the monthly estimate before and after
 
 
 def describe_changes(changes: dict[str, int]) -> str:
@@ -390,6 +391,125 @@ class DriftReport(VerbResult):
     @property
     def failed(self) -> bool:
         return self.drifted
+
+
+# -- cost (cloud stacks) -----------------------------------------------------------------------------
+# The cost model (automation/cost_model.py) builds these directly, so `cost --json` is its output.
+
+
+@dataclass(frozen=True)
+class TrafficProfile:
+    """One simulator's traffic per second, measured from the model, and the sizes that decide its price."""
+
+    telemetry_per_s: float
+    ground_truth_per_s: float
+    payload_bytes_per_message: float  # mean
+    topic_bytes_per_message: float  # mean
+    iot_units_per_message: float  # 5 KB increments of payload + topic (IoT messaging)
+    rule_units_per_message: float  # 5 KB increments of the payload (rules triggered, actions executed)
+    firehose_units_per_message: float  # 5 KB increments of payload + separator (Firehose record)
+    gzip_ratio: float  # compressed / uncompressed JSON lines, as Firehose writes them
+    sampled_messages: int = 0
+    sampled_s: float = 0.0
+    messages_per_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages_per_s", self.telemetry_per_s + self.ground_truth_per_s)
+
+
+@dataclass(frozen=True)
+class CostLine:
+    """One billable thing a month: what, how much, what it costs, and how the quantity was computed."""
+
+    service: str  # "AWS IoT Core"
+    item: str  # "messaging"
+    quantity_per_month: float
+    unit: str
+    monthly_usd: float
+    scales_with: str  # messages (the variable part), simulators, or stack (the stack itself)
+    detail: str
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    stack: str
+    region: str
+    archive_mode: str
+    simulators: int
+    messages_per_month: float  # telemetry + ground truth
+    ground_truth_per_month: float
+    line_items: tuple[CostLine, ...]
+    total_usd: float
+    variable_usd: float  # the lines that scale with messages
+    usd_per_million: float | None  # total / millions of messages (None without messages)
+    variable_usd_per_million: float | None
+    storage_steady_from_month: int
+    prices_pinned_on: str
+
+
+@dataclass(frozen=True)
+class ArchiveModeCost:
+    """One archive mode's figures for the same fleet."""
+
+    archive_mode: str
+    total_usd: float
+    variable_usd: float
+    usd_per_million: float | None
+    variable_usd_per_million: float | None
+    configured: bool  # the mode the stack's settings select
+
+
+@dataclass(frozen=True)
+class PriceProvenance:
+    region: str
+    pinned_on: str
+    how: str
+    sources: dict[str, str]  # figure -> pricing page URL or Price List SKU
+
+
+@dataclass(frozen=True)
+class CostResult(VerbResult):
+    """`cost`: the stack's monthly estimate per line, and the same fleet in every archive mode."""
+
+    stack: str
+    estimate: CostEstimate
+    archive_modes: tuple[ArchiveModeCost, ...]
+    traffic: TrafficProfile  # one simulator
+    prices: PriceProvenance
+    assumptions: tuple[str, ...]
+    not_counted: tuple[str, ...]
+    refresh: str | None = None  # what --refresh-prices did
+    # The same fleet per archive mode, per million messages: everything, and the variable part only.
+    per_million_by_archive_mode_usd: dict[str, float | None] = field(init=False)
+    variable_per_million_by_archive_mode_usd: dict[str, float | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        rows = self.archive_modes
+        total = {row.archive_mode: row.usd_per_million for row in rows}
+        variable = {row.archive_mode: row.variable_usd_per_million for row in rows}
+        object.__setattr__(self, "per_million_by_archive_mode_usd", total)
+        object.__setattr__(self, "variable_per_million_by_archive_mode_usd", variable)
+
+
+@dataclass(frozen=True)
+class CostChange:
+    """What `scale` or `up` changes in the monthly estimate; before is None for a stack not yet deployed."""
+
+    stack: str
+    before_usd: float | None
+    after_usd: float
+    delta_usd: float
+    prices_pinned_on: str
+    simulators_before: int | None
+    simulators_after: int
+
+    def describe(self) -> str:
+        sign = "+" if self.delta_usd >= 0 else "-"
+        before = "nothing" if self.before_usd is None else f"${self.before_usd:,.2f}"
+        return (
+            f"monthly estimate {before} -> ${self.after_usd:,.2f} ({sign}${abs(self.delta_usd):,.2f}; "
+            f"prices pinned {self.prices_pinned_on}; `python cli.py cost --stack {self.stack}` itemises it)"
+        )
 
 
 # -- not tied to a stack -----------------------------------------------------------------------------

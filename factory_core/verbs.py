@@ -15,6 +15,7 @@ Adding a verb (say `drift`) touches exactly these places:
 3. `cli_render/human.py`: one function drawing the result, registered in `RENDERERS`
    (`--json` needs nothing: the document is the result's fields);
 4. `cli.py`: a command of a few lines that parses the flags and calls `_run_verb`.
+(`cost` was added this way: `CostRequest`, `CostResult`, `cli_render/cost_view.py`.)
 A result that means failure overrides `VerbResult.failed` (exit 1, as `verify` does on loss).
 """
 
@@ -32,6 +33,7 @@ from factory_core.progress_events import ProgressEvent
 from factory_core.score_report import ScoreReport
 from factory_core.verb_results import (
     BootstrapResult,
+    CostResult,
     DestroyResult,
     DoctorReport,
     DriftReport,
@@ -145,6 +147,12 @@ class DoctorRequest:
 @dataclass(frozen=True)
 class DriftRequest:
     pass
+
+
+@dataclass(frozen=True)
+class CostRequest:
+    simulators: int | None = None  # price another fleet size instead of the stack's
+    refresh_prices: bool = False  # re-read the region's price table from the AWS Price List API first
 
 
 # -- progress ----------------------------------------------------------------------------------------
@@ -289,3 +297,7 @@ class StackVerbs(ABC):
     @abstractmethod
     def drift(self, request: DriftRequest, sink: ProgressSink) -> DriftReport:
         """What differs between the deployed stack, reality, and this checkout."""
+
+    @abstractmethod
+    def cost(self, request: CostRequest, sink: ProgressSink) -> CostResult:
+        """The stack's monthly AWS estimate, per line and per archive mode, from its config alone."""

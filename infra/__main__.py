@@ -7,7 +7,6 @@ internet --allowed CIDRs--> ALB --/prometheus/*--> Prometheus, --/*--> Grafana
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pulumi  # noqa: E402
 import pulumi_aws as aws  # noqa: E402
 
 from factory_core import cert_rotation  # noqa: E402
+from factory_core.archive_modes import archive_rule_name, ingest_prefix  # noqa: E402
 from factory_core.fleet import topic_prefix  # noqa: E402
 from infra import iam  # noqa: E402
 from infra.components.alerting import AlertTopic, AlertTopicArgs, Subscriber  # noqa: E402
@@ -35,15 +35,32 @@ from infra.components.loadbalancer import (  # noqa: E402
     listener_ports,
 )
 from infra.components.monitoring import (  # noqa: E402
+    GRAFANA_UID,
+    PROMETHEUS_UID,
     ConfigLayout,
     MonitoringService,
     MonitoringServiceArgs,
     SmtpSecret,
 )
+from infra.components.monitoring_history import (  # noqa: E402
+    GRAFANA_VOLUME,
+    PROMETHEUS_VOLUME,
+    HistoryUser,
+    MonitoringHistory,
+    MonitoringHistoryArgs,
+)
 from infra.components.network import Network, NetworkArgs  # noqa: E402
+from infra.components.secret_rotation import SecretRotation, SecretRotationArgs, SesUser  # noqa: E402
 from infra.components.simulators import METRICS_PORT, SimulatorFleet, SimulatorFleetArgs  # noqa: E402
 from infra.components.storage import GlacierLifecycle, SecureBucket, SecureBucketArgs  # noqa: E402
-from infra.settings import PROJECT, ConfigError, StackSettings, settings_from_pulumi  # noqa: E402
+from infra.components.waf import WebFirewall, WebFirewallArgs  # noqa: E402
+from infra.settings import (  # noqa: E402
+    PROJECT,
+    SETTINGS_OUTPUT,
+    ConfigError,
+    StackSettings,
+    settings_from_pulumi,
+)
 from observability import config_bundle as bundle  # noqa: E402
 
 
@@ -92,6 +109,44 @@ def load_monitoring_bundle(
     return files, layout
 
 
+def hardening_rotations(
+    settings: StackSettings,
+    account: iam.AccountContext,
+    platform: ContainerPlatform,
+    monitoring: MonitoringService,
+    smtp: SmtpSecret | None,
+    opts: pulumi.ResourceOptions,
+) -> dict[str, SecretRotation]:
+    """Secrets Manager rotation of Grafana's admin password, and of SES SMTP credentials when the stack
+    names their IAM user (iotfactory:secretRotation, iotfactory:smtp.sesIamUser)."""
+    if not settings.secret_rotation.enabled:
+        return {}
+    targets: dict[str, tuple[pulumi.Input[str], SesUser | None]] = {
+        "grafana-admin": (monitoring.admin_secret.arn, None)
+    }
+    ses = settings.smtp
+    if smtp is not None and ses is not None and ses.ses_iam_user and ses.ses_region:
+        targets["ses-smtp"] = (smtp.secret_arn, SesUser(ses.ses_iam_user, ses.ses_region))
+    return {
+        kind: SecretRotation(
+            f"rotation-{kind}",
+            SecretRotationArgs(
+                account=account,
+                kind=kind,
+                function_name=f"{settings.name_prefix}-rotate-{kind}",
+                secret_arn=secret_arn,
+                schedule=settings.secret_rotation.schedule,
+                monitoring_cluster=platform.cluster_name,
+                monitoring_service=monitoring.service_name,
+                log_retention_days=settings.log_retention_days,
+                ses_user=ses_user,
+            ),
+            opts=opts,
+        )
+        for kind, (secret_arn, ses_user) in targets.items()
+    }
+
+
 def main() -> None:
     try:
         settings: StackSettings = settings_from_pulumi()
@@ -114,6 +169,9 @@ def main() -> None:
     stack = settings.stack
     logs = f"/{PROJECT}/{stack}"
     secret_recovery_days = 7 if settings.production else 0
+    rule_name = archive_rule_name(PROJECT, stack)
+    # basic-ingest: devices publish to the rule's own topic, and may publish nowhere else.
+    publish_prefix = ingest_prefix(settings.archive_mode, rule_name)
 
     network = Network(
         "network",
@@ -148,7 +206,7 @@ def main() -> None:
         TelemetryArchiveArgs(
             account=account,
             mode=settings.archive_mode,
-            rule_name=re.sub(r"[^A-Za-z0-9_]", "_", f"{PROJECT}_{stack}_archive"),
+            rule_name=rule_name,
             # Only this stack's namespace: dev's rule never archives prod's messages.
             topic_root=topic_prefix(settings.topic_namespace),
             log_group_prefix=logs,
@@ -172,6 +230,7 @@ def main() -> None:
             serving_generation=settings.serving_generation.name,
             topic_namespace=settings.topic_namespace,
             secret_recovery_days=secret_recovery_days,
+            publish_prefix=publish_prefix,
         ),
         opts=uses_provider,
     )
@@ -237,6 +296,25 @@ def main() -> None:
             ),
             opts=uses_provider,
         )
+    history = None
+    if settings.monitoring_history.efs:
+        history = MonitoringHistory(
+            "monitoring-history",
+            MonitoringHistoryArgs(
+                account=account,
+                name_prefix=settings.name_prefix,
+                vpc_id=network.vpc_id,
+                subnet_ids=network.task_subnet_ids,
+                monitoring_security_group_id=firewall.monitoring_id,
+                users=(
+                    HistoryUser(PROMETHEUS_VOLUME, int(PROMETHEUS_UID), int(PROMETHEUS_UID), "/prometheus"),
+                    HistoryUser(GRAFANA_VOLUME, int(GRAFANA_UID), 0, "/grafana"),
+                ),
+                backup=settings.efs_backup,
+                key_deletion_days=30 if settings.production else 7,
+            ),
+            opts=uses_provider,
+        )
     monitoring = MonitoringService(
         "monitoring",
         MonitoringServiceArgs(
@@ -267,9 +345,26 @@ def main() -> None:
             depends_on=tuple(web.rules),
             execution_statements=images.pull_statements,  # empty unless the cache is on
             image_sources=tuple(images.rules),
+            history=history.volumes if history else None,
         ),
         opts=uses_provider,
     )
+    if history:
+        history.admit(monitoring.task_role_arn)
+    rotations = hardening_rotations(settings, account, platform, monitoring, smtp, uses_provider)
+    firewall_acl = None
+    if settings.waf_enabled:
+        firewall_acl = WebFirewall(
+            "waf",
+            WebFirewallArgs(
+                account=account,
+                name_prefix=settings.name_prefix,
+                load_balancer_arn=web.load_balancer.arn,
+                rate_limit=settings.waf.rate_limit,
+                log_retention_days=settings.log_retention_days,
+            ),
+            opts=uses_provider,
+        )
 
     pull_repositories: list[pulumi.Input[str]] = list(image.pull_repository_arns)
     if settings.simulator_image:
@@ -298,6 +393,7 @@ def main() -> None:
             log_group_name=f"{logs}/simulators",
             log_retention_days=settings.log_retention_days,
             family_prefix=f"{settings.name_prefix}-simulator",
+            topic_prefix=publish_prefix,
         ),
         opts=uses_provider,
     )
@@ -347,6 +443,13 @@ def main() -> None:
     pulumi.export("simulatorSites", simulators.site_deployments)
     pulumi.export("topicPrefix", topic_prefix(settings.topic_namespace))
     pulumi.export("imageReferences", images.references)
+    pulumi.export("webAclArn", firewall_acl.web_acl_arn if firewall_acl else None)
+    pulumi.export("monitoringHistoryFileSystemId", history.file_system.id if history else None)
+    pulumi.export(
+        "secretRotationFunctions", {kind: rotation.function.name for kind, rotation in rotations.items()}
+    )
+    # What `up` and `scale` price the change of monthly cost from (automation/cost_report.py).
+    pulumi.export(SETTINGS_OUTPUT, settings.model_dump(mode="json", by_alias=True))
 
 
 def image_sources(

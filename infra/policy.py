@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import keyword
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,6 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from factory_core.archive_modes import strip_basic_ingest
 from infra.components import monitoring, simulators
 from infra.iam import WILDCARD_RESOURCE_ACTIONS
 from infra.offline import ResourceRecord
@@ -95,7 +97,7 @@ class PolicyContext:
     required_tags: tuple[str, ...] = REQUIRED_TAGS
     # Operating safely in one account (infra/policy_operations.py).
     topic_prefix: str | None = None  # the stack's own namespace, e.g. factory/simulator/dev
-    production: bool = False
+    production: bool = False  # iotfactory:production: stricter rules (web ACL, backups, HTTPS)
     allow_insecure_http: bool = False
     image_cache: bool = False
 
@@ -350,10 +352,16 @@ def _iot(index: _Index, context: PolicyContext) -> Iterator[Violation]:
                     yield Violation("iot-device-policy", label, f"Connect on {resource!r}, not a client ID")
                 if "iot:Connect" in actions and resource.endswith(":client/*"):
                     yield Violation("iot-device-policy", label, "Connect with any client ID")
-                if "iot:Publish" in actions and f":topic/{context.topic_root}/" not in resource:
+                if "iot:Publish" in actions and not _publishes_under(resource, context.topic_root):
                     yield Violation(
                         "iot-device-policy", label, f"Publish outside {context.topic_root}/: {resource!r}"
                     )
+
+
+def _publishes_under(resource: str, topic_root: str) -> bool:
+    """A topic ARN under the root, directly or through a rule's Basic Ingest topic ($aws/rules/<rule>/)."""
+    topic = resource.split(":topic/", 1)[1] if ":topic/" in resource else ""
+    return strip_basic_ingest(topic)[1].startswith(f"{topic_root}/")
 
 
 @rule("log-retention")
@@ -372,6 +380,8 @@ def is_taggable(type_token: str) -> bool:
     if package != "aws":
         return False
     module_name = location.split("/")[0]
+    if keyword.iskeyword(module_name):
+        module_name += "_"  # `aws:lambda/...` lives in pulumi_aws.lambda_
     module = importlib.import_module("pulumi_aws" if module_name == "index" else f"pulumi_aws.{module_name}")
     return hasattr(getattr(module, class_name, None), "tags_all")
 
@@ -605,5 +615,12 @@ def _check_stack(
     return run.records, check(run.records, policy_context(settings))
 
 
+# The hardening rules (web ACL, EFS, secret rotation) live in their own module; importing it registers them.
+from infra import policy_hardening  # noqa: E402,F401
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m infra.policy`, this file is `__main__`, and the import above registered the
+    # hardening rules with `infra.policy` (a second copy): run that module's main, whose pack has them.
+    from infra.policy import main as _main
+
+    sys.exit(_main())

@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from factory_core import stack_file as keys
+from factory_core.archive_modes import ArchiveMode
 from factory_core.cert_rotation import Generation, Generations, current_generation
 from factory_core.errors import SECRET_VALUE_ERROR, UsageError, describe_validation_error
 from factory_core.fleet import CLOUD_SIMULATORS, FleetSettings, site_id
@@ -51,6 +52,10 @@ FARGATE_MEMORY_BY_CPU: dict[int, range] = {
 }
 # Keys the CLI (automation/) keeps in the same stack file; the program accepts and ignores them.
 FOREIGN_KEYS = frozenset(keys.CLI_ONLY_KEYS)
+# The stack output holding the settings an update ran with: `up` and `scale` price the change from them.
+SETTINGS_OUTPUT = "stackSettings"
+# How long Prometheus keeps samples (the monitoring task's flag; the cost model sizes EFS with it).
+PROMETHEUS_RETENTION_DAYS = 15
 
 
 class ConfigError(UsageError):
@@ -132,9 +137,58 @@ class SmtpSettings(_Model):
         str, Field(alias="toAddresses", pattern=r"^[^@\s,]+@[^@\s,]+(,\s*[^@\s,]+@[^@\s,]+)*$")
     ]
 
+    # SES SMTP credentials are an IAM user's access key; naming that user lets the rotation Lambda
+    # issue new keys (iotfactory:secretRotation). Without it the SMTP secret is not rotated.
+    ses_iam_user: Annotated[str | None, Field(alias="sesIamUser", pattern=r"^[\w+=,.@-]{1,64}$")] = None
+
     @property
     def port(self) -> int:
         return int(self.host.rsplit(":", 1)[1])
+
+    @property
+    def ses_region(self) -> str | None:
+        """The SES region of an `email-smtp.<region>.amazonaws.com` host (the SMTP password depends on it)."""
+        match = re.match(r"^email-smtp\.([a-z0-9-]+)\.amazonaws\.com:", self.host)
+        return match.group(1) if match else None
+
+    @model_validator(mode="after")
+    def _ses_user_needs_ses(self) -> SmtpSettings:
+        if self.ses_iam_user and self.ses_region is None:
+            raise ValueError(
+                "sesIamUser is for Amazon SES: host must be email-smtp.<region>.amazonaws.com:<port>"
+                f" (got {self.host})"
+            )
+        return self
+
+
+# --- production hardening: web ACL, monitoring history on EFS, secret rotation ----------------------
+
+
+class WafSettings(_Model):
+    """`iotfactory:waf`: a WAFv2 web ACL on the load balancer (on by default in production)."""
+
+    enabled: bool | None = None  # None: the stack's `production`
+    # Requests one client address may send in 5 minutes before it is blocked. A dashboard refreshing
+    # 20 panels every 10 s sends ~600; several people behind one office address need more.
+    rate_limit: Annotated[int, Field(alias="rateLimit", ge=10, le=2_000_000_000)] = 3_000
+
+
+class MonitoringHistorySettings(_Model):
+    """`iotfactory:monitoringHistory`: Prometheus' TSDB and Grafana's database on EFS."""
+
+    efs: bool = True
+    backup: bool | None = None  # AWS Backup's default plan for the file system; None: `production`
+
+
+# What Secrets Manager takes as a rotation schedule: every N days or hours, or a cron expression.
+_ROTATION_SCHEDULE = r"^(rate\(([1-9][0-9]{0,2}) days?\)|rate\(([4-9]|1[0-9]|2[0-3]) hours\)|cron\([^()]+\))$"
+
+
+class SecretRotationSettings(_Model):
+    """`iotfactory:secretRotation`: the Grafana admin password and SES SMTP credentials rotate on this."""
+
+    enabled: bool = True
+    schedule: Annotated[str, Field(pattern=_ROTATION_SCHEDULE)] = "rate(30 days)"
 
 
 class SnsSubscription(_Model):
@@ -217,7 +271,7 @@ class StackSettings(_Model):
     simulator_count: Annotated[
         int, Field(alias=keys.SIMULATOR_COUNT_KEY, ge=CLOUD_SIMULATORS.minimum, le=CLOUD_SIMULATORS.maximum)
     ]
-    archive_mode: Annotated[Literal["direct", "batched"], Field(alias=keys.ARCHIVE_MODE_KEY)]
+    archive_mode: Annotated[ArchiveMode, Field(alias=keys.ARCHIVE_MODE_KEY)]
     allowed_cidrs: Annotated[tuple[CidrBlock, ...], Field(alias=keys.ALLOWED_CIDRS_KEY, min_length=1)]
     fleet: Annotated[FleetSettings, Field(alias=keys.FLEET_KEY)] = FleetSettings()
     production: Annotated[bool, Field(alias=keys.PRODUCTION_KEY)] = False
@@ -255,6 +309,13 @@ class StackSettings(_Model):
     # -- production defaults (issue 12) --
     allow_insecure_http: Annotated[bool, Field(alias=keys.ALLOW_INSECURE_HTTP_KEY)] = False
     image_cache: Annotated[ImageCacheSettings, Field(alias=keys.IMAGE_CACHE_KEY)]
+    waf: Annotated[WafSettings, Field(alias=keys.WAF_KEY)] = WafSettings()
+    monitoring_history: Annotated[MonitoringHistorySettings, Field(alias=keys.MONITORING_HISTORY_KEY)] = (
+        MonitoringHistorySettings()
+    )
+    secret_rotation: Annotated[SecretRotationSettings, Field(alias=keys.SECRET_ROTATION_KEY)] = (
+        SecretRotationSettings()
+    )
 
     @field_validator("log_retention_days")
     @classmethod
@@ -303,6 +364,15 @@ class StackSettings(_Model):
     def serving_generation(self) -> Generation:
         """The generation the simulators run on: the newest (last listed) ACTIVE one."""
         return current_generation(self.cert_generations)
+
+    @property
+    def waf_enabled(self) -> bool:
+        return self.production if self.waf.enabled is None else self.waf.enabled
+
+    @property
+    def efs_backup(self) -> bool:
+        history = self.monitoring_history
+        return history.efs and (self.production if history.backup is None else history.backup)
 
     @property
     def tags(self) -> dict[str, str]:

@@ -29,26 +29,31 @@ _BORROWED_OBSERVER = re.compile(rf"^{OBSERVER_PREFIX}[0-9a-f]{{8}}$")
 class BrokerRights:
     """Who may do what on the running broker; every change goes through the plugin's administrator."""
 
-    def __init__(self, pki: DevicePki, certificates: ServiceCertificates, paths: StatePaths) -> None:
+    def __init__(
+        self, pki: DevicePki, certificates: ServiceCertificates, paths: StatePaths, publish_prefix: str = ""
+    ) -> None:
         self.pki = pki
+        self.publish_prefix = publish_prefix
         self.certificates = certificates
         self.observers_dir = paths.certs_dir / "observers"
         self._admin: DynsecAdmin | None = None
         self._port = 0
 
     @classmethod
-    def prepare(cls, pki: DevicePki, paths: StatePaths, site_indexes: Iterable[int]) -> BrokerRights:
+    def prepare(
+        cls, pki: DevicePki, paths: StatePaths, site_indexes: Iterable[int], publish_prefix: str = ""
+    ) -> BrokerRights:
         """Before the broker starts: the service certificates, and the device certificates of the
         sites about to run (so the broker's rights file admits them from its first second)."""
         for index in site_indexes:
             pki.device(index)
-        rights = cls(pki, service_certificates(pki.ca, paths.certs_dir), paths)
+        rights = cls(pki, service_certificates(pki.ca, paths.certs_dir), paths, publish_prefix)
         rights.forget_observers()
         return rights
 
     def access(self) -> BrokerAccess:
         """What the broker's file says at start: every device certificate that is not revoked."""
-        return BrokerAccess(devices=self.pki.usable_identities())
+        return BrokerAccess(devices=self.pki.usable_identities(), publish_prefix=self.publish_prefix)
 
     def broker_started(self, port: int) -> None:
         """The broker listens on `port`: runtime changes go there from now on."""
@@ -90,6 +95,7 @@ class BrokerRights:
             ca=str(self.pki.ca.ca_cert_path),
             host=HOST,
             port=self._port,
+            topic_prefix=self.publish_prefix,
         )
 
     def return_observer(self, name: str) -> ObserverReturned:

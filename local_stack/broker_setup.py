@@ -59,12 +59,18 @@ def _signed_by(cert_path: Path, ca: CertificateAuthority) -> bool:
 
 
 def ensure_archive_session(
-    broker_port: int, ca_file: Path, reader: IssuedCertificate, timeout_s: float = 10.0
+    broker_port: int,
+    ca_file: Path,
+    reader: IssuedCertificate,
+    timeout_s: float = 10.0,
+    topic_filter: str = f"{TOPIC_ROOT}/#",
 ) -> None:
     """Create (or keep) the rule runner's persistent session: clean session off, QoS 1 subscription.
 
     Same client id and identity as the rule runner, so when it connects the broker resumes this
-    session and delivers what it queued meanwhile.
+    session and delivers what it queued meanwhile. The subscription is made even on a kept session
+    (MQTT replaces an identical one without interrupting it), so a session from a run in another
+    archive mode also gets this mode's topic filter.
     """
     # Imported here: only the supervisor needs paho, not every verb that imports this package.
     import paho.mqtt.client as mqtt
@@ -85,10 +91,8 @@ def ensure_archive_session(
         if reason.is_failure:
             refused.append(str(reason))
             subscribed.set()
-        elif flags.session_present:
-            subscribed.set()
         else:
-            c.subscribe(f"{TOPIC_ROOT}/#", qos=1)
+            c.subscribe(topic_filter, qos=1)
 
     client.on_connect = on_connect
     client.on_subscribe = lambda *_args: subscribed.set()

@@ -131,6 +131,7 @@ class ObserverGrant(Document):
     ca: str
     host: str
     port: int
+    topic_prefix: str = ""  # where the devices publish: the Basic Ingest prefix in that archive mode
 
 
 class ObserverReturned(Document):

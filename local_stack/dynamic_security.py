@@ -52,19 +52,19 @@ def _acl(kind: str, topic: str) -> dict[str, Any]:
     return {"acltype": kind, "topic": topic, "allow": True, "priority": 0}
 
 
-def _read_acls() -> list[dict[str, Any]]:
-    return [
-        _acl("subscribePattern", f"{TOPIC_ROOT}/#"),
-        _acl("publishClientReceive", f"{TOPIC_ROOT}/#"),
-        _acl("unsubscribePattern", f"{TOPIC_ROOT}/#"),
-    ]
+def _read_acls(root: str) -> list[dict[str, Any]]:
+    kinds = ("subscribePattern", "publishClientReceive", "unsubscribePattern")
+    return [_acl(kind, f"{root}/#") for kind in kinds]
 
 
-def _roles() -> list[dict[str, Any]]:
+def _roles(publish_prefix: str) -> list[dict[str, Any]]:
     control = f"{CONTROL_TOPIC}/#"
+    root = f"{publish_prefix}{TOPIC_ROOT}"
     roles = [
-        {"rolename": READERS_GROUP, "acls": _read_acls()},
-        {"rolename": OBSERVERS_GROUP, "acls": _read_acls()},
+        # The rule runner and observers read where devices write: behind the Basic Ingest prefix when
+        # there is one (AWS lets nobody subscribe there; locally `tail` is worth the difference).
+        {"rolename": READERS_GROUP, "acls": _read_acls(root)},
+        {"rolename": OBSERVERS_GROUP, "acls": _read_acls(root)},
         {
             "rolename": ADMINS_GROUP,
             "acls": [
@@ -82,8 +82,8 @@ def _roles() -> list[dict[str, Any]]:
             {
                 "rolename": site_role(site),
                 "acls": [
-                    _acl("publishClientSend", f"{TOPIC_ROOT}/{site}/#"),
-                    _acl("publishClientSend", f"{TOPIC_ROOT}/{GROUND_TRUTH_SEGMENT}/{site}/#"),
+                    _acl("publishClientSend", f"{root}/{site}/#"),
+                    _acl("publishClientSend", f"{root}/{GROUND_TRUTH_SEGMENT}/{site}/#"),
                 ],
             }
         )
@@ -98,6 +98,8 @@ class BrokerAccess:
     readers: tuple[str, ...] = (RULE_RUNNER_IDENTITY,)
     observers: tuple[str, ...] = (OBSERVER_IDENTITY,)
     admins: tuple[str, ...] = (ADMIN_IDENTITY,)
+    # Basic Ingest (factory_core.archive_modes): devices publish only behind the rule's prefix.
+    publish_prefix: str = ""
 
     def document(self) -> dict[str, Any]:
         """The plugin's config file: default deny, one role and group per possible site, no passwords."""
@@ -131,7 +133,7 @@ class BrokerAccess:
                 }
                 for group, (role, names) in groups.items()
             ],
-            "roles": _roles(),
+            "roles": _roles(self.publish_prefix),
         }
 
     def write(self, path: Path) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from prometheus_client import start_http_server, write_to_textfile
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from factory_core.archive_modes import TOPIC_PREFIX_PATTERN
 from factory_core.errors import OperationFailed, UsageError, describe_validation_error
 from factory_core.fleet import TOPIC_ROOT
 from factory_core.mqtt_wire import PUBLISH_DUP, PUBLISH_RETAIN
@@ -62,6 +63,10 @@ class RuleRunnerOptions(BaseModel):
     key: Path
     client_id: str = Field(default=RULE_RUNNER_IDENTITY, min_length=1, max_length=128)
     topic_filter: str = f"{TOPIC_ROOT}/#"
+    # Basic Ingest: the devices publish to `$aws/rules/<rule>/` + their topic. Mosquitto has no rules
+    # engine and `#` never matches a `$` topic, so the runner subscribes to the prefixed filter and,
+    # like AWS IoT before the rule sees a message, takes the prefix off.
+    basic_ingest_prefix: str = Field(default="", pattern=TOPIC_PREFIX_PATTERN)
     archive: str = ".factory/local/archive"
     s3_endpoint_url: str | None = None
     create_bucket: bool = False
@@ -80,6 +85,10 @@ class RuleRunnerOptions(BaseModel):
     metrics_port: int = Field(default=0, ge=0, le=65535)  # 0: no exporter
     ready_file: Path | None = None
     final_metrics: Path | None = None  # the exporter's last exposition, written on exit
+
+    @property
+    def subscription(self) -> str:
+        return f"{self.basic_ingest_prefix}{self.topic_filter}"
 
     @property
     def batch_limit(self) -> int:
@@ -160,7 +169,7 @@ class RuleRunner:
         settings = self.settings
         return connect_with_backoff(
             self._session,
-            settings.topic_filter,
+            settings.subscription,
             self._stop,
             (settings.reconnect_min_s, settings.reconnect_max_s),
             self._mark_subscribed,
@@ -168,7 +177,7 @@ class RuleRunner:
 
     def _mark_subscribed(self, how: str) -> None:
         log.info(
-            "%s to %s at %s:%s", how, self.settings.topic_filter, self.settings.endpoint, self.settings.port
+            "%s to %s at %s:%s", how, self.settings.subscription, self.settings.endpoint, self.settings.port
         )
         if self.settings.ready_file is not None:
             _write_ready_file(self.settings)
@@ -182,7 +191,10 @@ class RuleRunner:
         batcher = self.batcher
         pending = batcher.receiving()
         instant_acks: list[int] = []
+        prefix = self.settings.basic_ingest_prefix
         for first, topic, mid, payload in publishes:
+            if prefix and topic.startswith(prefix):
+                topic = topic[len(prefix) :]  # what the cloud rule's topic() returns
             qos = (first >> 1) & 0x03
             if first & PUBLISH_RETAIN:
                 # Retained: sent because we subscribed, not because a device published now. The
@@ -273,6 +285,12 @@ def _broker_flags(parser: argparse.ArgumentParser) -> None:
         " certificate's CN instead, whatever this says)",
     )
     parser.add_argument("--topic", dest="topic_filter", default=defaults["topic_filter"].default)
+    parser.add_argument(
+        "--basic-ingest-prefix",
+        default="",
+        help="read the topics behind this rule's Basic Ingest prefix ($aws/rules/<rule>/) and archive"
+        " them without it",
+    )
 
 
 def _archive_flags(parser: argparse.ArgumentParser) -> None:
@@ -384,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _request_stop)
     log.info(
         "archiving %s to %s (%s, batches of <= %d or every %.1f s)",
-        settings.topic_filter,
+        settings.subscription,
         archive.location,
         settings.mode,
         settings.batch_limit,

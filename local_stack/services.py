@@ -457,6 +457,7 @@ class ServiceBuilder:
             *("--receive-window", str(BROKER_INFLIGHT_TO_SUBSCRIBERS)),
             *("--ready-file", str(ready_file)),
             *("--final-metrics", str(self.paths.root / FINAL_METRICS_FILE)),
+            *_archive_mode_args(self.stack),
         )
         environment = child_environment()
         if settings.archive.s3 is not None:
@@ -491,6 +492,7 @@ class ServiceBuilder:
             *("--client-id-prefix", device_prefix(service.generation)),
             # Drained simulators checkpoint their model here and resume from it: `seq` continues.
             *("--state-file", str(self.paths.simulator_state(index))),
+            *(("--topic-prefix", self.stack.topic_prefix) if self.stack.topic_prefix else ()),
         )
         return ManagedProcess(
             service.name,
@@ -500,6 +502,14 @@ class ServiceBuilder:
             cwd=PROJECT_DIR,
             stop_timeout_s=SIMULATOR_STOP_TIMEOUT_S,
         )
+
+
+def _archive_mode_args(stack: StackConfig) -> list[str]:
+    """The rule runner's side of the archive mode: one object per message (direct), or batches read
+    from the topics (batched) or from the local rule's Basic Ingest topics (basic-ingest)."""
+    direct = ["--mode", "direct"] if stack.archive_mode == "direct" else []
+    prefix = ["--basic-ingest-prefix", stack.topic_prefix] if stack.topic_prefix else []
+    return [*direct, *prefix]
 
 
 def _port_ready(port: int) -> Readiness:

@@ -14,6 +14,7 @@ from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
 from factory_core.score_report import ScoreReport
 from factory_core.verb_results import (
     BootstrapResult,
+    CostResult,
     DoctorReport,
     DriftReport,
     LocalDestroyResult,
@@ -29,6 +30,7 @@ from factory_core.verb_results import (
 )
 from factory_core.verbs import (
     BootstrapRequest,
+    CostRequest,
     DestroyRequest,
     DoctorRequest,
     DriftRequest,
@@ -228,3 +230,6 @@ class LocalStack(StackVerbs):
             "`drift` compares a cloud stack's deployed state with AWS; the local stack has no deployed "
             "state to drift from: `python cli.py status --stack local` shows what runs"
         )
+
+    def cost(self, request: CostRequest, sink: ProgressSink) -> CostResult:
+        raise VerbUnavailable("`cost` estimates AWS charges; the local stack costs nothing — try --stack dev")

@@ -3,6 +3,7 @@
     config:
       iotfactory:fleet: {...}            # factory_core.fleet.FleetSettings, shared with dev/prod
       iotfactory:simulatorCount: 2
+      iotfactory:archiveMode: batched    # or basic-ingest / direct, as on the cloud stacks
       iotfactory:local: {...}            # LocalSettings below: ports, archive, broker persistence
 
 The file is read and edited by `factory_core.stack_file`; this module holds the local schema. Every
@@ -21,9 +22,10 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from factory_core import stack_file
-from factory_core.errors import SECRET_VALUE_ERROR, UsageError, describe_validation_error
+from factory_core.archive_modes import ARCHIVE_MODES, ArchiveMode, archive_rule_name, ingest_prefix
+from factory_core.errors import SECRET_VALUE_ERROR, UsageError, describe_validation_error, shown
 from factory_core.fleet import LOCAL_SIMULATORS, FleetSettings
-from factory_core.stack_file import FLEET_KEY, LOCAL_KEY, SIMULATOR_COUNT_KEY
+from factory_core.stack_file import ARCHIVE_MODE_KEY, FLEET_KEY, LOCAL_KEY, SIMULATOR_COUNT_KEY
 
 DEFAULT_SIMULATOR_COUNT = 2
 # The local stack's bound on simulators (factory_core.fleet.SIMULATOR_COUNT_LIMITS says why).
@@ -198,6 +200,16 @@ class StackConfig:
     simulator_count: int
     local: LocalSettings
     fleet_document: dict[str, Any]  # the fleet section as written, for the simulators' config file
+    # How the rule runner gets the messages and writes them (factory_core.archive_modes): basic-ingest
+    # has the simulators publish to the local rule's Basic Ingest topic, as on AWS.
+    archive_mode: ArchiveMode = "batched"
+
+    @property
+    def topic_prefix(self) -> str:
+        """What the simulators put before their topics: the local rule's Basic Ingest prefix, or ""."""
+        return ingest_prefix(
+            self.archive_mode, archive_rule_name(stack_file.NAMESPACE, stack_file.LOCAL_STACK)
+        )
 
     def archive_folder(self, state_root: Path) -> Path | None:
         if self.local.archive.s3 is not None:
@@ -222,7 +234,7 @@ def load(path: Path) -> StackConfig:
     if not path.exists():
         raise UsageError(f"stack config {path} not found; {missing_fix}")
     config = stack_file.read_config(path, fix=fix)
-    known = (FLEET_KEY, SIMULATOR_COUNT_KEY, LOCAL_KEY)
+    known = (FLEET_KEY, SIMULATOR_COUNT_KEY, LOCAL_KEY, ARCHIVE_MODE_KEY)
     stack_file.refuse_unknown_keys(config, known, "the local stack", fix)
     fleet_raw = config.get(FLEET_KEY) or {}
     if not isinstance(fleet_raw, dict):
@@ -232,7 +244,13 @@ def load(path: Path) -> StackConfig:
     raw_count = config.get(SIMULATOR_COUNT_KEY, DEFAULT_SIMULATOR_COUNT)
     count = stack_file.whole_number(raw_count, SIMULATOR_COUNT_KEY, fix)
     check_simulator_count(count, f"config {SIMULATOR_COUNT_KEY}", fix)
-    return StackConfig(path, fleet, count, local, fleet_raw)
+    archive_mode = config.get(ARCHIVE_MODE_KEY, "batched")
+    if archive_mode not in ARCHIVE_MODES:
+        modes = ", ".join(ARCHIVE_MODES)
+        raise UsageError(
+            f"config {ARCHIVE_MODE_KEY}: must be one of {modes} (got {shown(archive_mode)}); {fix}"
+        )
+    return StackConfig(path, fleet, count, local, fleet_raw, archive_mode)
 
 
 def check_simulator_count(count: int, what: str, fix: str) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 
+from factory_core.archive_modes import archive_topic_filter
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.fleet import site_id
 from local_stack import grafana, observers, prometheus
@@ -126,7 +127,12 @@ class Supervisor:
         # The archive's session must exist before any simulator publishes: the broker drops what
         # nobody subscribed to. Creating it here (a moment's work) lets the rule runner and the
         # simulators boot in parallel; the broker queues for the session until the runner attaches.
-        ensure_archive_session(self.ports[BROKER], self.pki.ca.ca_cert_path, certificates.reader)
+        ensure_archive_session(
+            self.ports[BROKER],
+            self.pki.ca.ca_cert_path,
+            certificates.reader,
+            topic_filter=archive_topic_filter(self.stack.topic_prefix),
+        )
         pipeline = [
             self.services.add(builder.rule_runner(certificates.reader)),
             *(self._add_simulator(index) for index in range(self.desired_simulators)),
@@ -154,7 +160,9 @@ class Supervisor:
         for notice in (interrupted_notice(self.pki), self.pki.legacy_notice):
             if notice:
                 self._event(notice)
-        self.rights = BrokerRights.prepare(self.pki, self.paths, range(self.desired_simulators))
+        self.rights = BrokerRights.prepare(
+            self.pki, self.paths, range(self.desired_simulators), self.stack.topic_prefix
+        )
         certificates = self.rights.certificates
         self.paths.fleet_config.write_text(config_module.fleet_file_text(self.stack))
         self._builder = ServiceBuilder(self.stack, self.paths, self.ports, self.pki)

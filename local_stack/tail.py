@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from factory_core.archive_modes import strip_basic_ingest
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.fleet import ground_truth_topic, telemetry_topic
 from factory_core.progress_events import TailMessage
@@ -64,6 +65,8 @@ def tail(paths: StatePaths, request: TailRequest, sink: ProgressSink) -> TailRes
         raise UsageError("the local stack is not running; start it with `python cli.py up --stack local`")
     control = ControlClient(paths, timeout_s=30.0)
     grant = control.lend_observer()
+    # In archive mode basic-ingest the devices publish behind the rule's prefix: watch there.
+    filters = tuple(f"{grant.topic_prefix}{topic_filter}" for topic_filter in filters)
     watcher = _Watcher(grant, filters, sink, request.count)
     try:
         watcher.run()
@@ -146,7 +149,7 @@ class _Watcher:
 
 def describe(topic: str, payload: bytes) -> TailMessage:
     """One message as `tail` shows it: where it came from (its topic) and its decoded payload."""
-    kind = topic_kind(topic)
+    kind = topic_kind(strip_basic_ingest(topic)[1])
     parts = topic.split("/")
     site, line, machine = (parts[-3], parts[-2], parts[-1]) if kind else (None, None, None)
     document: dict[str, Any] | None = None

@@ -128,7 +128,7 @@ python_set_for() {  # python_set_for ARGS...
   done
   # The verbs whose --stack defaults to dev; `verify --archive` reads any archive with the local tools.
   case $command in
-    preview | bootstrap | doctor | drift) : "${stack:=dev}" ;;
+    preview | bootstrap | doctor | drift | cost) : "${stack:=dev}" ;;
     verify) [ -n "$archive" ] && stack=local ;;
     dashboards) stack=local ;;
   esac

@@ -25,6 +25,7 @@ from typing import Annotated, Any, NoReturn
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from factory_core.archive_modes import TOPIC_PREFIX_PATTERN
 from factory_core.errors import UsageError, describe_validation_error
 from factory_core.fleet import MAX_SITES, Engine, FleetSettings, MachineType
 from simulator.connection_settings import (
@@ -51,6 +52,7 @@ ENVIRONMENT_VARIABLES: dict[str, str] = {
     "FACTORY_METRICS_PORT": f"Prometheus exporter port (default {DEFAULT_METRICS_PORT}; 0 = off)",
     "FACTORY_METRICS_HOST": "address the exporter binds (default 0.0.0.0)",
     "FACTORY_STATE_FILE": "model checkpoint, saved on exit and resumed from on start",
+    "FACTORY_TOPIC_PREFIX": "before every topic: the archive rule's Basic Ingest prefix $aws/rules/<rule>/",
 }
 # Which RunSettings field each variable sets (the PEM variables are read by materialize_pem_env).
 _ENV_FIELDS = {
@@ -65,6 +67,7 @@ _ENV_FIELDS = {
     "FACTORY_METRICS_PORT": "metrics_port",
     "FACTORY_METRICS_HOST": "metrics_host",
     "FACTORY_STATE_FILE": "state_file",
+    "FACTORY_TOPIC_PREFIX": "topic_prefix",
 }
 # Which flag sets each RunSettings / FleetSettings field.
 _RUN_FLAGS = {
@@ -80,6 +83,7 @@ _RUN_FLAGS = {
     "metrics_host": "--metrics-host",
     "connections": "--connections",
     "state_file": "--state-file",
+    "topic_prefix": "--topic-prefix",
     "duration_s": "--duration",
     "count": "--count",
 }
@@ -132,6 +136,8 @@ class RunSettings(BaseModel):
     state_file: Path | None = None
     duration_s: Annotated[float, Field(gt=0)] | None = None
     count: Annotated[int, Field(ge=1)] | None = None
+    # Basic Ingest (archive mode basic-ingest): publish to the archive rule's own topic.
+    topic_prefix: Annotated[str, Field(pattern=TOPIC_PREFIX_PATTERN)] = ""
 
     @field_validator("state_file")
     @classmethod
@@ -215,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument("--connections", help="override the planned number of connections")
     conn.add_argument("--metrics-port", help="0 turns the exporter off")
     conn.add_argument("--metrics-host")
+    conn.add_argument("--topic-prefix", metavar="PREFIX",
+                      help="put this before every topic: the archive rule's Basic Ingest prefix"
+                           " $aws/rules/<rule>/ (env FACTORY_TOPIC_PREFIX)")
     return parser
 
 
@@ -366,6 +375,7 @@ def load_run_config(argv: Sequence[str], environ: Mapping[str, str]) -> RunConfi
         metrics_host=run.metrics_host,
         metrics_port=run.metrics_port,
         connections=run.connections,
+        topic_prefix=run.topic_prefix,
     )
     return RunConfig(
         fleet=fleet,

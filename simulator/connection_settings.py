@@ -46,6 +46,7 @@ class ConnectionSettings:
     metrics_port: int = DEFAULT_METRICS_PORT  # 0 turns the exporter off
     keepalive_s: int = DEFAULT_KEEPALIVE_S
     connections: int | None = None  # None: planned from the fleet and the per-connection quota
+    topic_prefix: str = ""  # Basic Ingest: `$aws/rules/<rule>/` before every topic
 
     @property
     def where(self) -> str:

@@ -224,6 +224,7 @@ def transport_options(config: RunConfig, connections: int) -> TransportOptions:
         keepalive_s=connection.keepalive_s,
         rate_limit_per_connection=None if config.max_rate else TransportOptions.rate_limit_per_connection,
         linger_s=0.0 if config.max_rate else TransportOptions.linger_s,
+        topic_prefix=connection.topic_prefix,
     )
 
 

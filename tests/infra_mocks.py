@@ -85,6 +85,18 @@ RUNS: dict[str, RunSpec] = {
     ),
     "insecure": RunSpec("dev", stack_config("dev", simulatorCount=1), inject="insecure"),
     "real-bundle": RunSpec("dev", stack_config("dev", simulatorCount=2), fake_bundle=False),
+    # dev with the other choices of issue 14: Basic Ingest, a web ACL, history on task storage, no rotation.
+    "dev-hardened": RunSpec(
+        "dev",
+        stack_config(
+            "dev",
+            simulatorCount=1,
+            archiveMode="basic-ingest",
+            waf={"enabled": True, "rateLimit": 500},
+            monitoringHistory={"efs": False},
+            secretRotation={"enabled": False},
+        ),
+    ),
     # More sites than Route 53 puts in one multivalue answer (8), with the real Prometheus config.
     "dev-large": RunSpec("dev", stack_config("dev", simulatorCount=LARGE_FLEET), fake_bundle=False),
 }

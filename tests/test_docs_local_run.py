@@ -37,6 +37,7 @@ FOLLOWERS = {"logs": "-f", "tail": ""}  # verbs that run until Ctrl-C (with this
 NOT_RUN = {
     "test": "the test suite itself",
     "bootstrap": "needs AWS",
+    "cost": "prices AWS; on the local stack it only refuses (tests/test_docs_commands.py reproduces that)",
 }
 
 

@@ -668,7 +668,8 @@ def test_listeners_and_path_rules(run: OfflineRun, stack: str) -> None:
 
 def test_security_groups_only_admit_what_each_tier_needs(run: OfflineRun, stack: str) -> None:
     groups = {g.id: g.name.rsplit("-", 1)[-1] for g in run.of_type("aws:ec2/securityGroup:SecurityGroup")}
-    assert sorted(groups.values()) == ["alb", "monitoring", "simulators"]
+    # "nfs": the monitoring history's file system (EFS), on both stacks by default.
+    assert sorted(groups.values()) == ["alb", "monitoring", "nfs", "simulators"]
     assert not any(g.inputs.get("ingress") for g in run.of_type("aws:ec2/securityGroup:SecurityGroup"))
     admitted = set()
     for rule in run.of_type(INGRESS):
@@ -685,6 +686,7 @@ def test_security_groups_only_admit_what_each_tier_needs(run: OfflineRun, stack:
         ("monitoring", 3000, "alb"),
         ("monitoring", 9090, "alb"),
         ("simulators", 9100, "monitoring"),
+        ("nfs", 2049, "monitoring"),
     }
     if stack == "dev":
         assert allowed == (ALLOWED_CIDR_DEV,)
@@ -767,7 +769,14 @@ def test_monitoring_task_role_reads_only_the_config_prefix(run: OfflineRun) -> N
         a: s for s in _grants(run, by_arn(run)[task.inputs["taskRoleArn"]]) for a in as_list(s["Action"])
     }
     publishing = {"sns:Publish", "kms:Decrypt", "kms:GenerateDataKey"} if run.of_type(TOPIC) else set()
-    assert set(grants) == {"s3:ListBucket", "s3:GetObject", *publishing}  # publishing: see alert routing
+    # ... and mount its history through the two access points (EFS; infra/components/monitoring_history.py).
+    history = {"elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"}
+    assert set(grants) == {"s3:ListBucket", "s3:GetObject", *publishing, *history}  # publishing: alerting
+    efs = grants["elasticfilesystem:ClientMount"]
+    assert efs["Resource"] == [one(run, "aws:efs/fileSystem:FileSystem").arn]
+    assert sorted(efs["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]) == sorted(
+        point.arn for point in run.of_type("aws:efs/accessPoint:AccessPoint")
+    )
     assert grants["s3:GetObject"]["Resource"] == [f"arn:aws:s3:::{bucket}/monitoring/*"]
     assert grants["s3:ListBucket"]["Resource"] == [f"arn:aws:s3:::{bucket}"]
     assert grants["s3:ListBucket"]["Condition"] == {
@@ -778,7 +787,7 @@ def test_monitoring_task_role_reads_only_the_config_prefix(run: OfflineRun) -> N
 def test_log_retention_per_stack(dev: OfflineRun, prod: OfflineRun) -> None:
     for run, days in ((dev, 3), (prod, 30)):
         groups = run.of_type("aws:cloudwatch/logGroup:LogGroup")
-        assert {g.inputs["name"].rsplit("/", 1)[1] for g in groups} >= {
+        assert {g.inputs["name"].rsplit("/", 1)[-1] for g in groups} >= {
             "simulators",
             "monitoring",
             "iot-rule-errors",

@@ -46,7 +46,10 @@ def error_of(stack: str, values: dict[str, str]) -> str:
         ({"allowedCidrs": None}, "iotfactory:allowedCidrs is required"),
         ({"simulatorCount": "-1"}, "iotfactory:simulatorCount: Input should be greater than or equal to 0"),
         ({"simulatorCount": "two"}, "iotfactory:simulatorCount: Input should be a valid integer"),
-        ({"archiveMode": "weekly"}, "iotfactory:archiveMode: Input should be 'direct' or 'batched'"),
+        (
+            {"archiveMode": "weekly"},
+            "iotfactory:archiveMode: Input should be 'direct', 'batched' or 'basic-ingest'",
+        ),
         ({"fleet": {"qos": 2}}, "iotfactory:fleet.qos: Input should be 0 or 1"),
         (
             {"fleet": {"machines_per_line": {"cnc_mill": 0}}},
@@ -156,7 +159,11 @@ def test_stack_files_are_valid() -> None:
 @pytest.mark.parametrize(
     ("stack", "changes", "expected"),
     [
-        ("dev", {"archiveMode": "weekly"}, "iotfactory:archiveMode: Input should be 'direct' or 'batched'"),
+        (
+            "dev",
+            {"archiveMode": "weekly"},
+            "iotfactory:archiveMode: Input should be 'direct', 'batched' or 'basic-ingest'",
+        ),
         (
             "local",
             {},

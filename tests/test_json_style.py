@@ -34,9 +34,10 @@ from local_stack.status_document import StatusReport
 
 SNAKE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 KEBAB = re.compile(r"^[a-z]+(-[a-z]+)*$")
-# A float is a duration in seconds (`_s`), a rate (`_per_s`, `_per_second`, `_per_machine_day`), a
-# share 0-1 (`_ratio`) or a score on a documented scale (`_score`); counts are ints.
-FLOAT_SUFFIXES = ("_s", "_per_s", "_per_second", "_per_machine_day", "_ratio", "_score")
+# A float carries its unit in its name: seconds (`_s`), US dollars (`_usd`), a share 0-1 (`_ratio`), a
+# score on a documented scale (`_score`) or a rate (`_per_<unit>`: `_per_s`, `_per_second`,
+# `_per_month`, `_per_message`, `_per_million`, `_per_machine_day`); counts are ints.
+FLOAT_NAME = re.compile(r"_(s|usd|ratio|score|per_[a-z_]+)$")
 
 
 def subclasses(base: type) -> set[type]:
@@ -95,9 +96,9 @@ def test_field_names_are_snake_case_and_floats_are_seconds_or_rates(cls: type) -
     for field in dataclasses.fields(cls):
         assert SNAKE.match(field.name), f"{cls.__name__}.{field.name} is not snake_case"
         if is_float(hints[field.name]):
-            assert field.name.endswith(FLOAT_SUFFIXES), (
-                f"{cls.__name__}.{field.name} is a float: name it `_s` (seconds) or `_per_s` (a rate),"
-                " or make it an int if it counts something"
+            assert FLOAT_NAME.search(field.name), (
+                f"{cls.__name__}.{field.name} is a float: name its unit (`_s` seconds, `_usd`, `_ratio`,"
+                " a rate `_per_s`/`_per_month`), or make it an int if it counts something"
             )
 
 

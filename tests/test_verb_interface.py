@@ -26,6 +26,7 @@ CLI = REPO / "cli.py"
 UNAVAILABLE = [
     ("local", ["preview"], ["`preview` is for cloud stacks", "up --stack local"]),
     ("local", ["bootstrap"], ["`bootstrap` creates the S3 state bucket", "up --stack local"]),
+    ("local", ["cost"], ["`cost` estimates AWS charges", "costs nothing", "try --stack dev"]),
     ("dev", ["verify"], ["not wired to cloud stacks", "verify --archive s3://", "outputs --stack dev"]),
     ("prod", ["logs"], ["logs to CloudWatch", "aws logs tail /iotfactory/prod/simulators --follow"]),
     ("dev", ["tail"], ["`tail` watches the local broker", "MQTT test client", "factory/simulator/#"]),

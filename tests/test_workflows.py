@@ -119,3 +119,23 @@ def test_preview_reads_the_backend_bootstrap_recorded(tmp_path: Path) -> None:
         check=True,
     )
     assert override.stdout.strip() == "s3://from-variable"
+
+
+# --- the scheduled load test ---------------------------------------------------------------------
+
+
+def test_the_load_test_runs_both_benchmarks_on_a_schedule_checking_readme_goals() -> None:
+    workflow = load(REPO / ".github" / "workflows" / "load-test.yml")
+    assert "schedule" in workflow["on"] and "workflow_dispatch" in workflow["on"]
+    (job,) = workflow["jobs"].values()
+    assert job["defaults"]["run"]["shell"] == "bash"  # pipefail: `| tee` keeps the benchmark's exit code
+    runs = [step.get("run", "") for step in job["steps"]]
+    for script in ("bench/bench_local_stack.py", "bench/bench_simulator.py"):
+        (command,) = [run for run in runs if script in run]
+        assert "--check" in command and "--json bench-results/" in command
+    simulator = next(step for step in job["steps"] if "bench_simulator.py" in step.get("run", ""))
+    assert simulator["if"] == "success() || failure()"  # runs even when the first benchmark failed
+    upload = next(
+        step for step in job["steps"] if step.get("uses", "").startswith("actions/upload-artifact@")
+    )
+    assert upload["if"] == "always()" and upload["with"]["path"] == "bench-results/"

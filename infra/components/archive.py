@@ -1,10 +1,13 @@
-"""Telemetry archive: the IoT topic rule and where it writes, in one of two modes.
+"""Telemetry archive: the IoT topic rule and where it writes, in one of the archive modes.
 
 - `direct`: the rule's S3 action writes one object per message at `${topic()}/${timestamp()}-...`.
   Simple and immediate; one PUT per message (fine for dev, costly at fleet scale).
 - `batched`: rule -> Kinesis Data Firehose -> S3. Firehose buffers, GZIP-compresses and writes JSON
   lines (the rule appends a newline to every record) under
   `raw/year=YYYY/month=MM/day=DD/hour=HH/`, the layout the local stack writes too.
+- `basic-ingest`: as `batched`; the devices publish to the rule's Basic Ingest topic instead
+  (`factory_core.archive_modes`), which the rule receives without the topic prefix, so nothing here
+  changes but the devices' IoT policies (`infra/components/iot.py`).
 
 Either way a failed action goes to the rule's error action (a CloudWatch log group) with a role
 that may write exactly there.
@@ -13,15 +16,13 @@ that may write exactly there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import pulumi
 import pulumi_aws as aws
 
+from factory_core.archive_modes import ARCHIVE_MODES, ArchiveMode
 from infra import iam
 from infra.components.storage import GlacierLifecycle, SecureBucket, SecureBucketArgs
-
-ArchiveMode = Literal["direct", "batched"]
 
 DIRECT_KEY = "${topic()}/${timestamp()}-${newuuid()}.json"
 BATCHED_PREFIX = "raw/year=!{timestamp:yyyy}/month=!{timestamp:MM}/day=!{timestamp:dd}/hour=!{timestamp:HH}/"
@@ -59,8 +60,10 @@ class TelemetryArchive(pulumi.ComponentResource):
         self, name: str, args: TelemetryArchiveArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("iotfactory:archive:TelemetryArchive", name, None, opts)
-        if args.mode not in ("direct", "batched"):
-            raise ValueError(f"iotfactory:archiveMode must be direct or batched (got {args.mode!r})")
+        if args.mode not in ARCHIVE_MODES:
+            raise ValueError(
+                f"iotfactory:archiveMode must be one of {', '.join(ARCHIVE_MODES)} (got {args.mode!r})"
+            )
         child = pulumi.ResourceOptions(parent=self)
         account = args.account
 

@@ -79,11 +79,12 @@ def task_definition(
     memory: int,
     execution_role: aws.iam.Role,
     task_role: aws.iam.Role,
-    volumes: Sequence[str],
+    volumes: Sequence[str | Mapping[str, object]],
     containers: pulumi.Output[list[dict[str, object]]],
     opts: pulumi.ResourceOptions,
 ) -> aws.ecs.TaskDefinition:
-    """An x86-64 Linux Fargate task definition (awsvpc) with empty task-scoped volumes."""
+    """An x86-64 Linux Fargate task definition (awsvpc); a volume named by a string is an empty
+    task-scoped one, a mapping is a whole volume (an EFS volume)."""
     return aws.ecs.TaskDefinition(
         f"{name}-task",
         family=family,
@@ -94,7 +95,7 @@ def task_definition(
         runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
         execution_role_arn=execution_role.arn,
         task_role_arn=task_role.arn,
-        volumes=[{"name": volume} for volume in volumes],
+        volumes=[{"name": volume} if isinstance(volume, str) else dict(volume) for volume in volumes],
         container_definitions=pulumi.Output.json_dumps(containers),
         opts=opts,
     )

@@ -37,6 +37,9 @@ class DeviceFleetArgs:
     serving_generation: str
     topic_namespace: str  # the stack: topics under factory/simulator/<stack>/
     secret_recovery_days: int  # 0 deletes a retired key at once (dev); 7+ keeps it recoverable (prod)
+    # Before every topic the devices publish to: "" or the archive rule's Basic Ingest prefix
+    # (`$aws/rules/<rule>/`, factory_core.archive_modes), which then is the only topic they may use.
+    publish_prefix: str = ""
 
 
 @dataclass
@@ -56,17 +59,25 @@ class ShardIdentity:
 
 
 def shard_policy_document(
-    account: iam.AccountContext, client_id_prefix: str, site: str, topic_namespace: str
+    account: iam.AccountContext,
+    client_id_prefix: str,
+    site: str,
+    topic_namespace: str,
+    publish_prefix: str = "",
 ) -> pulumi.Output[str]:
     """Connect as this site's client IDs only; publish to this site's telemetry and ground truth only,
-    in this stack's namespace."""
+    in this stack's namespace (under `publish_prefix`: with Basic Ingest, only through the archive
+    rule)."""
     return iam.document(
         iam.allow(
             ["iot:Connect"], [account.arn("iot", f"client/{client_id_prefix}{site}-c*")], sid="ConnectAsShard"
         ),
         iam.allow(
             ["iot:Publish"],
-            [account.arn("iot", f"topic/{prefix}*") for prefix in site_topic_prefixes(site, topic_namespace)],
+            [
+                account.arn("iot", f"topic/{publish_prefix}{prefix}*")
+                for prefix in site_topic_prefixes(site, topic_namespace)
+            ],
             sid="PublishOwnSite",
         ),
     )
@@ -95,7 +106,9 @@ class DeviceFleet(pulumi.ComponentResource):
             policy = aws.iot.Policy(
                 f"{name}-{site}",
                 name=f"{thing_name}-publish",
-                policy=shard_policy_document(args.account, args.client_id_prefix, site, args.topic_namespace),
+                policy=shard_policy_document(
+                    args.account, args.client_id_prefix, site, args.topic_namespace, args.publish_prefix
+                ),
                 opts=child,
             )
             shard = ShardIdentity(

@@ -7,6 +7,11 @@ succeeded and read their config from those volumes. The bundle's sha256 is in th
 definition, so changing a dashboard or a rule and running `up` rolls the service without an
 image rebuild. Where each part of the bundle is mounted, and the Prometheus flags and Grafana
 settings that point at it, come from `observability.config_bundle` (`ConfigLayout`).
+
+With `history` (`infra/components/monitoring_history.py`), Prometheus' TSDB and Grafana's database
+are EFS volumes instead of task storage, so a roll keeps them; the service then stops its old task
+before starting the new one (one writer per database). Grafana sets its admin password from the
+secret at every start, so a rotated secret applies on the next roll even with a kept database.
 """
 
 from __future__ import annotations
@@ -24,6 +29,15 @@ from infra.components import alertmanager_task, fargate
 from infra.components.alerting import AlertTopic
 from infra.components.firewall import GRAFANA_PORT, PROMETHEUS_PORT
 from infra.components.loadbalancer import PROMETHEUS_PATH
+from infra.components.monitoring_history import (
+    GRAFANA_ENTRYPOINT,
+    GRAFANA_VOLUME,
+    PROMETHEUS_NO_LOCKFILE,
+    PROMETHEUS_VOLUME,
+    HistoryVolumes,
+    data_volumes,
+)
+from infra.settings import PROMETHEUS_RETENTION_DAYS
 
 CONFIG_PREFIX = "monitoring/"  # where the bundle lives in the config bucket
 PROMETHEUS_CONFIG_KEY = "prometheus/prometheus.yml"
@@ -34,7 +48,7 @@ GRAFANA_UID = "472"  # the user the Grafana image runs as
 INIT_CONTAINER = "config-init"
 PROMETHEUS_CONTAINER = "prometheus"
 GRAFANA_CONTAINER = "grafana"
-PROMETHEUS_RETENTION = "15d"
+PROMETHEUS_RETENTION = f"{PROMETHEUS_RETENTION_DAYS}d"
 _CONTENT_TYPES = {".yml": "application/yaml", ".yaml": "application/yaml", ".json": "application/json"}
 
 
@@ -110,6 +124,7 @@ class MonitoringServiceArgs:
     # More for the execution role (e.g. pulling through the image cache) and what it needs to exist.
     execution_statements: tuple[iam.PolicyStatement, ...] = ()
     image_sources: tuple[pulumi.Resource, ...] = ()  # e.g. the pull-through cache rules
+    history: HistoryVolumes | None = None  # Prometheus' TSDB and Grafana's database on EFS
 
 
 class MonitoringService(pulumi.ComponentResource):
@@ -191,6 +206,7 @@ class MonitoringService(pulumi.ComponentResource):
                 ),
                 iam.allow(["s3:GetObject"], [account.s3_arn(args.config_bucket_name, f"{CONFIG_PREFIX}*")]),
                 *(args.alert_topic.publisher_statements() if args.alert_topic else ()),
+                *(args.history.task_role_statements() if args.history else ()),
             ),
             opts=child,
         )
@@ -214,8 +230,7 @@ class MonitoringService(pulumi.ComponentResource):
             task_role=task_role,
             volumes=[
                 *(args.layout.volume(prefix) for prefix in sorted(args.layout.directories)),
-                "prometheus-data",
-                "grafana-data",
+                *data_volumes(args.history),
                 "grafana-tmp",
                 "init-tmp",
                 alertmanager_task.DATA_VOLUME,
@@ -236,9 +251,10 @@ class MonitoringService(pulumi.ComponentResource):
             desired_count=1,
             launch_type="FARGATE",
             platform_version="LATEST",
-            # Start the new task before stopping the old one: Grafana and Prometheus stay reachable.
-            deployment_minimum_healthy_percent=100,
-            deployment_maximum_percent=200,
+            # Without history: start the new task before stopping the old one, so Grafana and Prometheus
+            # stay reachable. With history on EFS: stop first, never two writers on one database.
+            deployment_minimum_healthy_percent=0 if args.history else 100,
+            deployment_maximum_percent=100 if args.history else 200,
             deployment_circuit_breaker={"enable": True, "rollback": True},
             health_check_grace_period_seconds=120,
             network_configuration=fargate.awsvpc_network(
@@ -260,9 +276,17 @@ class MonitoringService(pulumi.ComponentResource):
             propagate_tags="SERVICE",
             wait_for_steady_state=True,
             # New tasks must find the bundle they were defined for.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*config_objects, *args.depends_on]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[
+                    *config_objects,
+                    *args.depends_on,
+                    *(args.history.mount_targets if args.history else ()),
+                ],
+            ),
         )
         self.service_name: pulumi.Output[str] = self.service.name
+        self.task_role_arn: pulumi.Output[str] = task_role.arn
         self.register_outputs(
             {
                 "serviceName": self.service_name,
@@ -291,8 +315,15 @@ class MonitoringService(pulumi.ComponentResource):
                 *sync,
                 f"test -s /mnt/{layout.volume('prometheus/')}/{prometheus_config_name}",
                 *(f"chmod -R a+rX /mnt/{layout.volume(prefix)}" for prefix in sorted(layout.directories)),
-                f"chown -R {PROMETHEUS_UID}:{PROMETHEUS_UID} /mnt/prometheus-data",
-                f"chown -R {GRAFANA_UID}:0 /mnt/grafana-data",
+                # EFS access points own their directories already (and refuse a chown).
+                *(
+                    ()
+                    if args.history
+                    else (
+                        f"chown -R {PROMETHEUS_UID}:{PROMETHEUS_UID} /mnt/prometheus-data",
+                        f"chown -R {GRAFANA_UID}:0 /mnt/grafana-data",
+                    )
+                ),
                 "chmod 1777 /mnt/grafana-tmp",
                 *(
                     f"chown -R {alertmanager_task.UID}:{alertmanager_task.UID} /mnt/{volume}"
@@ -322,8 +353,7 @@ class MonitoringService(pulumi.ComponentResource):
                     fargate.mount(volume, f"/mnt/{volume}")
                     for volume in (
                         *(layout.volume(prefix) for prefix in sorted(layout.directories)),
-                        "prometheus-data",
-                        "grafana-data",
+                        *(() if args.history else (PROMETHEUS_VOLUME, GRAFANA_VOLUME)),
                         "grafana-tmp",
                         alertmanager_task.DATA_VOLUME,
                         alertmanager_task.RUN_VOLUME,
@@ -367,13 +397,14 @@ class MonitoringService(pulumi.ComponentResource):
                     f"--web.listen-address=:{PROMETHEUS_PORT}",
                     f"--web.route-prefix={PROMETHEUS_PATH}/",
                     f"--web.external-url={base_url}{PROMETHEUS_PATH}/",
+                    *((PROMETHEUS_NO_LOCKFILE,) if args.history else ()),
                 ),
             ),
             "portMappings": [{"containerPort": PROMETHEUS_PORT, "protocol": "tcp"}],
             "dependsOn": [{"containerName": INIT_CONTAINER, "condition": "SUCCESS"}],
             "mountPoints": [
                 fargate.mount(layout.volume("prometheus/"), prometheus_config_dir, read_only=True),
-                fargate.mount("prometheus-data", PROMETHEUS_DATA),
+                fargate.mount(PROMETHEUS_VOLUME, PROMETHEUS_DATA),
             ],
             "healthCheck": fargate.health_check(
                 _http_probe(f"http://127.0.0.1:{PROMETHEUS_PORT}{PROMETHEUS_PATH}/-/healthy"),
@@ -420,6 +451,8 @@ class MonitoringService(pulumi.ComponentResource):
             "essential": True,
             "user": f"{GRAFANA_UID}:0",
             "readonlyRootFilesystem": True,
+            "entryPoint": ["/bin/sh", "-c"],
+            "command": [GRAFANA_ENTRYPOINT],
             "environment": fargate.environment(grafana_env),
             "secrets": secrets,
             "portMappings": [{"containerPort": GRAFANA_PORT, "protocol": "tcp"}],
@@ -429,7 +462,7 @@ class MonitoringService(pulumi.ComponentResource):
             ],
             "mountPoints": [
                 fargate.mount(layout.volume("grafana/"), layout.directory_of("grafana/"), read_only=True),
-                fargate.mount("grafana-data", GRAFANA_DATA),
+                fargate.mount(GRAFANA_VOLUME, GRAFANA_DATA),
                 fargate.mount("grafana-tmp", "/tmp"),
             ],
             "healthCheck": fargate.health_check(

@@ -48,6 +48,7 @@ class SimulatorFleetArgs:
     log_group_name: str
     log_retention_days: int
     family_prefix: str
+    topic_prefix: str = ""  # Basic Ingest: `$aws/rules/<rule>/` before every topic (FACTORY_TOPIC_PREFIX)
 
 
 class SimulatorFleet(pulumi.ComponentResource):
@@ -215,6 +216,8 @@ def _container(
         "FACTORY_CONFIG_JSON": args.fleet_json,
         "FACTORY_CERT_GENERATION": args.serving_generation,
     }
+    if args.topic_prefix:  # only then: other stacks' task definitions stay as they were
+        environment["FACTORY_TOPIC_PREFIX"] = args.topic_prefix
     return {
         "name": CONTAINER,
         "image": values["image"],

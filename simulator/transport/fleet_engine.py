@@ -143,6 +143,9 @@ class FleetPublisher(Publisher):
         # connection index -> when its write buffer got its first unsent message
         self._unflushed: dict[int, float] = {}
         self._topic_fields: dict[str, bytes] = {}  # one per machine and message kind
+        # Basic Ingest: each topic with its prefix, made once, so the fast path's cache sees one
+        # string per topic; None (the usual case) costs the publish loop one test.
+        self._prefixed: dict[str, str] | None = {} if options.topic_prefix else None
         self._closed = False
         self._first_result = False
         self._since_poll = 0
@@ -406,6 +409,7 @@ class FleetPublisher(Publisher):
         pending = conn.pending
         bucket = conn.bucket
         published = conn.stats.published
+        prefixed = self._prefixed
         while pending and len(inflight) < window:
             if qos == 0 and link.backlogged():
                 break
@@ -413,7 +417,10 @@ class FleetPublisher(Publisher):
                 self._throttled[conn.index] = bucket.ready_at(now)
                 break
             message = pending.popleft()
-            mid = link.publish(message.topic, message.payload, qos)
+            topic = message.topic
+            if prefixed is not None:
+                topic = prefixed.get(topic) or prefixed.setdefault(topic, self.options.topic_prefix + topic)
+            mid = link.publish(topic, message.payload, qos)
             if mid > 0:
                 conn.send_seq += 1
                 inflight[mid] = (conn.send_seq, now, message)

@@ -65,6 +65,8 @@ class TransportOptions:
     # because there the window, not the clock, limits what is in flight.
     linger_s: float = 0.02
     cert_dir: Path | None = None  # `<client id>.pem`/`.key` per connection (the local broker)
+    # Before every topic: "" or the archive rule's Basic Ingest prefix (factory_core.archive_modes).
+    topic_prefix: str = ""
 
     def credentials(self, client_id: str) -> tuple[Path, Path]:
         """The certificate and key the connection `client_id` presents."""

@@ -267,7 +267,7 @@ class SdkPublisher(Publisher):
                     with conn.lock:
                         conn.inflight += 1
                     mid = client.publishAsync(
-                        message.topic, message.payload, 1,
+                        self.options.topic_prefix + message.topic, message.payload, 1,
                         ackCallback=lambda mid, data=None, sent=now, kind=kind: self._acked(conn, sent, kind),
                     )
                     if not isinstance(mid, int) or mid <= 0:
@@ -277,7 +277,7 @@ class SdkPublisher(Publisher):
                             conn.inflight -= 1
                             conn.stats.published[kind] += 1
                 else:
-                    client.publishAsync(message.topic, message.payload, 0)
+                    client.publishAsync(self.options.topic_prefix + message.topic, message.payload, 0)
                     with conn.lock:
                         conn.stats.published[kind] += 1
             except Exception:  # publishError / publishQueueFull*: keep the message, retry soon

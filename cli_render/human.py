@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli_render import query_view
 from cli_render.local_views import status_renderable, where_table
 from cli_render.score_view import render_score
 from cli_render.verify_view import render_report
@@ -27,6 +28,8 @@ from factory_core.verb_results import (
     LocalStopResult,
     LocalUpResult,
     LogsResult,
+    QueryResult,
+    ReportResult,
     RotationOutcome,
     TailResult,
     UpdateOutcome,
@@ -234,6 +237,8 @@ RENDERERS: dict[type[VerbResult], Callable[[Any, Console], None]] = {
     CloudStatus: cloud_status,
     BootstrapResult: bootstrap,
     DashboardsResult: dashboards,
+    QueryResult: query_view.render_query,
+    ReportResult: query_view.render_report,
 }
 
 

@@ -116,8 +116,9 @@ class ArchiveDatabase:
         options = [
             f"columns = {_struct_literal(columns)}",
             "format = 'newline_delimited'",
-            # Lines that are not JSON, or not of this contract (schema 1's [value, unit] pairs), are
-            # left out, as scoring does; `verify` counts them.
+            # A line that is not JSON becomes a row of NULLs and a field that does not convert (schema
+            # 1's [value, unit] pairs) NULL, as with Athena's JSON SerDe and ignore.malformed.json;
+            # the views read schema-2 rows only, and `verify` counts what could not be read.
             "ignore_errors = true",
             f"filename = {str(filename).lower()}",
         ]
@@ -174,12 +175,24 @@ class ArchiveDatabase:
     def export(self, sql: str, path: Path) -> int:
         """The rows of `sql` straight to a CSV or Parquet file (no round trip through Python)."""
         chosen = export_format(path)
-        options = "FORMAT PARQUET" if chosen == "parquet" else (
-            f"FORMAT CSV, HEADER, TIMESTAMPFORMAT '{CSV_TIMESTAMP_FORMAT}'"
-        )
         statement = sql.strip().rstrip(";")
+        if chosen == "parquet":
+            options = "FORMAT PARQUET"
+        else:
+            options = f"FORMAT CSV, HEADER, TIMESTAMPFORMAT '{CSV_TIMESTAMP_FORMAT}'"
+            statement = self._with_plain_timestamps(statement)
         written = self._run(f"COPY ({statement}) TO {_string_literal(str(path))} ({options})").fetchone()
         return int(written[0]) if written else 0
+
+    def _with_plain_timestamps(self, statement: str) -> str:
+        """The views' TIMESTAMP(3) columns cast to TIMESTAMP: CSV's TIMESTAMPFORMAT skips the former."""
+        described = self._run(f"DESCRIBE ({statement})").fetchall()
+        precise = ("TIMESTAMP_MS", "TIMESTAMP_S", "TIMESTAMP_NS")
+        columns = [
+            f'CAST("{name}" AS TIMESTAMP) AS "{name}"' if kind in precise else f'"{name}"'
+            for name, kind, *_ in described
+        ]
+        return f"SELECT {', '.join(columns)} FROM ({statement})"
 
     def arrivals(self) -> QueryTable:
         """Per archived line: kind, machine, payload ts and when its object was written (latency)."""

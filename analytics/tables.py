@@ -75,9 +75,12 @@ def export_format(path: Path) -> str:
 
 
 def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell, written as DuckDB's own CSV export writes it (`archive_db.export`)."""
     if isinstance(value, dt.datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        moment = (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+        return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list | dict):
         import orjson
 

@@ -48,7 +48,8 @@ WORKGROUP_OUTPUT = "analyticsWorkgroup"
 RESULTS_BUCKET_OUTPUT = "analyticsResultsBucket"
 QUERY_ROLE_OUTPUT = "analyticsQueryRoleArn"
 DESCRIPTIONS = {
-    BASE_RELATION: "Every archived line as it arrived (duplicates included), one column per payload field.",
+    BASE_RELATION: "Every archived line as it arrived (redeliveries included; a line that is not JSON "
+    "is a row of NULLs), one column per payload field.",
     "telemetry": "One row per telemetry message, one column per signal in the contract's unit.",
     "ground_truth_events": "One row per ground-truth event (state changes, fault start/update/end).",
     "ground_truth": "One row per fault: onset, detectable_from, end, end reason, severity.",

@@ -94,11 +94,14 @@ class AthenaQuery:
         query_id = self._start(sql)
         try:
             execution = self._wait(query_id, timeout_s)
-        except BaseException:
-            # Ctrl-C or a timeout: stop paying for a query nobody will read.
-            self._call(self.client.stop_query_execution, QueryExecutionId=query_id)
+        except KeyboardInterrupt:
+            self._stop(query_id)
             raise
         return self._results(query_id, execution), execution
+
+    def _stop(self, query_id: str) -> None:
+        """Ctrl-C or a timeout: stop paying for a query nobody will read."""
+        self._call(self.client.stop_query_execution, QueryExecutionId=query_id)
 
     def _call(self, method: Callable[..., Any], *arguments: Any, **parameters: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -143,6 +146,7 @@ class AthenaQuery:
             if status["State"] in FINISHED:
                 break
             if self.clock() + pause > deadline:
+                self._stop(query_id)
                 raise OperationFailed(
                     f"athena: query {query_id} still {status['State'].lower()} after {timeout_s:g} s; "
                     "cancelled it (narrow it with WHERE year/month/day/hour, or raise the timeout)"

@@ -19,10 +19,11 @@ if str(REPO_ROOT) not in sys.path:
 import pulumi  # noqa: E402
 import pulumi_aws as aws  # noqa: E402
 
-from factory_core import cert_rotation  # noqa: E402
+from factory_core import archive_views, cert_rotation  # noqa: E402
 from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT  # noqa: E402
 from infra import iam  # noqa: E402
 from infra.components.alerting import AlertTopic, AlertTopicArgs, Subscriber  # noqa: E402
+from infra.components.analytics import ArchiveAnalytics, ArchiveAnalyticsArgs  # noqa: E402
 from infra.components.archive import TelemetryArchive, TelemetryArchiveArgs  # noqa: E402
 from infra.components.cluster import ContainerPlatform, ContainerPlatformArgs  # noqa: E402
 from infra.components.firewall import Firewall, FirewallArgs  # noqa: E402
@@ -157,6 +158,20 @@ def main() -> None:
             force_destroy=settings.force_destroy,
             buffer_size_mb=settings.firehose.size_mb,
             buffer_interval_s=settings.firehose.interval_s,
+        ),
+        opts=uses_provider,
+    )
+    # Athena over the archive: the views `query --stack local` runs on DuckDB (docs/cold-path.md).
+    analytics = ArchiveAnalytics(
+        "analytics",
+        ArchiveAnalyticsArgs(
+            account=account,
+            archive_bucket_name=archive.bucket_name,
+            archive_bucket_arn=archive.bucket.bucket_arn,
+            mode=settings.archive_mode,
+            database_name=re.sub(r"[^a-z0-9_]", "_", f"{PROJECT}_{stack}".lower()),
+            workgroup_name=f"{settings.name_prefix}-archive",
+            force_destroy=settings.force_destroy,
         ),
         opts=uses_provider,
     )
@@ -338,6 +353,10 @@ def main() -> None:
         },
     )
     pulumi.export("region", settings.region)
+    pulumi.export(archive_views.DATABASE_OUTPUT, analytics.database.name)
+    pulumi.export(archive_views.WORKGROUP_OUTPUT, analytics.workgroup.name)
+    pulumi.export(archive_views.RESULTS_BUCKET_OUTPUT, analytics.results.bucket_name)
+    pulumi.export(archive_views.QUERY_ROLE_OUTPUT, analytics.query_role.arn)
 
 
 main()

@@ -66,6 +66,8 @@ FIREHOSE = "aws:kinesis/firehoseDeliveryStream:FirehoseDeliveryStream"
 DISCOVERY_SERVICE = "aws:servicediscovery/service:Service"
 SNS_TOPIC = "aws:sns/topic:Topic"
 SNS_TOPIC_POLICY = "aws:sns/topicPolicy:TopicPolicy"
+ATHENA_WORKGROUP = "aws:athena/workgroup:Workgroup"
+GLUE_CRAWLER = "aws:glue/crawler:Crawler"
 # Records Route 53 puts in one answer, by Cloud Map routing policy (multivalue: at most 8 healthy
 # records; weighted: one record picked at random).
 DNS_ANSWER_RECORDS = {"MULTIVALUE": 8, "WEIGHTED": 1}
@@ -507,6 +509,30 @@ def _sns(index: _Index, context: PolicyContext) -> Iterator[Violation]:
             if statement.get("Effect") == "Allow" and "*" in _as_list(aws_principals):
                 message = "topic policy allows every principal ('*'); name the publisher"
                 yield Violation("sns-topic", _label(record), message)
+
+
+@rule("athena-workgroup")
+def _athena(index: _Index, context: PolicyContext) -> Iterator[Violation]:
+    """Queries cannot opt out of the workgroup's settings: encrypted results, in the stack's bucket,
+    and a cap on what one query may scan (Athena bills by bytes scanned)."""
+    buckets = {str(bucket.inputs.get("bucket") or bucket.id) for bucket in index.of(BUCKET)}
+    for record in index.of(ATHENA_WORKGROUP):
+        label = _label(record)
+        configuration = record.inputs.get("configuration") or {}
+        if configuration.get("enforceWorkgroupConfiguration") is not True:
+            yield Violation("athena-workgroup", label, "workgroup configuration is not enforced")
+        results = configuration.get("resultConfiguration") or {}
+        if not (results.get("encryptionConfiguration") or {}).get("encryptionOption"):
+            yield Violation("athena-workgroup", label, "query results are not encrypted")
+        location = str(results.get("outputLocation") or "")
+        if location.removeprefix("s3://").split("/", 1)[0] not in buckets:
+            where = location or "nowhere"
+            yield Violation("athena-workgroup", label, f"results go to {where}, not a bucket of this stack")
+        if not configuration.get("bytesScannedCutoffPerQuery"):
+            yield Violation("athena-workgroup", label, "no bytes-scanned cutoff per query")
+    for record in index.of(GLUE_CRAWLER):
+        why = "a crawler: the archive's partitions are projected, not crawled"
+        yield Violation("athena-workgroup", _label(record), why)
 
 
 def check(records: Iterable[ResourceRecord], context: PolicyContext) -> list[Violation]:

@@ -194,8 +194,9 @@ class ArchiveDatabase:
         ]
         return f"SELECT {', '.join(columns)} FROM ({statement})"
 
-    def arrivals(self) -> QueryTable:
-        """Per archived line: kind, machine, payload ts and when its object was written (latency)."""
+    def create_arrivals(self) -> None:
+        """TEMP TABLE `archive_arrivals`: per archived line its kind, machine, payload ts and when its
+        object was written (publish -> archive latency). DuckDB only: Athena has no write time."""
         assert self.folder is not None
         objects = [
             (str(self.folder / info.key), info.written_at.replace(tzinfo=None))
@@ -206,8 +207,9 @@ class ArchiveDatabase:
         if objects:
             self._connection.executemany("INSERT INTO archive_objects VALUES (?, ?)", objects)
         records = self._records_sql(self._layouts, filename=True)
-        return self.query(
-            f"""SELECT r.kind, r.machine, CAST(CAST(r.ts AS TIMESTAMPTZ) AS TIMESTAMP) AS ts, o.written_at
+        self._run(
+            f"""CREATE OR REPLACE TEMP TABLE archive_arrivals AS
+                SELECT r.kind, r.machine, CAST(CAST(r.ts AS TIMESTAMPTZ) AS TIMESTAMP) AS ts, o.written_at
                 FROM ({records}) AS r JOIN archive_objects AS o USING (filename)
                 WHERE r.schema = {SCHEMA_VERSION}"""
         )

@@ -258,6 +258,11 @@ def render_view(name: str, engine: Engine) -> str:
     return view_expression(name).sql(dialect=engine, identify=True, pretty=True)
 
 
+def transpile(sql: str, engine: Engine) -> str:
+    """SQL written in the views' dialect (Trino), for `engine`: how reports and docs write once too."""
+    return sqlglot.transpile(sql, read=SOURCE_DIALECT, write=engine, identify=True)[0]
+
+
 def create_view_statements(engine: Engine) -> Iterator[str]:
     """`CREATE OR REPLACE VIEW` for every view, in dependency order."""
     for name in VIEW_NAMES:

@@ -124,10 +124,19 @@ class LocalStatus(VerbResult):
 
 
 @dataclass(frozen=True)
+class PanelLink:
+    """A dashboard panel opened in Prometheus's own graph page (for stacks without Grafana)."""
+
+    title: str
+    url: str
+
+
+@dataclass(frozen=True)
 class LocalOutputsResult(VerbResult):
     stack: str
     running: bool
     outputs: LocalOutputs
+    prometheus_links: tuple[PanelLink, ...] = ()  # the main panels, when Grafana does not run
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from factory_core.verb_results import (
     LocalStopResult,
     LocalUpResult,
     LogsResult,
+    PanelLink,
     QueryResult,
     ReportResult,
     RotationOutcome,
@@ -136,7 +137,13 @@ class LocalStack(StackVerbs):
             values = (read_state(paths) or {}).get("outputs")
         if values is None:
             raise UsageError(NOT_STARTED)
-        return LocalOutputsResult(stack=STACK, running=running, outputs=local_outputs(values))
+        outputs = local_outputs(values)
+        links: tuple[PanelLink, ...] = ()
+        if outputs.grafana_url is None and outputs.prometheus_url:
+            from observability.pasteable import main_panel_links
+
+            links = tuple(PanelLink(title, url) for title, url in main_panel_links(outputs.prometheus_url))
+        return LocalOutputsResult(stack=STACK, running=running, outputs=outputs, prometheus_links=links)
 
     def scale(self, request: ScaleRequest, sink: ProgressSink) -> LocalScaleResult:
         config, paths = _load()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -111,16 +112,40 @@ def signals(
     figure = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.03, subplot_titles=titles)
     first_signal_row = 2 if detections else 1
     times = table.column("ts")
+    breaks = _gaps(times)
     for offset, name in enumerate(names):
-        figure.add_scatter(x=times, y=table.column(name), name=name, mode="lines", showlegend=False,
+        x, y = _broken(times, table.column(name), breaks)
+        figure.add_scatter(x=x, y=y, name=name, mode="lines", showlegend=False,
                            row=first_signal_row + offset, col=1)
     if detections:
         _detections(figure, detections)
-    for fault in faults:
-        _fault_window(figure, fault, window_end, times[0] if times else None)
-    figure.update_layout(**_LAYOUT, title=f"{machine}: signals, ground-truth faults and detections",
-                         height=170 * rows + 80, showlegend=False)
+    for index, fault in enumerate(faults):
+        _fault_window(figure, fault, window_end, times[0] if times else None, index)
+    figure.update_layout(**{**_LAYOUT, "margin": {**_LAYOUT["margin"], "t": 110}},
+                         title=f"{machine}: signals, ground-truth faults and detections",
+                         height=170 * rows + 130, showlegend=False)
     return figure
+
+
+def _gaps(times: Sequence[dt.datetime]) -> set[int]:
+    """Indexes after which the samples stop for a while (the simulator was down): no line across."""
+    steps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
+    if not steps:
+        return set()
+    usual = statistics.median(steps)
+    return {index for index, step in enumerate(steps) if step > 10 * usual}
+
+
+def _broken(times: Sequence[Any], values: Sequence[Any], breaks: set[int]) -> tuple[list[Any], list[Any]]:
+    x: list[Any] = []
+    y: list[Any] = []
+    for index, (moment, value) in enumerate(zip(times, values, strict=True)):
+        x.append(moment)
+        y.append(value)
+        if index in breaks:
+            x.append(moment)
+            y.append(None)
+    return x, y
 
 
 def _detections(figure: go.Figure, detections: Sequence[Any]) -> None:
@@ -138,13 +163,20 @@ def _detections(figure: go.Figure, detections: Sequence[Any]) -> None:
 
 
 def _fault_window(
-    figure: go.Figure, fault: Mapping[str, Any], window_end: dt.datetime, first: dt.datetime | None
+    figure: go.Figure,
+    fault: Mapping[str, Any],
+    window_end: dt.datetime,
+    first: dt.datetime | None,
+    index: int,
 ) -> None:
     start = fault["onset"] if first is None else max(fault["onset"], first)
     end = fault["end"] or window_end
     label = f"{fault['fault']}" + (f" ({fault['signal']})" if fault.get("signal") else "")
     figure.add_vrect(x0=start, x1=end, fillcolor=FAULT_COLORS.get(fault["fault_class"], "rgba(0,0,0,0.1)"),
-                     line_width=0, row="all", col=1, annotation_text=label, annotation_position="top left")
+                     line_width=0, row="all", col=1)
+    # One label per fault, above the charts, staggered so that overlapping windows stay readable.
+    figure.add_annotation(x=start, xref="x", y=1.0, yref="paper", yshift=16 + 14 * (index % 3), text=label,
+                          showarrow=False, xanchor="left", yanchor="bottom", font={"size": 11})
     if fault.get("detectable_from"):
         figure.add_vline(x=fault["detectable_from"], line_dash="dash", line_color="firebrick",
                          row="all", col=1)

@@ -85,9 +85,9 @@ class _Pipe:
 
 
 def open_page(path: Path, expression: str, *, width: int = 1280, height: int = 2400,
-              clip_height: int | None = None, timeout_s: float = 90.0) -> PageVisit:
+              clip_height: int | None = None, clip_top: int = 0, timeout_s: float = 90.0) -> PageVisit:
     """Load `path` offline, wait for it, evaluate `expression` (awaited), take a screenshot: of the
-    whole page, or of its top `clip_height` pixels."""
+    whole page, or of `clip_height` pixels from `clip_top` down."""
     executable = browser()
     assert executable is not None, "no Chromium: apt-get install chromium"
     profile = tempfile.mkdtemp(prefix="iotfactory-chromium-")
@@ -126,7 +126,7 @@ def open_page(path: Path, expression: str, *, width: int = 1280, height: int = 2
         pipe.wait_for("Page.loadEventFired", deadline)
         answer = call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
         visit.value = answer.get("result", {}).get("value")
-        clip = {"x": 0, "y": 0, "width": width, "height": clip_height, "scale": 1}
+        clip = {"x": 0, "y": clip_top, "width": width, "height": clip_height, "scale": 1}
         region = {"clip": clip} if clip_height else {}
         shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True, **region)
         visit.screenshot = base64.b64decode(shot["data"])

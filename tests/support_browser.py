@@ -122,7 +122,9 @@ def open_page(path: Path, expression: str, *, width: int = 1280, height: int = 2
             call(f"{domain}.enable")
         call("Network.emulateNetworkConditions", offline=True, latency=0, downloadThroughput=-1,
              uploadThroughput=-1)
-        call("Page.navigate", url=path.resolve().as_uri())
+        navigated = call("Page.navigate", url=path.resolve().as_uri())
+        if navigated.get("errorText"):
+            raise AssertionError(f"Chromium could not open {path}: {navigated['errorText']}")
         pipe.wait_for("Page.loadEventFired", deadline)
         answer = call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
         visit.value = answer.get("result", {}).get("value")

@@ -118,11 +118,19 @@ def _partition_columns(prefix: str = "") -> str:
 
 
 def _deduplicated(kind: str, columns: str) -> str:
-    """One row per message of `kind`: a redelivered message has the same machine, seq and ts."""
+    """One row per message of `kind`: a redelivered message has the same machine, seq and ts.
+
+    The arrival partition is part of the window's key so that a filter on `year`/`month`/`day`/
+    `hour` still reaches the table (Athena then lists only those prefixes): an engine may push a
+    filter below a window function only when it is on the window's partition columns. The price: a
+    redelivery archived in another hour than its first copy counts twice; redeliveries arrive
+    within seconds (the broker resends on reconnect), so that needs an hour boundary in between.
+    """
+    partition = ", ".join(f"r.{name}" for name in PARTITION_COLUMNS)
     return f"""
         SELECT * FROM (
           SELECT {columns}, {_partition_columns("r.")},
-                 row_number() OVER (PARTITION BY r.machine, r.seq, r.ts) AS archived_copy
+                 row_number() OVER (PARTITION BY r.machine, r.seq, r.ts, {partition}) AS archived_copy
           FROM {BASE_RELATION} AS r
           WHERE r.kind = '{kind}' AND r.schema = {SCHEMA_VERSION}
         ) AS messages

@@ -197,3 +197,16 @@ def test_a_view_reading_a_missing_signal_fails_in_both_engines_alike(tmp_path: P
     with pytest.raises(KeyError):
         view_columns("no_such_view")
     assert "humidity" not in {column.name for column in view_columns("telemetry")}
+
+
+@pytest.mark.parametrize("name", ["telemetry", "ground_truth_events"])
+def test_a_filter_on_the_arrival_partition_reaches_the_table(name: str, database: ArchiveDatabase) -> None:
+    """Athena lists only the prefixes a query's partition filter names; a window function lets a filter
+    through only on its partition columns, so the deduplication window must carry them."""
+    tree = sqlglot.parse_one(render_view(name, "trino"), read="trino")
+    window = next(tree.find_all(exp.Window))
+    keys = {column.name for column in window.args["partition_by"]}
+    assert {"year", "month", "day", "hour"} <= keys
+    plan = database.query(f"EXPLAIN SELECT count(*) FROM {name} WHERE year = 2026 AND hour = 9").rows[0][1]
+    # The plan prints top-down: the filter below the window is applied before it, next to the scan.
+    assert plan.index("row_number()") < plan.index("CAST(year AS INTEGER) = 2026")

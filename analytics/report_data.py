@@ -87,6 +87,10 @@ class ReportData:
 
     def oee(self, window: Window, ideal_cycle_times: Mapping[str, float]) -> list[dict[str, Any]]:
         """Per line: running and planned seconds, ideal seconds of the parts made, good and rejected."""
+        from observability.dashboards.factory_overview import PLANNED_STATES
+
+        # The dashboards' planned time (`state!="maintenance"`), so both OEEs count the same losses.
+        unplanned = PLANNED_STATES.removeprefix("!=")
         producing = {machine: seconds for machine, seconds in ideal_cycle_times.items() if seconds > 0}
         if not producing:
             return []
@@ -101,7 +105,7 @@ class ReportData:
             times AS (
               SELECT site, line, machine,
                      sum(CASE WHEN state = 'running' THEN seconds ELSE 0 END) AS running_s,
-                     sum(CASE WHEN state <> 'maintenance' THEN seconds ELSE 0 END) AS planned_s
+                     sum(CASE WHEN state <> '{unplanned}' THEN seconds ELSE 0 END) AS planned_s
               FROM clipped GROUP BY site, line, machine),
             steps AS (
               SELECT machine, ts, parts_good, parts_rejected,

@@ -9,6 +9,7 @@ chart with data; the screenshot is kept in the test's temporary folder (its path
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,28 @@ def test_bad_requests_are_one_line_usage_errors(
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         report(built, Path(fields.pop("out")), **fields)
     assert not (tmp_path / "report.html").exists()
+
+
+def test_oee_parts_are_ratios_of_the_archives_times_and_parts(built: BuiltArchive) -> None:
+    from analytics.archive_db import ArchiveDatabase
+    from analytics.report_data import ReportData, ideal_cycle_times
+
+    with ArchiveDatabase(built.archive, materialize=True) as database:
+        data = ReportData(database)
+        window = data.window(None, None)
+        assert window is not None
+        machines = [row["machine"] for row in data.machines(window)]
+        ideal = ideal_cycle_times(FLEET, machines)
+        (line,) = data.oee(window, ideal)
+    producing = [machine for machine in machines if ideal[machine] > 0]
+    assert line["machines"] == len(producing) == 4  # the compressor makes no parts
+    good = 0
+    for machine in producing:
+        counters = [m["parts"]["good"] for m in sorted(built.messages("telemetry"), key=lambda m: m["ts"])
+                    if m["machine"] == machine]
+        # Parts made between samples; a counter that drops is a restarted simulator counting from 0.
+        good += sum(now - before if now >= before else now for before, now in itertools.pairwise(counters))
+    assert line["good"] == good > 0
+    assert 0 < line["running_s"] <= line["planned_s"] <= len(producing) * window.seconds
+    assert 0 < line["availability"] <= 1 and 0 < line["performance"] <= 1 and line["quality"] == 1.0
+    assert line["oee"] == pytest.approx(line["availability"] * line["performance"] * line["quality"])

@@ -179,6 +179,21 @@ def test_a_query_past_its_timeout_is_cancelled() -> None:
         stubber.assert_no_pending_responses()
 
 
+def test_ctrl_c_while_waiting_stops_the_query() -> None:
+    athena_client = client()
+
+    def interrupted(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with Stubber(athena_client) as stubber:
+        expect_start(stubber)
+        stubber.add_response("get_query_execution", execution("RUNNING"), {"QueryExecutionId": QUERY_ID})
+        stubber.add_response("stop_query_execution", {}, {"QueryExecutionId": QUERY_ID})
+        with pytest.raises(KeyboardInterrupt):
+            AthenaQuery(athena_client, TARGET, sleep=interrupted, clock=lambda: 0.0).run(SQL, timeout_s=60)
+        stubber.assert_no_pending_responses()
+
+
 def test_rows_can_go_to_a_csv_or_parquet_file(tmp_path: Path) -> None:
     for name in ("answer.csv", "answer.parquet"):
         athena_client = client()
@@ -239,6 +254,12 @@ def test_cli_query_on_a_cloud_stack_runs_in_its_workgroup(cloud: dict[str, Any])
     assert document["engine"] == "athena" and document["query_id"] == QUERY_ID
     assert document["rows"][0] == ["site-00-line-01-cnc_mill-01", 600, "2026-01-01T00:09:59.475000Z"]
     assert document["scanned_bytes"] == 123_456 and "iotfactory-dev" in document["source"]
+
+
+def test_cli_report_on_a_cloud_stack_names_the_alternative(cloud: dict[str, Any]) -> None:
+    result = CliRunner().invoke(cli.app, ["report", "--stack", "dev", "--out", "report.html"])
+    assert result.exit_code == 2
+    assert "report --archive s3://BUCKET" in result.stderr and "query --stack dev" in result.stderr
 
 
 def test_cli_query_without_the_analytics_outputs_says_to_run_up(

@@ -59,6 +59,7 @@ class ArchiveDatabase:
         self.materialize = materialize
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self._connection: Any = None
+        self._layouts: list[str] = []  # the data layouts present: raw/ and/or factory/simulator/
         self.folder: Path | None = None
 
     @property

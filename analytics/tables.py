@@ -100,8 +100,10 @@ def write_rows(table: QueryTable, path: Path) -> None:
 
     with duckdb.connect() as connection:
         connection.execute("SET TimeZone = 'UTC'")
-        columns = ", ".join(f'"{name}" {_duckdb_type(column.type)}' for name, column in
-                            zip(_unique(table.names), table.columns, strict=True))
+        names = _unique(table.names)
+        columns = ", ".join(
+            f'"{name}" {_duckdb_type(column.type)}' for name, column in zip(names, table.columns, strict=True)
+        )
         connection.execute(f"CREATE TABLE answer ({columns})")
         if table.rows:
             marks = ", ".join("?" for _ in table.columns)

@@ -19,11 +19,13 @@ TABLE_ROWS_SHOWN = 1_000
 
 
 def _cell(value: Any) -> Text:
+    """A value as the JSON style writes it (times ISO 8601 UTC), NULL dimmed."""
     if value is None:
         return Text("NULL", style="dim")
+    if isinstance(value, bool):
+        return Text("true" if value else "false")
     shown = to_document(value)
-    return Text(shown if isinstance(shown, str) else str(shown).lower() if isinstance(shown, bool) else
-                str(shown))
+    return Text(shown if isinstance(shown, str) else str(shown))
 
 
 def _footer(result: QueryResult) -> str:

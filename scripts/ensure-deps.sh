@@ -129,10 +129,10 @@ python_set_for() {  # python_set_for ARGS...
     esac
     shift
   done
-  # The verbs whose --stack defaults to dev; `verify --archive` reads any archive with the local tools.
+  # The verbs whose --stack defaults to dev; `--archive` reads any archive with the local tools.
   case $command in
     preview | bootstrap) : "${stack:=dev}" ;;
-    verify) [ -n "$archive" ] && stack=local ;;
+    verify | query | report | score) [ -n "$archive" ] && stack=local ;;
     dashboards) stack=local ;;
   esac
   case ${stack:-local} in

@@ -227,7 +227,8 @@ def verify(
 ArchiveOpt = Annotated[
     str | None,
     typer.Option(
-        "--archive", help="Read this archive instead of the stack's: a folder, file:///path or s3://BUCKET[/PREFIX]."
+        "--archive",
+        help="Read this archive instead of the stack's: a folder, file:///path or s3://BUCKET[/PREFIX].",
     ),
 ]
 EndpointOpt = Annotated[

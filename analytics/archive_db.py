@@ -139,7 +139,8 @@ class ArchiveDatabase:
         for layout in layouts:
             partition = layout == RAW_PREFIX
             columns = [
-                f'"{name}"' if partition or name not in archive_views.PARTITION_COLUMNS
+                f'"{name}"'
+                if partition or name not in archive_views.PARTITION_COLUMNS
                 else f'CAST(NULL AS VARCHAR) AS "{name}"'
                 for name in names
             ]

@@ -96,8 +96,13 @@ class _Page:
         self.charts += 1
         self.parts.append(
             '<div class="chart" data-report-chart="1">'
-            + pio.to_html(figure, full_html=False, include_plotlyjs=False, div_id=f"chart-{self.charts}",
-                          config={"displaylogo": False, "responsive": True})
+            + pio.to_html(
+                figure,
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=f"chart-{self.charts}",
+                config={"displaylogo": False, "responsive": True},
+            )
             + "</div>"
         )
 
@@ -144,9 +149,14 @@ def _pipeline(page: _Page, data: ReportData, window: Window, inputs: ReportInput
             if series["published"] or series["archived"]:
                 times = [moment for moment, _ in series["published"] or series["archived"]]
                 archived = dict(series["archived"])
-                page.chart(figures.throughput(
-                    times, [value for _, value in series["published"]], [archived.get(t, 0.0) for t in times],
-                    "Throughput (Prometheus)"))
+                page.chart(
+                    figures.throughput(
+                        times,
+                        [value for _, value in series["published"]],
+                        [archived.get(t, 0.0) for t in times],
+                        "Throughput (Prometheus)",
+                    )
+                )
                 page.section("Pipeline throughput", True, f"from Prometheus at {inputs.prometheus_url}")
                 _latency(page, data, window)
                 return
@@ -156,8 +166,12 @@ def _pipeline(page: _Page, data: ReportData, window: Window, inputs: ReportInput
     seconds, published, archived = data.archived_per_second()
     if seconds:
         page.chart(figures.throughput(seconds, published, archived, "Throughput (from the archive)"))
-        page.section("Pipeline throughput", True, f"{reason}: from the archive instead (archived per second "
-                     "of object write time, published per second of payload time, one clock at speed 1)")
+        page.section(
+            "Pipeline throughput",
+            True,
+            f"{reason}: from the archive instead (archived per second "
+            "of object write time, published per second of payload time, one clock at speed 1)",
+        )
     else:
         page.section("Pipeline throughput", False, reason)
     _latency(page, data, window)
@@ -166,37 +180,65 @@ def _pipeline(page: _Page, data: ReportData, window: Window, inputs: ReportInput
 def _latency(page: _Page, data: ReportData, window: Window) -> None:
     latencies, ahead = data.latencies(window)
     if ahead > AHEAD_SHARE * (len(latencies) + ahead):
-        why = f"{ahead:,} messages carry timestamps ahead of their write time: the simulated clock ran " \
-              "faster than real time (speed > 1)"
+        why = (
+            f"{ahead:,} messages carry timestamps ahead of their write time: the simulated clock ran "
+            "faster than real time (speed > 1)"
+        )
         page.section("Publish → archive latency", False, why)
     elif not latencies:
         page.section("Publish → archive latency", False, "no telemetry with a write time in this window")
     elif min(latencies) > BACKFILL_S:
-        why = f"every message reached the archive at least {min(latencies) / 3600:,.0f} h after its " \
-              "timestamp: the archive was filled afterwards (a dry run or backfill), not by a live pipeline"
+        why = (
+            f"every message reached the archive at least {min(latencies) / 3600:,.0f} h after its "
+            "timestamp: the archive was filled afterwards (a dry run or backfill), not by a live pipeline"
+        )
         page.section("Publish → archive latency", False, why)
     else:
         page.chart(figures.latency(latencies))
         page.section("Publish → archive latency", True, figures.latency_summary(latencies))
 
 
-def _oee(page: _Page, data: ReportData, window: Window, inputs: ReportInputs,
-         machines: list[dict[str, Any]]) -> None:
+def _oee(
+    page: _Page, data: ReportData, window: Window, inputs: ReportInputs, machines: list[dict[str, Any]]
+) -> None:
     page.heading("OEE per line")
     if inputs.fleet is None:
-        page.section("OEE per line", False, "performance needs each machine's ideal cycle time, which the "
-                     "model draws from the stack's fleet settings; run report on the stack (not --archive)")
+        page.section(
+            "OEE per line",
+            False,
+            "performance needs each machine's ideal cycle time, which the "
+            "model draws from the stack's fleet settings; run report on the stack (not --archive)",
+        )
         return
     lines = data.oee(window, ideal_cycle_times(inputs.fleet, [row["machine"] for row in machines]))
     if not lines:
         page.section("OEE per line", False, "no machine that makes parts in this window")
         return
     page.chart(figures.oee(lines))
-    page.table(lines, ["site", "line", "machines", "running_s", "planned_s", "ideal_s", "good", "rejected",
-                       "availability", "performance", "quality", "oee"])
-    page.section("OEE per line", True, "availability = running / planned (all but maintenance) time; "
-                 "performance = parts made * ideal cycle time / running time; quality = good / all parts; "
-                 "over the machines that make parts, as on the Factory overview dashboard")
+    page.table(
+        lines,
+        [
+            "site",
+            "line",
+            "machines",
+            "running_s",
+            "planned_s",
+            "ideal_s",
+            "good",
+            "rejected",
+            "availability",
+            "performance",
+            "quality",
+            "oee",
+        ],
+    )
+    page.section(
+        "OEE per line",
+        True,
+        "availability = running / planned (all but maintenance) time; "
+        "performance = parts made * ideal cycle time / running time; quality = good / all parts; "
+        "over the machines that make parts, as on the Factory overview dashboard",
+    )
 
 
 def _chosen(
@@ -206,8 +248,10 @@ def _chosen(
     if wanted:
         unknown = [name for name in wanted if name not in known]
         if unknown:
-            raise UsageError(f"--machine {unknown[0]}: not in the archive's window; machines: "
-                             f"{', '.join(sorted(known)[:8])}{', ...' if len(known) > 8 else ''}")
+            raise UsageError(
+                f"--machine {unknown[0]}: not in the archive's window; machines: "
+                f"{', '.join(sorted(known)[:8])}{', ...' if len(known) > 8 else ''}"
+            )
         return [known[name] for name in wanted]
     faulty = {fault["machine"] for fault in faults if fault["fault_class"] == "failure_mode"}
     chosen = []
@@ -218,8 +262,14 @@ def _chosen(
     return chosen
 
 
-def _signals(page: _Page, data: ReportData, window: Window, machines: list[dict[str, Any]],
-             inputs: ReportInputs, faults: list[dict[str, Any]]) -> list[str]:
+def _signals(
+    page: _Page,
+    data: ReportData,
+    window: Window,
+    machines: list[dict[str, Any]],
+    inputs: ReportInputs,
+    faults: list[dict[str, Any]],
+) -> list[str]:
     page.heading("Signals, faults and detections")
     detections = _detections(inputs, window)
     chosen = _chosen(machines, inputs.machines, faults)
@@ -227,14 +277,29 @@ def _signals(page: _Page, data: ReportData, window: Window, machines: list[dict[
         machine = row["machine"]
         table = data.signals(machine, row["type"], window, row["samples"])
         own = [fault for fault in faults if fault["machine"] == machine]
-        page.chart(figures.signals(machine, table, own, window.end,
-                                   [d for d in detections if d.machine == machine]))
-    note = "shaded: ground-truth fault windows (red: failure modes, orange: sensor faults); dashed: " \
-           "detectable_from"
+        page.chart(
+            figures.signals(machine, table, own, window.end, [d for d in detections if d.machine == machine])
+        )
+    note = (
+        "shaded: ground-truth fault windows (red: failure modes, orange: sensor faults); dashed: "
+        "detectable_from"
+    )
     page.section("Signals and faults", bool(chosen), note if chosen else "no machine in this window")
     page.heading("Faults in this window (ground truth)")
-    page.table(faults, ["machine", "fault", "fault_class", "signal", "onset", "detectable_from", "end",
-                        "end_reason", "severity"])
+    page.table(
+        faults,
+        [
+            "machine",
+            "fault",
+            "fault_class",
+            "signal",
+            "onset",
+            "detectable_from",
+            "end",
+            "end_reason",
+            "severity",
+        ],
+    )
     if inputs.detections is not None:
         _score(page, inputs, detections)
     return [row["machine"] for row in chosen]
@@ -259,8 +324,12 @@ def _score(page: _Page, inputs: ReportInputs, detections: list[Any]) -> None:
     page.heading("Detections scored against the ground truth")
     rows = [vars(row) for row in report.rows]
     page.table(rows, ["kind", "labels", "detected", "false_alarms", "precision", "recall", "f1"])
-    page.section("Detections", True, f"{len(detections):,} detections in this window; NAB score "
-                 f"{report.nab_score:.1f} (0 = none, 100 = perfect) over the whole archive")
+    page.section(
+        "Detections",
+        True,
+        f"{len(detections):,} detections in this window; NAB score "
+        f"{report.nab_score:.1f} (0 = none, 100 = perfect) over the whole archive",
+    )
 
 
 def write_report(stack: str, inputs: ReportInputs, progress: Callable[[str], None]) -> ReportResult:
@@ -270,8 +339,10 @@ def write_report(stack: str, inputs: ReportInputs, progress: Callable[[str], Non
         data = ReportData(database)
         window = data.window(inputs.time_from, inputs.time_to)
         if window is None:
-            raise UsageError(f"the archive at {inputs.archive.location} has no telemetry between "
-                             f"{inputs.time_from or 'its start'} and {inputs.time_to or 'its end'}")
+            raise UsageError(
+                f"the archive at {inputs.archive.location} has no telemetry between "
+                f"{inputs.time_from or 'its start'} and {inputs.time_to or 'its end'}"
+            )
         machines = data.machines(window)
         faults = data.faults(window)
         progress("drawing the pipeline, OEE, states and signals")
@@ -313,18 +384,16 @@ def _document(stack: str, inputs: ReportInputs, window: Window, page: _Page) -> 
 
     summary = "".join(
         f'<li class="{"" if s.available else "missing"}">{html.escape(s.title)}: '
-        f'{"drawn" if s.available else "unavailable"}{" — " + html.escape(s.note) if s.note else ""}</li>'
+        f"{'drawn' if s.available else 'unavailable'}{' — ' + html.escape(s.note) if s.note else ''}</li>"
         for s in page.sections
     )
     generated = dt.datetime.now(dt.UTC)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>iotfactory report: {html.escape(stack)}</title><style>{STYLE}</style>"
         f"<script>{get_plotlyjs()}</script></head><body>"
-        f"<h1>What the factory did</h1><p class=\"meta\">Stack <b>{html.escape(stack)}</b>, archive "
+        f'<h1>What the factory did</h1><p class="meta">Stack <b>{html.escape(stack)}</b>, archive '
         f"{html.escape(inputs.archive.location)}; {window.start:%Y-%m-%d %H:%M:%S} to "
         f"{window.end:%Y-%m-%d %H:%M:%S} UTC (payload time); generated {generated:%Y-%m-%d %H:%M:%S} UTC."
-        f"</p><ul class=\"sections\">{summary}</ul>"
-        + "".join(page.parts)
-        + "</body></html>\n"
+        f'</p><ul class="sections">{summary}</ul>' + "".join(page.parts) + "</body></html>\n"
     )

@@ -171,10 +171,16 @@ class ReportData:
         """From the archive alone: lines archived per second of write time, and telemetry published
         per second of payload time (the same clock only at speed 1)."""
         self.database.create_arrivals()
-        archived = dict(self.database.query(
-            "SELECT date_trunc('second', written_at), count(*) FROM archive_arrivals GROUP BY 1").rows)
-        published = dict(self.database.query(
-            "SELECT date_trunc('second', ts), count(*) FROM archive_arrivals GROUP BY 1").rows)
+        archived = dict(
+            self.database.query(
+                "SELECT date_trunc('second', written_at), count(*) FROM archive_arrivals GROUP BY 1"
+            ).rows
+        )
+        published = dict(
+            self.database.query(
+                "SELECT date_trunc('second', ts), count(*) FROM archive_arrivals GROUP BY 1"
+            ).rows
+        )
         if not archived:
             return [], [], []
         first, last = min(archived), max(archived)
@@ -226,15 +232,18 @@ class PrometheusUnavailable(Exception):
 
 def prometheus_range(url: str, expr: str, window: Window, step_s: float) -> list[tuple[dt.datetime, float]]:
     """One range query summed into one series: [(time, value)]."""
-    query = urllib.parse.urlencode({
-        "query": expr,
-        "start": window.start.replace(tzinfo=dt.UTC).timestamp(),
-        "end": window.end.replace(tzinfo=dt.UTC).timestamp(),
-        "step": f"{step_s:g}s",
-    })
+    query = urllib.parse.urlencode(
+        {
+            "query": expr,
+            "start": window.start.replace(tzinfo=dt.UTC).timestamp(),
+            "end": window.end.replace(tzinfo=dt.UTC).timestamp(),
+            "step": f"{step_s:g}s",
+        }
+    )
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query_range?{query}",
-                                    timeout=PROMETHEUS_TIMEOUT_S) as response:
+        with urllib.request.urlopen(
+            f"{url.rstrip('/')}/api/v1/query_range?{query}", timeout=PROMETHEUS_TIMEOUT_S
+        ) as response:
             answer = json.load(response)
     except (OSError, ValueError) as error:
         raise PrometheusUnavailable(f"Prometheus at {url} did not answer ({error})") from None

@@ -39,9 +39,13 @@ def throughput(
 
 def latency(latencies: Sequence[float]) -> go.Figure:
     figure = go.Figure(
-        layout={**_LAYOUT, "title": "Publish → archive latency (telemetry)",
-                "xaxis": {"title": "seconds from the payload's ts to its object's write"},
-                "yaxis": {"title": "messages"}, "bargap": 0.02}
+        layout={
+            **_LAYOUT,
+            "title": "Publish → archive latency (telemetry)",
+            "xaxis": {"title": "seconds from the payload's ts to its object's write"},
+            "yaxis": {"title": "messages"},
+            "bargap": 0.02,
+        }
     )
     figure.add_histogram(x=list(latencies), nbinsx=60, name="messages", showlegend=False)
     ordered = sorted(latencies)
@@ -58,13 +62,21 @@ def _percent(value: float) -> float | None:
 def oee(lines: Sequence[Mapping[str, Any]]) -> go.Figure:
     names = [f"{row['site']} {row['line']}" for row in lines]
     figure = go.Figure(
-        layout={**_LAYOUT, "title": "OEE per line and its parts", "barmode": "group",
-                "yaxis": {"title": "%", "range": [0, 105]}}
+        layout={
+            **_LAYOUT,
+            "title": "OEE per line and its parts",
+            "barmode": "group",
+            "yaxis": {"title": "%", "range": [0, 105]},
+        }
     )
     for part in OEE_PARTS:
         values = [_percent(row[part]) for row in lines]
-        figure.add_bar(x=names, y=values, name=part.upper() if part == "oee" else part,
-                       text=[f"{value:.0f} %" if value is not None else "-" for value in values])
+        figure.add_bar(
+            x=names,
+            y=values,
+            name=part.upper() if part == "oee" else part,
+            text=[f"{value:.0f} %" if value is not None else "-" for value in values],
+        )
     return figure
 
 
@@ -72,10 +84,14 @@ def state_timeline(intervals: Sequence[Mapping[str, Any]]) -> go.Figure:
     """One row per machine, one coloured bar per state interval (a Gantt chart on a time axis)."""
     machines = sorted({row["machine"] for row in intervals})
     figure = go.Figure(
-        layout={**_LAYOUT, "title": "Machine states", "barmode": "overlay",
-                "height": max(300, 40 + 28 * len(machines)),
-                "xaxis": {"type": "date"},
-                "yaxis": {"categoryorder": "array", "categoryarray": machines[::-1]}}
+        layout={
+            **_LAYOUT,
+            "title": "Machine states",
+            "barmode": "overlay",
+            "height": max(300, 40 + 28 * len(machines)),
+            "xaxis": {"type": "date"},
+            "yaxis": {"categoryorder": "array", "categoryarray": machines[::-1]},
+        }
     )
     colors = _state_colors()
     for state, color in colors.items():
@@ -115,15 +131,19 @@ def signals(
     breaks = _gaps(times)
     for offset, name in enumerate(names):
         x, y = _broken(times, table.column(name), breaks)
-        figure.add_scatter(x=x, y=y, name=name, mode="lines", showlegend=False,
-                           row=first_signal_row + offset, col=1)
+        figure.add_scatter(
+            x=x, y=y, name=name, mode="lines", showlegend=False, row=first_signal_row + offset, col=1
+        )
     if detections:
         _detections(figure, detections)
     for index, fault in enumerate(faults):
         _fault_window(figure, fault, window_end, times[0] if times else None, index)
-    figure.update_layout(**{**_LAYOUT, "margin": {**_LAYOUT["margin"], "t": 110}},
-                         title=f"{machine}: signals, ground-truth faults and detections",
-                         height=170 * rows + 130, showlegend=False)
+    figure.update_layout(
+        **{**_LAYOUT, "margin": {**_LAYOUT["margin"], "t": 110}},
+        title=f"{machine}: signals, ground-truth faults and detections",
+        height=170 * rows + 130,
+        showlegend=False,
+    )
     return figure
 
 
@@ -154,11 +174,17 @@ def _detections(figure: go.Figure, detections: Sequence[Any]) -> None:
         x=[dt.datetime.fromtimestamp(d.time, dt.UTC).replace(tzinfo=None) for d in detections],
         y=[score if score is not None else 1.0 for score in scores],
         mode="markers",
-        marker={"color": [score or 0.0 for score in scores], "colorscale": "Reds", "showscale": True,
-                "colorbar": {"title": "score", "len": 0.2, "y": 1.0, "yanchor": "top"}, "size": 7},
+        marker={
+            "color": [score or 0.0 for score in scores],
+            "colorscale": "Reds",
+            "showscale": True,
+            "colorbar": {"title": "score", "len": 0.2, "y": 1.0, "yanchor": "top"},
+            "size": 7,
+        },
         text=[d.failure_mode or "" for d in detections],
         hovertemplate="%{x}<br>score %{y}<br>%{text}<extra>detection</extra>",
-        row=1, col=1,
+        row=1,
+        col=1,
     )
 
 
@@ -172,14 +198,31 @@ def _fault_window(
     start = fault["onset"] if first is None else max(fault["onset"], first)
     end = fault["end"] or window_end
     label = f"{fault['fault']}" + (f" ({fault['signal']})" if fault.get("signal") else "")
-    figure.add_vrect(x0=start, x1=end, fillcolor=FAULT_COLORS.get(fault["fault_class"], "rgba(0,0,0,0.1)"),
-                     line_width=0, row="all", col=1)
+    figure.add_vrect(
+        x0=start,
+        x1=end,
+        fillcolor=FAULT_COLORS.get(fault["fault_class"], "rgba(0,0,0,0.1)"),
+        line_width=0,
+        row="all",
+        col=1,
+    )
     # One label per fault, above the charts, staggered so that overlapping windows stay readable.
-    figure.add_annotation(x=start, xref="x", y=1.0, yref="paper", yshift=16 + 14 * (index % 3), text=label,
-                          showarrow=False, xanchor="left", yanchor="bottom", font={"size": 11})
+    figure.add_annotation(
+        x=start,
+        xref="x",
+        y=1.0,
+        yref="paper",
+        yshift=16 + 14 * (index % 3),
+        text=label,
+        showarrow=False,
+        xanchor="left",
+        yanchor="bottom",
+        font={"size": 11},
+    )
     if fault.get("detectable_from"):
-        figure.add_vline(x=fault["detectable_from"], line_dash="dash", line_color="firebrick",
-                         row="all", col=1)
+        figure.add_vline(
+            x=fault["detectable_from"], line_dash="dash", line_color="firebrick", row="all", col=1
+        )
 
 
 def latency_summary(latencies: Sequence[float]) -> str:
@@ -187,4 +230,3 @@ def latency_summary(latencies: Sequence[float]) -> str:
         f"{len(latencies):,} messages, median {statistics.median(latencies):.2f} s, "
         f"max {max(latencies):.2f} s"
     )
-

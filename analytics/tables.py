@@ -113,9 +113,18 @@ def write_rows(table: QueryTable, path: Path) -> None:
 
 # Athena's result types as DuckDB holds them for a Parquet export; anything else goes as text.
 _ATHENA_TO_DUCKDB = {
-    "boolean": "BOOLEAN", "tinyint": "BIGINT", "smallint": "BIGINT", "integer": "BIGINT",
-    "bigint": "BIGINT", "real": "DOUBLE", "float": "DOUBLE", "double": "DOUBLE", "decimal": "DOUBLE",
-    "timestamp": "TIMESTAMP", "date": "VARCHAR", "varchar": "VARCHAR",
+    "boolean": "BOOLEAN",
+    "tinyint": "BIGINT",
+    "smallint": "BIGINT",
+    "integer": "BIGINT",
+    "bigint": "BIGINT",
+    "real": "DOUBLE",
+    "float": "DOUBLE",
+    "double": "DOUBLE",
+    "decimal": "DOUBLE",
+    "timestamp": "TIMESTAMP",
+    "date": "VARCHAR",
+    "varchar": "VARCHAR",
 }
 
 

@@ -90,8 +90,11 @@ def local_status(result: LocalStatus, console: Console) -> None:
 def local_outputs(result: LocalOutputsResult, console: Console) -> None:
     console.print(where_table(result.outputs))
     if result.prometheus_links:
-        _say(console, "Grafana does not run; the main panels in Prometheus (all of them: "
-                      "docs/observability-reference.md):")
+        _say(
+            console,
+            "Grafana does not run; the main panels in Prometheus (all of them: "
+            "docs/observability-reference.md):",
+        )
         for link in result.prometheus_links:
             _say(console, f"  {link.title}: {link.url}")
     if not result.running:

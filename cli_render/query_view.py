@@ -41,7 +41,15 @@ def render_query(result: QueryResult, console: Console) -> None:
     table = Table(show_header=True, header_style="bold", show_edge=False)
     for column in result.columns:
         numeric = column.type.split("(")[0].upper() in {
-            "BIGINT", "INTEGER", "HUGEINT", "DOUBLE", "FLOAT", "REAL", "DECIMAL", "SMALLINT", "TINYINT",
+            "BIGINT",
+            "INTEGER",
+            "HUGEINT",
+            "DOUBLE",
+            "FLOAT",
+            "REAL",
+            "DECIMAL",
+            "SMALLINT",
+            "TINYINT",
         }
         table.add_column(column.name, justify="right" if numeric else "left", overflow="fold")
     for row in result.rows[:TABLE_ROWS_SHOWN]:
@@ -65,10 +73,14 @@ def write_csv(result: QueryResult, stream: IO[str] | None = None) -> None:
 
 
 def render_report(result: ReportResult, console: Console) -> None:
-    console.print(Text(f"wrote {result.out_file} ({result.size_bytes / 1e6:.1f} MB) from {result.source}"),
-                  soft_wrap=True)
+    console.print(
+        Text(f"wrote {result.out_file} ({result.size_bytes / 1e6:.1f} MB) from {result.source}"),
+        soft_wrap=True,
+    )
     for section in result.sections:
         mark = "✓" if section.available else "-"
         note = f": {section.note}" if section.note else ""
-        console.print(Text(f"  {mark} {section.title}{note}", style=None if section.available else "yellow"),
-                      soft_wrap=True)
+        console.print(
+            Text(f"  {mark} {section.title}{note}", style=None if section.available else "yellow"),
+            soft_wrap=True,
+        )

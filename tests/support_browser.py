@@ -84,8 +84,16 @@ class _Pipe:
             self.events.append(message)
 
 
-def open_page(path: Path, expression: str, *, width: int = 1280, height: int = 2400,
-              clip_height: int | None = None, clip_top: int = 0, timeout_s: float = 90.0) -> PageVisit:
+def open_page(
+    path: Path,
+    expression: str,
+    *,
+    width: int = 1280,
+    height: int = 2400,
+    clip_height: int | None = None,
+    clip_top: int = 0,
+    timeout_s: float = 90.0,
+) -> PageVisit:
     """Load `path` offline, wait for it, evaluate `expression` (awaited), take a screenshot: of the
     whole page, or of `clip_height` pixels from `clip_top` down."""
     executable = browser()
@@ -94,17 +102,28 @@ def open_page(path: Path, expression: str, *, width: int = 1280, height: int = 2
     to_browser_read, to_browser_write = os.pipe()
     from_browser_read, from_browser_write = os.pipe()
 
-
     def pipes_on_3_and_4() -> None:  # Chromium reads commands from fd 3 and writes replies to fd 4
         os.dup2(to_browser_read, 3)
         os.dup2(from_browser_write, 4)
 
     process = subprocess.Popen(
-        [executable, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-         "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
-         f"--window-size={width},{height}", "about:blank"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        pass_fds=(3, 4), preexec_fn=pipes_on_3_and_4,
+        [
+            executable,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-pipe",
+            "--no-first-run",
+            "--no-default-browser-check",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        pass_fds=(3, 4),
+        preexec_fn=pipes_on_3_and_4,
     )
     os.close(to_browser_read)
     os.close(from_browser_write)
@@ -120,8 +139,13 @@ def open_page(path: Path, expression: str, *, width: int = 1280, height: int = 2
 
         for domain in ("Page", "Runtime", "Log", "Network"):
             call(f"{domain}.enable")
-        call("Network.emulateNetworkConditions", offline=True, latency=0, downloadThroughput=-1,
-             uploadThroughput=-1)
+        call(
+            "Network.emulateNetworkConditions",
+            offline=True,
+            latency=0,
+            downloadThroughput=-1,
+            uploadThroughput=-1,
+        )
         navigated = call("Page.navigate", url=path.resolve().as_uri())
         if navigated.get("errorText"):
             raise AssertionError(f"Chromium could not open {path}: {navigated['errorText']}")

@@ -57,9 +57,7 @@ def test_telemetry_has_one_row_per_message_and_one_typed_column_per_signal(
     for signal in ALL_SIGNALS:
         assert described[signal] == "DOUBLE"
     assert described["ts"] == "TIMESTAMP_MS" and described["seq"] == "BIGINT"
-    expected = {
-        (m["machine"], m["seq"], stamp(m["ts"])): m for m in built.messages("telemetry")
-    }
+    expected = {(m["machine"], m["seq"], stamp(m["ts"])): m for m in built.messages("telemetry")}
     signal_list = ", ".join(ALL_SIGNALS)
     for row in rows(database, f"SELECT machine, seq, ts, state, parts_good, {signal_list} FROM telemetry"):
         message = expected[(row["machine"], row["seq"], row["ts"])]
@@ -107,7 +105,9 @@ def test_ground_truth_has_one_row_per_fault(built: BuiltArchive, database: Archi
         fault = expected[(row["machine"], row["fault_id"], row["onset"])]
         assert row["fault"] == fault["fault"]
         assert (row["end"], row["end_reason"], row["detectable_from"]) == (
-            fault["end"], fault["reason"], fault["visible"]
+            fault["end"],
+            fault["reason"],
+            fault["visible"],
         )
     assert any(row["end"] is None for row in found) and any(row["detectable_from"] for row in found)
 
@@ -115,7 +115,7 @@ def test_ground_truth_has_one_row_per_fault(built: BuiltArchive, database: Archi
 def test_states_are_contiguous_intervals_that_stop_where_a_run_stopped(
     built: BuiltArchive, database: ArchiveDatabase
 ) -> None:
-    intervals = rows(database, 'SELECT * FROM states ORDER BY machine, start')
+    intervals = rows(database, "SELECT * FROM states ORDER BY machine, start")
     last_seen: dict[tuple[str, int], dt.datetime] = {}
     for message in built.messages("telemetry"):
         moment = stamp(message["ts"])
@@ -142,8 +142,12 @@ def test_states_are_contiguous_intervals_that_stop_where_a_run_stopped(
 def test_declared_view_types_match_what_duckdb_computes(database: ArchiveDatabase) -> None:
     """The types Glue stores with each Athena view are the types the SQL really produces."""
     duckdb_to_trino = {
-        "VARCHAR": "varchar", "BIGINT": "bigint", "INTEGER": "integer", "DOUBLE": "double",
-        "BOOLEAN": "boolean", "TIMESTAMP_MS": "timestamp(3)",
+        "VARCHAR": "varchar",
+        "BIGINT": "bigint",
+        "INTEGER": "integer",
+        "DOUBLE": "double",
+        "BOOLEAN": "boolean",
+        "TIMESTAMP_MS": "timestamp(3)",
     }
     for name in VIEW_NAMES:
         described = rows(database, f"DESCRIBE {name}")
@@ -163,8 +167,17 @@ def test_every_signal_of_the_contract_is_a_column_with_its_unit(monkeypatch: pyt
 # Trino's functions the views may use (https://trino.io/docs/current/functions/list.html); DuckDB-only
 # spellings (STRPTIME, EPOCH, struct_pack, `::`) would fail in Athena at query time, so they fail here.
 TRINO_FUNCTIONS = {
-    "CAST", "FROM_ISO8601_TIMESTAMP", "ROW_NUMBER", "LEAD", "MAX", "MIN", "COALESCE", "GREATEST",
-    "DATE_DIFF", "CASE", "COUNT",
+    "CAST",
+    "FROM_ISO8601_TIMESTAMP",
+    "ROW_NUMBER",
+    "LEAD",
+    "MAX",
+    "MIN",
+    "COALESCE",
+    "GREATEST",
+    "DATE_DIFF",
+    "CASE",
+    "COUNT",
 }
 TRINO_TYPES = {"VARCHAR", "BIGINT", "INTEGER", "DOUBLE", "BOOLEAN", "TIMESTAMP"}
 

@@ -73,8 +73,12 @@ def test_batched_archive_partitions_are_projected_from_the_firehose_layout(run: 
     assert location == f"s3://{bucket}/raw/"
     assert [key["name"] for key in table.inputs["partitionKeys"]] == ["year", "month", "day", "hour"]
     parameters = table.inputs["parameters"]
-    assert parameters == {"classification": "json", "EXTERNAL": "TRUE", "compressionType": "gzip",
-                          **partition_projection(bucket, 2025)}
+    assert parameters == {
+        "classification": "json",
+        "EXTERNAL": "TRUE",
+        "compressionType": "gzip",
+        **partition_projection(bucket, 2025),
+    }
     template = parameters["storage.location.template"]
     assert template == f"s3://{bucket}/raw/year=${{year}}/month=${{month}}/day=${{day}}/hour=${{hour}}/"
     assert parameters["projection.year.range"] == "2025,NOW" and parameters["projection.hour.digits"] == "2"

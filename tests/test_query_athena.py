@@ -62,8 +62,18 @@ def page(rows: list[list[str | None]], *, header: bool, token: str | None = None
             "Rows": [{"Data": [cell(value) for value in row]} for row in data],
             "ResultSetMetadata": {
                 "ColumnInfo": [
-                    {"CatalogName": "hive", "SchemaName": "", "TableName": "", "Name": name, "Label": name,
-                     "Type": kind, "Precision": 0, "Scale": 0, "Nullable": "UNKNOWN", "CaseSensitive": True}
+                    {
+                        "CatalogName": "hive",
+                        "SchemaName": "",
+                        "TableName": "",
+                        "Name": name,
+                        "Label": name,
+                        "Type": kind,
+                        "Precision": 0,
+                        "Scale": 0,
+                        "Nullable": "UNKNOWN",
+                        "CaseSensitive": True,
+                    }
                     for name, kind in COLUMNS
                 ]
             },
@@ -144,8 +154,11 @@ def test_a_failed_query_is_one_line_with_athenas_reason(category: int, error: ty
         expect_start(stubber)
         stubber.add_response(
             "get_query_execution",
-            execution("FAILED", StateChangeReason=reason,
-                      AthenaError={"ErrorCategory": category, "ErrorType": 1006, "Retryable": False}),
+            execution(
+                "FAILED",
+                StateChangeReason=reason,
+                AthenaError={"ErrorCategory": category, "ErrorType": 1006, "Retryable": False},
+            ),
             {"QueryExecutionId": QUERY_ID},
         )
         with pytest.raises(error) as raised:
@@ -226,9 +239,17 @@ def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     project = tmp_path / "project"
     project.mkdir()
     (project / "Pulumi.yaml").write_text("name: iotfactory\nruntime: python\nmain: infra/\n")
-    (project / "Pulumi.dev.yaml").write_text(yaml.safe_dump({"config": {
-        "aws:region": TARGET.region, "iotfactory:owner": "team", "iotfactory:archiveMode": "batched",
-    }}))
+    (project / "Pulumi.dev.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "config": {
+                    "aws:region": TARGET.region,
+                    "iotfactory:owner": "team",
+                    "iotfactory:archiveMode": "batched",
+                }
+            }
+        )
+    )
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     (fake_bin / "pulumi").write_text("#!/bin/sh\nexit 97\n")

@@ -30,9 +30,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltArchive:
 
 
 def query(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, CLI, "query", *args], capture_output=True, text=True,
-                          timeout=120, cwd=PROJECT_DIR, env={**os.environ, **(env or {})},
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, CLI, "query", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_DIR,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_table_csv_and_json_show_the_same_answer(built: BuiltArchive) -> None:
@@ -52,8 +58,13 @@ def test_table_csv_and_json_show_the_same_answer(built: BuiltArchive) -> None:
 
 def test_rows_export_to_csv_and_parquet(built: BuiltArchive, tmp_path: Path) -> None:
     for name in ("rows.csv", "rows.parquet"):
-        exported = query("--archive", str(built.root), "--out", str(tmp_path / name),
-                         "SELECT machine, ts, temperature FROM telemetry ORDER BY machine, ts")
+        exported = query(
+            "--archive",
+            str(built.root),
+            "--out",
+            str(tmp_path / name),
+            "SELECT machine, ts, temperature FROM telemetry ORDER BY machine, ts",
+        )
         assert exported.returncode == 0 and f"to {tmp_path / name}" in exported.stdout, exported.stderr
     first = (tmp_path / "rows.csv").read_text().splitlines()[1].split(",")
     assert first[1].endswith("Z") and "T" in first[1]  # ISO 8601 UTC, as the JSON style writes times
@@ -104,13 +115,22 @@ def test_an_s3_api_archive_is_read_through_boto3(built: BuiltArchive) -> None:
         finally:
             for name in MOTO_ENV:
                 os.environ.pop(name, None)
-        answer = query("--archive", "s3://archive/local", "--s3-endpoint-url", endpoint, "--format", "json",
-                       PER_MACHINE, env=MOTO_ENV)
+        answer = query(
+            "--archive",
+            "s3://archive/local",
+            "--s3-endpoint-url",
+            endpoint,
+            "--format",
+            "json",
+            PER_MACHINE,
+            env=MOTO_ENV,
+        )
         assert answer.returncode == 0, answer.stderr
         document = json.loads(answer.stdout)
         assert dict(document["rows"]) == built.telemetry_per_machine()
         assert document["source"] == f"s3://archive/local/ at {endpoint}"
-        missing = query("--archive", "s3://not-there", "--s3-endpoint-url", endpoint, "SELECT 1",
-                        env=MOTO_ENV)
+        missing = query(
+            "--archive", "s3://not-there", "--s3-endpoint-url", endpoint, "SELECT 1", env=MOTO_ENV
+        )
         assert missing.returncode == 2 and "does not exist" in missing.stderr
         assert "testing" not in answer.stdout + answer.stderr + missing.stderr  # credentials never printed

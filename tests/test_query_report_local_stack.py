@@ -44,8 +44,15 @@ CHARTS_DRAWN = """
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, CLI, *args], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=timeout, cwd=PROJECT_DIR)
+    return subprocess.run(
+        [sys.executable, CLI, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        cwd=PROJECT_DIR,
+    )
 
 
 def result_of(completed: subprocess.CompletedProcess[str]) -> dict:
@@ -103,12 +110,21 @@ def test_query_report_and_outputs_on_a_running_stack(stack: dict[str, str], tmp_
     assert cli("stop", "--stack", "local", env=env).returncode == 0
     verified = result_of(cli("verify", "--stack", "local", "--json", env=env))
     unique = {s["machine"]: s["unique"] for s in verified["streams"] if s["kind"] == "telemetry"}
-    counted = result_of(cli(
-        "query", "--stack", "local", "--format", "json",
-        "SELECT machine, count(*) AS messages FROM telemetry GROUP BY machine ORDER BY machine", env=env))
+    counted = result_of(
+        cli(
+            "query",
+            "--stack",
+            "local",
+            "--format",
+            "json",
+            "SELECT machine, count(*) AS messages FROM telemetry GROUP BY machine ORDER BY machine",
+            env=env,
+        )
+    )
     assert [column["name"] for column in counted["columns"]] == ["machine", "messages"]
     assert {machine: messages for machine, messages in counted["rows"]} == unique
     assert sum(unique.values()) >= ARCHIVED_AT_LEAST * 0.8
-    csv_out = cli("query", "--stack", "local", "--format", "csv",
-                  "SELECT count(*) AS messages FROM telemetry", env=env)
+    csv_out = cli(
+        "query", "--stack", "local", "--format", "csv", "SELECT count(*) AS messages FROM telemetry", env=env
+    )
     assert csv_out.stdout.splitlines() == ["messages", str(sum(unique.values()))]

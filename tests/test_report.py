@@ -54,8 +54,9 @@ def detections_for(built: BuiltArchive, path: Path) -> Path:
 
 def report(built: BuiltArchive, out: Path, **request: Any) -> Any:
     fields = {"out": str(out), **request}
-    inputs = ReportInputs.from_request(ReportRequest(**fields), built.archive,
-                                       prometheus_url=fields.get("prometheus_url"), fleet=FLEET)
+    inputs = ReportInputs.from_request(
+        ReportRequest(**fields), built.archive, prometheus_url=fields.get("prometheus_url"), fleet=FLEET
+    )
     return write_report("local", inputs, lambda _message: None)
 
 
@@ -65,8 +66,12 @@ def test_the_report_opens_offline_in_chromium_with_every_chart_drawn(
 ) -> None:
     out = tmp_path / "report.html"
     # A Prometheus that does not answer: the throughput comes from the archive, and the report says so.
-    result = report(built, out, detections=str(detections_for(built, tmp_path / "detections.csv")),
-                    prometheus_url="http://127.0.0.1:9")
+    result = report(
+        built,
+        out,
+        detections=str(detections_for(built, tmp_path / "detections.csv")),
+        prometheus_url="http://127.0.0.1:9",
+    )
     sections = {section.title: section for section in result.sections}
     assert "did not answer" in sections["Pipeline throughput"].note
     assert sections["OEE per line"].available and sections["Detections"].available
@@ -91,8 +96,13 @@ def test_the_report_opens_offline_in_chromium_with_every_chart_drawn(
 
 def test_a_time_window_and_chosen_machines_narrow_the_report(built: BuiltArchive, tmp_path: Path) -> None:
     machine = "site-00-line-01-hydraulic_press-01"
-    result = report(built, tmp_path / "narrow.html", time_from="2026-01-01T00:02:00Z",
-                    time_to="2026-01-01T00:06:00", machines=(machine,))
+    result = report(
+        built,
+        tmp_path / "narrow.html",
+        time_from="2026-01-01T00:02:00Z",
+        time_to="2026-01-01T00:06:00",
+        machines=(machine,),
+    )
     assert result.machines == (machine,)
     assert result.time_from >= dt.datetime(2026, 1, 1, 0, 2, tzinfo=dt.UTC)
     assert result.time_to <= dt.datetime(2026, 1, 1, 0, 6, tzinfo=dt.UTC)
@@ -137,8 +147,11 @@ def test_oee_parts_are_ratios_of_the_archives_times_and_parts(built: BuiltArchiv
     assert line["machines"] == len(producing) == 4  # the compressor makes no parts
     good = 0
     for machine in producing:
-        counters = [m["parts"]["good"] for m in sorted(built.messages("telemetry"), key=lambda m: m["ts"])
-                    if m["machine"] == machine]
+        counters = [
+            m["parts"]["good"]
+            for m in sorted(built.messages("telemetry"), key=lambda m: m["ts"])
+            if m["machine"] == machine
+        ]
         # Parts made between samples; a counter that drops is a restarted simulator counting from 0.
         good += sum(now - before if now >= before else now for before, now in itertools.pairwise(counters))
     assert line["good"] == good > 0

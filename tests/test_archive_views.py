@@ -14,10 +14,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import sqlglot
 from sqlglot import exp
-from support_archive import FIRST_RUN_S, BuiltArchive, build_archive
+from support_archive import FIRST_RUN_S, BuiltArchive, build_archive, run_payloads
 
 from analytics.archive_db import ArchiveDatabase
 from factory_core import archive_views
@@ -223,3 +224,18 @@ def test_a_filter_on_the_arrival_partition_reaches_the_table(name: str, database
     plan = database.query(f"EXPLAIN SELECT count(*) FROM {name} WHERE year = 2026 AND hour = 9").rows[0][1]
     # The plan prints top-down: the filter below the window is applied before it, next to the scan.
     assert plan.index("row_number()") < plan.index("CAST(year AS INTEGER) = 2026")
+
+
+def test_payload_fields_the_views_do_not_name_are_read_past(tmp_path: Path) -> None:
+    """A field the schema gains later (a process's `boot`, say) never hides a message from the views,
+    on archives written before the views know it and after."""
+
+    def with_boot(payload: bytes) -> bytes:
+        return orjson.dumps({**orjson.loads(payload), "boot": "0190a5f0-0000-7000-8000-000000000001"})
+
+    built = build_archive(tmp_path, [with_boot(payload) for payload in run_payloads()], junk=False)
+    with ArchiveDatabase(built.archive) as opened:
+        counted = rows(opened, "SELECT machine, count(*) AS n FROM telemetry GROUP BY machine")
+        assert {row["machine"]: row["n"] for row in counted} == built.telemetry_per_machine()
+        faults = rows(opened, "SELECT count(*) AS n FROM ground_truth_events")
+        assert faults[0]["n"] == len(built.messages("ground_truth"))

@@ -11,6 +11,7 @@ Every import past Typer happens inside the commands, so `--help` stays instant.
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -86,12 +87,14 @@ def _require_cloud_packages(stack: str) -> None:
         )
 
 
-def _render(json_output: bool, produce: Callable[[ProgressSink], VerbResult]) -> None:
+def _render(
+    json_output: bool, produce: Callable[[ProgressSink], VerbResult], *, csv_output: bool = False
+) -> None:
     """Run a verb, draw its result, and exit with the code the one table in factory_core.errors gives."""
     from cli_render import Renderer
     from factory_core.errors import exit_code_for, exit_code_for_result
 
-    renderer: Renderer = Renderer(json_output=json_output)
+    renderer: Renderer = Renderer(json_output=json_output, csv_output=csv_output)
     try:
         result = produce(renderer.sink)
     except BaseException as error:
@@ -104,8 +107,14 @@ def _render(json_output: bool, produce: Callable[[ProgressSink], VerbResult]) ->
     raise typer.Exit(int(exit_code_for_result(result.failed, usage=result.failed_as_usage)))
 
 
-def _run_verb(stack: str, json_output: bool, call: Callable[[StackVerbs, ProgressSink], VerbResult]) -> None:
-    _render(json_output, lambda sink: call(_stack_verbs(stack), sink))
+def _run_verb(
+    stack: str,
+    json_output: bool,
+    call: Callable[[StackVerbs, ProgressSink], VerbResult],
+    *,
+    csv_output: bool = False,
+) -> None:
+    _render(json_output, lambda sink: call(_stack_verbs(stack), sink), csv_output=csv_output)
 
 
 @app.command()
@@ -220,6 +229,93 @@ def verify(
     request = VerifyRequest(archive=archive, endpoint_url=endpoint_url, window=window)
     # An explicit archive is read the same way whatever the stack: with the local tools.
     _run_verb("local" if archive else stack, json_output, lambda verbs, sink: verbs.verify(request, sink))
+
+
+ArchiveOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--archive",
+        help="Read this archive instead of the stack's: a folder, file:///path or s3://BUCKET[/PREFIX].",
+    ),
+]
+EndpointOpt = Annotated[
+    str | None, typer.Option("--s3-endpoint-url", help="S3-compatible endpoint for --archive (moto, MinIO).")
+]
+
+
+class QueryFormat(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+
+
+@app.command()
+def query(
+    sql: Annotated[
+        str,
+        typer.Argument(
+            help="SQL over the views telemetry, ground_truth, ground_truth_events, states and "
+            "archive_records (docs/cold-path.md). DuckDB on the local stack, Athena on cloud stacks."
+        ),
+    ],
+    stack: StackOpt = "local",
+    output_format: Annotated[
+        QueryFormat, typer.Option("--format", "-f", help="table, csv, or json (docs/json-output.md).")
+    ] = QueryFormat.TABLE,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the rows to a .csv or .parquet file.")
+    ] = None,
+    archive: ArchiveOpt = None,
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Run SQL over the archive: the same views on every stack."""
+    from factory_core.verbs import QueryRequest
+
+    request = QueryRequest(
+        sql, out=None if out is None else str(out), archive=archive, endpoint_url=endpoint_url
+    )
+    # An explicit archive is read the same way whatever the stack: with the local tools (DuckDB).
+    _run_verb(
+        "local" if archive else stack,
+        output_format is QueryFormat.JSON,
+        lambda verbs, sink: verbs.query(request, sink),
+        csv_output=output_format is QueryFormat.CSV,
+    )
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")],
+    stack: StackOpt = "local",
+    time_from: Annotated[
+        str | None, typer.Option("--from", help="Start, ISO 8601 (UTC unless it names a zone).")
+    ] = None,
+    time_to: Annotated[str | None, typer.Option("--to", help="End, ISO 8601.")] = None,
+    machine: Annotated[
+        list[str] | None,
+        typer.Option("--machine", "-m", help="Draw this machine's signals (repeatable)."),
+    ] = None,
+    detections: Annotated[
+        Path | None,
+        typer.Option("--detections", help="A detector's output (as `score` reads it) to overlay."),
+    ] = None,
+    archive: ArchiveOpt = None,
+    endpoint_url: EndpointOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Write one self-contained HTML report: pipeline, OEE per line, states, signals and faults."""
+    from factory_core.verbs import ReportRequest
+
+    request = ReportRequest(
+        out=str(out),
+        time_from=time_from,
+        time_to=time_to,
+        machines=tuple(machine or ()),
+        detections=None if detections is None else str(detections),
+        archive=archive,
+        endpoint_url=endpoint_url,
+    )
+    _run_verb("local" if archive else stack, json_output, lambda verbs, sink: verbs.report(request, sink))
 
 
 @app.command()

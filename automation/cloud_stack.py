@@ -50,6 +50,8 @@ from factory_core.verb_results import (
     DriftReport,
     LocalStopResult,
     LogsResult,
+    QueryResult,
+    ReportResult,
     RotationOutcome,
     TailResult,
     UpdateOutcome,
@@ -65,6 +67,8 @@ from factory_core.verbs import (
     OutputsRequest,
     PreviewRequest,
     ProgressSink,
+    QueryRequest,
+    ReportRequest,
     RotateRequest,
     ScaleRequest,
     ScoreRequest,
@@ -242,6 +246,24 @@ class CloudStack(StackVerbs):
             raise AssertionError("refused above")
 
         return score_request(request, stack_archive=no_archive, stack_fleet=stack_fleet)
+
+    def query(self, request: QueryRequest, sink: ProgressSink) -> QueryResult:
+        """Athena over the stack's archive, through the workgroup and Glue database `up` created."""
+        from analytics.athena import AthenaTarget, query_athena
+
+        context = prepare(self.name, "query", runs_program=False)
+        outputs = outputs_of(open_stack(context, create=False))
+        region = preflight.aws_region(context.region)
+        target = AthenaTarget.from_outputs(self.name, outputs, region)
+        return query_athena(self.name, target, request.sql, request.out, request.timeout_s)
+
+    def report(self, request: ReportRequest, sink: ProgressSink) -> ReportResult:
+        raise VerbUnavailable(
+            f"`report --stack {self.name}` is not wired to cloud stacks; the report reads any archive "
+            "with the local tools: `python cli.py report --archive s3://BUCKET --out report.html` (the "
+            f"bucket is archiveBucket in `python cli.py outputs --stack {self.name}`), and `python cli.py "
+            f"query --stack {self.name}` runs the same views in Athena"
+        )
 
     def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
         groups = f"/{PROJECT}/{self.name}"

@@ -10,15 +10,17 @@ import sys
 
 from cli_render import human, terminal
 from cli_render.json_style import JsonSink
+from cli_render.query_view import write_csv
 from cli_render.rich_sink import RichSink
-from factory_core.verb_results import VerbResult
+from factory_core.verb_results import QueryResult, VerbResult
 from factory_core.verbs import ProgressSink
 
 
 class Renderer:
-    def __init__(self, *, json_output: bool) -> None:
+    def __init__(self, *, json_output: bool, csv_output: bool = False) -> None:
         self._json: JsonSink | None = None
         self._rich: RichSink | None = None
+        self._csv = csv_output  # `query --format csv`: rows as CSV on stdout, progress as with rich
         self.sink: ProgressSink
         if json_output:
             self.sink = self._json = JsonSink()
@@ -28,6 +30,8 @@ class Renderer:
     def result(self, result: VerbResult) -> None:
         if self._json is not None:
             self._json.result(result)
+        elif self._csv and isinstance(result, QueryResult):
+            write_csv(result)
         elif self._rich is not None:
             human.render(result, self._rich.console)
 

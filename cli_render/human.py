@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cli_render import query_view
 from cli_render.cost_view import render_cost
 from cli_render.local_views import status_renderable, where_table
 from cli_render.score_view import render_score
@@ -31,6 +32,8 @@ from factory_core.verb_results import (
     LocalStopResult,
     LocalUpResult,
     LogsResult,
+    QueryResult,
+    ReportResult,
     RotationOutcome,
     TailResult,
     UpdateOutcome,
@@ -90,6 +93,14 @@ def local_status(result: LocalStatus, console: Console) -> None:
 
 def local_outputs(result: LocalOutputsResult, console: Console) -> None:
     console.print(where_table(result.outputs))
+    if result.prometheus_links:
+        _say(
+            console,
+            "Grafana does not run; the main panels in Prometheus (all of them: "
+            "docs/observability-reference.md):",
+        )
+        for link in result.prometheus_links:
+            _say(console, f"  {link.title}: {link.url}")
     if not result.running:
         _say(console, "(not running: these are the addresses of its last run)")
 
@@ -275,6 +286,8 @@ RENDERERS: dict[type[VerbResult], Callable[[Any, Console], None]] = {
     DoctorReport: doctor,
     DriftReport: drift,
     CostResult: render_cost,
+    QueryResult: query_view.render_query,
+    ReportResult: query_view.render_report,
 }
 
 

@@ -145,10 +145,19 @@ class LocalStatus(VerbResult):
 
 
 @dataclass(frozen=True)
+class PanelLink:
+    """A dashboard panel opened in Prometheus's own graph page (for stacks without Grafana)."""
+
+    title: str
+    url: str
+
+
+@dataclass(frozen=True)
 class LocalOutputsResult(VerbResult):
     stack: str
     running: bool
     outputs: LocalOutputs
+    prometheus_links: tuple[PanelLink, ...] = ()  # the main panels, when Grafana does not run
 
 
 @dataclass(frozen=True)
@@ -518,6 +527,52 @@ class CostChange:
 @dataclass(frozen=True)
 class DashboardsResult(VerbResult):
     files: tuple[str, ...]
+
+
+# -- archive analytics (query, report) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueryColumn:
+    name: str
+    type: str  # as the engine names it: DuckDB's (BIGINT, TIMESTAMP_MS) or Athena's (bigint, timestamp)
+
+
+@dataclass(frozen=True)
+class QueryResult(VerbResult):
+    """`query`: SQL over the archive's views. Rows are arrays in column order (names may repeat)."""
+
+    stack: str
+    engine: str  # duckdb | athena
+    source: str  # the archive read, or the Athena workgroup and database
+    columns: tuple[QueryColumn, ...]
+    rows: tuple[tuple[Any, ...], ...]  # empty when the rows went to `out_file`
+    row_count: int
+    out_file: str | None
+    elapsed_s: float
+    query_id: str | None = None  # Athena's query execution id
+    scanned_bytes: int | None = None  # what Athena scanned (and bills)
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    title: str
+    available: bool
+    note: str | None  # where the data came from, or why the section is empty
+
+
+@dataclass(frozen=True)
+class ReportResult(VerbResult):
+    """`report`: one self-contained HTML file."""
+
+    stack: str
+    out_file: str
+    size_bytes: int
+    source: str  # the archive read
+    machines: tuple[str, ...]  # machines whose signals are drawn
+    sections: tuple[ReportSection, ...]
+    time_from: dt.datetime | None
+    time_to: dt.datetime | None
 
 
 # What each verb returns, per kind of stack (the interface in factory_core.verbs names these).

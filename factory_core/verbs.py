@@ -41,6 +41,8 @@ from factory_core.verb_results import (
     LocalStopResult,
     LogsResult,
     OutputsResult,
+    QueryResult,
+    ReportResult,
     RotationOutcome,
     ScaleResult,
     StatusResult,
@@ -107,6 +109,31 @@ class ScoreRequest:
     merge_s: float = 3_600.0  # false detections of one machine closer than this are one false alarm
     grace_s: float = 0.0  # ignore detections this long after a machine restarts
     tolerance_s: float = 60.0  # a sensor fault's window extends this far past its end
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """SQL over the archive's views (docs/cold-path.md, "Querying the archive")."""
+
+    sql: str
+    out: str | None = None  # write the rows to this .csv or .parquet file instead of printing them
+    archive: str | None = None  # folder, file:// or s3:// URL; None: the stack's own archive
+    endpoint_url: str | None = None  # S3-compatible endpoint for an s3:// archive
+    timeout_s: float = 600.0  # Athena: give up (and cancel the query) after this long
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """One self-contained HTML report of what the factory did (docs/cold-path.md, "The report")."""
+
+    out: str
+    time_from: str | None = None  # ISO 8601 (UTC unless it says otherwise); None: the archive's start
+    time_to: str | None = None  # None: the archive's end
+    machines: tuple[str, ...] = ()  # machines whose signals to draw; none: one of each type
+    detections: str | None = None  # a detector's output (as `score` reads it) to overlay
+    archive: str | None = None  # folder, file:// or s3:// URL; None: the stack's own archive
+    endpoint_url: str | None = None  # S3-compatible endpoint for an s3:// archive
+    prometheus_url: str | None = None  # None: the stack's Prometheus, when it runs
 
 
 @dataclass(frozen=True)
@@ -269,6 +296,14 @@ class StackVerbs(ABC):
     @abstractmethod
     def score(self, request: ScoreRequest, sink: ProgressSink) -> ScoreReport:
         """A detector's detections against the labels of the stack's run (archived or regenerated)."""
+
+    @abstractmethod
+    def query(self, request: QueryRequest, sink: ProgressSink) -> QueryResult:
+        """SQL over the archive's views: DuckDB locally, Athena in the cloud."""
+
+    @abstractmethod
+    def report(self, request: ReportRequest, sink: ProgressSink) -> ReportResult:
+        """An HTML report of what the factory did, from the archive (and Prometheus when it runs)."""
 
     @abstractmethod
     def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:

@@ -7,6 +7,7 @@ internet --allowed CIDRs--> ALB --/prometheus/*--> Prometheus, --/*--> Grafana
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -18,11 +19,12 @@ if str(REPO_ROOT) not in sys.path:
 import pulumi  # noqa: E402
 import pulumi_aws as aws  # noqa: E402
 
-from factory_core import cert_rotation  # noqa: E402
+from factory_core import archive_views, cert_rotation  # noqa: E402
 from factory_core.archive_modes import archive_rule_name, ingest_prefix  # noqa: E402
 from factory_core.fleet import topic_prefix  # noqa: E402
 from infra import iam  # noqa: E402
 from infra.components.alerting import AlertTopic, AlertTopicArgs, Subscriber  # noqa: E402
+from infra.components.analytics import ArchiveAnalytics, ArchiveAnalyticsArgs  # noqa: E402
 from infra.components.archive import TelemetryArchive, TelemetryArchiveArgs  # noqa: E402
 from infra.components.cluster import ContainerPlatform, ContainerPlatformArgs  # noqa: E402
 from infra.components.firewall import Firewall, FirewallArgs  # noqa: E402
@@ -217,6 +219,20 @@ def main() -> None:
             force_destroy=settings.force_destroy,
             buffer_size_mb=settings.firehose.size_mb,
             buffer_interval_s=settings.firehose.interval_s,
+        ),
+        opts=uses_provider,
+    )
+    # Athena over the archive: the views `query --stack local` runs on DuckDB (docs/cold-path.md).
+    analytics = ArchiveAnalytics(
+        "analytics",
+        ArchiveAnalyticsArgs(
+            account=account,
+            archive_bucket_name=archive.bucket_name,
+            archive_bucket_arn=archive.bucket.bucket_arn,
+            mode=settings.archive_mode,
+            database_name=re.sub(r"[^a-z0-9_]", "_", f"{PROJECT}_{stack}".lower()),
+            workgroup_name=f"{settings.name_prefix}-archive",
+            force_destroy=settings.force_destroy,
         ),
         opts=uses_provider,
     )
@@ -450,6 +466,10 @@ def main() -> None:
     )
     # What `up` and `scale` price the change of monthly cost from (automation/cost_report.py).
     pulumi.export(SETTINGS_OUTPUT, settings.model_dump(mode="json", by_alias=True))
+    pulumi.export(archive_views.DATABASE_OUTPUT, analytics.database.name)
+    pulumi.export(archive_views.WORKGROUP_OUTPUT, analytics.workgroup.name)
+    pulumi.export(archive_views.RESULTS_BUCKET_OUTPUT, analytics.results.bucket_name)
+    pulumi.export(archive_views.QUERY_ROLE_OUTPUT, analytics.query_role.arn)
 
 
 def image_sources(

@@ -72,6 +72,8 @@ FIREHOSE = "aws:kinesis/firehoseDeliveryStream:FirehoseDeliveryStream"
 DISCOVERY_SERVICE = "aws:servicediscovery/service:Service"
 SNS_TOPIC = "aws:sns/topic:Topic"
 SNS_TOPIC_POLICY = "aws:sns/topicPolicy:TopicPolicy"
+ATHENA_WORKGROUP = "aws:athena/workgroup:Workgroup"
+GLUE_CRAWLER = "aws:glue/crawler:Crawler"
 # Records Route 53 puts in one answer, by Cloud Map routing policy (multivalue: at most 8 healthy
 # records; weighted: one record picked at random).
 DNS_ANSWER_RECORDS = {"MULTIVALUE": 8, "WEIGHTED": 1}
@@ -541,8 +543,9 @@ def _sns(index: _Index, context: PolicyContext) -> Iterator[Violation]:
                 yield Violation("sns-topic", _label(record), message)
 
 
-# The rules for operating stacks side by side in one account register themselves on import.
-from infra import policy_operations  # noqa: E402
+# The rules for operating stacks side by side in one account, and the analytics rule (the Athena
+# workgroup), register themselves on import.
+from infra import policy_analytics, policy_operations  # noqa: E402,F401
 
 
 def check(records: Iterable[ResourceRecord], context: PolicyContext) -> list[Violation]:

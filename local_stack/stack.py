@@ -24,6 +24,9 @@ from factory_core.verb_results import (
     LocalStopResult,
     LocalUpResult,
     LogsResult,
+    PanelLink,
+    QueryResult,
+    ReportResult,
     RotationOutcome,
     TailResult,
     UpdateOutcome,
@@ -38,6 +41,8 @@ from factory_core.verbs import (
     OutputsRequest,
     PreviewRequest,
     ProgressSink,
+    QueryRequest,
+    ReportRequest,
     RotateRequest,
     ScaleRequest,
     ScoreRequest,
@@ -89,6 +94,13 @@ def open_stack_archive(config: StackConfig, paths: StatePaths) -> Any:
     return S3Archive(s3.bucket, endpoint_url=s3.endpoint)
 
 
+def _explicit_archive(location: str, endpoint_url: str | None) -> Any:
+    """An archive named on the command line (`--archive`), read with the local tools."""
+    from local_stack.archive import open_archive
+
+    return open_archive(location, endpoint_url=endpoint_url)
+
+
 class LocalStack(StackVerbs):
     """Everything on this machine: Mosquitto, simulators, rule runner, Prometheus (and Grafana)."""
 
@@ -132,7 +144,13 @@ class LocalStack(StackVerbs):
             values = state.outputs if state else None
         if values is None:
             raise UsageError(NOT_STARTED)
-        return LocalOutputsResult(stack=STACK, running=running, outputs=values.to_result())
+        outputs = values.to_result()
+        links: tuple[PanelLink, ...] = ()
+        if outputs.grafana_url is None and outputs.prometheus_url:
+            from observability.pasteable import main_panel_links
+
+            links = tuple(PanelLink(title, url) for title, url in main_panel_links(outputs.prometheus_url))
+        return LocalOutputsResult(stack=STACK, running=running, outputs=outputs, prometheus_links=links)
 
     def scale(self, request: ScaleRequest, sink: ProgressSink) -> LocalScaleResult:
         config, paths = _load()
@@ -175,9 +193,7 @@ class LocalStack(StackVerbs):
 
         expect_seq_from = None if request.window else 1
         if request.archive is not None:
-            from local_stack.archive import open_archive
-
-            archive = open_archive(request.archive, endpoint_url=request.endpoint_url)
+            archive = _explicit_archive(request.archive, request.endpoint_url)
             return verify_archive(archive, expect_seq_from=expect_seq_from)
         config, paths = _load()
         report = verify_archive(open_stack_archive(config, paths), expect_seq_from=expect_seq_from)
@@ -198,6 +214,32 @@ class LocalStack(StackVerbs):
             return config.fleet, config.simulator_count, str(config.path)
 
         return score_request(request, stack_archive=stack_archive, stack_fleet=stack_fleet)
+
+    def query(self, request: QueryRequest, sink: ProgressSink) -> QueryResult:
+        from analytics.archive_db import query_archive
+
+        archive = self._archive(request.archive, request.endpoint_url)
+        return query_archive(STACK, archive, request.sql, request.out)
+
+    def report(self, request: ReportRequest, sink: ProgressSink) -> ReportResult:
+        from analytics.report import ReportInputs, write_report
+
+        archive = self._archive(request.archive, request.endpoint_url)
+        prometheus_url, fleet = request.prometheus_url, None
+        if request.archive is None:
+            config, paths = _load()
+            fleet = config.fleet
+            if prometheus_url is None and is_running(paths):
+                with contextlib.suppress(OperationFailed, UsageError):
+                    prometheus_url = self.outputs(OutputsRequest(), sink).outputs.prometheus_url
+        inputs = ReportInputs.from_request(request, archive, prometheus_url=prometheus_url, fleet=fleet)
+        return write_report(STACK, inputs, sink.step)
+
+    def _archive(self, location: str | None, endpoint_url: str | None) -> Any:
+        if location is not None:
+            return _explicit_archive(location, endpoint_url)
+        config, paths = _load()
+        return open_stack_archive(config, paths)
 
     def logs(self, request: LogsRequest, sink: ProgressSink) -> LogsResult:
         return log_files.logs(StatePaths.from_environment(), request, sink)

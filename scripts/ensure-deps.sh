@@ -5,6 +5,9 @@
 # python3: Debian's CPython stands in for the simulator image's base Python in
 # tests/test_image_assembly.py (a pyenv or uv Python under /root is out of the image user's reach).
 APT_PACKAGES=(mosquitto mosquitto-clients prometheus prometheus-alertmanager python3)
+# chromium: the report is tested in a real browser (tests/test_report.py). ~300 MB and about a
+# minute of apt, so only the tests' set installs it: a first `up` never waits for a browser.
+TEST_APT_PACKAGES=(chromium)
 
 # The locked Python packages come in three sets, each holding the one before it:
 #   local  the project's dependencies: the local stack, the simulator, `dashboards`
@@ -126,10 +129,10 @@ python_set_for() {  # python_set_for ARGS...
     esac
     shift
   done
-  # The verbs whose --stack defaults to dev; `verify --archive` reads any archive with the local tools.
+  # The verbs whose --stack defaults to dev; `--archive` reads any archive with the local tools.
   case $command in
     preview | bootstrap | doctor | drift | cost) : "${stack:=dev}" ;;
-    verify) [ -n "$archive" ] && stack=local ;;
+    verify | query | report | score) [ -n "$archive" ] && stack=local ;;
     dashboards) stack=local ;;
   esac
   case ${stack:-local} in
@@ -143,27 +146,35 @@ _apt_download_size() {  # "N MB" apt would download for these packages, or nothi
   "$@" --print-uris -qq 2>/dev/null | awk '{ total += $3 } END { if (total) printf "%d MB", (total + 999999) / 1e6 }'
 }
 
-ensure_system_packages() {
+ensure_system_packages() {  # ensure_system_packages local|cloud|all
   local missing=()
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
   command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
   { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
   { command -v prometheus-alertmanager >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1; } || missing+=(prometheus-alertmanager)
   [ -x /usr/bin/python3 ] || missing+=(python3)
+  if [ "${1:-all}" = all ]; then
+    command -v chromium >/dev/null 2>&1 || missing+=("${TEST_APT_PACKAGES[@]}")
+  fi
   [ ${#missing[@]} -eq 0 ] && return 0
   install_system_packages "${missing[@]}"
 }
 
 install_system_packages() {  # install_system_packages MISSING...
+  # The whole list (apt skips what is there), plus a test-only package when it is one missing.
+  local packages=("${APT_PACKAGES[@]}") package
+  for package in "$@"; do
+    [[ " ${APT_PACKAGES[*]} " == *" $package "* ]] || packages+=("$package")
+  done
   local sudo=()
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then sudo=(sudo); else
-      _say "error: missing $*; install them with: apt-get install ${APT_PACKAGES[*]}"
+      _say "error: missing $*; install them with: apt-get install ${packages[*]}"
       exit 2
     fi
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    _say "error: missing $* and no apt-get; install mosquitto, mosquitto-clients, prometheus, prometheus-alertmanager and python3 with your package manager"
+    _say "error: missing $* and no apt-get; install mosquitto, mosquitto-clients, prometheus, prometheus-alertmanager and python3 (and chromium, for the tests) with your package manager"
     exit 2
   fi
   _step "the apt package lists" "apt-get update, for $*" "${sudo[@]}" apt-get update -qq
@@ -171,12 +182,12 @@ install_system_packages() {  # install_system_packages MISSING...
   # the ports the stack uses.
   local install=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends)
   local size
-  size=$(_apt_download_size "${install[@]}" "${APT_PACKAGES[@]}")
+  size=$(_apt_download_size "${install[@]}" "${packages[@]}")
   local details="apt-get${size:+, $size to download}"
   if [ -t 2 ]; then
-    _step "${APT_PACKAGES[*]}" "$details" "${install[@]}" -q "${APT_PACKAGES[@]}"
+    _step "${packages[*]}" "$details" "${install[@]}" -q "${packages[@]}"
   else
-    _step "${APT_PACKAGES[*]}" "$details" "${install[@]}" -qq "${APT_PACKAGES[@]}" >/dev/null
+    _step "${packages[*]}" "$details" "${install[@]}" -qq "${packages[@]}" >/dev/null
   fi
 }
 
@@ -197,7 +208,7 @@ _pip_install_uv() {
 }
 
 ensure_deps() {  # ensure_deps local|cloud|all
-  ensure_system_packages
+  ensure_system_packages "${1:-all}"
   ensure_uv
   ensure_python_packages "${1:-all}"
 }

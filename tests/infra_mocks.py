@@ -319,6 +319,11 @@ def add_insecure_resources() -> None:
     aws.s3.BucketObjectv2(
         f"{INSECURE_PREFIX}key-object", bucket="b", key="k", content="-----BEGIN PRIVATE KEY-----"
     )
+    # Results anyone's query may send elsewhere, unencrypted, with no scan limit.
+    aws.athena.Workgroup(
+        f"{INSECURE_PREFIX}workgroup",
+        configuration={"result_configuration": {"output_location": "s3://someone-elses-bucket/"}},
+    )
     pulumi.export("insecure", True)
 
 

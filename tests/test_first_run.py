@@ -90,6 +90,8 @@ def test_tests_need_everything_and_help_or_an_explicit_archive_needs_only_the_lo
     assert set_for("preview", "--help") == "local"
     assert set_for() == "local"
     assert set_for("verify", "--stack", "dev", "--archive", "s3://bucket/raw") == "local"
+    for verb in ("query", "report", "score"):  # cli.py reads an explicit archive with DuckDB or boto3
+        assert set_for(verb, "--stack", "dev", "--archive=s3://bucket/raw") == "local", verb
     assert set_for("logs", "broker", "-n", "5") == "local"
 
 

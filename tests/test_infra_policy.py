@@ -63,6 +63,7 @@ def test_insecure_resources_fail_each_rule_and_nothing_else_does() -> None:
         ("load-balancer", f"{INSECURE_PREFIX}alb"),
         ("no-secrets-in-plain-config", f"{INSECURE_PREFIX}key-object"),
         ("no-secrets-in-plain-config", f"{INSECURE_PREFIX}task"),
+        ("athena-workgroup", f"{INSECURE_PREFIX}workgroup"),
         # Registered without the stack's provider: no default tags.
         ("tags", f"{INSECURE_PREFIX}bucket"),
         ("tags", f"{INSECURE_PREFIX}ssh"),
@@ -78,6 +79,9 @@ def test_insecure_resources_fail_each_rule_and_nothing_else_does() -> None:
     assert any("circuit breaker" in message for message in messages)
     assert any("public access block" in message for message in messages)
     assert any("image tags are mutable" in message for message in messages)
+    assert any("workgroup configuration is not enforced" in message for message in messages)
+    assert any("query results are not encrypted" in message for message in messages)
+    assert any("someone-elses-bucket" in message for message in messages)
 
 
 def test_ingress_rule_checks_sources_and_ports() -> None:

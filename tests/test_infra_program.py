@@ -170,7 +170,7 @@ def test_dev_tasks_run_in_public_subnets_prod_in_private_subnets_behind_nat(
 
 def test_every_bucket_is_encrypted_private_owner_enforced_and_tls_only(run: OfflineRun) -> None:
     buckets = run.of_type(BUCKET)
-    assert len(buckets) == 2
+    assert len(buckets) == 3  # config, archive, Athena's query results
     for bucket in buckets:
 
         def for_bucket(type_token: str, bucket: ResourceRecord = bucket) -> ResourceRecord:

@@ -28,6 +28,7 @@ class SecureBucketArgs:
     versioned: bool = False
     lifecycle: GlacierLifecycle | None = None
     noncurrent_expire_days: int = 30  # versioned buckets: how long replaced objects are kept
+    expire_after_days: int | None = None  # disposable content (query results): deleted this long after
 
 
 class SecureBucket(pulumi.ComponentResource):
@@ -37,6 +38,8 @@ class SecureBucket(pulumi.ComponentResource):
         super().__init__("iotfactory:storage:SecureBucket", name, None, opts)
         if args.lifecycle and args.lifecycle.expire_after_days <= args.lifecycle.glacier_after_days:
             raise ValueError(f"{name}: expiry must come after the Glacier transition")
+        if args.lifecycle and args.expire_after_days is not None:
+            raise ValueError(f"{name}: give either a Glacier lifecycle or a plain expiry, not both")
         child = pulumi.ResourceOptions(parent=self)
 
         self.bucket = aws.s3.Bucket(
@@ -127,6 +130,15 @@ class SecureBucket(pulumi.ComponentResource):
                     "filter": {},
                     "transitions": [{"days": args.lifecycle.glacier_after_days, "storage_class": "GLACIER"}],
                     "expiration": {"days": args.lifecycle.expire_after_days},
+                }
+            )
+        if args.expire_after_days is not None:
+            rules.append(
+                {
+                    "id": "expire",
+                    "status": "Enabled",
+                    "filter": {},
+                    "expiration": {"days": args.expire_after_days},
                 }
             )
         if args.versioned:

@@ -411,3 +411,17 @@ def test_the_iot_rule_still_refuses_topics_outside_the_root_behind_a_basic_inges
 def test_the_policy_command_runs_the_hardening_rules_too() -> None:
     names = [name for name, _ in policy.RULES]
     assert {"web-application-firewall", "efs-encryption-and-access", "secret-rotation"} <= set(names)
+
+
+def test_basic_ingest_archives_are_queried_where_firehose_writes() -> None:
+    """Basic Ingest archives through Firehose like batched: Athena's table reads raw/, by the hour."""
+    from factory_core import archive_views
+
+    run = offline_run("dev-hardened")
+    table = next(
+        record
+        for record in run.of_type("aws:glue/catalogTable:CatalogTable")
+        if record.inputs.get("name") == archive_views.BASE_RELATION
+    )
+    assert table.inputs["storageDescriptor"]["location"].endswith("/raw/")
+    assert [key["name"] for key in table.inputs["partitionKeys"]] == ["year", "month", "day", "hour"]

@@ -23,18 +23,17 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import pulumi
 import pulumi_aws as aws
 
 from factory_core import archive_views
+from factory_core.archive_modes import ArchiveMode, uses_firehose
 from factory_core.archive_views import PARTITION_COLUMNS, Column
 from factory_core.fleet import TOPIC_ROOT
 from infra import iam
 from infra.components.storage import SecureBucket, SecureBucketArgs
 
-ArchiveMode = Literal["direct", "batched"]
 RAW_PREFIX = "raw/"  # where Firehose writes (infra.components.archive.BATCHED_PREFIX)
 RESULTS_PREFIX = "athena/"
 ENGINE_VERSION = "Athena engine version 3"
@@ -81,7 +80,8 @@ class ArchiveAnalyticsArgs:
 
     @property
     def data_prefix(self) -> str:
-        return RAW_PREFIX if self.mode == "batched" else TOPIC_ROOT + "/"
+        # Firehose (batched, basic-ingest) writes under raw/; the direct rule under the topic's own path.
+        return RAW_PREFIX if uses_firehose(self.mode) else TOPIC_ROOT + "/"
 
 
 def presto_view_text(name: str, database: str) -> str:
@@ -197,7 +197,7 @@ class ArchiveAnalytics(pulumi.ComponentResource):
         data = [column for column in columns if column.name not in PARTITION_COLUMNS]
         partitions = [column for column in columns if column.name in PARTITION_COLUMNS]
         parameters: pulumi.Input[dict[str, str]] = {"classification": "json", "EXTERNAL": "TRUE"}
-        if args.mode == "batched":
+        if uses_firehose(args.mode):
             partition_keys = _glue_columns(partitions)
             parameters = pulumi.Output.from_input(args.archive_bucket_name).apply(
                 lambda bucket: {

@@ -24,8 +24,9 @@ from typing import IO, Any
 
 import orjson
 
+from factory_core.local_results import LocalStatus
 from factory_core.progress_events import Note, ProgressEvent, StatusSample
-from factory_core.verb_results import LocalStatus, VerbResult
+from factory_core.verb_results import VerbResult
 
 RESULT_EVENT = "result"
 _CAMEL_CASE = re.compile(r"^[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+$")

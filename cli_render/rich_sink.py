@@ -13,6 +13,7 @@ from cli_render.local_views import pipeline_line, status_renderable, where_table
 from cli_render.tail_view import message_line
 from cli_render.terminal import Terminal
 from cli_render.update_progress import UPDATE_EVENTS, UpdateProgress
+from factory_core.local_results import LocalStatus
 from factory_core.progress_events import (
     CostChanged,
     LocalStarted,
@@ -23,7 +24,6 @@ from factory_core.progress_events import (
     StatusSample,
     TailMessage,
 )
-from factory_core.verb_results import LocalStatus
 
 STATUS_LINE_EVERY_S = 10.0  # foreground `up` without a terminal: one status line this often
 

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.text import Text
 
 from cli_render.local_views import pipeline_line, status_renderable, where_table
+from cli_render.status_samples import run_with_status_samples
 from cli_render.tail_view import message_line
 from cli_render.terminal import Terminal
 from cli_render.update_progress import UPDATE_EVENTS, UpdateProgress
@@ -110,20 +111,9 @@ class RichSink:
             ):
                 run()
             return
-        done = threading.Event()
-
-        def report() -> None:
-            while not done.wait(STATUS_LINE_EVERY_S):
-                status = sample()
-                if status.simulators is not None and status.pipeline is not None:
-                    self.event(StatusSample(status.simulators, status.pipeline))
-
-        thread = threading.Thread(target=report, name="status-lines", daemon=True)
-        thread.start()
-        try:
-            run()
-        finally:
-            done.set()
+        run_with_status_samples(
+            run, sample, self.event, every_s=STATUS_LINE_EVERY_S, thread_name="status-lines"
+        )
 
     def can_ask(self) -> bool:
         return self.terminal.stdin_is_tty()

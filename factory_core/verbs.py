@@ -23,8 +23,8 @@ A result that means failure overrides `VerbResult.failed` (exit 1, as `verify` d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -234,12 +234,8 @@ class QuietSink:
     def event(self, event: ProgressEvent) -> None:
         pass
 
-    @contextmanager
-    def _nothing(self) -> Iterator[None]:
-        yield
-
     def operation(self, name: str) -> AbstractContextManager[None]:
-        return self._nothing()
+        return nullcontext()
 
     def watch(self, run: Callable[[], None], sample: Callable[[], LocalStatus]) -> None:
         run()

@@ -327,16 +327,50 @@ def _stream_report(
 def _report(
     scan: _Scan, published: Mapping[tuple[str, str], int], expect_seq_from: int | None
 ) -> VerifyReport:
-    # A machine's first boot, over both its kinds: keyed by (site, machine) like its streams.
+    first_boots = _first_boots(scan)
+    streams = [
+        _stream_report(machine, kind, stream, expect_seq_from, first_boots.get((site, machine)))
+        for (site, machine, kind), stream in sorted(scan.streams.items())
+    ]
+    totals, overall = _kind_totals(scan, streams)
+    unique_by_site: Counter[tuple[str, str]] = Counter()
+    for stream_report in streams:
+        unique_by_site[(stream_report.site, stream_report.kind)] += stream_report.unique
+    reconciliation = tuple(
+        SiteReconciliation(site, kind, count, unique_by_site.get((site, kind), 0))
+        for (site, kind), count in sorted(published.items())
+    )
+    return VerifyReport(
+        archive=scan.archive,
+        objects=scan.objects,
+        bytes=scan.bytes,
+        first_written_at=scan.first_written_at,
+        last_written_at=scan.last_written_at,
+        totals=tuple(totals),
+        latency=overall.summary(),
+        latency_meaningful=overall.ahead == 0,
+        streams=tuple(streams),
+        quarantined=dict(sorted(scan.quarantined.items())),
+        quarantine_samples=tuple(scan.quarantine_samples),
+        unreadable=scan.unreadable,
+        unreadable_samples=tuple(scan.unreadable_samples),
+        reconciliation=reconciliation,
+        notes=tuple(_notes(scan, streams, overall)),
+    )
+
+
+def _first_boots(scan: _Scan) -> dict[tuple[str, str], str]:
+    """A machine's first boot, over both its kinds: keyed by (site, machine) like its streams."""
     first_boots: dict[tuple[str, str], str] = {}
     for (site, machine, _kind), stream in scan.streams.items():
         if stream.boots:
             earliest = min(stream.boots)
             first_boots[(site, machine)] = min(first_boots.get((site, machine), earliest), earliest)
-    streams = [
-        _stream_report(machine, kind, stream, expect_seq_from, first_boots.get((site, machine)))
-        for (site, machine, kind), stream in sorted(scan.streams.items())
-    ]
+    return first_boots
+
+
+def _kind_totals(scan: _Scan, streams: list[StreamReport]) -> tuple[list[KindTotals], LatencyHistogram]:
+    """Per kind, the streams' counts added up and their latencies merged; and every latency merged."""
     totals: list[KindTotals] = []
     overall = LatencyHistogram()
     for kind in sorted({stream.kind for stream in streams}):
@@ -361,15 +395,12 @@ def _report(
                 latency=histogram.summary(),
             )
         )
-    unique_by_site: Counter[tuple[str, str]] = Counter()
-    for stream_report in streams:
-        unique_by_site[(stream_report.site, stream_report.kind)] += stream_report.unique
-    reconciliation = tuple(
-        SiteReconciliation(site, kind, count, unique_by_site.get((site, kind), 0))
-        for (site, kind), count in sorted(published.items())
-    )
+    return totals, overall
+
+
+def _notes(scan: _Scan, streams: list[StreamReport], overall: LatencyHistogram) -> list[str]:
+    """What the reader needs to know to read the numbers: skewed clocks, an empty archive, restarts."""
     notes: list[str] = []
-    latency_meaningful = overall.ahead == 0
     if overall.ahead:
         notes.append(
             f"{overall.ahead} messages carry timestamps more than {AHEAD_TOLERANCE_S:g} s ahead of"
@@ -392,20 +423,4 @@ def _report(
             " its seq ledger, or an older simulator): each run is checked on its own, gaps name the run"
             " they belong to, and what a crash lost between runs cannot be sized."
         )
-    return VerifyReport(
-        archive=scan.archive,
-        objects=scan.objects,
-        bytes=scan.bytes,
-        first_written_at=scan.first_written_at,
-        last_written_at=scan.last_written_at,
-        totals=tuple(totals),
-        latency=overall.summary(),
-        latency_meaningful=latency_meaningful,
-        streams=tuple(streams),
-        quarantined=dict(sorted(scan.quarantined.items())),
-        quarantine_samples=tuple(scan.quarantine_samples),
-        unreadable=scan.unreadable,
-        unreadable_samples=tuple(scan.unreadable_samples),
-        reconciliation=reconciliation,
-        notes=tuple(notes),
-    )
+    return notes

@@ -28,6 +28,7 @@ from automation.updates import run_update
 from factory_core import cert_rotation
 from factory_core.archive_report import VerifyReport
 from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
+from factory_core.local_results import LocalStopResult, LogsResult, TailResult
 from factory_core.progress_events import CostChanged, ScalePlanned
 from factory_core.score_report import ScoreReport
 from factory_core.stack_file import (
@@ -48,12 +49,9 @@ from factory_core.verb_results import (
     CostResult,
     DoctorReport,
     DriftReport,
-    LocalStopResult,
-    LogsResult,
     QueryResult,
     ReportResult,
     RotationOutcome,
-    TailResult,
     UpdateOutcome,
     describe_changes,
 )

@@ -14,18 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from automation.cost_archive import HOURS_PER_MONTH, SECONDS_PER_MONTH
-from automation.cost_lines import (
+from automation.cost_features import (
     ALERT_PUBLISHES_PER_MONTH,
     DASHBOARD_REQUESTS_PER_HOUR,
     WAF_RULES,
     AlertTopicPlan,
     EfsPlan,
     PlannedFeatures,
-    Usage,
     WafPlan,
-    line_items,
     monitoring_history_gb,
 )
+from automation.cost_lines import Usage, line_items
 from automation.cost_prices import PriceTable, load_price_table
 from automation.cost_traffic import measure_traffic
 from factory_core.archive_modes import ARCHIVE_MODES, ArchiveMode

@@ -16,6 +16,16 @@ from cli_render.local_views import status_renderable, where_table
 from cli_render.score_view import render_score
 from cli_render.verify_view import render_report
 from factory_core.archive_report import VerifyReport
+from factory_core.local_results import (
+    LocalDestroyResult,
+    LocalOutputsResult,
+    LocalScaleResult,
+    LocalStatus,
+    LocalStopResult,
+    LocalUpResult,
+    LogsResult,
+    TailResult,
+)
 from factory_core.score_report import ScoreReport
 from factory_core.verb_results import (
     BootstrapResult,
@@ -25,17 +35,9 @@ from factory_core.verb_results import (
     DashboardsResult,
     DoctorReport,
     DriftReport,
-    LocalDestroyResult,
-    LocalOutputsResult,
-    LocalScaleResult,
-    LocalStatus,
-    LocalStopResult,
-    LocalUpResult,
-    LogsResult,
     QueryResult,
     ReportResult,
     RotationOutcome,
-    TailResult,
     UpdateOutcome,
     VerbResult,
     describe_changes,

@@ -14,8 +14,8 @@ import re
 import sys
 import threading
 import typing
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from enum import Enum
 from functools import cache
 from pathlib import PurePath
@@ -24,8 +24,10 @@ from typing import IO, Any
 
 import orjson
 
-from factory_core.progress_events import Note, ProgressEvent, StatusSample
-from factory_core.verb_results import LocalStatus, VerbResult
+from cli_render.status_samples import run_with_status_samples
+from factory_core.local_results import LocalStatus
+from factory_core.progress_events import Note, ProgressEvent
+from factory_core.verb_results import VerbResult
 
 RESULT_EVENT = "result"
 _CAMEL_CASE = re.compile(r"^[a-z][a-z0-9]*(?:[A-Z][a-z0-9]*)+$")
@@ -139,28 +141,11 @@ class JsonSink:
     def result(self, result: VerbResult) -> None:
         self.emit(result_document(result))
 
-    @contextmanager
-    def _nothing(self) -> Iterator[None]:
-        yield
-
     def operation(self, name: str) -> AbstractContextManager[None]:
-        return self._nothing()
+        return nullcontext()
 
     def watch(self, run: Callable[[], None], sample: Callable[[], LocalStatus]) -> None:
-        done = threading.Event()
-
-        def report() -> None:
-            while not done.wait(STATUS_EVERY_S):
-                status = sample()
-                if status.simulators is not None and status.pipeline is not None:
-                    self.event(StatusSample(status.simulators, status.pipeline))
-
-        thread = threading.Thread(target=report, name="status-events", daemon=True)
-        thread.start()
-        try:
-            run()
-        finally:
-            done.set()
+        run_with_status_samples(run, sample, self.event, every_s=STATUS_EVERY_S, thread_name="status-events")
 
     def can_ask(self) -> bool:
         return False

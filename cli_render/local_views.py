@@ -8,7 +8,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from factory_core.verb_results import (
+from factory_core.local_results import (
     BrokerRefusals,
     LocalOutputs,
     LocalService,

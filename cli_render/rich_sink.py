@@ -10,9 +10,11 @@ from rich.live import Live
 from rich.text import Text
 
 from cli_render.local_views import pipeline_line, status_renderable, where_table
+from cli_render.status_samples import run_with_status_samples
 from cli_render.tail_view import message_line
 from cli_render.terminal import Terminal
 from cli_render.update_progress import UPDATE_EVENTS, UpdateProgress
+from factory_core.local_results import LocalStatus
 from factory_core.progress_events import (
     CostChanged,
     LocalStarted,
@@ -23,7 +25,6 @@ from factory_core.progress_events import (
     StatusSample,
     TailMessage,
 )
-from factory_core.verb_results import LocalStatus
 
 STATUS_LINE_EVERY_S = 10.0  # foreground `up` without a terminal: one status line this often
 
@@ -110,20 +111,9 @@ class RichSink:
             ):
                 run()
             return
-        done = threading.Event()
-
-        def report() -> None:
-            while not done.wait(STATUS_LINE_EVERY_S):
-                status = sample()
-                if status.simulators is not None and status.pipeline is not None:
-                    self.event(StatusSample(status.simulators, status.pipeline))
-
-        thread = threading.Thread(target=report, name="status-lines", daemon=True)
-        thread.start()
-        try:
-            run()
-        finally:
-            done.set()
+        run_with_status_samples(
+            run, sample, self.event, every_s=STATUS_LINE_EVERY_S, thread_name="status-lines"
+        )
 
     def can_ask(self) -> bool:
         return self.terminal.stdin_is_tty()

@@ -11,7 +11,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from factory_core.verb_results import CostChange, LocalOutputs, PipelineStatus, SimulatorCounts
+from factory_core.local_results import LocalOutputs, PipelineStatus, SimulatorCounts
+from factory_core.verb_results import CostChange
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ A verb a kind of stack does not have raises `VerbUnavailable` naming the alterna
 
 Adding a verb (say `drift`) touches exactly these places:
 1. here: a `DriftRequest` dataclass and an abstract `drift(self, request, sink)` on `StackVerbs`;
-   its result type in `factory_core/verb_results.py` (events, if any, in `progress_events.py`);
+   its result type in `factory_core/verb_results.py` (`local_results.py` if only the local stack
+   has it; events, if any, in `progress_events.py`);
 2. `local_stack/stack.py` and `automation/cloud_stack.py`: implement it, or raise
    `VerbUnavailable` with the alternative (`StackVerbs` is abstract: forgetting one fails at once);
 3. `cli_render/human.py`: one function drawing the result, registered in `RENDERERS`
@@ -22,34 +23,45 @@ A result that means failure overrides `VerbResult.failed` (exit 1, as `verify` d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
 from factory_core.archive_report import VerifyReport
 from factory_core.errors import UsageError
+from factory_core.local_results import (
+    LocalDestroyResult,
+    LocalOutputsResult,
+    LocalScaleResult,
+    LocalStatus,
+    LocalStopResult,
+    LocalUpResult,
+    LogsResult,
+    TailResult,
+)
 from factory_core.progress_events import ProgressEvent
 from factory_core.score_report import ScoreReport
 from factory_core.verb_results import (
     BootstrapResult,
+    CloudOutputs,
+    CloudStatus,
     CostResult,
-    DestroyResult,
     DoctorReport,
     DriftReport,
-    LocalStatus,
-    LocalStopResult,
-    LogsResult,
-    OutputsResult,
     QueryResult,
     ReportResult,
     RotationOutcome,
-    ScaleResult,
-    StatusResult,
-    TailResult,
     UpdateOutcome,
-    UpResult,
 )
+
+# What each verb returns, per kind of stack (the interface in factory_core.verbs names these).
+UpResult = LocalUpResult | UpdateOutcome
+StatusResult = LocalStatus | CloudStatus
+OutputsResult = LocalOutputsResult | CloudOutputs
+ScaleResult = LocalScaleResult | UpdateOutcome
+DestroyResult = LocalDestroyResult | UpdateOutcome
+
 
 # -- requests ----------------------------------------------------------------------------------------
 
@@ -222,12 +234,8 @@ class QuietSink:
     def event(self, event: ProgressEvent) -> None:
         pass
 
-    @contextmanager
-    def _nothing(self) -> Iterator[None]:
-        yield
-
     def operation(self, name: str) -> AbstractContextManager[None]:
-        return self._nothing()
+        return nullcontext()
 
     def watch(self, run: Callable[[], None], sample: Callable[[], LocalStatus]) -> None:
         run()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from factory_core.verb_results import BrokerRefusals
+from factory_core.local_results import BrokerRefusals
 
 # `BrokerRefusals` field -> the text of its log lines (2.0.11's own wording)
 PATTERNS: dict[str, tuple[bytes, ...]] = {

@@ -17,14 +17,14 @@ from pathlib import Path
 from types import FrameType
 
 from factory_core.errors import OperationFailed, UsageError
-from factory_core.progress_events import LocalStarted
-from factory_core.verb_results import (
+from factory_core.local_results import (
     LocalDestroyResult,
     LocalStatus,
     LocalStopResult,
     LocalUpResult,
     describe_deleted,
 )
+from factory_core.progress_events import LocalStarted
 from factory_core.verbs import ProgressSink, require_answerable, require_confirmation
 from local_stack import alertmanager, grafana, grafana_container
 from local_stack import stack_config as config_module

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from factory_core.errors import UsageError
+from factory_core.local_results import LogsResult
 from factory_core.progress_events import LogLine, LogSources
-from factory_core.verb_results import LogsResult
 from factory_core.verbs import LogsRequest, ProgressSink
 from local_stack.paths import (
     ALERTMANAGER,

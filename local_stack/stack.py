@@ -11,12 +11,7 @@ from typing import Any
 
 from factory_core.archive_report import VerifyReport
 from factory_core.errors import OperationFailed, UsageError, VerbUnavailable
-from factory_core.score_report import ScoreReport
-from factory_core.verb_results import (
-    BootstrapResult,
-    CostResult,
-    DoctorReport,
-    DriftReport,
+from factory_core.local_results import (
     LocalDestroyResult,
     LocalOutputsResult,
     LocalScaleResult,
@@ -25,10 +20,17 @@ from factory_core.verb_results import (
     LocalUpResult,
     LogsResult,
     PanelLink,
+    TailResult,
+)
+from factory_core.score_report import ScoreReport
+from factory_core.verb_results import (
+    BootstrapResult,
+    CostResult,
+    DoctorReport,
+    DriftReport,
     QueryResult,
     ReportResult,
     RotationOutcome,
-    TailResult,
     UpdateOutcome,
 )
 from factory_core.verbs import (

@@ -2,7 +2,7 @@
 
 The same models travel over the control socket and fill the state file, so `status` reads the
 same shape from a running supervisor and from the file a stopped one left behind, and each turns
-itself into the verb result (`factory_core.verb_results`) in one step: there is no other reader.
+itself into the verb result (`factory_core.local_results`) in one step: there is no other reader.
 Their JSON keys are their field names, snake_case like every JSON document of the project.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from factory_core.verb_results import BrokerRefusals, LocalOutputs, LocalService, LocalStatus, PipelineStatus
-from factory_core.verb_results import SimulatorCounts as SimulatorCountsResult
+from factory_core.local_results import BrokerRefusals, LocalOutputs, LocalService, LocalStatus, PipelineStatus
+from factory_core.local_results import SimulatorCounts as SimulatorCountsResult
 from local_stack import alertmanager, grafana, prometheus
 from local_stack.certificate_authority import CA_CERT_FILE
 from local_stack.paths import ALERTMANAGER, BROKER, GRAFANA, PROMETHEUS, StatePaths

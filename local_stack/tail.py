@@ -19,8 +19,8 @@ import orjson
 from factory_core.archive_modes import strip_basic_ingest
 from factory_core.errors import OperationFailed, UsageError
 from factory_core.fleet import ground_truth_topic, telemetry_topic
+from factory_core.local_results import TailResult
 from factory_core.progress_events import TailMessage
-from factory_core.verb_results import TailResult
 from factory_core.verbs import ProgressSink, TailRequest
 from local_stack.control import ControlClient, ObserverGrant
 from local_stack.message_check import topic_kind

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import math
-from bisect import bisect_right
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,7 +20,6 @@ import orjson
 
 from factory_core.archive_report import (
     KindTotals,
-    LatencySummary,
     QuarantineSample,
     Restart,
     SeqRange,
@@ -33,143 +30,12 @@ from factory_core.archive_report import (
 from factory_core.fleet import TOPIC_ROOT
 from factory_core.payload_contract import PayloadInvalid, decode_payload, payload_kind
 from local_stack.archive import QUARANTINE_PREFIX, RAW_PREFIX, Archive, ObjectInfo, StoredObject, iter_records
+from local_stack.verify_tallies import AHEAD_TOLERANCE_S, LatencyHistogram, SeqSet
 
 # Objects holding messages: the batched layout, and the cloud's direct mode (keyed by topic).
 DATA_PREFIXES = (RAW_PREFIX, TOPIC_ROOT + "/")
-# Log-spaced latency buckets, 1 % apart: percentiles are exact to within 1 % without keeping values.
-_BUCKET_GROWTH = 1.01
-_LOG_GROWTH = math.log(_BUCKET_GROWTH)
-_MIN_LATENCY_S = 0.001  # everything faster lands in the first bucket (reported as <= 1 ms)
-# Payload clocks ahead of the archive clock by more than this mean the latency says nothing.
-AHEAD_TOLERANCE_S = 1.0
 _PREFETCH_OBJECTS = 8
 _SAMPLES_KEPT = 5
-
-
-# -- streaming building blocks ---------------------------------------------------------------------
-
-
-class SeqSet:
-    """A set of integers stored as sorted, disjoint, inclusive ranges: O(gaps) memory, O(1) in order."""
-
-    __slots__ = ("ends", "starts")
-
-    def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-
-    def add(self, value: int) -> bool:
-        """Add `value`; False if it was already present."""
-        starts, ends = self.starts, self.ends
-        if ends and value == ends[-1] + 1:  # the common case: the next seq
-            ends[-1] = value
-            return True
-        index = bisect_right(starts, value) - 1
-        if index >= 0 and value <= ends[index]:
-            return False
-        joins_left = index >= 0 and ends[index] + 1 == value
-        joins_right = index + 1 < len(starts) and starts[index + 1] - 1 == value
-        if joins_left and joins_right:
-            ends[index] = ends[index + 1]
-            del starts[index + 1], ends[index + 1]
-        elif joins_left:
-            ends[index] = value
-        elif joins_right:
-            starts[index + 1] = value
-        else:
-            starts.insert(index + 1, value)
-            ends.insert(index + 1, value)
-        return True
-
-    def __contains__(self, value: int) -> bool:
-        index = bisect_right(self.starts, value) - 1
-        return index >= 0 and value <= self.ends[index]
-
-    def __len__(self) -> int:
-        return sum(end - start + 1 for start, end in zip(self.starts, self.ends, strict=True))
-
-    @property
-    def first(self) -> int | None:
-        return self.starts[0] if self.starts else None
-
-    @property
-    def last(self) -> int | None:
-        return self.ends[-1] if self.ends else None
-
-    def missing(self, expected_first: int | None = None) -> list[tuple[int, int]]:
-        """Inclusive ranges absent between `expected_first` (or the first present) and the last."""
-        gaps: list[tuple[int, int]] = []
-        if not self.starts:
-            return gaps
-        if expected_first is not None and expected_first < self.starts[0]:
-            gaps.append((expected_first, self.starts[0] - 1))
-        for end, next_start in zip(self.ends, self.starts[1:], strict=False):
-            gaps.append((end + 1, next_start - 1))
-        return gaps
-
-
-class LatencyHistogram:
-    """Sparse log-bucketed histogram of non-negative latencies (seconds), plus exact max."""
-
-    __slots__ = ("ahead", "buckets", "count", "max_s", "negative")
-
-    def __init__(self) -> None:
-        self.buckets: Counter[int] = Counter()
-        self.count = 0
-        self.max_s = 0.0
-        self.negative = 0  # payload timestamp later than the write time
-        self.ahead = 0  # ... by more than AHEAD_TOLERANCE_S
-
-    def add(self, latency_s: float) -> None:
-        if latency_s < 0:
-            self.negative += 1
-            if latency_s < -AHEAD_TOLERANCE_S:
-                self.ahead += 1
-            return
-        self.count += 1
-        if latency_s > self.max_s:
-            self.max_s = latency_s
-        self.buckets[_bucket(latency_s)] += 1
-
-    def merge(self, other: LatencyHistogram) -> None:
-        self.buckets.update(other.buckets)
-        self.count += other.count
-        self.max_s = max(self.max_s, other.max_s)
-        self.negative += other.negative
-        self.ahead += other.ahead
-
-    def quantile(self, q: float) -> float | None:
-        if self.count == 0:
-            return None
-        rank = max(1, math.ceil(q * self.count))
-        seen = 0
-        for index in sorted(self.buckets):
-            seen += self.buckets[index]
-            if seen >= rank:
-                return min(_bucket_upper(index), self.max_s)
-        return self.max_s
-
-    def summary(self) -> LatencySummary | None:
-        if self.count == 0 and self.negative == 0:
-            return None
-        return LatencySummary(
-            count=self.count,
-            p50_s=self.quantile(0.50),
-            p90_s=self.quantile(0.90),
-            p99_s=self.quantile(0.99),
-            max_s=self.max_s if self.count else None,
-            ahead=self.ahead,
-        )
-
-
-def _bucket(latency_s: float) -> int:
-    if latency_s <= _MIN_LATENCY_S:
-        return 0
-    return 1 + int(math.log(latency_s / _MIN_LATENCY_S) / _LOG_GROWTH)
-
-
-def _bucket_upper(index: int) -> float:
-    return _MIN_LATENCY_S * _BUCKET_GROWTH**index
 
 
 # -- the scan --------------------------------------------------------------------------------------
@@ -461,16 +327,50 @@ def _stream_report(
 def _report(
     scan: _Scan, published: Mapping[tuple[str, str], int], expect_seq_from: int | None
 ) -> VerifyReport:
-    # A machine's first boot, over both its kinds: keyed by (site, machine) like its streams.
+    first_boots = _first_boots(scan)
+    streams = [
+        _stream_report(machine, kind, stream, expect_seq_from, first_boots.get((site, machine)))
+        for (site, machine, kind), stream in sorted(scan.streams.items())
+    ]
+    totals, overall = _kind_totals(scan, streams)
+    unique_by_site: Counter[tuple[str, str]] = Counter()
+    for stream_report in streams:
+        unique_by_site[(stream_report.site, stream_report.kind)] += stream_report.unique
+    reconciliation = tuple(
+        SiteReconciliation(site, kind, count, unique_by_site.get((site, kind), 0))
+        for (site, kind), count in sorted(published.items())
+    )
+    return VerifyReport(
+        archive=scan.archive,
+        objects=scan.objects,
+        bytes=scan.bytes,
+        first_written_at=scan.first_written_at,
+        last_written_at=scan.last_written_at,
+        totals=tuple(totals),
+        latency=overall.summary(),
+        latency_meaningful=overall.ahead == 0,
+        streams=tuple(streams),
+        quarantined=dict(sorted(scan.quarantined.items())),
+        quarantine_samples=tuple(scan.quarantine_samples),
+        unreadable=scan.unreadable,
+        unreadable_samples=tuple(scan.unreadable_samples),
+        reconciliation=reconciliation,
+        notes=tuple(_notes(scan, streams, overall)),
+    )
+
+
+def _first_boots(scan: _Scan) -> dict[tuple[str, str], str]:
+    """A machine's first boot, over both its kinds: keyed by (site, machine) like its streams."""
     first_boots: dict[tuple[str, str], str] = {}
     for (site, machine, _kind), stream in scan.streams.items():
         if stream.boots:
             earliest = min(stream.boots)
             first_boots[(site, machine)] = min(first_boots.get((site, machine), earliest), earliest)
-    streams = [
-        _stream_report(machine, kind, stream, expect_seq_from, first_boots.get((site, machine)))
-        for (site, machine, kind), stream in sorted(scan.streams.items())
-    ]
+    return first_boots
+
+
+def _kind_totals(scan: _Scan, streams: list[StreamReport]) -> tuple[list[KindTotals], LatencyHistogram]:
+    """Per kind, the streams' counts added up and their latencies merged; and every latency merged."""
     totals: list[KindTotals] = []
     overall = LatencyHistogram()
     for kind in sorted({stream.kind for stream in streams}):
@@ -495,15 +395,12 @@ def _report(
                 latency=histogram.summary(),
             )
         )
-    unique_by_site: Counter[tuple[str, str]] = Counter()
-    for stream_report in streams:
-        unique_by_site[(stream_report.site, stream_report.kind)] += stream_report.unique
-    reconciliation = tuple(
-        SiteReconciliation(site, kind, count, unique_by_site.get((site, kind), 0))
-        for (site, kind), count in sorted(published.items())
-    )
+    return totals, overall
+
+
+def _notes(scan: _Scan, streams: list[StreamReport], overall: LatencyHistogram) -> list[str]:
+    """What the reader needs to know to read the numbers: skewed clocks, an empty archive, restarts."""
     notes: list[str] = []
-    latency_meaningful = overall.ahead == 0
     if overall.ahead:
         notes.append(
             f"{overall.ahead} messages carry timestamps more than {AHEAD_TOLERANCE_S:g} s ahead of"
@@ -526,20 +423,4 @@ def _report(
             " its seq ledger, or an older simulator): each run is checked on its own, gaps name the run"
             " they belong to, and what a crash lost between runs cannot be sized."
         )
-    return VerifyReport(
-        archive=scan.archive,
-        objects=scan.objects,
-        bytes=scan.bytes,
-        first_written_at=scan.first_written_at,
-        last_written_at=scan.last_written_at,
-        totals=tuple(totals),
-        latency=overall.summary(),
-        latency_meaningful=latency_meaningful,
-        streams=tuple(streams),
-        quarantined=dict(sorted(scan.quarantined.items())),
-        quarantine_samples=tuple(scan.quarantine_samples),
-        unreadable=scan.unreadable,
-        unreadable_samples=tuple(scan.unreadable_samples),
-        reconciliation=reconciliation,
-        notes=tuple(notes),
-    )
+    return notes

@@ -17,6 +17,7 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -249,6 +250,54 @@ def _start_boot(model: SiteModel, config: RunConfig) -> checkpoint.SeqLedger | N
     return ledger
 
 
+def _exporter(config: RunConfig, live: _LiveState, publisher: Publisher) -> SimulatorExporter:
+    """The simulator's Prometheus exporter, reading the live run (nothing until the model is attached)."""
+    return SimulatorExporter(
+        RuntimeProbe(
+            site=site_id(config.site_index),
+            view=live.view,
+            machine_count=config.fleet.machines_per_site,
+            model_lock=live.model_lock,
+            ready=live.ready,
+            transport=lambda: publisher.snapshot() if live.ready() else None,
+            scheduler_lag=live.lag_histogram,
+            simulated_time_s=live.simulated_time_s,
+        ),
+        config.fleet.max_machine_series,
+        warn=_say,
+    )
+
+
+def _load_model(config: RunConfig) -> tuple[SiteModel, bool, int]:
+    """The site's model, resumed from the checkpoint if there is one; whether it was; its first round."""
+    model = None
+    if config.state_file is not None:
+        model = checkpoint.load(config.state_file, config.fleet, config.site_index)
+    resumed = model is not None
+    if model is None:
+        model = SiteModel(config.fleet, config.site_index, config.start_epoch_ms or 0)
+    first_round = min((model.samples_taken(i) for i in range(len(model.machines))), default=0)
+    if resumed:
+        _say(f"resumed from {config.state_file}: every machine continues at sample {first_round + 1}")
+    return model, resumed, first_round
+
+
+def _save_state(
+    state_file: Path,
+    config: RunConfig,
+    live: _LiveState,
+    model: SiteModel,
+    ledger: checkpoint.SeqLedger | None,
+    exporter: SimulatorExporter,
+) -> None:
+    """At the end of a run: the checkpoint, the settled seq ledger and the final metrics."""
+    with live.model_lock:
+        checkpoint.save(state_file, config.fleet, config.site_index, model)
+        if ledger is not None:
+            ledger.settle()
+    exporter.write_final(checkpoint.final_metrics_path(state_file))
+
+
 def run_live(config: RunConfig) -> RunSummary:
     """Plan, validate, connect, run until the duration, the count or a signal; then drain."""
     fleet = config.fleet
@@ -264,20 +313,7 @@ def run_live(config: RunConfig) -> RunSummary:
     live = _LiveState()
     stop = threading.Event()
     publisher = make_publisher(fleet.engine, plan, transport_options(config, plan.connections))
-    exporter = SimulatorExporter(
-        RuntimeProbe(
-            site=site_id(config.site_index),
-            view=live.view,
-            machine_count=fleet.machines_per_site,
-            model_lock=live.model_lock,
-            ready=live.ready,
-            transport=lambda: publisher.snapshot() if live.ready() else None,
-            scheduler_lag=live.lag_histogram,
-            simulated_time_s=live.simulated_time_s,
-        ),
-        fleet.max_machine_series,
-        warn=_say,
-    )
+    exporter = _exporter(config, live, publisher)
     signalled: list[int] = []
 
     def on_signal(number: int, _frame: FrameType | None) -> None:
@@ -301,15 +337,7 @@ def run_live(config: RunConfig) -> RunSummary:
         # Building 10,000 machines takes most of a second, so the model is built first and the
         # clock starts after it, once connected: the first slots are late by neither. The model
         # only reads `start_epoch_ms` when it encodes a sample, so it can be set now.
-        model = None
-        if config.state_file is not None:
-            model = checkpoint.load(config.state_file, fleet, config.site_index)
-        resumed = model is not None
-        if model is None:
-            model = SiteModel(fleet, config.site_index, config.start_epoch_ms or 0)
-        first_round = min((model.samples_taken(i) for i in range(len(model.machines))), default=0)
-        if resumed:
-            _say(f"resumed from {config.state_file}: every machine continues at sample {first_round + 1}")
+        model, resumed, first_round = _load_model(config)
         ledger = _start_boot(model, config)
         # The model, clients and modules live for the whole run: move them out of the cyclic
         # collector's reach, so that full collections stay short (a gen-2 pass over 10,000
@@ -336,11 +364,7 @@ def run_live(config: RunConfig) -> RunSummary:
         left = publisher.flush(SHUTDOWN_FLUSH_S)
         elapsed = time.monotonic() - start_monotonic
         if config.state_file is not None:
-            with live.model_lock:
-                checkpoint.save(config.state_file, fleet, config.site_index, model)
-                if ledger is not None:
-                    ledger.settle()
-            exporter.write_final(checkpoint.final_metrics_path(config.state_file))
+            _save_state(config.state_file, config, live, model, ledger, exporter)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -15,30 +15,22 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import orjson
-import paho.mqtt.client as mqtt
+from support_audit import Auditor, Message, archived_messages
 from support_local_stack import run_cli, write_local_stack_file
-from support_mqtt import tls_client
 
 from factory_core.archive_report import VerifyReport
-from factory_core.payload_contract import payload_kind
-from local_stack.archive import RAW_PREFIX, LocalArchive, iter_records
-from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority
+from local_stack.archive import LocalArchive
 from local_stack.control import ControlClient
-from local_stack.identities import OBSERVER_IDENTITY
 from local_stack.paths import StatePaths
 from local_stack.status_document import StatusReport
 from local_stack.verify import verify_archive
 
-Message = tuple[str, str, str, int]  # machine, kind, boot, seq
 FLEET = {"seed": 11, "lines_per_site": 1, "publish_interval_s": 0.25}
 
 
@@ -92,50 +84,6 @@ class FaultRun:
             pairs = itertools.pairwise(ordered)
             total += sum(max(0, min(later) - max(earlier) - 1) for earlier, later in pairs)
         return total
-
-
-class Auditor:
-    """A subscriber of its own (clean session, reconnecting): every (machine, kind, boot, seq) it receives."""
-
-    def __init__(self, paths: StatePaths, broker_port: int, directory: Path) -> None:
-        ca = CertificateAuthority.load(paths.ca_dir)
-        cert = ca.issue_client(OBSERVER_IDENTITY, directory / "auditor", file_stem="auditor")
-        self.seen: set[Message] = set()
-        self.lock = threading.Lock()
-        self.subscribed = threading.Event()
-        self.client = tls_client(paths.ca_dir / CA_CERT_FILE, cert, "fault-run-auditor")
-        self.client.reconnect_delay_set(0.1, 1)
-        self.client.on_connect = lambda c, *_: c.subscribe("factory/simulator/#", qos=1)
-        self.client.on_subscribe = lambda *_: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", broker_port)
-        self.client.loop_start()
-        if not self.subscribed.wait(10):
-            raise AssertionError("the auditor could not subscribe")
-
-    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        document = orjson.loads(message.payload)
-        with self.lock:
-            self.seen.add(_identity(document))
-
-    def stop(self) -> set[Message]:
-        self.client.loop_stop()
-        self.client.disconnect()
-        with self.lock:
-            return set(self.seen)
-
-
-def _identity(document: dict[str, Any]) -> Message:
-    return (document["machine"], payload_kind(document), document["boot"], int(document["seq"]))
-
-
-def read_archive(root: Path) -> list[Message]:
-    archive = LocalArchive(root)
-    return [
-        _identity(orjson.loads(line))
-        for info in archive.list_objects(RAW_PREFIX)
-        for line in iter_records(archive.get_object(info.key).body)
-    ]
 
 
 class FaultRunner:
@@ -244,7 +192,7 @@ def run_fault_plan(
     runner = FaultRunner(paths, plan, say)
     broker_port = runner.client.outputs().broker_port
     assert broker_port is not None
-    auditor = Auditor(paths, broker_port, directory)
+    auditor = Auditor(paths.ca_dir, broker_port, directory, "fault-run-auditor")
     try:
         runner.archive_grows()
         runner.kill("simulator-00", signal.SIGKILL, 1)
@@ -268,5 +216,5 @@ def run_fault_plan(
         f"verify: {report.missing} missing, {report.duplicates} duplicates, {report.restarts} restarts"
         f" ({report.possibly_lost} possibly lost) of {report.unique} unique"
     )
-    archived = read_archive(paths.default_archive_dir)
+    archived = archived_messages(paths.default_archive_dir)
     return FaultRun(before, report, seen, archived, killed_at, runner.timeline)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,3 +45,18 @@ def run_cli(*args: str) -> Result:
     import cli
 
     return CliRunner().invoke(cli.app, list(args))
+
+
+def cli_process(*args: str, env: dict[str, str], timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    """`python cli.py ARGS` in a process of its own, as a user runs it; stdin is closed (never asks)."""
+    from local_stack.paths import PROJECT_DIR
+
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "cli.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        cwd=PROJECT_DIR,
+    )

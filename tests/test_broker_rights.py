@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from factory_core.errors import UsageError
-from factory_core.verb_results import BrokerRefusals
+from factory_core.local_results import BrokerRefusals
 from factory_core.verbs import TailRequest
 from local_stack.broker_log import BrokerLogCounter
 from local_stack.dynamic_security import BrokerAccess

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from automation import cost_archive
-from automation.cost_lines import AlertTopicPlan, EfsPlan, PlannedFeatures, WafPlan
+from automation.cost_features import AlertTopicPlan, EfsPlan, PlannedFeatures, WafPlan
 from automation.cost_model import (
     compare_archive_modes,
     cost_change,

@@ -20,14 +20,9 @@ import pytest
 import factory_core.archive_report  # noqa: F401  (defines VerifyReport, a VerbResult)
 from cli_render.human import RENDERERS
 from cli_render.json_style import event_document, result_document, snake_key, to_document
+from factory_core.local_results import LocalStatus, PipelineStatus
 from factory_core.progress_events import ProgressEvent, ScalePlanned, UpdateSummary
-from factory_core.verb_results import (
-    CloudOutputs,
-    LocalStatus,
-    PipelineStatus,
-    UpdateOutcome,
-    VerbResult,
-)
+from factory_core.verb_results import CloudOutputs, UpdateOutcome, VerbResult
 from factory_core.verbs import StackVerbs
 from local_stack.control import RotationReport
 from local_stack.status_document import StatusReport

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support_local_stack import cli_process as cli
 from support_local_stack import write_local_stack_file
 
 from local_stack.paths import CONFIG_ENV, PROJECT_DIR, STATE_DIR_ENV
@@ -37,18 +38,6 @@ def env(tmp_path: Path) -> dict[str, str]:
     environment[CONFIG_ENV] = str(stack_file(tmp_path))
     environment[STATE_DIR_ENV] = str(tmp_path / "state")
     return environment
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, CLI, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        cwd=PROJECT_DIR,
-    )
 
 
 def result_line(stdout: str) -> dict:

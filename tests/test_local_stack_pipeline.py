@@ -23,6 +23,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from support_audit import subscribe_to_everything
 from support_local_stack import run_cli, write_local_stack_file
 from support_mqtt import tls_client
 
@@ -208,13 +209,7 @@ class Auditor:
         cert = stack_certificate(stack, OBSERVER_IDENTITY)
         self.seen: set[tuple[str, str, int]] = set()
         self.client = stack_client(stack, cert, "test-auditor")
-        subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe("factory/simulator/#", qos=1)
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", stack.broker_port)
-        self.client.loop_start()
-        assert subscribed.wait(10)
+        subscribe_to_everything(self.client, stack.broker_port, self._on_message)
 
     def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -10,65 +10,14 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import threading
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from test_local_stack_pipeline import MACHINES_PER_SITE, RunningStack, stack_client, start_stack  # noqa: F401
-
-from factory_core.payload_contract import payload_kind
-from local_stack.archive import RAW_PREFIX, LocalArchive, iter_records
-from local_stack.identities import OBSERVER_IDENTITY
+from support_audit import Auditor, Message, archived_messages
+from test_local_stack_pipeline import MACHINES_PER_SITE, start_stack  # noqa: F401
 
 pytestmark = pytest.mark.integration
-
-Message = tuple[str, str, str, int]  # machine, kind, boot, seq
-
-
-class BootAuditor:
-    """Counts every (machine, kind, boot, seq) that reaches the broker, from its own subscription."""
-
-    def __init__(self, stack: RunningStack, directory: Path) -> None:
-        cert = stack.ca().issue_client(OBSERVER_IDENTITY, directory / "auditor", file_stem="auditor")
-        self.seen: set[Message] = set()
-        self.lock = threading.Lock()
-        self.client = stack_client(stack, cert, "test-boot-auditor")
-        subscribed = threading.Event()
-        self.client.on_connect = lambda c, *_: c.subscribe("factory/simulator/#", qos=1)
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", stack.broker_port)
-        self.client.loop_start()
-        assert subscribed.wait(10)
-
-    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        document = orjson.loads(message.payload)
-        with self.lock:
-            self.seen.add(_identity(document))
-
-    def stop(self) -> set[Message]:
-        self.client.loop_stop()
-        self.client.disconnect()
-        with self.lock:
-            return set(self.seen)
-
-
-def _identity(document: dict[str, Any]) -> Message:
-    return (document["machine"], payload_kind(document), document["boot"], int(document["seq"]))
-
-
-def archived_messages(root: Path) -> list[Message]:
-    """Every archived record, read without the verify module."""
-    archive = LocalArchive(root)
-    return [
-        _identity(orjson.loads(line))
-        for info in archive.list_objects(RAW_PREFIX)
-        for line in iter_records(archive.get_object(info.key).body)
-    ]
 
 
 def restart_gaps(messages: set[Message]) -> dict[tuple[str, str], list[int]]:
@@ -89,7 +38,7 @@ def test_a_killed_simulator_is_one_restart_with_its_possible_loss_never_duplicat
     start_stack, tmp_path: Path  # noqa: F811
 ) -> None:
     stack = start_stack(simulators=2)
-    auditor = BootAuditor(stack, tmp_path)
+    auditor = Auditor(stack.paths.ca_dir, stack.broker_port, tmp_path, "test-boot-auditor")
     stack.wait_archived_beyond(stack.archived() + 40)
     killed = stack.service("simulator-00")
     os.kill(int(killed["pid"]), signal.SIGKILL)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,12 +19,12 @@ from pathlib import Path
 
 import pytest
 from support_browser import browser, open_page
+from support_local_stack import cli_process as cli
 from support_local_stack import write_local_stack_file
 
-from local_stack.paths import CONFIG_ENV, PROJECT_DIR, STATE_DIR_ENV
+from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV
 
 pytestmark = pytest.mark.integration
-CLI = str(PROJECT_DIR / "cli.py")
 FAULTY = "site-00-line-01-cnc_mill-01"
 FLEET = {
     "seed": 13,
@@ -41,18 +40,6 @@ CHARTS_DRAWN = """
 (() => [...document.querySelectorAll('[data-report-chart] .js-plotly-plot')].map(chart =>
   (chart.data || []).reduce((sum, trace) => sum + ((trace.x || trace.y || []).length || 0), 0)))()
 """
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, CLI, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-        cwd=PROJECT_DIR,
-    )
 
 
 def result_of(completed: subprocess.CompletedProcess[str]) -> dict:

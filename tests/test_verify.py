@@ -15,7 +15,8 @@ from cli_render.json_style import dumps, result_document
 from cli_render.verify_view import render_report
 from factory_core.archive_report import Restart
 from local_stack.archive import LocalArchive, batch_key, encode_batch, quarantine_key
-from local_stack.verify import LatencyHistogram, SeqRange, SeqSet, verify_archive
+from local_stack.verify import SeqRange, verify_archive
+from local_stack.verify_tallies import LatencyHistogram, SeqSet
 from simulator.model.payload import iso_timestamp
 
 MACHINE = "site-00-line-01-conveyor-01"

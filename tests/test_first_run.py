@@ -175,7 +175,7 @@ def test_each_set_is_synced_once_and_a_larger_one_covers_the_smaller(
     calls, _ = run_wrapper(project, "test", "-q")
     (sync,) = syncs(calls)
     assert "--all-groups" in sync and "--inexact" not in sync, sync
-    assert calls[-1] == "python -m pytest -q"
+    assert calls[-1] == "python -m pytest -n 3 --dist loadfile -q"  # in parallel, a file per worker
     assert syncs(run_wrapper(project, "preview", "--stack", "prod")[0]) == []
     # A new lock makes every set stale again.
     stamp = (root / ".venv" / ".synced").stat().st_mtime

@@ -37,8 +37,8 @@ NOT_COUNTED: tuple[str, ...] = (
     "data transfer out to the internet (dashboard users, SMTP) and between availability zones",
     "the AWS Free Tier, taxes, support plans, Savings Plans and other discounts",
     "KMS requests: every key the stack uses is AWS-owned or SSE-S3, which AWS does not bill per request",
-    "ECR storage of the simulator image (~$0.10/GB-month per image kept) and image pulls through NAT "
-    "when tasks start",
+    "ECR storage (~$0.10/GB-month) of the simulator image and of the monitoring images the pull-through "
+    "cache keeps (imageCache, on in production), and image pulls through NAT when tasks start",
     "Route 53 queries to the private discovery zone; Secrets Manager, IoT registry and ECS API calls",
     "the config bucket (kilobytes) and error logs of the IoT rule and Firehose (empty when healthy)",
     "Container Insights' performance log group storage (AWS creates it without a retention)",

@@ -6,11 +6,15 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from typer.testing import CliRunner, Result
 
 from factory_core import stack_file
+
+if TYPE_CHECKING:
+    from local_stack.certificate_authority import IssuedCertificate
+    from local_stack.paths import StatePaths
 
 
 def every_port_free() -> dict[str, int]:
@@ -60,3 +64,24 @@ def cli_process(*args: str, env: dict[str, str], timeout: float = 150) -> subpro
         timeout=timeout,
         cwd=PROJECT_DIR,
     )
+
+
+def admitted_device(
+    paths: StatePaths, broker_port: int, common_name: str, site: str, directory: Path
+) -> IssuedCertificate:
+    """A device certificate a running local stack's broker admits as one of `site`'s, as `scale`
+    admits one: issued by the stack's CA and added to the site's group by its administrator."""
+    from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority
+    from local_stack.dynamic_security import DynsecAdmin
+    from local_stack.identities import ADMIN_IDENTITY
+
+    cert = CertificateAuthority.load(paths.ca_dir).issue_client(common_name, directory)
+    admin = paths.certs_dir
+    DynsecAdmin(
+        "127.0.0.1",
+        broker_port,
+        paths.ca_dir / CA_CERT_FILE,
+        admin / f"{ADMIN_IDENTITY}.pem",
+        admin / f"{ADMIN_IDENTITY}.key",
+    ).admit({common_name: site})
+    return cert

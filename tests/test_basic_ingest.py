@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +15,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from support_local_stack import run_cli, write_local_stack_file
+from support_local_stack import admitted_device, run_cli, write_local_stack_file
 from support_mqtt import tls_client
 
 from factory_core import stack_file
@@ -30,12 +29,12 @@ from factory_core.errors import UsageError
 from factory_core.fleet import telemetry_topic
 from local_stack import stack_config
 from local_stack.archive import LocalArchive
-from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority
+from local_stack.certificate_authority import CA_CERT_FILE
 from local_stack.control import ControlClient, request
-from local_stack.dynamic_security import OBSERVERS_GROUP, READERS_GROUP, BrokerAccess, DynsecAdmin, site_role
-from local_stack.identities import ADMIN_IDENTITY
+from local_stack.dynamic_security import OBSERVERS_GROUP, READERS_GROUP, BrokerAccess, site_role
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV, StatePaths
 from local_stack.processes import pid_alive
+from local_stack.readiness import wait_until
 from local_stack.state_file import read_state
 from local_stack.verify import verify_archive
 from simulator.config_loader import load_run_config
@@ -136,15 +135,6 @@ class Listener:
         self.client.disconnect()
 
 
-def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout_s} s")
-
-
 @pytest.mark.integration
 def test_local_stack_in_basic_ingest_mode_archives_through_the_rules_topic(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -162,7 +152,6 @@ def test_local_stack_in_basic_ingest_mode_archives_through_the_rules_topic(
         assert recorded is not None
         pids = [recorded.supervisor_pid, *recorded.pids]
         port = int(request(paths, "outputs", timeout_s=10)["broker_port"])
-        ca = CertificateAuthority.load(paths.ca_dir)
         ca_file = paths.ca_dir / CA_CERT_FILE
         control = ControlClient(paths, timeout_s=30.0)
         # Two read-only identities lent as `tail` borrows them (one certificate per connection).
@@ -171,21 +160,15 @@ def test_local_stack_in_basic_ingest_mode_archives_through_the_rules_topic(
         # `#` never matches a `$` topic (MQTT 3.1.1, 4.7.2): only the explicit filter sees the fleet.
         rules_topic = Listener(ca_file, lent[0], "test-rules", port, f"{LOCAL_PREFIX}factory/simulator/#")
         wildcard = Listener(ca_file, lent[1], "test-wildcard", port, "#")
-        wait_until(lambda: len(rules_topic.topics()) > 20, 30, "simulator messages on the rule's topic")
+        arrived = wait_until(lambda: len(rules_topic.topics()) > 20, 30)
+        assert arrived, "no simulator messages on the rule's topic"
         assert all(
             topic.startswith(f"{LOCAL_PREFIX}factory/simulator/site-00/") or "ground-truth" in topic
             for topic in rules_topic.topics()
         )
 
         # The ACL, as the cloud policy: site-00 may publish behind the prefix on its own site only.
-        device_cert = ca.issue_client("test-device-site-00", tmp_path / "device")
-        DynsecAdmin(
-            "127.0.0.1",
-            port,
-            ca_file,
-            paths.certs_dir / f"{ADMIN_IDENTITY}.pem",
-            paths.certs_dir / f"{ADMIN_IDENTITY}.key",
-        ).admit({device_cert.common_name: "site-00"})
+        device_cert = admitted_device(paths, port, "test-device-site-00", "site-00", tmp_path / "device")
         device = tls_client(ca_file, device_cert, "test-site-00")
         device.connect("127.0.0.1", port)
         device.loop_start()
@@ -193,7 +176,7 @@ def test_local_stack_in_basic_ingest_mode_archives_through_the_rules_topic(
         other = f"{LOCAL_PREFIX}{telemetry_topic('site-01', 'line-99', 'acl-other')}"
         for topic, machine in ((other, "acl-other"), (own, "acl-own")):
             device.publish(topic, json.dumps({"machine": machine}), qos=1).wait_for_publish(10)
-        wait_until(lambda: own in rules_topic.topics(), 10, "the device's own publish")
+        assert wait_until(lambda: own in rules_topic.topics(), 10), "the device's own publish did not arrive"
         assert other not in rules_topic.topics()  # published before `own`, on one connection: refused
         device.loop_stop()
         device.disconnect()

@@ -18,9 +18,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from factory_core.fleet import GROUND_TRUTH_SEGMENT, TOPIC_ROOT, FleetSettings
 from factory_core.payload_contract import validate_payload
 from infra.components.iot import CERTIFICATE_PEM_KEY, PRIVATE_KEY_PEM_KEY
 from local_stack.ports import free_port
+from local_stack.readiness import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -103,15 +103,6 @@ def ecs_environment(
     assert fleet.pop("topic_namespace") == "dev"
     environment["FACTORY_CONFIG_JSON"] = json.dumps(fleet)
     return environment | dict(overrides)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 class Received:

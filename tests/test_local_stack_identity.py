@@ -23,16 +23,14 @@ from typing import Any
 
 import orjson
 import pytest
-from support_local_stack import write_local_stack_file
+from support_local_stack import admitted_device, write_local_stack_file
 from support_mqtt import tls_client
 
 from factory_core.fleet import telemetry_topic
 from factory_core.mqtt_wire import PUBLISH_QOS1, connect_packet, fixed_header, topic_field
 from local_stack.archive import LocalArchive
-from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority, IssuedCertificate
+from local_stack.certificate_authority import CA_CERT_FILE, IssuedCertificate
 from local_stack.control import request
-from local_stack.dynamic_security import DynsecAdmin
-from local_stack.identities import ADMIN_IDENTITY
 from local_stack.paths import CONFIG_ENV, PROJECT_DIR, STATE_DIR_ENV, StatePaths
 from local_stack.verify import verify_archive
 
@@ -69,14 +67,7 @@ class Stack:
 
     def device(self, common_name: str, site: str) -> IssuedCertificate:
         """A device certificate the broker admits as one of `site`'s (as `scale` admits one)."""
-        ca = CertificateAuthority.load(self.paths.ca_dir)
-        cert = ca.issue_client(common_name, self.paths.root / "test-devices")
-        admin = self.paths.certs_dir
-        DynsecAdmin(
-            "127.0.0.1", self.port, self.paths.ca_dir / CA_CERT_FILE,
-            admin / f"{ADMIN_IDENTITY}.pem", admin / f"{ADMIN_IDENTITY}.key",
-        ).admit({common_name: site})
-        return cert
+        return admitted_device(self.paths, self.port, common_name, site, self.paths.root / "test-devices")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from support_audit import subscribe_to_everything
-from support_local_stack import run_cli, write_local_stack_file
+from support_local_stack import admitted_device, run_cli, write_local_stack_file
 from support_mqtt import tls_client
 
 from factory_core.payload_contract import payload_kind
@@ -32,8 +32,7 @@ from local_stack import prometheus as prometheus_api
 from local_stack.archive import RAW_PREFIX, LocalArchive, iter_records
 from local_stack.certificate_authority import CA_CERT_FILE, CertificateAuthority, IssuedCertificate
 from local_stack.control import request
-from local_stack.dynamic_security import DynsecAdmin
-from local_stack.identities import ADMIN_IDENTITY, OBSERVER_IDENTITY
+from local_stack.identities import OBSERVER_IDENTITY
 from local_stack.paths import CONFIG_ENV, STATE_DIR_ENV, StatePaths
 from local_stack.ports import free_port, wait_for_port
 from local_stack.processes import pid_alive, wait_gone
@@ -174,16 +173,6 @@ def stack_certificate(stack: RunningStack, name: str) -> IssuedCertificate:
     return IssuedCertificate(certs / f"{name}.pem", certs / f"{name}.key", 0, name, None)  # type: ignore[arg-type]
 
 
-def admitted_device(stack: RunningStack, directory: Path, common_name: str, site: str) -> IssuedCertificate:
-    """A device certificate the broker knows as one of `site`'s (as `scale` admits one)."""
-    cert = stack.ca().issue_client(common_name, directory)
-    admin = stack_certificate(stack, ADMIN_IDENTITY)
-    DynsecAdmin(
-        "127.0.0.1", stack.broker_port, stack.paths.ca_dir / CA_CERT_FILE, admin.cert_path, admin.key_path
-    ).admit({common_name: site})
-    return cert
-
-
 class HeldConnection:
     """A connection kept open (no reconnect) to see whether the broker closes it."""
 
@@ -261,7 +250,9 @@ def test_full_pipeline_archives_every_message_exactly_once(start_stack, tmp_path
 
     # A device with a valid certificate: garbage under its own prefix is quarantined; a publish
     # under another site's prefix never reaches the archive.
-    intruder = admitted_device(stack, tmp_path / "intruder", "g1-site-90-c00", "site-90")
+    intruder = admitted_device(
+        stack.paths, stack.broker_port, "g1-site-90-c00", "site-90", tmp_path / "intruder"
+    )
     client = stack_client(stack, intruder, "site-90-c00")
     client.connect("127.0.0.1", stack.broker_port)
     client.loop_start()

@@ -80,6 +80,11 @@ def _header(kind: PayloadKind) -> dict[str, Any]:
     }
 
 
+def _required(properties: dict[str, Any]) -> list[str]:
+    """Every property but `boot`, which a model run outside a simulator process does not carry."""
+    return [name for name in properties if name != BOOT_FIELD]
+
+
 def _per_type(machine_type: MachineType, then: dict[str, Any]) -> dict[str, Any]:
     then = {"properties": {"machine": {"pattern": _machine_pattern([machine_type.value])}, **then}}
     return {"if": {"properties": {"type": {"const": machine_type.value}}, "required": ["type"]}, "then": then}
@@ -169,7 +174,7 @@ def telemetry_schema() -> dict[str, Any]:
         "Telemetry never carries ground-truth labels: those are on the ground-truth topic.",
         "type": "object",
         "additionalProperties": False,
-        "required": [name for name in properties if name != BOOT_FIELD],
+        "required": _required(properties),
         "properties": properties,
         "allOf": _telemetry_rules(),
     }
@@ -312,7 +317,7 @@ def ground_truth_schema() -> dict[str, Any]:
         "that do not apply to an event are null.",
         "type": "object",
         "additionalProperties": False,
-        "required": [name for name in properties if name != BOOT_FIELD],
+        "required": _required(properties),
         "properties": properties,
         "allOf": _ground_truth_rules(),
     }

@@ -89,13 +89,13 @@ def up_foreground(config: StackConfig, paths: StatePaths, sink: ProgressSink) ->
     supervisor.acquire_lock()
     began = time.monotonic()
     sink.step(f"starting the local stack ({config.simulator_count} simulators) in {paths.root}")
-    supervisor.start()  # Ctrl-C here raises KeyboardInterrupt; start() cleans up after itself
-    sink.event(LocalStarted(os.getpid(), time.monotonic() - began, supervisor.outputs_report().to_result()))
-
     interrupts: list[int] = []
+    starting = [True]
 
     def on_signal(number: int, _frame: FrameType | None) -> None:
         interrupts.append(number)
+        if starting[0]:
+            raise KeyboardInterrupt  # start() stops what it started, then re-raises
         if len(interrupts) == 1:
             supervisor.request_stop()
         elif number == signal.SIGINT:
@@ -105,10 +105,18 @@ def up_foreground(config: StackConfig, paths: StatePaths, sink: ProgressSink) ->
     def sample() -> LocalStatus:
         return supervisor.status_report().to_result(running=True, state_dir=str(paths.root))
 
+    # Installed before start(): a signal is recorded even when the KeyboardInterrupt it raises is
+    # swallowed (Python drops one raised inside an at-fork handler, as a child is being forked).
     previous = {
         number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     try:
+        supervisor.start()
+        starting[0] = False
+        outputs = supervisor.outputs_report().to_result()
+        sink.event(LocalStarted(os.getpid(), time.monotonic() - began, outputs))
+        if interrupts:  # it came while starting and its exception was lost: stop now, as asked
+            supervisor.request_stop()
         sink.watch(supervisor.serve, sample)
         if interrupts:
             sink.step("stopping the local stack")
